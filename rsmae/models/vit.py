@@ -1,0 +1,91 @@
+"""The encoder: a plain timm ``VisionTransformer`` for any band count, with a fixed 2D sin-cos
+position embedding (as in MAE), so other code (timm, torchgeo, Lightning) can take it as is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+__all__ = ["ENCODER_PRESETS", "create_encoder", "sincos_pos_embed_2d"]
+
+# Sizes of the encoder presets (timm names without the patch/img suffix).
+ENCODER_PRESETS: dict[str, dict[str, Any]] = {
+    "vit_test": {"embed_dim": 64, "depth": 2, "num_heads": 2},
+    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+}
+
+
+def sincos_pos_embed_2d(
+    grid_h: int, grid_w: int, dim: int, *, scale: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """Fixed 2D sin-cos position embedding (MAE layout: first half rows, second half columns).
+
+    Args:
+        grid_h: Patches per column.
+        grid_w: Patches per row.
+        dim: Embedding width (divisible by 4).
+        scale: Multiplies the patch coordinates; a tensor of shape ``(B,)`` gives one embedding
+            per sample (used for GSD-aware encodings: scale = gsd / reference gsd).
+
+    Returns:
+        ``(grid_h * grid_w, dim)``, or ``(B, grid_h * grid_w, dim)`` when ``scale`` is a tensor.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
+    ys, xs = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64),
+        torch.arange(grid_w, dtype=torch.float64),
+        indexing="ij",
+    )
+    coords = torch.stack([ys.reshape(-1), xs.reshape(-1)])  # (2, N)
+    if isinstance(scale, torch.Tensor):
+        coords = coords[None] * scale.to(torch.float64).reshape(-1, 1, 1)  # (B, 2, N)
+    else:
+        coords = coords * float(scale)
+    out = coords[..., None] * omega  # (..., 2, N, dim/4)
+    emb = torch.cat([out.sin(), out.cos()], dim=-1)  # (..., 2, N, dim/2)
+    emb = torch.cat([emb[..., 0, :, :], emb[..., 1, :, :]], dim=-1)  # (..., N, dim)
+    return emb.float()
+
+
+def create_encoder(
+    preset: str = "vit_small",
+    *,
+    in_chans: int,
+    img_size: int = 128,
+    patch_size: int = 16,
+    **overrides: Any,
+) -> VisionTransformer:
+    """Create a timm ViT encoder with a fixed sin-cos position embedding.
+
+    Args:
+        preset: One of :data:`ENCODER_PRESETS`.
+        in_chans: Number of input bands (any count).
+        img_size: Input size in pixels.
+        patch_size: Patch size in pixels.
+        **overrides: Any other ``VisionTransformer`` argument (``depth``, ``drop_path_rate``,
+            ``embed_layer``...).
+
+    Returns:
+        A ``VisionTransformer`` with ``num_classes=0`` (features out), a class token, and a
+        non-trainable ``pos_embed`` holding the sin-cos table (class token slot zero).
+    """
+    if preset not in ENCODER_PRESETS:
+        raise ValueError(f"unknown encoder preset {preset!r}; known: {', '.join(ENCODER_PRESETS)}")
+    kwargs: dict[str, Any] = {**ENCODER_PRESETS[preset], "num_classes": 0, **overrides}
+    model = VisionTransformer(
+        img_size=img_size, patch_size=patch_size, in_chans=in_chans, **kwargs
+    )
+    grid_h, grid_w = model.patch_embed.grid_size
+    table = sincos_pos_embed_2d(grid_h, grid_w, model.embed_dim)
+    with torch.no_grad():
+        model.pos_embed.zero_()
+        model.pos_embed[0, model.num_prefix_tokens :] = table
+    model.pos_embed.requires_grad_(False)
+    return model
