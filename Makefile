@@ -1,0 +1,40 @@
+# rsmae: `make demo` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.rsmae-installed
+DATA   ?= ../shared/data
+OUT    ?= demo_out
+
+.PHONY: install test lint demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the dependency files change.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check rsmae pipelines benchmarks tests
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python pipelines/tile.py "$(DATA)/eurosat_ms_subset" --sensor s2-l1c --band-order eurosat \
+		--label-from-dir --tile-size 64 --out $(OUT)/eurosat.zarr
+	$(BIN)/python pipelines/tile.py "$(DATA)/oscd_subset/Onera Satellite Change Detection dataset - Images" \
+		--sensor s2-l1c --tile-size 64 --workers 2 --out $(OUT)/oscd.zarr
+	$(BIN)/python pipelines/tile.py "$(DATA)/landsat8_scene" --sensor landsat-oli --bands B2,B3,B4 \
+		--band-order B2,B3,B4 --tile-size 128 --workers 2 --out $(OUT)/landsat8.zarr
+	$(BIN)/python pipelines/inspect_store.py $(OUT)/eurosat.zarr $(OUT)/oscd.zarr $(OUT)/landsat8.zarr
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_loader.py
+
+clean:
+	rm -rf $(OUT)

@@ -1,0 +1,84 @@
+"""``TileDataModule``: train/val loaders over tile stores, split by scene."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from rsmae.data.dataset import ShardDataset
+from rsmae.data.sampler import ShardSampler
+
+__all__ = ["TileDataModule", "split_scenes"]
+
+
+def split_scenes(records: Sequence[dict], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split scene ids into train and val (no tile of a scene is in both: no spatial leakage).
+
+    Scenes whose path names a ``val``/``test`` split go to val; otherwise a scene goes to val when
+    a hash of (seed, id) falls below ``val_fraction`` — stable when scenes are added.
+    """
+    ids = [r["id"] for r in records]
+    named = [r["id"] for r in records if r.get("split") in ("val", "test")]
+    if named:
+        return [i for i in ids if i not in set(named)], named
+
+    def unit(scene_id: str) -> float:
+        digest = hashlib.sha256(f"{seed}:{scene_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    val = [i for i in ids if unit(i) < val_fraction]
+    if not val and val_fraction > 0 and len(ids) > 1:
+        val = [min(ids, key=unit)]
+    return [i for i in ids if i not in set(val)], val
+
+
+class TileDataModule(L.LightningDataModule):
+    """Loaders over one or more finished tile stores.
+
+    Args:
+        stores: Store paths with the same bands.
+        batch_size: Samples per batch (per process).
+        num_workers: DataLoader workers.
+        val_fraction: Fraction of scenes held out for validation.
+        seed: Seed of the split and of the sampler's order.
+        buffer_shards: Shards mixed together by the sampler.
+    """
+
+    def __init__(self, stores: list[str], batch_size: int = 64, num_workers: int = 2,
+                 val_fraction: float = 0.1, seed: int = 0, buffer_shards: int = 4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.stores = list(stores)
+        self.train_set: ShardDataset | None = None
+        self.val_set: ShardDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the stores and split their scenes."""
+        full = ShardDataset(self.stores)
+        records = [r for recs in full.scene_records for r in recs]
+        train, val = split_scenes(records, self.hparams.val_fraction, self.hparams.seed)
+        self.full = full
+        self.train_set = ShardDataset(self.stores, scenes=train)
+        self.val_set = ShardDataset(self.stores, scenes=val) if val else None
+
+    def _loader(self, dataset: ShardDataset, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        replicas = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        sampler = ShardSampler(dataset, shuffle=shuffle, buffer_shards=self.hparams.buffer_shards,
+                               seed=self.hparams.seed, num_replicas=replicas, rank=rank)
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+                          num_workers=workers, persistent_workers=workers > 0,
+                          drop_last=shuffle, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled shard-aware loader."""
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Loader over the held-out scenes (empty when there are none)."""
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []

@@ -1,0 +1,156 @@
+"""``ShardDataset``: random access to the tiles of one or more finished tile stores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rsmae.bands import check_bands
+from rsmae.errors import BandError
+from rsmae.store import TileStore
+
+__all__ = ["ShardDataset", "merge_stats"]
+
+
+def merge_stats(stats: Sequence[dict[str, dict[str, float]]], bands: Sequence[str]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Pool per-band mean/std of several stores (weighted by pixel count)."""
+    mean = np.zeros(len(bands))
+    std = np.zeros(len(bands))
+    for i, band in enumerate(bands):
+        counts = np.array([s[band]["count"] for s in stats], dtype=np.float64)
+        means = np.array([s[band]["mean"] for s in stats])
+        var = np.array([s[band]["std"] ** 2 for s in stats])
+        total = counts.sum()
+        mean[i] = (counts * means).sum() / total
+        std[i] = np.sqrt((counts * (var + (means - mean[i]) ** 2)).sum() / total)
+    return mean, np.maximum(std, 1e-6)
+
+
+class ShardDataset(Dataset):
+    """Tiles of finished tile stores as a map-style dataset.
+
+    ``ds[i]`` is a dict: ``image`` float32 ``(C, H, W)`` (normalised with the stores' statistics
+    unless ``normalize=False``), ``gsd`` (metres per pixel), ``label`` (class index or -1),
+    ``scene`` (scene id), ``store``, ``row``, ``col`` and ``index``. Stores are opened lazily in
+    each process, so the dataset is safe with DataLoader workers. ``__getitems__`` reads a batch
+    in one call per store (whole shards when the sampler groups indices by shard).
+
+    Args:
+        stores: One store path or several with the same bands (read as one dataset).
+        normalize: Subtract the per-band mean and divide by the std of the stores.
+        bands: Expected band names; a mismatch raises (never a silent reorder).
+        scenes: Keep only tiles of these scene ids (e.g. a split).
+    """
+
+    def __init__(
+        self,
+        stores: str | Path | Sequence[str | Path],
+        *,
+        normalize: bool = True,
+        bands: Sequence[str] | None = None,
+        scenes: Sequence[str] | None = None,
+    ) -> None:
+        paths = [stores] if isinstance(stores, (str, Path)) else list(stores)
+        if not paths:
+            raise ValueError("ShardDataset needs at least one store")
+        opened = [TileStore.open(p) for p in paths]
+        self.paths = [str(p) for p in paths]
+        self.bands = opened[0].band_names
+        for store in opened[1:]:
+            check_bands(self.bands, store.band_names, str(store.path))
+        if bands is not None:
+            check_bands(list(bands), self.bands, self.paths[0])
+        attrs = [s.attrs for s in opened]
+        self.sensor: str = attrs[0]["sensor"]
+        self.tile_size: int = attrs[0]["config"]["tile_size"]
+        self.classes: list[str] = sorted({c for a in attrs for c in a.get("classes", [])})
+        self.mean, self.std = merge_stats([a["stats"] for a in attrs], self.bands)
+        self.normalize = normalize
+        self._shift = self.mean.astype(np.float32)[:, None, None]
+        self._scale = (1.0 / self.std).astype(np.float32)[:, None, None]
+        self.shard_tiles = [s.shard_tiles for s in opened]
+        self.gsd = [_store_gsd(a) for a in attrs]
+        self.scene_records = [a["scenes"] for a in attrs]
+        self._build_table(opened, set(scenes) if scenes is not None else None)
+        self._images: dict[int, Any] = {}
+        self._pid = -1
+
+    def _build_table(self, opened: list[TileStore], keep: set[str] | None) -> None:
+        parts = []
+        label_of = {c: i for i, c in enumerate(self.classes)}
+        for k, store in enumerate(opened):
+            slots = store.index()
+            table = store.slot_table()
+            scene = table["scene"][slots]
+            labels = np.array([label_of.get(r["label"], -1) for r in self.scene_records[k]]
+                              + [-1], dtype=np.int64)
+            part = np.stack([np.full(len(slots), k), slots, scene, table["row"][slots],
+                             table["col"][slots], labels[scene]], axis=1).astype(np.int64)
+            if keep is not None:
+                ids = np.array([r["id"] in keep for r in self.scene_records[k]] + [False])
+                part = part[ids[scene]]
+            parts.append(part)
+        self.table = np.concatenate(parts) if parts else np.zeros((0, 6), np.int64)
+        if keep is not None and not len(self.table):
+            raise BandError(f"{self.paths}: no tile belongs to the requested scenes")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _arrays(self, k: int) -> Any:
+        if self._pid != os.getpid():  # a new DataLoader worker: reopen
+            self._images, self._pid = {}, os.getpid()
+        if k not in self._images:
+            self._images[k] = TileStore.open(self.paths[k]).tile_reader()
+        return self._images[k]
+
+    def scene_id(self, i: int) -> str:
+        """Scene id of tile ``i``."""
+        store, _, scene = self.table[i, :3]
+        return self.scene_records[store][scene]["id"]
+
+    def shard_of(self, i: int) -> tuple[int, int]:
+        """(store, shard) holding tile ``i``."""
+        store, slot = self.table[i, :2]
+        return int(store), int(slot) // self.shard_tiles[store]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Read several tiles with one read per store."""
+        rows = self.table[np.asarray(indices, dtype=np.int64)]
+        pixels: list[np.ndarray | None] = [None] * len(rows)
+        for k in np.unique(rows[:, 0]):
+            where = np.nonzero(rows[:, 0] == k)[0]
+            reader = self._arrays(int(k))
+            for pos in where:
+                pixels[pos] = reader.read(int(rows[pos, 1]))
+        return [self._sample(int(idx), row, px) for idx, row, px in
+                zip(indices, rows, pixels, strict=True)]
+
+    def _sample(self, index: int, row: np.ndarray, pixels: np.ndarray) -> dict[str, Any]:
+        image = pixels.astype(np.float32)
+        if self.normalize:
+            image -= self._shift
+            image *= self._scale
+        store, _, scene, r, c, label = (int(x) for x in row)
+        return {"image": torch.from_numpy(image), "gsd": torch.tensor(self.gsd[store], dtype=torch.float32),
+                "label": label, "scene": self.scene_records[store][scene]["id"],
+                "store": store, "row": r, "col": c, "index": index}
+
+
+def _store_gsd(attrs: dict[str, Any]) -> float:
+    """Metres per pixel of a store's tiles: the resolution, else the finest band's GSD."""
+    resolution = attrs["config"].get("resolution")
+    if resolution:
+        return float(resolution)
+    gsds = [b["gsd_m"] for b in attrs["bands"] if b.get("gsd_m")]
+    return float(min(gsds)) if gsds else 1.0

@@ -1,0 +1,197 @@
+"""Scene grids: check a scene's band files agree, choose one target grid, read aligned windows.
+
+Every band is read onto the scene's target grid: bands already on it are read directly with a
+window; the others (20 m / 60 m Sentinel-2 bands, other resolutions) through a ``WarpedVRT`` with
+bilinear resampling, so reads stay windowed and never load a whole scene.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine, array_bounds
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from rsmae.bands import Sensor
+from rsmae.errors import BandError, GridError, RasterReadError
+from rsmae.tiling.scenes import Scene
+
+__all__ = ["SUPPORTED_DTYPES", "Grid", "SceneReader", "scene_grid"]
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A pixel grid: CRS (WKT), affine transform (6 coefficients), size."""
+
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+
+    @property
+    def affine(self) -> Affine:
+        """The transform as an ``Affine``."""
+        return Affine(*self.transform)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"crs": self.crs, "transform": list(self.transform), "width": self.width,
+                "height": self.height}
+
+
+@dataclass(frozen=True)
+class _Header:
+    path: str
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+
+
+def _header(path: str) -> _Header:
+    try:
+        with rasterio.open(path) as src:
+            return _Header(path, src.crs, src.transform, src.width, src.height, src.count,
+                           src.dtypes[0], src.nodata)
+    except RasterioIOError as err:
+        raise RasterReadError(f"{path}: not a readable raster ({err})") from err
+
+
+def scene_grid(scene: Scene, sensor: Sensor, resolution: float | None) -> tuple[Grid, str, float | None]:
+    """Check a scene's files and choose its target grid.
+
+    Args:
+        scene: The scene.
+        sensor: Its sensor (native GSD of the bands, to translate metres in a geographic CRS).
+        resolution: Target pixel size in metres; ``None`` uses the finest band's grid.
+
+    Returns:
+        The grid, the pixel dtype and the nodata value declared by the files (or ``None``).
+
+    Raises:
+        RasterReadError: unreadable file or unsupported dtype.
+        BandError: a file has fewer bands than the layout needs.
+        GridError: files disagree on CRS or extent.
+    """
+    headers = {s.path: _header(s.path) for s in scene.sources}
+    for src in scene.sources:
+        h = headers[src.path]
+        if src.index > h.count:
+            raise BandError(
+                f"{src.path}: has {h.count} band(s) but band {src.band} is expected at position "
+                f"{src.index}; pass the file's real --band-order or select fewer --bands"
+            )
+    dtypes = {h.dtype for h in headers.values()}
+    if len(dtypes) > 1:
+        raise RasterReadError(f"{scene.scene_id}: band files mix dtypes {sorted(dtypes)}")
+    dtype = dtypes.pop()
+    if dtype not in SUPPORTED_DTYPES:
+        raise RasterReadError(
+            f"{scene.files[0]}: unsupported dtype {dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
+        )
+    ref_src = min(scene.sources, key=lambda s: abs(headers[s.path].transform.a))
+    ref = headers[ref_src.path]
+    _check_alignment(ref, list(headers.values()))
+    grid = _target_grid(ref, sensor, ref_src.band, resolution)
+    return grid, dtype, ref.nodata
+
+
+def _bounds(h: _Header) -> tuple[float, float, float, float]:
+    west, south, east, north = array_bounds(h.height, h.width, h.transform)
+    return min(west, east), min(south, north), max(west, east), max(south, north)
+
+
+def _check_alignment(ref: _Header, headers: list[_Header]) -> None:
+    for h in headers:
+        if (h.crs is None) != (ref.crs is None) or (h.crs is not None and h.crs != ref.crs):
+            raise GridError(
+                f"{h.path}: CRS {h.crs} differs from {ref.path} ({ref.crs}); reproject the band "
+                "files of one scene to one CRS"
+            )
+        tol = max(abs(h.transform.a), abs(ref.transform.a), abs(h.transform.e)) * 1.01
+        if any(abs(a - b) > tol for a, b in zip(_bounds(h), _bounds(ref), strict=True)):
+            raise GridError(
+                f"{h.path}: extent {_bounds(h)} differs from {ref.path} {_bounds(ref)} by more "
+                "than one pixel; the band files do not cover one footprint"
+            )
+
+
+def _target_grid(ref: _Header, sensor: Sensor, band: str, resolution: float | None) -> Grid:
+    crs = ref.crs.to_wkt() if ref.crs is not None else ""
+    if resolution is None:
+        return Grid(crs, tuple(ref.transform)[:6], ref.width, ref.height)
+    if resolution <= 0:
+        raise GridError(f"--resolution must be positive, got {resolution}")
+    if ref.crs is not None and ref.crs.is_projected:
+        factor = resolution / abs(ref.transform.a) / (ref.crs.linear_units_factor[1] or 1.0)
+    else:  # geographic or unknown CRS: relative to the reference band's native GSD
+        gsd = sensor.band(band).gsd_m
+        if gsd is None:
+            raise GridError(f"{ref.path}: no CRS in metres and no native GSD for band {band}")
+        factor = resolution / gsd
+    t = ref.transform
+    width = math.floor(ref.width / factor + 1e-9)
+    height = math.floor(ref.height / factor + 1e-9)
+    transform = Affine(t.a * factor, t.b, t.c, t.d, t.e * factor, t.f)
+    return Grid(crs, tuple(transform)[:6], width, height)
+
+
+class SceneReader:
+    """Reads windows of a scene's bands on its target grid. Use as a context manager."""
+
+    def __init__(self, scene: Scene, grid: Grid, dtype: str) -> None:
+        self.scene = scene
+        self.grid = grid
+        self.dtype = dtype
+        self._stack = ExitStack()
+        self._readers: list[tuple[object, int]] = []
+
+    def __enter__(self) -> SceneReader:
+        opened: dict[str, object] = {}
+        for src in self.scene.sources:
+            if src.path not in opened:
+                opened[src.path] = self._open(src.path)
+            self._readers.append((opened[src.path], src.index))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _open(self, path: str) -> object:
+        try:
+            ds = self._stack.enter_context(rasterio.open(path))
+        except RasterioIOError as err:
+            raise RasterReadError(f"{path}: not a readable raster ({err})") from err
+        g = self.grid
+        same = (ds.width, ds.height) == (g.width, g.height) and np.allclose(
+            tuple(ds.transform)[:6], g.transform, rtol=0, atol=abs(g.transform[0]) * 1e-3)
+        if same:
+            return ds
+        return self._stack.enter_context(WarpedVRT(
+            ds, crs=ds.crs, transform=g.affine, width=g.width, height=g.height,
+            resampling=Resampling.bilinear, src_nodata=ds.nodata, nodata=ds.nodata))
+
+    def read(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        """Read ``(C, height, width)`` at pixel offset (row, col) of the target grid."""
+        out = np.empty((len(self._readers), height, width), dtype=self.dtype)
+        window = Window(col, row, width, height)
+        for i, (ds, index) in enumerate(self._readers):
+            try:
+                out[i] = ds.read(index, window=window)  # type: ignore[attr-defined]
+            except RasterioIOError as err:
+                path = self.scene.sources[i].path
+                raise RasterReadError(f"{path}: read failed, the file is damaged ({err})") from err
+        return out

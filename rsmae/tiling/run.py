@@ -1,0 +1,328 @@
+"""Tiling: scenes -> tile store. Resumable, atomic, parallel, independent of the worker count."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import rsmae
+from rsmae.bands import get_sensor
+from rsmae.errors import RsmaeError, StoreConfigError, StoreError, TilingError
+from rsmae.store import TileStore, remove_store
+from rsmae.tiling.executor import execute
+from rsmae.tiling.grid import Grid, scene_grid
+from rsmae.tiling.scenes import Scene, discover_scenes
+from rsmae.tiling.stats import summarise
+from rsmae.tiling.units import UnitResult, UnitTask, plan_units, windows
+
+__all__ = ["TileConfig", "TileSummary", "tile_scenes"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Options of a tiling run (the CLI flags of ``pipelines/tile.py``).
+
+    Attributes:
+        tile_size: Tile side in pixels.
+        stride: Step between windows (default: ``tile_size``, no overlap).
+        sensor: Registry sensor name.
+        bands: Bands to keep, by name (default: every band of the sensor).
+        band_order: Band order inside multi-band files: a layout name or comma-separated names.
+        resolution: Target pixel size in metres (default: the finest band's grid).
+        max_nodata: Largest fraction of nodata/NaN pixels a kept tile may have.
+        nodata: Value marking nodata when files declare none (all bands equal to it).
+        shard_tiles: Tiles per shard file.
+        label_from_dir: Take each scene's class label from its parent folder.
+    """
+
+    tile_size: int = 128
+    stride: int | None = None
+    sensor: str = "s2-l1c"
+    bands: tuple[str, ...] | None = None
+    band_order: str | None = None
+    resolution: float | None = None
+    max_nodata: float = 0.1
+    nodata: float | None = 0.0
+    shard_tiles: int = 64
+    label_from_dir: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`TilingError` on impossible numbers."""
+        checks = [
+            (self.tile_size > 0, f"--tile-size must be > 0, got {self.tile_size}"),
+            (self.stride is None or self.stride > 0, f"--stride must be > 0, got {self.stride}"),
+            (0.0 <= self.max_nodata <= 1.0, f"--max-nodata must be in [0, 1], got {self.max_nodata}"),
+            (self.shard_tiles > 0, f"--shard-tiles must be > 0, got {self.shard_tiles}"),
+            (self.resolution is None or self.resolution > 0,
+             f"--resolution must be > 0, got {self.resolution}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TilingError(message)
+
+    def band_names(self) -> tuple[str, ...]:
+        """Canonical names of the bands to keep."""
+        sensor = get_sensor(self.sensor)
+        return sensor.resolve(self.bands) if self.bands else sensor.names
+
+    def store_config(self) -> dict[str, Any]:
+        """The part of the configuration a store must keep across runs."""
+        return {"tile_size": self.tile_size, "stride": self.stride or self.tile_size,
+                "sensor": self.sensor, "bands": list(self.band_names()),
+                "resolution": self.resolution, "max_nodata": self.max_nodata,
+                "nodata": self.nodata, "shard_tiles": self.shard_tiles}
+
+
+@dataclass
+class TileSummary:
+    """What a tiling run did."""
+
+    store: str
+    scenes: int
+    new_scenes: int
+    units_run: int
+    tiles_kept: int
+    tiles_dropped: int
+    bytes_written: int
+    seconds: float
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    scene: Scene
+    grid: Grid
+    dtype: str
+    nodata: float | None
+
+
+def _plan_scenes(scenes: Sequence[Scene], config: TileConfig) -> list[_Planned]:
+    sensor = get_sensor(config.sensor)
+    planned = []
+    for scene in scenes:
+        grid, dtype, declared = scene_grid(scene, sensor, config.resolution)
+        if grid.width < config.tile_size or grid.height < config.tile_size:
+            raise TilingError(
+                f"{scene.files[0]}: scene {scene.scene_id} is {grid.width}x{grid.height} px on "
+                f"its grid, smaller than one {config.tile_size}-px tile; use a smaller "
+                "--tile-size or leave it out"
+            )
+        planned.append(_Planned(scene, grid, dtype, declared if declared is not None
+                                else config.nodata))
+    dtypes = sorted({p.dtype for p in planned})
+    if len(dtypes) > 1:
+        raise TilingError(f"scenes mix dtypes {dtypes}; tile them into separate stores")
+    return planned
+
+
+def _scene_record(p: _Planned) -> dict[str, Any]:
+    return {"id": p.scene.scene_id, "files": p.scene.files, "date": p.scene.date,
+            "label": p.scene.label, "split": p.scene.split, "grid": p.grid.to_dict(),
+            "nodata": p.nodata}
+
+
+def _check_out(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path}: exists and is a file, not a Zarr store; choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").is_file():
+        raise StoreError(f"{path}: exists and is not a Zarr store; choose another --out")
+    parent = path.parent if not path.exists() else path
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise StoreError(f"{path}: not writable ({parent} denies writing); choose another --out")
+
+
+def tile_scenes(
+    inputs: Sequence[str],
+    out: str | Path,
+    config: TileConfig,
+    *,
+    workers: int = 1,
+    dask: str | bool | None = None,
+    overwrite: bool = False,
+    command: str = "",
+    on_unit: Callable[[UnitResult, int], None] | None = None,
+) -> TileSummary:
+    """Tile scenes into a store; resume or append when it exists.
+
+    Every input is checked (headers, bands, grids, sizes) before the store is touched. Units
+    already written are skipped, so re-running a killed command finishes the job; a finished
+    store with no new scenes is left as it is. On an error the store is rolled back to its last
+    finished state (or removed if it never had one).
+
+    Args:
+        inputs: Files, folders or globs.
+        out: Store path.
+        config: Tiling options.
+        workers: Local worker processes (or local Dask workers).
+        dask: ``True`` for a Dask LocalCluster, or a scheduler address.
+        overwrite: Replace an existing store made with another configuration.
+        command: Command line recorded in the store.
+        on_unit: Progress callback ``(result, total_units)``.
+    """
+    started = time.perf_counter()
+    config.validate()
+    out = Path(out)
+    scenes = discover_scenes(inputs, get_sensor(config.sensor), config.band_names(),
+                             band_order=config.band_order, label_from_dir=config.label_from_dir)
+    planned = _plan_scenes(scenes, config)
+    _check_out(out)
+    if overwrite and (out / "zarr.json").is_file():
+        TileStore.open(out, require_complete=False)  # refuse to delete what is not a tile store
+        remove_store(out)
+    store, snapshot, new = _open_or_create(out, planned, config, command)
+    tasks = _pending_tasks(store, planned, config)
+    done: list[UnitResult] = []
+    try:
+        execute(tasks, workers=workers, dask=dask,
+                on_result=lambda r: (done.append(r), on_unit and on_unit(r, len(tasks))))
+        _finalise(store)
+    except RsmaeError:  # bad input: undo; an interrupt keeps the progress for a resume
+        _rollback(store, snapshot)
+        raise
+    attrs = store.attrs
+    kept, dropped = (int(x) for x in store.array("unit_count")[:].sum(axis=0))
+    return TileSummary(str(out), len(attrs["scenes"]), new, len(tasks), kept, dropped,
+                       store.nbytes_stored(), time.perf_counter() - started, attrs["stats"])
+
+
+def _open_or_create(
+    out: Path, planned: list[_Planned], config: TileConfig, command: str
+) -> tuple[TileStore, dict[str, Any] | None, int]:
+    """Open (checking config and inputs) or create the store; register new scenes."""
+    wanted = config.store_config()
+    if (out / "zarr.json").is_file():
+        store = TileStore.open(out, mode="r+", require_complete=False)
+        store.check_config(wanted)
+        if store.attrs["dtype"] != planned[0].dtype:
+            raise StoreConfigError(f"{out}: holds {store.attrs['dtype']} pixels, the inputs "
+                                   f"are {planned[0].dtype}; use another --out")
+    else:
+        sensor = get_sensor(config.sensor)
+        bands = [{"name": b.name, "wavelength_nm": b.wavelength_nm, "gsd_m": b.gsd_m}
+                 for b in (sensor.band(n) for n in config.band_names())]
+        store = _create(out, config=wanted, bands=bands, dtype=planned[0].dtype,
+                                 shard_tiles=config.shard_tiles,
+                                 attrs={"sensor": config.sensor, "rsmae_version": rsmae.__version__,
+                                        "command": command, "committed": None})
+    attrs = store.attrs
+    snapshot = attrs.get("committed")
+    known = {s["id"] for s in attrs["scenes"]}
+    fresh = [p for p in planned if p.scene.scene_id not in known]
+    if not store.complete and fresh and attrs["batches"] and _unfinished(store):
+        raise StoreConfigError(
+            f"{out}: an unfinished run over other inputs is in this store; rerun that command "
+            "to finish it, or pass --overwrite"
+        )
+    if fresh:
+        store.update_attrs(complete=False)
+        first = len(attrs["scenes"])
+        scene_windows = [(first + i, windows(p.grid, config.tile_size, wanted["stride"]))
+                         for i, p in enumerate(fresh)]
+        n_units = attrs["n_units"] + len(plan_units(scene_windows, config.shard_tiles))
+        store.update_attrs(scenes=attrs["scenes"] + [_scene_record(p) for p in fresh],
+                           batches=attrs["batches"] + [[first, first + len(fresh),
+                                                        attrs["n_units"], n_units]])
+        store.resize_units(n_units)
+    batches = store.attrs["batches"]
+    if batches and store.attrs["n_units"] != batches[-1][3]:  # killed while registering
+        store.resize_units(batches[-1][3])
+    return store, snapshot, len(fresh)
+
+
+def _create(out: Path, **kwargs: Any) -> TileStore:
+    try:
+        return TileStore.create(out, **kwargs)
+    except OSError as err:
+        remove_store(out)
+        raise StoreError(f"{out}: cannot create the store ({err.strerror}); choose another --out"
+                         ) from err
+
+
+def _unfinished(store: TileStore) -> bool:
+    return not bool(store.units_done().all())
+
+
+def _pending_tasks(store: TileStore, planned: list[_Planned], config: TileConfig) -> list[UnitTask]:
+    """Tasks for every unit not yet written (the plan is rebuilt from the stored batches)."""
+    attrs = store.attrs
+    by_id = {p.scene.scene_id: p for p in planned}
+    done = store.units_done()
+    stride = attrs["config"]["stride"]
+    tasks = []
+    for first, last, unit_start, _ in attrs["batches"]:
+        records = attrs["scenes"][first:last]
+        grids = {first + i: Grid(r["grid"]["crs"], tuple(r["grid"]["transform"]),
+                                 r["grid"]["width"], r["grid"]["height"])
+                 for i, r in enumerate(records)}
+        scene_windows = [(i, windows(g, config.tile_size, stride)) for i, g in grids.items()]
+        for offset, unit_windows in enumerate(plan_units(scene_windows, store.shard_tiles)):
+            unit = unit_start + offset
+            if done[unit]:
+                continue
+            scenes = {}
+            for idx in sorted({w[0] for w in unit_windows}):
+                record = attrs["scenes"][idx]
+                if record["id"] not in by_id:
+                    raise StoreConfigError(
+                        f"{store.path}: scene {record['id']} of an unfinished run is not among "
+                        "the inputs; rerun the same command to finish it, or pass --overwrite")
+                scenes[idx] = (by_id[record["id"]].scene, grids[idx], record["nodata"])
+            tasks.append(UnitTask(str(store.path), unit, unit_windows, scenes, attrs["dtype"],
+                                  config.tile_size, config.max_nodata))
+    return tasks
+
+
+def _finalise(store: TileStore) -> None:
+    """Index, statistics, per-scene checks; mark complete (last)."""
+    attrs = store.attrs
+    table = store.slot_table()
+    slots = np.nonzero(table["scene"] >= 0)[0]
+    per_scene = np.bincount(table["scene"][slots], minlength=len(attrs["scenes"]))
+    empty = [attrs["scenes"][i]["files"][0] for i in np.nonzero(per_scene == 0)[0]]
+    if empty:
+        raise TilingError(
+            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}: no tile with at most "
+            f"{attrs['config']['max_nodata']:.0%} nodata (all-nodata or NaN scene); leave it "
+            "out or raise --max-nodata"
+        )
+    hist = np.zeros(store.array("unit_hist").shape[1:], dtype=np.int64)
+    moments = np.zeros(store.array("unit_moments").shape[1:], dtype=np.float64)
+    for unit in range(attrs["n_units"]):  # fixed order: independent of the worker count
+        hist += store.array("unit_hist")[unit]
+        moments += store.array("unit_moments")[unit]
+    stats = dict(zip(store.band_names, summarise(hist, moments, attrs["dtype"]), strict=True))
+    store.write_index(slots)
+    labels = sorted({s["label"] for s in attrs["scenes"] if s["label"] is not None})
+    committed = {k: v for k, v in attrs.items() if k not in ("committed", "complete")}
+    store.update_attrs(stats=stats, tiles=len(slots), classes=labels,
+                       tiles_per_scene=per_scene.tolist(), committed=committed)
+    store.update_attrs(complete=True)
+
+
+def _rollback(store: TileStore, snapshot: dict[str, Any] | None) -> None:
+    """Undo an unfinished run: back to the last finished state, or remove the store."""
+    if snapshot is None:
+        log.warning("removing %s: the run did not finish and no earlier finished state exists",
+                    store.path)
+        remove_store(store.path)
+        return
+    store.resize_units(snapshot["n_units"])
+    store.write_index(store.index()[: snapshot["tiles"]])
+    store.update_attrs(**snapshot, committed=snapshot)
+    store.update_attrs(complete=True)
+
+
+def summary_dict(summary: TileSummary) -> dict[str, Any]:
+    """JSON-ready summary."""
+    return asdict(summary)

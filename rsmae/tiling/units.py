@@ -1,0 +1,106 @@
+"""Units of work: planning windows into shard-sized units, and running one unit.
+
+A unit is ``shard_tiles`` consecutive windows (row-major, scenes in id order); it owns one shard
+of the store. Running a unit reads its windows, drops tiles with too much nodata, writes the kept
+tiles compacted at the start of its shard, and records its statistics. It is a plain function of
+picklable arguments, so local processes and Dask workers run it the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from rsmae.store import TileStore, hist_bins
+from rsmae.tiling.grid import Grid, SceneReader
+from rsmae.tiling.scenes import Scene
+from rsmae.tiling.stats import accumulate
+
+__all__ = ["UnitResult", "UnitTask", "plan_units", "run_unit", "valid_mask", "windows"]
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """Everything a worker needs to write one unit."""
+
+    store: str
+    unit: int
+    windows: tuple[tuple[int, int, int], ...]  # (scene index, row, col)
+    scenes: dict[int, tuple[Scene, Grid, float | None]]  # index -> scene, grid, nodata
+    dtype: str
+    tile_size: int
+    max_nodata: float
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What a unit kept and dropped."""
+
+    unit: int
+    kept: int
+    dropped: int
+
+
+def windows(grid: Grid, tile_size: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left (row, col) of every full window on ``grid``, row-major."""
+    rows = range(0, grid.height - tile_size + 1, stride)
+    cols = range(0, grid.width - tile_size + 1, stride)
+    return [(r, c) for r in rows for c in cols]
+
+
+def plan_units(
+    scene_windows: list[tuple[int, list[tuple[int, int]]]], shard_tiles: int
+) -> list[tuple[tuple[int, int, int], ...]]:
+    """Cut the windows of consecutive scenes into units of ``shard_tiles`` windows."""
+    flat = [(s, r, c) for s, wins in scene_windows for r, c in wins]
+    return [tuple(flat[i : i + shard_tiles]) for i in range(0, len(flat), shard_tiles)]
+
+
+def valid_mask(tile: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``(T, T)`` True where a pixel is valid: no band NaN and not every band equal to nodata."""
+    ok = np.ones(tile.shape[1:], dtype=bool)
+    if tile.dtype.kind == "f":
+        ok &= ~np.isnan(tile).any(axis=0)
+    if nodata is not None and not np.isnan(nodata):
+        ok &= ~(tile == np.asarray(nodata, dtype=tile.dtype)).all(axis=0)
+    return ok
+
+
+def run_unit(task: UnitTask) -> UnitResult:
+    """Read, filter and write one unit; returns its counts. Safe to run twice."""
+    t = task.tile_size
+    tiles: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    meta: dict[str, list] = {"scene": [], "row": [], "col": [], "valid": []}
+    dropped = 0
+    for scene_idx, group in itertools.groupby(task.windows, key=lambda w: w[0]):
+        scene, grid, nodata = task.scenes[scene_idx]
+        with SceneReader(scene, grid, task.dtype) as reader:
+            for row, cells in itertools.groupby(group, key=lambda w: w[1]):
+                cols = [c for _, _, c in cells]
+                left = cols[0]
+                strip = reader.read(row, left, t, cols[-1] + t - left)
+                for col in cols:
+                    tile = strip[:, :, col - left : col - left + t]
+                    ok = valid_mask(tile, nodata)
+                    frac = float(ok.mean())
+                    if 1.0 - frac > task.max_nodata:
+                        dropped += 1
+                        continue
+                    tiles.append(tile)
+                    masks.append(ok)
+                    for key, value in zip(meta, (scene_idx, row, col, frac), strict=True):
+                        meta[key].append(value)
+    store = TileStore.open(task.store, mode="r+", require_complete=False)
+    n_bands = len(store.band_names)
+    bins = hist_bins(task.dtype)
+    hist = np.zeros((n_bands, bins), dtype=np.int64)
+    moments = np.zeros((n_bands, 3), dtype=np.float64)
+    stack = np.stack(tiles) if tiles else np.zeros((0, n_bands, t, t), dtype=task.dtype)
+    if tiles:
+        accumulate(stack, np.stack(masks), bins, hist, moments)
+    arrays = {k: np.asarray(v) for k, v in meta.items()}
+    store.write_unit(task.unit, stack, arrays, (len(tiles), dropped), hist, moments)
+    return UnitResult(task.unit, len(tiles), dropped)

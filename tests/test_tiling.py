@@ -1,0 +1,177 @@
+"""End-to-end tiling on real scenes: grids, bands, statistics, determinism, resume, Dask."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from conftest import BIGEARTHNET, EUROSAT, LANDSAT, OSCD, ROOT
+
+from rsmae.store import TileStore
+from rsmae.tiling import TileConfig, tile_scenes
+from rsmae.tiling.units import valid_mask
+
+TWO_CITIES = [str(OSCD / "pisa" / "imgs_1"), str(OSCD / "saclay_e" / "imgs_1")]
+
+
+def _content(path: Path) -> dict:
+    """Everything a store holds except the command line and timings."""
+    store = TileStore.open(path)
+    attrs = {k: v for k, v in store.attrs.items() if k not in ("command", "committed")}
+    arrays = {name: store.array(name)[:] for name in
+              ("images", "scene", "row", "col", "valid", "index", "unit_count", "unit_hist")}
+    return {"attrs": json.dumps(attrs, sort_keys=True), **arrays}
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    ca, cb = _content(a), _content(b)
+    assert ca["attrs"] == cb["attrs"]
+    for key in ca:
+        if key != "attrs":
+            np.testing.assert_array_equal(ca[key], cb[key], err_msg=key)
+
+
+def test_bigearthnet_mixed_resolution_aligned(bigearthnet_store: Path) -> None:
+    store = TileStore.open(bigearthnet_store)
+    assert store.band_names[0] == "B01" and "B10" not in store.band_names
+    assert store.attrs["tiles"] == 24  # 6 patches of 120x120 at 10 m, 60-px tiles
+    scene = store.attrs["scenes"][0]
+    folder = BIGEARTHNET / scene["id"].split("/", 1)[1]
+    assert scene["id"].startswith("bigearthnet_s2_samples/")
+    first = store.read_tiles(store.index()[:1])[0]
+    with rasterio.open(next(folder.glob("*_B02.tif"))) as src:
+        assert src.width == 120
+        np.testing.assert_array_equal(first[1], src.read(1)[:60, :60])
+    with rasterio.open(next(folder.glob("*_B01.tif"))) as src:  # 60 m band, 20x20 px
+        coarse = src.read(1).astype(float)
+    # resampled onto the 10 m grid: the mean of a 60x60 tile matches the 10x10 coarse block
+    assert abs(first[0].mean() - coarse[:10, :10].mean()) / coarse[:10, :10].mean() < 0.02
+
+
+def test_statistics_exact(bigearthnet_store: Path) -> None:
+    store = TileStore.open(bigearthnet_store)
+    tiles = store.read_tiles(store.index())
+    for c, band in enumerate(store.band_names):
+        values = np.concatenate([t[c][valid_mask(t, 0)] for t in tiles]).astype(np.float64)
+        got = store.attrs["stats"][band]
+        assert got["count"] == values.size
+        assert got["mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert got["std"] == pytest.approx(values.std(), rel=1e-9)
+        assert got["p01"] == pytest.approx(np.percentile(values, 1), rel=1e-12)
+        assert got["p99"] == pytest.approx(np.percentile(values, 99), rel=1e-12)
+
+
+def test_eurosat_band_layout_and_labels(eurosat_store: Path) -> None:
+    store = TileStore.open(eurosat_store)
+    attrs = store.attrs
+    assert attrs["tiles"] == 270 and len(attrs["classes"]) == 10
+    b8a = store.band_names.index("B8A")
+    assert b8a == 8  # canonical position, although EuroSAT files keep B8A last
+    k = 5
+    record = attrs["scenes"][store.array("scene")[store.index()[k]]]
+    path = Path(record["files"][0])
+    assert path.is_relative_to(EUROSAT) and record["id"] == f"{path.parent.name}/{path.stem}"
+    with rasterio.open(path) as src:
+        raw = src.read()
+    tile = store.read_tiles(store.index()[k : k + 1])[0]
+    np.testing.assert_array_equal(tile[b8a], raw[12])
+    np.testing.assert_array_equal(tile[9], raw[8])  # B09
+    assert record["label"] == path.parent.name and record["split"] in ("train", "test")
+    assert attrs["stats"]["B8A"]["mean"] == pytest.approx(2595.8, abs=0.1)  # data card value
+
+
+def test_oscd_geographic_crs_and_dates(tmp_path: Path) -> None:
+    out = tmp_path / "pisa.zarr"
+    summary = tile_scenes([str(OSCD / "pisa" / "imgs_1")], out, TileConfig(tile_size=128))
+    store = TileStore.open(out)
+    scene = store.attrs["scenes"][0]
+    assert scene["date"] == "2015-07-04"  # from dates.txt, not the processing date in names
+    with rasterio.open(next((OSCD / "pisa" / "imgs_1").glob("*_B02.tif"))) as src:
+        width, height = src.width, src.height  # the 10 m grid is the reference
+    assert (scene["grid"]["width"], scene["grid"]["height"]) == (width, height)
+    assert {width, height} == {776, 718}
+    assert "4326" in scene["grid"]["crs"] or "WGS 84" in scene["grid"]["crs"]
+    assert summary.tiles_kept == (width // 128) * (height // 128)
+    # --resolution 20 in a geographic CRS: translated through the 10 m band's native GSD
+    out20 = tmp_path / "pisa20.zarr"
+    tile_scenes([str(OSCD / "pisa" / "imgs_1")], out20, TileConfig(tile_size=64, resolution=20))
+    grid20 = TileStore.open(out20).attrs["scenes"][0]["grid"]
+    assert (grid20["width"], grid20["height"]) == (width // 2, height // 2)
+
+
+def test_landsat_zero_collar_dropped(tmp_path: Path) -> None:
+    out = tmp_path / "l8.zarr"
+    config = TileConfig(tile_size=128, sensor="landsat-oli", bands=("B2", "B3", "B4"),
+                        band_order="B2,B3,B4")
+    summary = tile_scenes([str(LANDSAT)], out, config, workers=2)
+    assert summary.tiles_dropped > 0 and summary.tiles_kept > 100
+    store = TileStore.open(out)
+    assert store.array("valid")[store.index()].min() >= 0.9
+    assert store.array("images").dtype == np.uint16
+    assert store.attrs["stats"]["B2"]["min"] > 0  # collar zeros are not in the statistics
+
+
+def test_output_independent_of_workers(tmp_path: Path) -> None:
+    config = TileConfig(tile_size=64, shard_tiles=16)
+    tile_scenes(TWO_CITIES, tmp_path / "w1.zarr", config, workers=1)
+    tile_scenes(TWO_CITIES, tmp_path / "w2.zarr", config, workers=2)
+    _assert_same(tmp_path / "w1.zarr", tmp_path / "w2.zarr")
+
+
+def test_dask_local_cluster_same_output(tmp_path: Path) -> None:
+    config = TileConfig(tile_size=64, shard_tiles=16)
+    tile_scenes(TWO_CITIES, tmp_path / "local.zarr", config)
+    tile_scenes(TWO_CITIES, tmp_path / "dask.zarr", config, workers=2, dask=True)
+    _assert_same(tmp_path / "local.zarr", tmp_path / "dask.zarr")
+
+
+def _tile_cmd(out: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "pipelines" / "tile.py"), *TWO_CITIES, "--out", str(out),
+            "--tile-size", "32", "--shard-tiles", "8"]
+
+
+def test_kill_and_resume_gives_identical_store(tmp_path: Path) -> None:
+    reference = tmp_path / "ref.zarr"
+    subprocess.run(_tile_cmd(reference), check=True, capture_output=True)
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(_tile_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = int(zarr.open_array(out / "unit_done", mode="r")[:].sum())
+        except Exception:  # the store is being created
+            done = 0
+        if done >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert done >= 3, "the run finished before it could be killed"
+    with pytest.raises(Exception, match="has not finished"):
+        TileStore.open(out)  # an unfinished store is never mistaken for a finished one
+    subprocess.run(_tile_cmd(out), check=True, capture_output=True)
+    _assert_same(reference, out)
+
+
+def test_rerun_is_noop_and_new_scenes_append(tmp_path: Path) -> None:
+    out = tmp_path / "s.zarr"
+    config = TileConfig(tile_size=64, shard_tiles=16)
+    first = tile_scenes(TWO_CITIES[:1], out, config)
+    again = tile_scenes(TWO_CITIES[:1], out, config)
+    assert (again.new_scenes, again.units_run, again.tiles_kept) == (0, 0, first.tiles_kept)
+    before = TileStore.open(out).read_tiles(TileStore.open(out).index())
+    more = tile_scenes(TWO_CITIES, out, config)
+    assert more.new_scenes == 1 and more.scenes == 2
+    store = TileStore.open(out)
+    np.testing.assert_array_equal(store.read_tiles(store.index()[: len(before)]), before)
+    alone = tile_scenes(TWO_CITIES[1:], tmp_path / "b.zarr", config)
+    assert more.tiles_kept == first.tiles_kept + alone.tiles_kept
