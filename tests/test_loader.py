@@ -1,0 +1,104 @@
+"""ShardDataset, ShardSampler and TileDataModule over real stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from rsmae.data import ShardDataset, ShardSampler, TileDataModule, split_scenes
+from rsmae.errors import BandError, StoreError, StoreIncompleteError
+from rsmae.store import TileStore
+
+
+def test_samples_normalised_with_store_statistics(eurosat_store: Path) -> None:
+    ds = ShardDataset(eurosat_store)
+    assert len(ds) == 270 and ds.bands[8] == "B8A" and len(ds.classes) == 10
+    sample = ds[3]
+    assert sample["image"].shape == (13, 64, 64) and sample["image"].dtype == torch.float32
+    raw = ShardDataset(eurosat_store, normalize=False)[3]["image"]
+    expected = (raw - torch.tensor(ds.mean, dtype=torch.float32)[:, None, None]) / torch.tensor(
+        ds.std, dtype=torch.float32)[:, None, None]
+    torch.testing.assert_close(sample["image"], expected)
+    batch = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    assert batch.mean(dim=(0, 2, 3)).abs().max() < 1e-3  # stats are the data's own
+    assert sample["label"] == ds.classes.index(ds.scene_id(3).split("/")[0])
+    assert float(sample["gsd"]) == 10.0
+
+
+def test_fast_reader_equals_zarr(eurosat_store: Path) -> None:
+    store = TileStore.open(eurosat_store)
+    slots = store.index()[::7]
+    reader = store.tile_reader()
+    np.testing.assert_array_equal(np.stack([reader.read(s) for s in slots]), store.read_tiles(slots))
+
+
+def test_getitems_matches_getitem(bigearthnet_store: Path) -> None:
+    ds = ShardDataset(bigearthnet_store)
+    items = ds.__getitems__([5, 0, 17, 5])
+    for i, item in zip([5, 0, 17, 5], items, strict=True):
+        torch.testing.assert_close(item["image"], ds[i]["image"])
+
+
+def test_band_mismatch_is_an_error(eurosat_store: Path, bigearthnet_store: Path) -> None:
+    with pytest.raises(BandError, match="do not match"):
+        ShardDataset([eurosat_store, bigearthnet_store])
+    with pytest.raises(BandError):
+        ShardDataset(eurosat_store, bands=["B04", "B03", "B02"])
+    ShardDataset([eurosat_store, eurosat_store])  # same bands: read as one
+
+
+def test_incomplete_and_missing_stores_refused(tmp_path: Path, eurosat_store: Path) -> None:
+    with pytest.raises(StoreError, match="no tile store"):
+        ShardDataset(tmp_path / "none.zarr")
+    import shutil
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(eurosat_store, copy)
+    TileStore.open(copy, mode="r+").update_attrs(complete=False)
+    with pytest.raises(StoreIncompleteError, match="rerun the same"):
+        ShardDataset(copy)
+
+
+def test_sampler_reads_whole_shards_and_splits_ranks(eurosat_store: Path) -> None:
+    ds = ShardDataset(eurosat_store)
+    sampler = ShardSampler(ds, buffer_shards=1, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(ds)))
+    shards = [ds.shard_of(i) for i in order]
+    changes = sum(a != b for a, b in zip(shards, shards[1:], strict=False))
+    assert changes == len(set(shards)) - 1  # each shard is read in one stretch
+    assert list(ShardSampler(ds, seed=3)) == list(ShardSampler(ds, seed=3))
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    ranks = [list(ShardSampler(ds, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 135
+    shards_by_rank = [{ds.shard_of(i) for i in r} for r in ranks]
+    assert not shards_by_rank[0] & shards_by_rank[1] or len(set(ranks[0]) & set(ranks[1])) < 32
+
+
+def test_dataloader_with_workers(eurosat_store: Path) -> None:
+    ds = ShardDataset(eurosat_store)
+    loader = DataLoader(ds, batch_size=32, sampler=ShardSampler(ds), num_workers=2)
+    seen = torch.cat([b["index"] for b in loader])
+    assert sorted(seen.tolist()) == list(range(len(ds)))
+
+
+def test_datamodule_splits_by_scene(eurosat_store: Path) -> None:
+    dm = TileDataModule([str(eurosat_store)], batch_size=16, num_workers=0)
+    dm.setup("fit")
+    train = {dm.train_set.scene_id(i) for i in range(len(dm.train_set))}
+    val = {dm.val_set.scene_id(i) for i in range(len(dm.val_set))}
+    assert not train & val and len(val) == 54  # EuroSAT's own test folder is the val split
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (16, 13, 64, 64)
+
+
+def test_split_by_hash_is_stable() -> None:
+    records = [{"id": f"scene/{i}", "split": None} for i in range(200)]
+    train, val = split_scenes(records, 0.1, seed=0)
+    assert 5 < len(val) < 40 and not set(train) & set(val)
+    train2, val2 = split_scenes(records + [{"id": "scene/new", "split": None}], 0.1, seed=0)
+    assert set(val) <= set(val2)  # adding scenes does not move old ones
