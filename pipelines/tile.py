@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{s.tiles_dropped} dropped, {s.bytes_written / 1e6:.1f} MB, {s.seconds:.1f} s")
     print(f"{'band':>5} {'mean':>10} {'std':>10} {'p01':>8} {'p99':>8}")
     for band, st in s.stats.items():
-        print(f"{band:>5} {st['mean']:10.2f} {st['std']:10.2f} {st['p01']:8.1f} {st['p99']:8.1f}")
+        print(f"{band:>5} {st['mean']:10.4g} {st['std']:10.4g} {st['p01']:8.4g} {st['p99']:8.4g}")
     return 0
 
 

@@ -175,3 +175,34 @@ def test_rerun_is_noop_and_new_scenes_append(tmp_path: Path) -> None:
     np.testing.assert_array_equal(store.read_tiles(store.index()[: len(before)]), before)
     alone = tile_scenes(TWO_CITIES[1:], tmp_path / "b.zarr", config)
     assert more.tiles_kept == first.tiles_kept + alone.tiles_kept
+
+
+def test_float_scenes_from_numpy_adapter(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "datasets" / "eolearn_s2l1c"))
+    from conftest import DATA
+    from prepare import prepare
+
+    paths = prepare(DATA / "eolearn_s2l1c_testpatch", tmp_path / "tifs")
+    out = tmp_path / "eol.zarr"
+    tile_scenes([str(tmp_path / "tifs")], out, TileConfig(tile_size=32, band_order="eolearn-l1c"))
+    store = TileStore.open(out)
+    assert len(paths) == 5 and store.attrs["dtype"] == "float32"
+    tiles = store.read_tiles(store.index()).astype(np.float64)
+    b8a = store.band_names.index("B8A")
+    with rasterio.open(paths[0]) as src:  # eo-learn puts B8A at index 8 too
+        np.testing.assert_array_equal(tiles[0, b8a], src.read(9)[:32, :32])
+    stats = store.attrs["stats"]["B8A"]
+    values = tiles[:, b8a].ravel()
+    assert stats["mean"] == pytest.approx(values.mean(), rel=1e-9)
+    assert stats["std"] == pytest.approx(values.std(), rel=1e-6)
+    assert stats["p99"] == pytest.approx(np.percentile(values, 99), rel=1 / 128)
+
+
+def test_envi_rasters_found_in_folders(tmp_path: Path) -> None:
+    from conftest import DATA
+
+    out = tmp_path / "tz.zarr"
+    summary = tile_scenes([str(DATA / "landsat_cd_taizhou_nanjing" / "Taizhou")], out,
+                          TileConfig(tile_size=100, sensor="landsat-tm"))
+    assert summary.scenes == 2 and summary.tiles_kept == 32
+    assert TileStore.open(out).band_names == ["B1", "B2", "B3", "B4", "B5", "B7"]

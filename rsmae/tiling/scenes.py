@@ -63,7 +63,10 @@ class Scene:
 
 
 def _is_raster(path: Path) -> bool:
-    return path.suffix.lower() in RASTER_SUFFIXES
+    """A raster by suffix, or a raw ENVI file (a ``.hdr`` header beside it)."""
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        return True
+    return not path.suffix and any(path.with_name(path.name + h).is_file() for h in (".hdr", ".HDR"))
 
 
 def _expand(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
@@ -129,7 +132,7 @@ def _walk(path: Path) -> list[tuple[Path, list[Path]]]:
     found = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
-        rasters = sorted(Path(dirpath) / f for f in filenames if _is_raster(Path(f)))
+        rasters = sorted(Path(dirpath) / f for f in filenames if _is_raster(Path(dirpath) / f))
         if rasters:
             found.append((Path(dirpath), rasters))
     return found

@@ -28,9 +28,10 @@ def _float_key(values: np.ndarray) -> np.ndarray:
 
 def _key_to_float(key: np.ndarray) -> np.ndarray:
     """Inverse of :func:`_float_key` at the lower edge of a bucket."""
-    full = (key.astype(np.uint32) << 16).astype(np.uint32)
-    bits = np.where(full >> 31, full & np.uint32(0x7FFFFFFF), ~full)
-    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+    full = key.astype(np.uint32) << np.uint32(16)
+    bits = np.where(full >> np.uint32(31), full & np.uint32(0x7FFFFFFF), ~full).astype(np.uint32)
+    with np.errstate(invalid="ignore"):  # buckets of NaN bit patterns hold no valid pixel
+        return bits.view(np.float32).astype(np.float64)
 
 
 def accumulate(
