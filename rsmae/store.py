@@ -8,6 +8,8 @@ Layout (format version 1)::
       scene    (slots,) int32        scene index of each slot, -1 where no tile was kept
       row, col (slots,) int32        window offset of the tile in its scene's grid (pixels)
       valid    (slots,) float32      fraction of valid (not nodata / NaN) pixels
+      transform (slots, 6) float64   affine transform of each tile (GDAL order a, b, c, d, e, f
+                                     as in ``affine.Affine``); the CRS is the scene's
       index    (tiles,) int64        slots holding a tile, in order (written when finalising)
       unit_done (units,) uint8       1 when a unit of work (one shard) has been fully written
       unit_count (units, 2) int64    tiles kept and dropped by each unit
@@ -57,6 +59,7 @@ class TileStore:
     def __init__(self, path: str | Path, group: zarr.Group) -> None:
         self.path = Path(path)
         self._group = group
+        self._arrays: dict[str, zarr.Array] = {}
 
     # ---------------------------------------------------------------- creation and opening
     @classmethod
@@ -92,6 +95,8 @@ class TileStore:
         for name, (dt, fill) in _SLOT_ARRAYS.items():
             group.create_array(name, shape=(0,), chunks=(shard_tiles,), dtype=dt,
                                fill_value=fill)
+        group.create_array("transform", shape=(0, 6), chunks=(shard_tiles, 6), dtype="float64",
+                           fill_value=0.0)
         group.create_array("index", shape=(0,), chunks=(65536,), dtype="int64", fill_value=0)
         group.create_array("unit_done", shape=(0,), chunks=(1,), dtype="uint8", fill_value=0)
         group.create_array("unit_count", shape=(0, 2), chunks=(1, 2), dtype="int64",
@@ -182,8 +187,10 @@ class TileStore:
 
     # ---------------------------------------------------------------- arrays
     def array(self, name: str) -> zarr.Array:
-        """One array of the layout by name."""
-        return self._group[name]
+        """One array of the layout by name (opened once, then cached)."""
+        if name not in self._arrays:
+            self._arrays[name] = self._group[name]
+        return self._arrays[name]
 
     def resize_units(self, n_units: int) -> None:
         """Grow (or shrink) every array to hold ``n_units`` units of ``shard_tiles`` slots."""
@@ -192,6 +199,7 @@ class TileStore:
         images.resize((slots, *images.shape[1:]))
         for name in _SLOT_ARRAYS:
             self.array(name).resize((slots,))
+        self.array("transform").resize((slots, 6))
         for name in ("unit_done", "unit_count", "unit_hist", "unit_moments"):
             arr = self.array(name)
             arr.resize((n_units, *arr.shape[1:]))
@@ -215,7 +223,8 @@ class TileStore:
         Args:
             unit: Unit index (owns shard ``unit``).
             tiles: ``(k, C, T, T)`` kept tiles, ``k <= shard_tiles``.
-            meta: ``scene``, ``row``, ``col``, ``valid`` arrays of length ``k``.
+            meta: ``scene``, ``row``, ``col``, ``valid`` arrays of length ``k`` and ``transform``
+                ``(k, 6)``.
             counts: Tiles kept and dropped.
             hist: ``(C, bins)`` histogram of valid pixels.
             moments: ``(C, 3)`` count, sum, sum of squares of valid pixels.
@@ -228,6 +237,9 @@ class TileStore:
             column = np.full(self.shard_tiles, fill, dtype=dt)
             column[:k] = meta[name]
             self.array(name)[start : start + self.shard_tiles] = column
+        transforms = np.zeros((self.shard_tiles, 6), dtype=np.float64)
+        transforms[:k] = np.asarray(meta["transform"], dtype=np.float64).reshape(k, 6)
+        self.array("transform")[start : start + self.shard_tiles] = transforms
         self.array("unit_count")[unit] = np.asarray(counts, dtype=np.int64)
         self.array("unit_hist")[unit] = hist
         self.array("unit_moments")[unit] = moments
@@ -236,6 +248,18 @@ class TileStore:
     def slot_table(self) -> dict[str, np.ndarray]:
         """Per-slot metadata arrays (``scene``, ``row``, ``col``, ``valid``) in memory."""
         return {name: self.array(name)[:] for name in _SLOT_ARRAYS}
+
+    def georef(self, slot: int) -> dict[str, Any]:
+        """Georeferencing of the tile at ``slot``: scene id, window, transform, CRS, date."""
+        scene = int(self.array("scene")[slot])
+        if scene < 0:
+            raise StoreError(f"{self.path}: slot {slot} holds no tile")
+        record = self._group.attrs["scenes"][scene]
+        row, col = int(self.array("row")[slot]), int(self.array("col")[slot])
+        size = int(self.config["tile_size"])
+        return {"scene": record["id"], "window": (row, col, size, size),
+                "transform": tuple(float(v) for v in self.array("transform")[slot]),
+                "crs": record["grid"]["crs"], "date": record["date"]}
 
     def write_index(self, slots: np.ndarray) -> None:
         """Write the slots that hold tiles, in order."""

@@ -100,6 +100,12 @@ def test_oscd_geographic_crs_and_dates(tmp_path: Path) -> None:
     assert {width, height} == {776, 718}
     assert "4326" in scene["grid"]["crs"] or "WGS 84" in scene["grid"]["crs"]
     assert summary.tiles_kept == (width // 128) * (height // 128)
+    georef = store.georef(int(store.index()[7]))
+    a, _, c, _, e, f = scene["grid"]["transform"]
+    row, col = georef["window"][:2]
+    assert georef["transform"][2] == pytest.approx(c + a * col)
+    assert georef["transform"][5] == pytest.approx(f + e * row)
+    assert georef["date"] == "2015-07-04" and georef["scene"] == "pisa/imgs_1"
     # --resolution 20 in a geographic CRS: translated through the 10 m band's native GSD
     out20 = tmp_path / "pisa20.zarr"
     tile_scenes([str(OSCD / "pisa" / "imgs_1")], out20, TileConfig(tile_size=64, resolution=20))
@@ -126,16 +132,22 @@ def test_output_independent_of_workers(tmp_path: Path) -> None:
     _assert_same(tmp_path / "w1.zarr", tmp_path / "w2.zarr")
 
 
-def test_dask_local_cluster_same_output(tmp_path: Path) -> None:
+def test_dask_same_output_local_cluster_and_scheduler_address(tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
     config = TileConfig(tile_size=64, shard_tiles=16)
     tile_scenes(TWO_CITIES, tmp_path / "local.zarr", config)
     tile_scenes(TWO_CITIES, tmp_path / "dask.zarr", config, workers=2, dask=True)
     _assert_same(tmp_path / "local.zarr", tmp_path / "dask.zarr")
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster:  # an existing cluster, on loopback
+        tile_scenes(TWO_CITIES, tmp_path / "remote.zarr", config, dask=cluster.scheduler_address)
+    _assert_same(tmp_path / "local.zarr", tmp_path / "remote.zarr")
 
 
 def _tile_cmd(out: Path) -> list[str]:
     return [sys.executable, str(ROOT / "pipelines" / "tile.py"), *TWO_CITIES, "--out", str(out),
-            "--tile-size", "32", "--shard-tiles", "8"]
+            "--tile-size", "64", "--shard-tiles", "4"]
 
 
 def test_kill_and_resume_gives_identical_store(tmp_path: Path) -> None:
@@ -206,3 +218,17 @@ def test_envi_rasters_found_in_folders(tmp_path: Path) -> None:
                           TileConfig(tile_size=100, sensor="landsat-tm"))
     assert summary.scenes == 2 and summary.tiles_kept == 32
     assert TileStore.open(out).band_names == ["B1", "B2", "B3", "B4", "B5", "B7"]
+
+
+def test_l1c_and_l2a_share_a_store_by_band_names(tmp_path: Path) -> None:
+    out = tmp_path / "mixed.zarr"
+    l2a = "B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B11,B12"
+    tile_scenes([str(OSCD / "pisa" / "imgs_1")], out,
+                TileConfig(tile_size=60, sensor="s2-l1c", bands=tuple(l2a.split(","))))
+    summary = tile_scenes([str(BIGEARTHNET)], out,
+                          TileConfig(tile_size=60, sensor="s2-l2a", bands=tuple(l2a.split(","))))
+    store = TileStore.open(out)
+    assert summary.new_scenes == 6 and store.band_names == l2a.split(",")
+    assert {s["sensor"] for s in store.attrs["scenes"]} == {"s2-l1c", "s2-l2a"}
+    with pytest.raises(Exception, match="another configuration"):
+        tile_scenes([str(OSCD / "saclay_e" / "imgs_1")], out, TileConfig(tile_size=60))  # 13 bands

@@ -116,6 +116,11 @@ class ShardDataset(Dataset):
         store, _, scene = self.table[i, :3]
         return self.scene_records[store][scene]["id"]
 
+    def georef(self, i: int) -> dict[str, Any]:
+        """Georeferencing of tile ``i``: scene id, window, affine transform, CRS, date."""
+        store, slot = self.table[i, :2]
+        return TileStore.open(self.paths[store]).georef(int(slot))
+
     def shard_of(self, i: int) -> tuple[int, int]:
         """(store, shard) holding tile ``i``."""
         store, slot = self.table[i, :2]

@@ -75,9 +75,14 @@ class TileConfig:
         return sensor.resolve(self.bands) if self.bands else sensor.names
 
     def store_config(self) -> dict[str, Any]:
-        """The part of the configuration a store must keep across runs."""
+        """The part of the configuration a store must keep across runs.
+
+        The sensor is not part of it: scenes of several sensors or product levels (Sentinel-2
+        L1C and L2A) share a store when the same bands are selected by name; each scene records
+        its sensor.
+        """
         return {"tile_size": self.tile_size, "stride": self.stride or self.tile_size,
-                "sensor": self.sensor, "bands": list(self.band_names()),
+                "bands": list(self.band_names()),
                 "resolution": self.resolution, "max_nodata": self.max_nodata,
                 "nodata": self.nodata, "shard_tiles": self.shard_tiles}
 
@@ -124,8 +129,8 @@ def _plan_scenes(scenes: Sequence[Scene], config: TileConfig) -> list[_Planned]:
     return planned
 
 
-def _scene_record(p: _Planned) -> dict[str, Any]:
-    return {"id": p.scene.scene_id, "files": p.scene.files, "date": p.scene.date,
+def _scene_record(p: _Planned, sensor: str) -> dict[str, Any]:
+    return {"id": p.scene.scene_id, "sensor": sensor, "files": p.scene.files, "date": p.scene.date,
             "label": p.scene.label, "split": p.scene.split, "grid": p.grid.to_dict(),
             "nodata": p.nodata}
 
@@ -230,7 +235,7 @@ def _open_or_create(
         scene_windows = [(first + i, windows(p.grid, config.tile_size, wanted["stride"]))
                          for i, p in enumerate(fresh)]
         n_units = attrs["n_units"] + len(plan_units(scene_windows, config.shard_tiles))
-        store.update_attrs(scenes=attrs["scenes"] + [_scene_record(p) for p in fresh],
+        store.update_attrs(scenes=attrs["scenes"] + [_scene_record(p, config.sensor) for p in fresh],
                            batches=attrs["batches"] + [[first, first + len(fresh),
                                                         attrs["n_units"], n_units]])
         store.resize_units(n_units)

@@ -73,7 +73,7 @@ def run_unit(task: UnitTask) -> UnitResult:
     t = task.tile_size
     tiles: list[np.ndarray] = []
     masks: list[np.ndarray] = []
-    meta: dict[str, list] = {"scene": [], "row": [], "col": [], "valid": []}
+    meta: dict[str, list] = {"scene": [], "row": [], "col": [], "valid": [], "transform": []}
     dropped = 0
     for scene_idx, group in itertools.groupby(task.windows, key=lambda w: w[0]):
         scene, grid, nodata = task.scenes[scene_idx]
@@ -91,7 +91,9 @@ def run_unit(task: UnitTask) -> UnitResult:
                         continue
                     tiles.append(tile)
                     masks.append(ok)
-                    for key, value in zip(meta, (scene_idx, row, col, frac), strict=True):
+                    a, b, c, d, e, f = grid.transform
+                    shifted = (a, b, c + a * col + b * row, d, e, f + d * col + e * row)
+                    for key, value in zip(meta, (scene_idx, row, col, frac, shifted), strict=True):
                         meta[key].append(value)
     store = TileStore.open(task.store, mode="r+", require_complete=False)
     n_bands = len(store.band_names)
