@@ -194,7 +194,7 @@ def test_float_scenes_from_numpy_adapter(tmp_path: Path) -> None:
     from conftest import DATA
     from prepare import prepare
 
-    paths = prepare(DATA / "eolearn_s2l1c_testpatch", tmp_path / "tifs")
+    paths = prepare(DATA / "eolearn_s2l1c_testpatch", tmp_path / "tifs", dtype="float32")
     out = tmp_path / "eol.zarr"
     tile_scenes([str(tmp_path / "tifs")], out, TileConfig(tile_size=32, band_order="eolearn-l1c"))
     store = TileStore.open(out)

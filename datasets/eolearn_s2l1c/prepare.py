@@ -2,6 +2,9 @@
 
 The array is (time, H, W, band) float32 L1C reflectance in the eo-learn band order
 B01..B08, B8A, B09..B12 (layout ``eolearn-l1c``); the footprint comes from ``bbox.geojson``.
+By default the frames are written as uint16 digital numbers (reflectance x 10000, the L1C
+convention of EuroSAT and OSCD), so they share stores and statistics with those; ``--dtype
+float32`` keeps reflectance.
 
 Example:
     python datasets/eolearn_s2l1c/prepare.py ../shared/data/eolearn_s2l1c_testpatch --out work/eolearn
@@ -21,8 +24,8 @@ import rasterio
 from rasterio.transform import from_bounds
 
 
-def prepare(root: Path, out: Path) -> list[Path]:
-    """Write one 13-band float32 GeoTIFF per time frame; return their paths."""
+def prepare(root: Path, out: Path, dtype: str = "uint16") -> list[Path]:
+    """Write one 13-band GeoTIFF per time frame (uint16 DN or float32 reflectance)."""
     scenes = np.load(root / "REFERENCE_SCENES.npy")
     bbox = json.loads((root / "bbox.geojson").read_text())
     xs, ys = zip(*bbox["coordinates"][0], strict=True)
@@ -34,8 +37,11 @@ def prepare(root: Path, out: Path) -> list[Path]:
     for t, frame in enumerate(scenes):
         path = out / f"eolearn_reference_{t}.tif"
         with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=bands,
-                           dtype="float32", crs=f"EPSG:{crs}", transform=transform) as dst:
-            dst.write(np.moveaxis(frame.astype(np.float32), -1, 0))
+                           dtype=dtype, crs=f"EPSG:{crs}", transform=transform) as dst:
+            pixels = np.moveaxis(frame.astype(np.float32), -1, 0)
+            if dtype == "uint16":
+                pixels = np.clip(np.rint(pixels * 10000), 1, 65535).astype(np.uint16)
+            dst.write(pixels)
         paths.append(path)
     return paths
 
@@ -45,12 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dtype", choices=("uint16", "float32"), default="uint16")
     args = p.parse_args(argv)
     if not (args.root / "REFERENCE_SCENES.npy").is_file():
         print(f"error: {args.root}: no REFERENCE_SCENES.npy; pass the eo-learn test patch folder",
               file=sys.stderr)
         return 2
-    for path in prepare(args.root, args.out):
+    for path in prepare(args.root, args.out, args.dtype):
         print(path)
     return 0
 

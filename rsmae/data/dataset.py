@@ -68,6 +68,10 @@ class ShardDataset(Dataset):
         if bands is not None:
             check_bands(list(bands), self.bands, self.paths[0])
         attrs = [s.attrs for s in opened]
+        dtypes = sorted({a["dtype"] for a in attrs})
+        if len(dtypes) > 1:
+            raise BandError(f"{self.paths}: stores hold pixels of different dtypes {dtypes} (different "
+                            "units); tile them into stores of one dtype to read them as one dataset")
         self.sensor: str = attrs[0]["sensor"]
         self.tile_size: int = attrs[0]["config"]["tile_size"]
         self.classes: list[str] = sorted({c for a in attrs for c in a.get("classes", [])})

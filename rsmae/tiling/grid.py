@@ -24,9 +24,18 @@ from rsmae.bands import Sensor
 from rsmae.errors import BandError, GridError, RasterReadError
 from rsmae.tiling.scenes import Scene
 
-__all__ = ["SUPPORTED_DTYPES", "Grid", "SceneReader", "scene_grid"]
+__all__ = ["SUPPORTED_DTYPES", "Grid", "SceneReader", "gdal_env", "scene_grid"]
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+
+
+def gdal_env() -> rasterio.Env:
+    """GDAL settings for tiling: open files without listing their folder.
+
+    In folders of many scenes every open listed thousands of names; sidecar files (.hdr, .ovr)
+    are still found.
+    """
+    return rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE")
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ def scene_grid(scene: Scene, sensor: Sensor, resolution: float | None) -> tuple[
         BandError: a file has fewer bands than the layout needs.
         GridError: files disagree on CRS or extent.
     """
-    headers = {s.path: _header(s.path) for s in scene.sources}
+    headers = {path: _header(path) for path in scene.files}
     for src in scene.sources:
         h = headers[src.path]
         if src.index > h.count:
@@ -157,14 +166,16 @@ class SceneReader:
         self.grid = grid
         self.dtype = dtype
         self._stack = ExitStack()
-        self._readers: list[tuple[object, int]] = []
+        self._readers: list[tuple[str, tuple[object, list[int], list[int]]]] = []
 
     def __enter__(self) -> SceneReader:
-        opened: dict[str, object] = {}
-        for src in self.scene.sources:
-            if src.path not in opened:
-                opened[src.path] = self._open(src.path)
-            self._readers.append((opened[src.path], src.index))
+        groups: dict[str, tuple[object, list[int], list[int]]] = {}
+        for pos, src in enumerate(self.scene.sources):
+            if src.path not in groups:
+                groups[src.path] = (self._open(src.path), [], [])
+            groups[src.path][1].append(src.index)
+            groups[src.path][2].append(pos)
+        self._readers = list(groups.items())
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -185,13 +196,15 @@ class SceneReader:
             resampling=Resampling.bilinear, src_nodata=ds.nodata, nodata=ds.nodata))
 
     def read(self, row: int, col: int, height: int, width: int) -> np.ndarray:
-        """Read ``(C, height, width)`` at pixel offset (row, col) of the target grid."""
-        out = np.empty((len(self._readers), height, width), dtype=self.dtype)
+        """Read ``(C, height, width)`` at pixel offset (row, col) of the target grid.
+
+        Bands stored in one file are read in one call (one decode of pixel-interleaved blocks).
+        """
+        out = np.empty((len(self.scene.sources), height, width), dtype=self.dtype)
         window = Window(col, row, width, height)
-        for i, (ds, index) in enumerate(self._readers):
+        for path, (ds, indexes, positions) in self._readers:
             try:
-                out[i] = ds.read(index, window=window)  # type: ignore[attr-defined]
+                out[positions] = ds.read(indexes, window=window)  # type: ignore[attr-defined]
             except RasterioIOError as err:
-                path = self.scene.sources[i].path
                 raise RasterReadError(f"{path}: read failed, the file is damaged ({err})") from err
         return out

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 import rsmae
-from rsmae.bands import get_sensor
+from rsmae.bands import Sensor, get_sensor
 from rsmae.errors import RsmaeError, StoreConfigError, StoreError, TilingError
 from rsmae.store import TileStore, remove_store
 from rsmae.tiling.executor import execute
-from rsmae.tiling.grid import Grid, scene_grid
+from rsmae.tiling.grid import Grid, gdal_env, scene_grid
 from rsmae.tiling.scenes import Scene, discover_scenes
 from rsmae.tiling.stats import summarise
 from rsmae.tiling.units import UnitResult, UnitTask, plan_units, windows
@@ -113,20 +113,24 @@ class _Planned:
 def _plan_scenes(scenes: Sequence[Scene], config: TileConfig) -> list[_Planned]:
     sensor = get_sensor(config.sensor)
     planned = []
-    for scene in scenes:
-        grid, dtype, declared = scene_grid(scene, sensor, config.resolution)
-        if grid.width < config.tile_size or grid.height < config.tile_size:
-            raise TilingError(
-                f"{scene.files[0]}: scene {scene.scene_id} is {grid.width}x{grid.height} px on "
-                f"its grid, smaller than one {config.tile_size}-px tile; use a smaller "
-                "--tile-size or leave it out"
-            )
-        planned.append(_Planned(scene, grid, dtype, declared if declared is not None
-                                else config.nodata))
+    with gdal_env():
+        for scene in scenes:
+            planned.append(_plan_one(scene, sensor, config))
     dtypes = sorted({p.dtype for p in planned})
     if len(dtypes) > 1:
         raise TilingError(f"scenes mix dtypes {dtypes}; tile them into separate stores")
     return planned
+
+
+def _plan_one(scene: Scene, sensor: Sensor, config: TileConfig) -> _Planned:
+    grid, dtype, declared = scene_grid(scene, sensor, config.resolution)
+    if grid.width < config.tile_size or grid.height < config.tile_size:
+        raise TilingError(
+            f"{scene.files[0]}: scene {scene.scene_id} is {grid.width}x{grid.height} px on "
+            f"its grid, smaller than one {config.tile_size}-px tile; use a smaller "
+            "--tile-size or leave it out"
+        )
+    return _Planned(scene, grid, dtype, declared if declared is not None else config.nodata)
 
 
 def _scene_record(p: _Planned, sensor: str) -> dict[str, Any]:

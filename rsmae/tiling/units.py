@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rsmae.store import TileStore, hist_bins
-from rsmae.tiling.grid import Grid, SceneReader
+from rsmae.tiling.grid import Grid, SceneReader, gdal_env
 from rsmae.tiling.scenes import Scene
 from rsmae.tiling.stats import accumulate
 
@@ -70,6 +70,24 @@ def valid_mask(tile: np.ndarray, nodata: float | None) -> np.ndarray:
 
 def run_unit(task: UnitTask) -> UnitResult:
     """Read, filter and write one unit; returns its counts. Safe to run twice."""
+    with gdal_env():
+        tiles, masks, meta, dropped = _read_unit(task)
+    store = TileStore.open(task.store, mode="r+", require_complete=False)
+    n_bands = len(store.band_names)
+    bins = hist_bins(task.dtype)
+    hist = np.zeros((n_bands, bins), dtype=np.int64)
+    moments = np.zeros((n_bands, 3), dtype=np.float64)
+    t = task.tile_size
+    stack = np.stack(tiles) if tiles else np.zeros((0, n_bands, t, t), dtype=task.dtype)
+    if tiles:
+        accumulate(stack, np.stack(masks), bins, hist, moments)
+    arrays = {k: np.asarray(v) for k, v in meta.items()}
+    store.write_unit(task.unit, stack, arrays, (len(tiles), dropped), hist, moments)
+    return UnitResult(task.unit, len(tiles), dropped)
+
+
+def _read_unit(task: UnitTask) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, list], int]:
+    """Read the unit's windows; keep tiles with little enough nodata."""
     t = task.tile_size
     tiles: list[np.ndarray] = []
     masks: list[np.ndarray] = []
@@ -95,14 +113,4 @@ def run_unit(task: UnitTask) -> UnitResult:
                     shifted = (a, b, c + a * col + b * row, d, e, f + d * col + e * row)
                     for key, value in zip(meta, (scene_idx, row, col, frac, shifted), strict=True):
                         meta[key].append(value)
-    store = TileStore.open(task.store, mode="r+", require_complete=False)
-    n_bands = len(store.band_names)
-    bins = hist_bins(task.dtype)
-    hist = np.zeros((n_bands, bins), dtype=np.int64)
-    moments = np.zeros((n_bands, 3), dtype=np.float64)
-    stack = np.stack(tiles) if tiles else np.zeros((0, n_bands, t, t), dtype=task.dtype)
-    if tiles:
-        accumulate(stack, np.stack(masks), bins, hist, moments)
-    arrays = {k: np.asarray(v) for k, v in meta.items()}
-    store.write_unit(task.unit, stack, arrays, (len(tiles), dropped), hist, moments)
-    return UnitResult(task.unit, len(tiles), dropped)
+    return tiles, masks, meta, dropped
