@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nodata", type=float, default=0.0,
                    help="value marking nodata when files declare none (all bands equal)")
     p.add_argument("--shard-tiles", type=int, default=64)
+    p.add_argument("--codec", default="lz4", help="lz4 (fast, default) or zstd (smaller)")
     p.add_argument("--label-from-dir", action="store_true", help="class label = parent folder")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--dask", nargs="?", const=True, default=None, metavar="ADDRESS",
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         tile_size=args.tile_size, stride=args.stride, sensor=args.sensor,
         bands=tuple(args.bands.split(",")) if args.bands else None, band_order=args.band_order,
         resolution=args.resolution, max_nodata=args.max_nodata, nodata=args.nodata,
-        shard_tiles=args.shard_tiles, label_from_dir=args.label_from_dir,
+        shard_tiles=args.shard_tiles, codec=args.codec, label_from_dir=args.label_from_dir,
     )
     bar = tqdm(unit="shard", desc="tiling", disable=None)
 

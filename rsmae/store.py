@@ -4,7 +4,7 @@ Layout (format version 1)::
 
     STORE.zarr/                      group; attributes hold config, bands, scenes, stats, state
       images   (slots, C, T, T)      native dtype; one chunk = one tile; one shard = ``shard_tiles``
-                                     tiles; Blosc-zstd with bit-shuffle inside the shards
+                                     tiles; Blosc (lz4 or zstd) with bit-shuffle in shards
       scene    (slots,) int32        scene index of each slot, -1 where no tile was kept
       row, col (slots,) int32        window offset of the tile in its scene's grid (pixels)
       valid    (slots,) float32      fraction of valid (not nodata / NaN) pixels
@@ -37,9 +37,15 @@ from zarr.codecs import BloscCodec
 
 from rsmae.errors import StoreConfigError, StoreError, StoreIncompleteError
 
-__all__ = ["FORMAT_VERSION", "TileStore", "hist_bins"]
+__all__ = ["CODECS", "FORMAT_VERSION", "ShardReader", "TileStore", "hist_bins", "remove_store"]
 
 FORMAT_VERSION = 1
+# Tile codecs. lz4 decodes about 2x faster than zstd (data loading) and encodes about 4x faster
+# (tiling) for 10 % larger files; zstd for archives.
+CODECS = {
+    "lz4": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
+    "zstd": {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"},
+}
 _SLOT_ARRAYS = {"scene": ("int32", -1), "row": ("int32", 0), "col": ("int32", 0),
                 "valid": ("float32", 0.0)}
 
@@ -71,6 +77,7 @@ class TileStore:
         bands: Sequence[dict[str, Any]],
         dtype: str,
         shard_tiles: int,
+        codec: str = "lz4",
         attrs: dict[str, Any] | None = None,
     ) -> TileStore:
         """Create an empty store (no slots yet) at ``path``.
@@ -81,16 +88,18 @@ class TileStore:
             bands: Band metadata dicts (``name``, ``wavelength_nm``, ``gsd_m``) in store order.
             dtype: Pixel dtype (kept from the source).
             shard_tiles: Tiles per shard (and per unit of work).
+            codec: Tile compression, a key of :data:`CODECS`.
             attrs: Extra root attributes (version, command line).
         """
         path = Path(path)
         tile = int(config["tile_size"])
         n_bands = len(bands)
         group = zarr.open_group(path, mode="w-", zarr_format=3)
-        blosc = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+        tile_codec = BloscCodec(**CODECS[codec])
+        stats_codec = BloscCodec(**CODECS["lz4"])
         group.create_array("images", shape=(0, n_bands, tile, tile), dtype=dtype,
                            chunks=(1, n_bands, tile, tile),
-                           shards=(shard_tiles, n_bands, tile, tile), compressors=blosc,
+                           shards=(shard_tiles, n_bands, tile, tile), compressors=tile_codec,
                            fill_value=0, dimension_names=("tile", "band", "y", "x"))
         for name, (dt, fill) in _SLOT_ARRAYS.items():
             group.create_array(name, shape=(0,), chunks=(shard_tiles,), dtype=dt,
@@ -103,7 +112,7 @@ class TileStore:
                            fill_value=0)
         bins = hist_bins(dtype)
         group.create_array("unit_hist", shape=(0, n_bands, bins), chunks=(1, n_bands, bins),
-                           dtype="int64", fill_value=0, compressors=blosc)
+                           dtype="int64", fill_value=0, compressors=stats_codec)
         group.create_array("unit_moments", shape=(0, n_bands, 3), chunks=(1, n_bands, 3),
                            dtype="float64", fill_value=0.0)
         group.attrs.update({

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from rsmae.data import ShardDataset, ShardSampler, TileDataModule, split_scenes
+from rsmae.data import ShardDataset, ShardSampler, TileDataModule, collate_tiles, split_scenes
 from rsmae.errors import BandError, StoreError, StoreIncompleteError
 from rsmae.store import TileStore
 
@@ -27,6 +27,9 @@ def test_samples_normalised_with_store_statistics(eurosat_store: Path) -> None:
     assert batch.mean(dim=(0, 2, 3)).abs().max() < 1e-3  # stats are the data's own
     assert sample["label"] == ds.classes.index(ds.scene_id(3).split("/")[0])
     assert float(sample["gsd"]) == 10.0
+    georef = ds.georef(3)
+    assert georef["scene"] == ds.scene_id(3) and georef["window"] == (0, 0, 64, 64)
+    assert "EPSG" in georef["crs"] or "UTM" in georef["crs"]
 
 
 def test_fast_reader_equals_zarr(eurosat_store: Path) -> None:
@@ -81,8 +84,11 @@ def test_sampler_reads_whole_shards_and_splits_ranks(eurosat_store: Path) -> Non
 
 def test_dataloader_with_workers(eurosat_store: Path) -> None:
     ds = ShardDataset(eurosat_store)
-    loader = DataLoader(ds, batch_size=32, sampler=ShardSampler(ds), num_workers=2)
-    seen = torch.cat([b["index"] for b in loader])
+    loader = DataLoader(ds, batch_size=32, sampler=ShardSampler(ds), num_workers=2,
+                        collate_fn=collate_tiles)
+    batches = list(loader)
+    assert batches[0]["image"].shape == (32, 13, 64, 64) and batches[0]["gsd"].shape == (32,)
+    seen = torch.cat([b["index"] for b in batches])
     assert sorted(seen.tolist()) == list(range(len(ds)))
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
-from rsmae.data.dataset import ShardDataset
+from rsmae.data.dataset import ShardDataset, collate_tiles
 from rsmae.data.sampler import ShardSampler
 
 __all__ = ["TileDataModule", "split_scenes"]
@@ -72,7 +72,7 @@ class TileDataModule(L.LightningDataModule):
                                seed=self.hparams.seed, num_replicas=replicas, rank=rank)
         workers = self.hparams.num_workers
         return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
-                          num_workers=workers, persistent_workers=workers > 0,
+                          num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_tiles,
                           drop_last=shuffle, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:

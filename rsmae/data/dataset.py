@@ -15,7 +15,17 @@ from rsmae.bands import check_bands
 from rsmae.errors import BandError
 from rsmae.store import TileStore
 
-__all__ = ["ShardDataset", "merge_stats"]
+__all__ = ["ShardDataset", "collate_tiles", "merge_stats"]
+
+
+def collate_tiles(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack ShardDataset samples into a batch dict of tensors."""
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "gsd": torch.stack([s["gsd"] for s in samples]),
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
+    }
 
 
 def merge_stats(stats: Sequence[dict[str, dict[str, float]]], bands: Sequence[str]
@@ -81,6 +91,7 @@ class ShardDataset(Dataset):
         self._scale = (1.0 / self.std).astype(np.float32)[:, None, None]
         self.shard_tiles = [s.shard_tiles for s in opened]
         self.gsd = [_store_gsd(a) for a in attrs]
+        self._gsd = [torch.tensor(g, dtype=torch.float32) for g in self.gsd]
         self.scene_records = [a["scenes"] for a in attrs]
         self._build_table(opened, set(scenes) if scenes is not None else None)
         self._images: dict[int, Any] = {}
@@ -150,10 +161,8 @@ class ShardDataset(Dataset):
         if self.normalize:
             image -= self._shift
             image *= self._scale
-        store, _, scene, r, c, label = (int(x) for x in row)
-        return {"image": torch.from_numpy(image), "gsd": torch.tensor(self.gsd[store], dtype=torch.float32),
-                "label": label, "scene": self.scene_records[store][scene]["id"],
-                "store": store, "row": r, "col": c, "index": index}
+        return {"image": torch.from_numpy(image), "gsd": self._gsd[int(row[0])],
+                "label": int(row[5]), "index": index}
 
 
 def _store_gsd(attrs: dict[str, Any]) -> float:

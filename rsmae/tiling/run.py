@@ -15,7 +15,7 @@ import numpy as np
 import rsmae
 from rsmae.bands import Sensor, get_sensor
 from rsmae.errors import RsmaeError, StoreConfigError, StoreError, TilingError
-from rsmae.store import TileStore, remove_store
+from rsmae.store import CODECS, TileStore, remove_store
 from rsmae.tiling.executor import execute
 from rsmae.tiling.grid import Grid, gdal_env, scene_grid
 from rsmae.tiling.scenes import Scene, discover_scenes
@@ -41,6 +41,7 @@ class TileConfig:
         max_nodata: Largest fraction of nodata/NaN pixels a kept tile may have.
         nodata: Value marking nodata when files declare none (all bands equal to it).
         shard_tiles: Tiles per shard file.
+        codec: Tile compression: ``lz4`` (fast) or ``zstd`` (smaller).
         label_from_dir: Take each scene's class label from its parent folder.
     """
 
@@ -53,6 +54,7 @@ class TileConfig:
     max_nodata: float = 0.1
     nodata: float | None = 0.0
     shard_tiles: int = 64
+    codec: str = "lz4"
     label_from_dir: bool = False
 
     def validate(self) -> None:
@@ -62,6 +64,7 @@ class TileConfig:
             (self.stride is None or self.stride > 0, f"--stride must be > 0, got {self.stride}"),
             (0.0 <= self.max_nodata <= 1.0, f"--max-nodata must be in [0, 1], got {self.max_nodata}"),
             (self.shard_tiles > 0, f"--shard-tiles must be > 0, got {self.shard_tiles}"),
+            (self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec}"),
             (self.resolution is None or self.resolution > 0,
              f"--resolution must be > 0, got {self.resolution}"),
         ]
@@ -84,7 +87,7 @@ class TileConfig:
         return {"tile_size": self.tile_size, "stride": self.stride or self.tile_size,
                 "bands": list(self.band_names()),
                 "resolution": self.resolution, "max_nodata": self.max_nodata,
-                "nodata": self.nodata, "shard_tiles": self.shard_tiles}
+                "nodata": self.nodata, "shard_tiles": self.shard_tiles, "codec": self.codec}
 
 
 @dataclass
@@ -221,7 +224,7 @@ def _open_or_create(
         bands = [{"name": b.name, "wavelength_nm": b.wavelength_nm, "gsd_m": b.gsd_m}
                  for b in (sensor.band(n) for n in config.band_names())]
         store = _create(out, config=wanted, bands=bands, dtype=planned[0].dtype,
-                                 shard_tiles=config.shard_tiles,
+                                 shard_tiles=config.shard_tiles, codec=config.codec,
                                  attrs={"sensor": config.sensor, "rsmae_version": rsmae.__version__,
                                         "command": command, "committed": None})
     attrs = store.attrs

@@ -37,29 +37,33 @@ def _key_to_float(key: np.ndarray) -> np.ndarray:
 def accumulate(
     tiles: np.ndarray, valid: np.ndarray, bins: int, hist: np.ndarray, moments: np.ndarray
 ) -> None:
-    """Add the valid pixels of ``tiles`` to ``hist`` and ``moments`` in place.
+    """Add the valid pixels of ``tiles`` to ``hist`` (and, for float data, ``moments``) in place.
+
+    Integer data needs no moments: the histogram gives them exactly.
 
     Args:
         tiles: ``(k, C, T, T)`` pixels.
         valid: ``(k, T, T)`` boolean mask of valid pixels.
         bins: Histogram bins.
         hist: ``(C, bins)`` int64 histogram.
-        moments: ``(C, 3)`` float64 count, sum, sum of squares.
+        moments: ``(C, 3)`` float64 count, sum, sum of squares (float data only).
     """
     if not len(tiles):
         return
     is_float = tiles.dtype.kind == "f"
     offset = hist_offset(str(tiles.dtype))
-    mask = valid.reshape(-1)
+    everything = bool(valid.all())
     for c in range(tiles.shape[1]):
-        band = tiles[:, c].reshape(-1)[mask]
+        band = tiles[:, c] if everything else tiles[:, c][valid]
+        band = band.reshape(-1)
         if is_float:
-            keys = _float_key(band)
+            hist[c] += np.bincount(_float_key(band), minlength=bins)[:bins]
+            as64 = band.astype(np.float64)
+            moments[c] += (band.size, as64.sum(), np.dot(as64, as64))
+        elif offset:
+            hist[c] += np.bincount(band.astype(np.int64) + offset, minlength=bins)
         else:
-            keys = band.astype(np.int64) + offset if offset else band
-        hist[c] += np.bincount(keys, minlength=bins)[:bins]
-        as64 = band.astype(np.float64)
-        moments[c] += (band.size, as64.sum(), np.dot(as64, as64))
+            hist[c] += np.bincount(band, minlength=bins)
 
 
 def _quantile(hist: np.ndarray, q: float, values: np.ndarray) -> float:
