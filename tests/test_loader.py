@@ -108,3 +108,14 @@ def test_split_by_hash_is_stable() -> None:
     assert 5 < len(val) < 40 and not set(train) & set(val)
     train2, val2 = split_scenes(records + [{"id": "scene/new", "split": None}], 0.1, seed=0)
     assert set(val) <= set(val2)  # adding scenes does not move old ones
+
+
+def test_native_images_normalised_on_device_equal(eurosat_store: Path) -> None:
+    from rsmae.data import normalize_images
+
+    ds = ShardDataset(eurosat_store)
+    native = ShardDataset(eurosat_store, native=True)
+    batch = collate_tiles(native.__getitems__([0, 9, 4]))
+    assert batch["image"].dtype == torch.uint16
+    out = normalize_images(batch["image"], torch.tensor(ds.mean), torch.tensor(ds.std))
+    torch.testing.assert_close(out, torch.stack([ds[i]["image"] for i in (0, 9, 4)]))

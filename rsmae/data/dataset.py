@@ -9,19 +9,30 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from rsmae.bands import check_bands
 from rsmae.errors import BandError
 from rsmae.store import TileStore
 
-__all__ = ["ShardDataset", "collate_tiles", "merge_stats"]
+__all__ = ["ShardDataset", "collate_tiles", "merge_stats", "normalize_images"]
+
+
+def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(images - mean) / std`` per band, in float32; images ``(B, C, H, W)`` of any dtype."""
+    mean = mean.to(images.device, torch.float32)[:, None, None]
+    std = std.to(images.device, torch.float32)[:, None, None]
+    return (images.float() - mean) / std
 
 
 def collate_tiles(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack ShardDataset samples into a batch dict of tensors."""
+    """Stack ShardDataset samples into a batch dict of tensors.
+
+    Images go through ``default_collate``, which builds the batch in shared memory inside a
+    DataLoader worker (no second copy on the way to the main process).
+    """
     return {
-        "image": torch.stack([s["image"] for s in samples]),
+        "image": default_collate([s["image"] for s in samples]),
         "gsd": torch.stack([s["gsd"] for s in samples]),
         "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
@@ -55,6 +66,8 @@ class ShardDataset(Dataset):
     Args:
         stores: One store path or several with the same bands (read as one dataset).
         normalize: Subtract the per-band mean and divide by the std of the stores.
+        native: Return images in the stores' dtype, not normalised (cheaper to move between
+            processes); normalise on the device with :func:`normalize_images`.
         bands: Expected band names; a mismatch raises (never a silent reorder).
         scenes: Keep only tiles of these scene ids (e.g. a split).
     """
@@ -64,6 +77,7 @@ class ShardDataset(Dataset):
         stores: str | Path | Sequence[str | Path],
         *,
         normalize: bool = True,
+        native: bool = False,
         bands: Sequence[str] | None = None,
         scenes: Sequence[str] | None = None,
     ) -> None:
@@ -87,6 +101,7 @@ class ShardDataset(Dataset):
         self.classes: list[str] = sorted({c for a in attrs for c in a.get("classes", [])})
         self.mean, self.std = merge_stats([a["stats"] for a in attrs], self.bands)
         self.normalize = normalize
+        self.native = native
         self._shift = self.mean.astype(np.float32)[:, None, None]
         self._scale = (1.0 / self.std).astype(np.float32)[:, None, None]
         self.shard_tiles = [s.shard_tiles for s in opened]
@@ -157,8 +172,11 @@ class ShardDataset(Dataset):
                 zip(indices, rows, pixels, strict=True)]
 
     def _sample(self, index: int, row: np.ndarray, pixels: np.ndarray) -> dict[str, Any]:
-        image = pixels.astype(np.float32)
-        if self.normalize:
+        if self.native:
+            image = np.ascontiguousarray(pixels)
+        else:
+            image = pixels.astype(np.float32)
+        if self.normalize and not self.native:
             image -= self._shift
             image *= self._scale
         return {"image": torch.from_numpy(image), "gsd": self._gsd[int(row[0])],

@@ -37,7 +37,7 @@ def execute(
     """
     if dask:
         results = _run_dask(tasks, workers, None if dask is True else str(dask), on_result)
-    elif workers <= 1 or len(tasks) <= 1:
+    elif workers <= 1 or len(tasks) < 2 * workers:  # starting processes would cost more
         results = []
         for task in tasks:
             results.append(run_unit(task))
