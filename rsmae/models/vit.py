@@ -1,12 +1,19 @@
-"""The encoder: a plain timm ``VisionTransformer`` for any band count, with a fixed 2D sin-cos
-position embedding (as in MAE), so other code (timm, torchgeo, Lightning) can take it as is."""
+"""The encoder: a plain timm ``VisionTransformer`` for any band count, fixed sin-cos positions.
+
+The 2D sin-cos position embedding is fixed (as in MAE), so other code (timm, torchgeo, Lightning)
+can take the encoder as is.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+
+from rsmae.models.patch_embed import GroupedPatchEmbed
 
 __all__ = ["ENCODER_PRESETS", "create_encoder", "sincos_pos_embed_2d"]
 
@@ -33,14 +40,18 @@ def sincos_pos_embed_2d(
             per sample (used for GSD-aware encodings: scale = gsd / reference gsd).
 
     Returns:
-        ``(grid_h * grid_w, dim)``, or ``(B, grid_h * grid_w, dim)`` when ``scale`` is a tensor.
+        ``(grid_h * grid_w, dim)``, or ``(B, grid_h * grid_w, dim)`` when ``scale`` is a tensor
+        (on the device of ``scale``).
     """
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
+    f64: dict[str, Any] = {"dtype": torch.float64}
+    if isinstance(scale, torch.Tensor):
+        f64["device"] = scale.device
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, **f64) / (dim / 4.0))
     ys, xs = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float64),
-        torch.arange(grid_w, dtype=torch.float64),
+        torch.arange(grid_h, **f64),
+        torch.arange(grid_w, **f64),
         indexing="ij",
     )
     coords = torch.stack([ys.reshape(-1), xs.reshape(-1)])  # (2, N)
@@ -60,6 +71,7 @@ def create_encoder(
     in_chans: int,
     img_size: int = 128,
     patch_size: int = 16,
+    band_groups: Sequence[Sequence[int]] | None = None,
     **overrides: Any,
 ) -> VisionTransformer:
     """Create a timm ViT encoder with a fixed sin-cos position embedding.
@@ -69,6 +81,8 @@ def create_encoder(
         in_chans: Number of input bands (any count).
         img_size: Input size in pixels.
         patch_size: Patch size in pixels.
+        band_groups: Channel indices of spectral band groups; when given, the patch embedding is
+            a :class:`~rsmae.models.patch_embed.GroupedPatchEmbed` (one kernel per group).
         **overrides: Any other ``VisionTransformer`` argument (``depth``, ``drop_path_rate``,
             ``embed_layer``...).
 
@@ -79,9 +93,12 @@ def create_encoder(
     if preset not in ENCODER_PRESETS:
         raise ValueError(f"unknown encoder preset {preset!r}; known: {', '.join(ENCODER_PRESETS)}")
     kwargs: dict[str, Any] = {**ENCODER_PRESETS[preset], "num_classes": 0, **overrides}
-    model = VisionTransformer(
-        img_size=img_size, patch_size=patch_size, in_chans=in_chans, **kwargs
-    )
+    if band_groups is not None:
+        if "embed_layer" in overrides:
+            raise ValueError("pass either band_groups or embed_layer, not both")
+        groups = [list(g) for g in band_groups]
+        kwargs["embed_layer"] = functools.partial(GroupedPatchEmbed, groups=groups)
+    model = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, **kwargs)
     grid_h, grid_w = model.patch_embed.grid_size
     table = sincos_pos_embed_2d(grid_h, grid_w, model.embed_dim)
     with torch.no_grad():

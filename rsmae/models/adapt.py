@@ -1,0 +1,452 @@
+"""Fit foreign weights to an encoder: one pure checkpoint filter and patch kernels mapped by band.
+
+:func:`checkpoint_filter_fn` is the single place that turns a state dict (rsmae, official MAE, timm,
+torchgeo, Lightning) into the key names and shapes of an rsmae encoder. Official MAE and torchgeo
+ViTs already use timm's names (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.N.*``,
+``norm``), so no renaming is needed beyond prefixes.
+
+Patch-embedding kernels are matched by band *name* through :mod:`rsmae.bands`, never by position
+(:func:`adapt_patch_embed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+
+from rsmae.bands import SENSORS, Sensor, get_sensor
+from rsmae.errors import BandError, WeightsError
+from rsmae.models.vit import ENCODER_PRESETS, sincos_pos_embed_2d
+
+__all__ = [
+    "BandMatch",
+    "adapt_patch_embed",
+    "checkpoint_filter_fn",
+    "infer_preset",
+    "load_checked",
+    "match_bands",
+    "strip_prefixes",
+]
+
+_logger = logging.getLogger(__name__)
+
+# Wrappers around the encoder: DDP, torch.compile, Lightning module, RC-MAE student, MAE, detectors.
+PREFIXES = ("module.", "_orig_mod.", "model.", "student.", "encoder.", "backbone.")
+# Parts of a checkpoint that are not the encoder (MAE decoder, classifier heads, RC-MAE teacher).
+DROPPED = ("decoder", "mask_token", "head.", "fc_norm.", "teacher.", "ema")
+PATCH_KEY = "patch_embed.proj.weight"
+
+
+@dataclass(frozen=True)
+class BandMatch:
+    """How destination bands take their patch kernels from source bands.
+
+    Attributes:
+        src_sensor: Sensor of the source bands.
+        src: Canonical source band names, in the checkpoint's channel order.
+        dst_sensor: Sensor of the destination bands.
+        dst: Canonical destination band names, in the model's channel order.
+        pairs: Destination channel index -> source channel index for every copied band.
+    """
+
+    src_sensor: Sensor
+    src: tuple[str, ...]
+    dst_sensor: Sensor
+    dst: tuple[str, ...]
+    pairs: dict[int, int]
+
+    @property
+    def identity(self) -> bool:
+        """True when source and destination are the same bands in the same order."""
+        return self.src_sensor.name == self.dst_sensor.name and self.src == self.dst
+
+    @property
+    def same_bands(self) -> bool:
+        """True when every destination band is one of the source bands (not a stand-in)."""
+        src = [self.src_sensor.band(n) for n in self.src]
+        return all(
+            j in self.pairs and src[self.pairs[j]] == self.dst_sensor.band(name)
+            for j, name in enumerate(self.dst)
+        )
+
+
+def _resolve(bands: Sequence[str], sensor: str | None, prefer: str | None) -> tuple[Sensor, tuple[str, ...]]:
+    """Canonical names of ``bands`` in ``sensor``, else in the first sensor knowing them all."""
+    if sensor is not None:
+        found = get_sensor(sensor)
+        return found, found.resolve(bands)
+    order = ([prefer] if prefer else []) + [s for s in SENSORS if s != prefer]
+    for name in order:
+        try:
+            return SENSORS[name], SENSORS[name].resolve(bands)
+        except BandError:
+            continue
+    raise BandError(
+        f"bands {list(bands)} do not all belong to one registered sensor; pass the sensor "
+        f"(one of {', '.join(SENSORS)}) and band names it knows"
+    )
+
+
+def match_bands(
+    src_bands: Sequence[str],
+    dst_bands: Sequence[str],
+    *,
+    src_sensor: str | None = None,
+    dst_sensor: str | None = None,
+) -> BandMatch:
+    """Pair destination bands with source bands by name.
+
+    A destination band takes the kernel of the *same* band (same registry entry, so
+    ``"B8A"``/``"B08A"`` match and Sentinel-2 L1C/L2A bands match each other). Across different
+    sensors the true-colour roles are paired as well: the red, green and blue bands of the source
+    sensor (``R, G, B`` for ``"rgb"``) give the red, green and blue bands of the destination
+    (``B04, B03, B02`` for Sentinel-2).
+
+    Args:
+        src_bands: Bands of the checkpoint, in channel order.
+        dst_bands: Bands of the model, in channel order.
+        src_sensor: Sensor of ``src_bands``; inferred (preferring ``dst_sensor``) when ``None``.
+        dst_sensor: Sensor of ``dst_bands``; inferred (preferring the source's) when ``None``.
+
+    Returns:
+        The :class:`BandMatch`.
+
+    Raises:
+        BandError: on unknown or repeated bands, or when no destination band can be paired.
+    """
+    s_sensor, src = _resolve(src_bands, src_sensor, dst_sensor)
+    d_sensor, dst = _resolve(dst_bands, dst_sensor, s_sensor.name)
+    src_objs = [s_sensor.band(n) for n in src]
+    dst_objs = [d_sensor.band(n) for n in dst]
+    pairs = {j: src_objs.index(b) for j, b in enumerate(dst_objs) if b in src_objs}
+    if s_sensor.name != d_sensor.name:
+        for s_name, d_name in zip(s_sensor.rgb, d_sensor.rgb, strict=True):
+            if s_name in src and d_name in dst:
+                j, i = dst.index(d_name), src.index(s_name)
+                if j not in pairs and i not in pairs.values():
+                    pairs[j] = i
+    if not pairs:
+        raise BandError(
+            f"no band of the model ({', '.join(dst)}, sensor {d_sensor.name!r}) is in the weights "
+            f"({', '.join(src)}, sensor {s_sensor.name!r}) and no red/green/blue pairing exists; "
+            "choose bands that share at least one band with the weights"
+        )
+    return BandMatch(s_sensor, src, d_sensor, dst, pairs)
+
+
+def adapt_patch_embed(
+    weight: Tensor,
+    src_bands: Sequence[str],
+    dst_bands: Sequence[str],
+    sensor: str | None = None,
+    *,
+    src_sensor: str | None = None,
+) -> tuple[Tensor, dict]:
+    """Map patch-embedding kernels ``(D, C_src, P, P)`` to other bands ``(D, C_dst, P, P)`` by name.
+
+    Bands in both lists are copied (see :func:`match_bands`; RGB weights land on the destination
+    sensor's red, green and blue bands); extra source bands are dropped; destination bands without
+    a source take the mean of the copied kernels. Then the whole kernel is multiplied by
+    ``C_src / C_dst`` (the factor of timm's ``adapt_input_conv``).
+
+    Why that rescale: neighbouring spectral bands are strongly correlated and mostly vary together
+    (brightness), so a patch response is close to ``sum_c W_c * x``. The source sums ``C_src``
+    kernels, the destination ``C_dst`` (copied plus mean stand-ins, each about the mean kernel), so
+    ``C_src / C_dst`` keeps the response, and the pre-norm activations, at their pretrained size.
+    Rescaling only the stand-ins cannot do that when every source band is copied (RGB into 13
+    bands): it forces them to zero, and a frozen encoder (linear probe, kNN) would ignore the new
+    bands. A pure reordering has ``C_src == C_dst``, factor 1, and stays exact.
+
+    Args:
+        weight: Source kernels ``(D, C_src, P, P)``.
+        src_bands: The ``C_src`` source band names, in channel order.
+        dst_bands: The ``C_dst`` destination band names, in channel order.
+        sensor: Sensor of the destination bands (inferred when ``None``).
+        src_sensor: Sensor of the source bands (inferred when ``None``).
+
+    Returns:
+        The new kernels and a report ``{"copied", "initialised", "dropped", "mapping", "scale"}``:
+        destination bands copied and initialised, source bands dropped, destination -> source
+        names, and the factor applied.
+
+    Raises:
+        WeightsError: when ``weight`` is not ``(D, len(src_bands), P, P)``.
+        BandError: on unknown bands or when no band can be paired.
+    """
+    if weight.ndim != 4 or weight.shape[1] != len(src_bands):
+        raise WeightsError(
+            f"patch kernels of shape {tuple(weight.shape)} do not hold the {len(src_bands)} "
+            f"source bands {list(src_bands)}; expected (D, {len(src_bands)}, P, P)"
+        )
+    match = match_bands(src_bands, dst_bands, src_sensor=src_sensor, dst_sensor=sensor)
+    dst_idx = sorted(match.pairs)
+    src_idx = [match.pairs[j] for j in dst_idx]
+    w = weight.detach().float()
+    out = w[:, src_idx].mean(dim=1, keepdim=True).repeat(1, len(match.dst), 1, 1)
+    out[:, dst_idx] = w[:, src_idx]
+    scale = len(match.src) / len(match.dst)
+    out = out * scale
+    report = {
+        "copied": [match.dst[j] for j in dst_idx],
+        "initialised": [n for j, n in enumerate(match.dst) if j not in match.pairs],
+        "dropped": [n for i, n in enumerate(match.src) if i not in src_idx],
+        "mapping": {match.dst[j]: match.src[match.pairs[j]] for j in dst_idx},
+        "scale": scale,
+    }
+    _logger.info(
+        "patch embedding adapted %s -> %s: copied %s, initialised from their mean %s, dropped %s, "
+        "scaled by %.4g",
+        match.src_sensor.name,
+        match.dst_sensor.name,
+        report["mapping"],
+        report["initialised"],
+        report["dropped"],
+        scale,
+    )
+    return out.to(weight.dtype), report
+
+
+def _under(name: str, prefix: str) -> str | None:
+    """``name`` below ``prefix`` (looking through wrapper prefixes), or None if not under it."""
+    while not name.startswith(prefix):
+        wrapper = next((p for p in PREFIXES if name.startswith(p)), None)
+        if wrapper is None:
+            return None
+        name = name[len(wrapper) :]
+    return name[len(prefix) :]
+
+
+def _strip(state_dict: Mapping[str, Tensor], prefix: str | None) -> tuple[dict[str, Tensor], list]:
+    """Strip wrapper prefixes; split off non-encoder keys. Returns (kept, dropped original keys)."""
+    kept: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    dropped: list[str] = []
+    for key, value in state_dict.items():
+        name = key if prefix is None else _under(key, prefix)
+        if name is None:
+            dropped.append(key)
+            continue
+        while name.startswith(PREFIXES):
+            name = name[len(next(p for p in PREFIXES if name.startswith(p))) :]
+        if name.startswith(DROPPED):
+            dropped.append(key)
+            continue
+        if name in kept and not torch.equal(kept[name], value):
+            raise WeightsError(
+                f"two different tensors map to {name!r} ({origin[name]!r}, {key!r}); pass "
+                "prefix= to choose one part of the checkpoint"
+            )
+        kept[name], origin[name] = value, key
+    return kept, dropped
+
+
+def strip_prefixes(state_dict: Mapping[str, Tensor], *, prefix: str | None = None) -> dict[str, Tensor]:
+    """Remove wrapper prefixes (:data:`PREFIXES`) and drop decoder, mask-token and head keys.
+
+    Args:
+        state_dict: Any checkpoint state dict.
+        prefix: When given, keep only keys under it (e.g. ``"teacher.encoder."``) and strip it.
+
+    Returns:
+        A new dict with encoder key names.
+
+    Raises:
+        WeightsError: when two different tensors map to one name.
+    """
+    kept, dropped = _strip(state_dict, prefix)
+    if dropped:
+        _logger.info("dropped %d non-encoder keys (e.g. %s)", len(dropped), dropped[:4])
+    return kept
+
+
+def _sincos_layout(table: Tensor, grid: tuple[int, int]) -> str | None:
+    """``"yx"`` (rsmae) or ``"xy"`` (official MAE) if ``table`` is a 2D sin-cos table, else None."""
+    dim = table.shape[-1]
+    if dim % 4:
+        return None
+    ref = sincos_pos_embed_2d(grid[0], grid[1], dim)
+    half = dim // 2
+    swapped = torch.cat([ref[:, half:], ref[:, :half]], dim=1)
+    for layout, cand in (("yx", ref), ("xy", swapped)):
+        if torch.allclose(table.float(), cand, atol=1e-4):
+            return layout
+    return None
+
+
+def _resample_pos_embed(pos: Tensor, model: VisionTransformer) -> Tensor:
+    """Fit ``pos`` to the model's grid: regenerate a sin-cos table, else interpolate bicubically."""
+    n_prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    new_grid = tuple(model.patch_embed.grid_size)
+    n_old = pos.shape[1] - n_prefix
+    side = math.isqrt(n_old)
+    if side * side != n_old:
+        raise WeightsError(
+            f"pos_embed with {n_old} patch positions is not a square grid; cannot resample it to {new_grid}"
+        )
+    layout = _sincos_layout(pos[0, n_prefix:], (side, side))
+    if layout is None:
+        _logger.info("pos_embed interpolated (bicubic) from %s to %s", (side, side), new_grid)
+        return resample_abs_pos_embed(
+            pos, new_size=list(new_grid), old_size=[side, side], num_prefix_tokens=n_prefix
+        )
+    table = sincos_pos_embed_2d(new_grid[0], new_grid[1], pos.shape[-1])
+    if layout == "xy":
+        half = pos.shape[-1] // 2
+        table = torch.cat([table[:, half:], table[:, :half]], dim=1)
+    _logger.info("sin-cos pos_embed (%s layout) regenerated for grid %s", layout, new_grid)
+    return torch.cat([pos[:, :n_prefix], table[None].to(pos.dtype)], dim=1)
+
+
+def _fit_patch_kernels(
+    key: str,
+    value: Tensor,
+    target: Tensor,
+    src_bands: Sequence[str] | None,
+    dst_bands: Sequence[str] | None,
+    sensors: tuple[str | None, str | None],
+) -> Tensor:
+    """Adapt one patch-embedding kernel to the model's bands and patch size."""
+    if src_bands is not None and dst_bands is not None:
+        match = match_bands(src_bands, dst_bands, src_sensor=sensors[0], dst_sensor=sensors[1])
+        if not match.identity:
+            if key != PATCH_KEY:
+                raise WeightsError(
+                    f"cannot adapt the bands of {key!r} (a grouped patch embedding); load it "
+                    "with its own bands"
+                )
+            value, _ = adapt_patch_embed(value, src_bands, dst_bands, sensors[1], src_sensor=sensors[0])
+    if value.shape[1] != target.shape[1]:
+        raise WeightsError(
+            f"{key} holds {value.shape[1]} input bands but the model takes {target.shape[1]}; "
+            "pass src_bands and dst_bands so kernels can be mapped by band name"
+        )
+    if value.shape[-2:] != target.shape[-2:]:
+        size = tuple(target.shape[-2:])
+        _logger.info("patch kernels %s resampled to %s", tuple(value.shape[-2:]), size)
+        value = resample_patch_embed(value, list(target.shape[-2:]))
+    return value
+
+
+def checkpoint_filter_fn(
+    state_dict: Mapping[str, Tensor],
+    model: VisionTransformer,
+    *,
+    src_bands: Sequence[str] | None = None,
+    dst_bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+    src_sensor: str | None = None,
+    prefix: str | None = None,
+) -> dict[str, Tensor]:
+    """Turn any ViT checkpoint state dict into one that fits ``model`` (pure: returns a new dict).
+
+    Strips wrapper prefixes and drops decoder / mask-token / head keys (:func:`strip_prefixes`),
+    maps patch kernels by band name (:func:`adapt_patch_embed`) and resamples them to the model's
+    patch size (``timm.layers.resample_patch_embed``), and fits ``pos_embed`` to the model's grid:
+    a 2D sin-cos table (rsmae or official-MAE layout) is regenerated exactly, a learned one is
+    interpolated (``timm.layers.resample_abs_pos_embed``). Keys the model lacks are passed through
+    so the loader can report them.
+
+    Args:
+        state_dict: The checkpoint's tensors.
+        model: The encoder to fit.
+        src_bands: Band names of the checkpoint's input channels.
+        dst_bands: Band names of the model's input channels.
+        sensor: Sensor of ``dst_bands`` (inferred when ``None``).
+        src_sensor: Sensor of ``src_bands`` (inferred when ``None``).
+        prefix: Keep only keys under this prefix (e.g. ``"teacher.encoder."``).
+
+    Returns:
+        The filtered state dict.
+
+    Raises:
+        WeightsError: when kernels or position embeddings cannot be fitted.
+        BandError: when bands cannot be mapped.
+    """
+    target = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for key, value in strip_prefixes(state_dict, prefix=prefix).items():
+        ref = target.get(key)
+        if key.startswith("patch_embed.") and ref is not None and value.ndim == 4 == ref.ndim:
+            value = _fit_patch_kernels(key, value, ref, src_bands, dst_bands, (src_sensor, sensor))
+        elif key == "pos_embed" and ref is not None and value.shape != ref.shape:
+            value = _resample_pos_embed(value, model)
+        out[key] = value
+    return out
+
+
+def infer_preset(state_dict: Mapping[str, Tensor]) -> str:
+    """The encoder preset whose ``embed_dim`` and depth match a (stripped) ViT state dict.
+
+    Raises:
+        WeightsError: when the dict is no ViT or no preset has its size.
+    """
+    weight = state_dict.get(PATCH_KEY)
+    if weight is None:
+        raise WeightsError(f"no {PATCH_KEY}: not a ViT checkpoint (keys {list(state_dict)[:5]})")
+    depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
+    for name, cfg in ENCODER_PRESETS.items():
+        if cfg["embed_dim"] == weight.shape[0] and cfg["depth"] == depth:
+            return name
+    raise WeightsError(
+        f"no encoder preset has embed_dim={weight.shape[0]} and depth={depth}; pass preset= "
+        "and encoder_kwargs= (embed_dim, depth, num_heads)"
+    )
+
+
+def load_checked(
+    model: VisionTransformer,
+    state_dict: Mapping[str, Tensor],
+    source: str,
+    *,
+    strict: bool = True,
+    optional: Collection[str] = (),
+) -> None:
+    """Load a filtered state dict, log missing/unexpected keys, fail when the backbone did not load.
+
+    Args:
+        model: The encoder (modified in place).
+        state_dict: Output of :func:`checkpoint_filter_fn`.
+        source: Named in messages (the file path).
+        strict: Raise on any missing key (except ``optional``), any unexpected key that belongs to
+            an encoder module (``blocks.12.*`` in a 12-block model) and any shape mismatch. With
+            ``False``, load what fits, but still raise when nothing but ``pos_embed`` loaded.
+        optional: Keys that may be missing even when strict.
+
+    Raises:
+        WeightsError: naming ``source``.
+    """
+    target = model.state_dict()
+    unexpected = [k for k in state_dict if k not in target]
+    bad = [
+        f"{k} {tuple(v.shape)} != {tuple(target[k].shape)}"
+        for k, v in state_dict.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    usable = {k: v for k, v in state_dict.items() if k in target and v.shape == target[k].shape}
+    missing = model.load_state_dict(usable, strict=False).missing_keys
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", bad)):
+        if keys:
+            _logger.warning("%s: %d %s keys: %s", source, len(keys), what, keys[:10])
+    if not [k for k in usable if k != "pos_embed"]:
+        raise WeightsError(
+            f"{source}: no parameter of the encoder was found (the keys look like "
+            f"{list(state_dict)[:5]}); this is not a checkpoint of a ViT of this size"
+        )
+    top = {k.split(".")[0] for k in target}
+    fatal = [k for k in missing if k not in optional] + bad
+    fatal += [k for k in unexpected if k.split(".")[0] in top]
+    if strict and fatal:
+        raise WeightsError(
+            f"{source}: the encoder did not load completely: missing {missing[:6]}, unexpected "
+            f"{unexpected[:6]}, mis-shaped {bad[:4]}; fix the model arguments, or pass "
+            "strict=False to load the rest (fine-tuned MAE checkpoints keep the final norm as "
+            "fc_norm, which is not loaded)"
+        )
+    _logger.info("%s: loaded %d of %d encoder tensors", source, len(usable), len(target))

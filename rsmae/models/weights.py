@@ -1,0 +1,563 @@
+"""The reusable backbone: save an encoder with its metadata, load it (or foreign ViT weights) back.
+
+A backbone file is a safetensors file of the encoder's state dict whose metadata holds a
+:class:`BackboneMeta` as JSON under the key ``"rsmae"``: bands, normalisation statistics, patch and
+image size, GSD and the encoder's construction arguments. Loading builds the encoder from that
+metadata, so the file alone is enough. Official MAE, timm and torchgeo ViT weights load through the
+same filter (:func:`~rsmae.models.adapt.checkpoint_filter_fn`); every load reports missing and
+unexpected keys and fails loudly when the backbone did not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+
+from rsmae.errors import BandError, WeightsError
+from rsmae.models.adapt import (
+    checkpoint_filter_fn,
+    infer_preset,
+    load_checked,
+    match_bands,
+    strip_prefixes,
+)
+from rsmae.models.vit import create_encoder
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TORCHGEO_S2_BANDS",
+    "BackboneMeta",
+    "load_backbone",
+    "load_official_mae",
+    "load_timm_weights",
+    "load_torchgeo_vit",
+    "read_weights",
+    "save_backbone",
+]
+
+_logger = logging.getLogger(__name__)
+
+META_KEY = "rsmae"
+# ImageNet statistics in uint8 pixel units (timm's IMAGENET_DEFAULT_MEAN/STD times 255).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+# Channel order of torchgeo's SSL4EO-S12 Sentinel-2 ViT weights (``_sentinel2_toa_bands`` in
+# torchgeo/models/resnet.py: B1..B8, B8a, B9, B10, B11, B12), in canonical registry names.
+TORCHGEO_S2_BANDS = (
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+)
+
+
+@dataclasses.dataclass
+class BackboneMeta:
+    """Everything needed to rebuild an encoder and feed it correctly; travels with the weights.
+
+    Attributes:
+        preset: Encoder preset (:data:`~rsmae.models.vit.ENCODER_PRESETS`).
+        img_size: Input size in pixels.
+        patch_size: Patch size in pixels.
+        in_chans: Number of input bands (``len(bands)``).
+        bands: Band names in input-channel order.
+        sensor: Registry sensor of the bands (``None`` if unknown).
+        mean: Per-band mean of the pretraining data, in the units of the stored pixel values,
+            so that ``(x - mean) / std`` is the model input; ``None`` when unknown.
+        std: Per-band standard deviation, same units.
+        gsd: Metres per pixel of the pretraining tiles (``None`` if unknown).
+        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments (JSON values).
+        source: Where the weights came from.
+    """
+
+    preset: str
+    img_size: int
+    patch_size: int
+    in_chans: int
+    bands: list[str]
+    sensor: str | None
+    mean: list[float] | None
+    std: list[float] | None
+    gsd: float | None
+    encoder_kwargs: dict = dataclasses.field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.bands = list(self.bands)
+        if len(self.bands) != self.in_chans:
+            raise WeightsError(f"in_chans={self.in_chans} but {len(self.bands)} bands {self.bands}")
+        for name in ("mean", "std"):
+            stats = getattr(self, name)
+            if stats is not None:
+                if len(stats) != self.in_chans:
+                    raise WeightsError(f"{name} has {len(stats)} values for {self.in_chans} bands")
+                setattr(self, name, [float(v) for v in stats])
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (raises ``WeightsError`` on non-JSON encoder arguments)."""
+        try:
+            return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        except TypeError as err:
+            raise WeightsError(
+                f"backbone metadata is not JSON-serialisable ({err}); encoder_kwargs must hold "
+                "plain values (numbers, strings, lists), not classes or functions"
+            ) from err
+
+    @classmethod
+    def from_json(cls, s: str) -> BackboneMeta:
+        """Parse :meth:`to_json` output; unknown keys are ignored with a warning.
+
+        Raises:
+            WeightsError: when the text is not a JSON object or lacks required fields.
+        """
+        try:
+            data = json.loads(s)
+        except json.JSONDecodeError as err:
+            raise WeightsError(f"backbone metadata is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise WeightsError("backbone metadata is not a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            _logger.warning("ignoring unknown backbone metadata fields %s", unknown)
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as err:
+            raise WeightsError(f"backbone metadata is incomplete: {err}") from err
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read tensors from a safetensors or PyTorch file (``torch.load(weights_only=True)``).
+
+    PyTorch checkpoints may wrap the state dict under ``"model"``, ``"state_dict"``,
+    ``"model_state_dict"`` or ``"module"`` (official MAE uses ``"model"``, Lightning
+    ``"state_dict"``).
+
+    Returns:
+        The tensors and the file's string metadata (empty for PyTorch files).
+
+    Raises:
+        WeightsError: naming ``path`` when it is missing, unreadable or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file; check the path")
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header length, then JSON
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except Exception as err:
+            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(
+            f"{path}: not a weights file, or it holds objects other than tensors (read with "
+            f"torch.load(weights_only=True)): {err}"
+        ) from err
+    return _find_state_dict(obj, path), {}
+
+
+def _find_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    """The tensors of ``obj`` or of its first nested state dict."""
+    for _ in range(3):
+        if not isinstance(obj, Mapping):
+            break
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
+        if tensors:
+            return tensors
+        inner = next(
+            (
+                obj[k]
+                for k in ("model", "state_dict", "model_state_dict", "module")
+                if isinstance(obj.get(k), Mapping)
+            ),
+            None,
+        )
+        if inner is None:
+            break
+        obj = inner
+    keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+    raise WeightsError(
+        f"{path}: no state dict found (top level: {keys}); expected tensors, or a checkpoint "
+        "with them under 'model' or 'state_dict'"
+    )
+
+
+def save_backbone(encoder: VisionTransformer, path: str | Path, meta: BackboneMeta) -> Path:
+    """Write ``encoder`` and ``meta`` to a safetensors file, atomically (temp file, then rename).
+
+    Raises:
+        WeightsError: when ``meta`` does not describe ``encoder`` (it could not be rebuilt).
+    """
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    _check_meta_builds(meta, state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata={META_KEY: meta.to_json(), "format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _logger.info("saved backbone %s (bands %s) to %s", meta.preset, meta.bands, path)
+    return path
+
+
+def _build(meta: BackboneMeta) -> VisionTransformer:
+    return create_encoder(
+        meta.preset,
+        in_chans=meta.in_chans,
+        img_size=meta.img_size,
+        patch_size=meta.patch_size,
+        **meta.encoder_kwargs,
+    )
+
+
+def _check_meta_builds(meta: BackboneMeta, state: Mapping[str, Tensor]) -> None:
+    """Refuse metadata that would rebuild an encoder of another shape."""
+    meta.to_json()
+    with torch.device("meta"):
+        ref = _build(meta).state_dict()
+    diff = sorted(set(ref) ^ set(state)) or [k for k in ref if tuple(ref[k].shape) != tuple(state[k].shape)]
+    if diff:
+        raise WeightsError(
+            f"backbone metadata ({meta.preset}, in_chans={meta.in_chans}, img_size={meta.img_size}"
+            f", patch_size={meta.patch_size}, {meta.encoder_kwargs}) does not rebuild this "
+            f"encoder: keys or shapes differ at {diff[:5]}; put the encoder's arguments in meta"
+        )
+
+
+def _attach_meta(model: VisionTransformer, meta: BackboneMeta) -> VisionTransformer:
+    """Set ``model.rsmae_meta`` and a timm-style ``pretrained_cfg`` (mean/std in data units)."""
+    model.rsmae_meta = meta
+    cfg: dict[str, Any] = {
+        "input_size": (meta.in_chans, meta.img_size, meta.img_size),
+        "first_conv": "patch_embed.proj",
+        "bands": tuple(meta.bands),
+        "source": meta.source,
+    }
+    if meta.mean is not None and meta.std is not None:
+        cfg.update(mean=tuple(meta.mean), std=tuple(meta.std))
+    model.pretrained_cfg = cfg
+    return model
+
+
+def _retarget(meta: BackboneMeta, bands: Sequence[str] | None, sensor: str | None) -> BackboneMeta:
+    """Metadata for the same backbone on other bands (statistics kept only for the same bands)."""
+    if bands is None:
+        return meta
+    match = match_bands(meta.bands, bands, src_sensor=meta.sensor, dst_sensor=sensor)
+    if match.identity:
+        return meta
+    if meta.encoder_kwargs.get("band_groups") is not None:
+        raise WeightsError("band adaptation of a band-grouped patch embedding is not supported")
+    mean = std = None
+    if match.same_bands and meta.mean is not None and meta.std is not None:
+        mean = [meta.mean[match.pairs[j]] for j in range(len(match.dst))]
+        std = [meta.std[match.pairs[j]] for j in range(len(match.dst))]
+    elif meta.mean is not None:
+        _logger.warning("no statistics for bands %s; compute them from the data", list(match.dst))
+    return dataclasses.replace(
+        meta,
+        bands=list(match.dst),
+        in_chans=len(match.dst),
+        sensor=match.dst_sensor.name,
+        mean=mean,
+        std=std,
+        source=f"{meta.source} (bands adapted from {meta.bands})",
+    )
+
+
+def _build_and_load(
+    state: Mapping[str, Tensor],
+    path: Path,
+    src: BackboneMeta,
+    dst: BackboneMeta,
+    *,
+    strict: bool,
+    optional: frozenset[str] = frozenset(),
+) -> VisionTransformer:
+    """Build the encoder ``dst`` describes and load ``state`` (bands ``src.bands``) into it."""
+    model = _build(dst)
+    try:
+        filtered = checkpoint_filter_fn(
+            state,
+            model,
+            src_bands=src.bands,
+            dst_bands=dst.bands,
+            sensor=dst.sensor,
+            src_sensor=src.sensor,
+        )
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from err
+    load_checked(model, filtered, str(path), strict=strict, optional=optional)
+    return _attach_meta(model, dst)
+
+
+def load_backbone(
+    path: str | Path,
+    *,
+    bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+    img_size: int | None = None,
+    strict: bool = True,
+) -> VisionTransformer:
+    """Load a backbone written by :func:`save_backbone`.
+
+    Args:
+        path: The safetensors file.
+        bands: Bands of the data to feed; when they differ from the saved bands (other set or
+            order) the patch kernels are mapped by band name and the metadata updated.
+        sensor: Sensor of ``bands`` (default: the saved sensor, else inferred).
+        img_size: Input size, when not the saved one (position embeddings are resampled).
+        strict: Require every encoder tensor; with ``False`` load what fits (but not nothing).
+
+    Returns:
+        The encoder, with ``rsmae_meta`` and ``pretrained_cfg`` attributes.
+
+    Raises:
+        WeightsError: naming ``path`` when it is not a backbone file or did not load.
+        BandError: when ``bands`` cannot be mapped to the saved bands.
+    """
+    path = Path(path)
+    state, file_meta = read_weights(path)
+    if META_KEY not in file_meta:
+        raise WeightsError(
+            f"{path}: no rsmae metadata; it was not written by save_backbone. Use "
+            "load_official_mae, load_timm_weights or load_torchgeo_vit for foreign weights"
+        )
+    try:
+        meta = BackboneMeta.from_json(file_meta[META_KEY])
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from err
+    dst = _retarget(meta, bands, sensor)
+    if img_size is not None:
+        dst = dataclasses.replace(dst, img_size=img_size)
+    return _build_and_load(state, path, meta, dst, strict=strict)
+
+
+def _load_foreign(
+    path: str | Path,
+    src_info: dict[str, Any],
+    *,
+    bands: Sequence[str] | None,
+    sensor: str | None,
+    preset: str | None,
+    img_size: int,
+    patch_size: int | None,
+    encoder_kwargs: Mapping[str, Any] | None,
+    strict: bool,
+    optional: frozenset[str] = frozenset(),
+) -> VisionTransformer:
+    """Load a timm-named ViT state dict whose bands and statistics ``src_info`` gives."""
+    path = Path(path)
+    state, _ = read_weights(path)
+    try:
+        stripped = strip_prefixes(state)
+        preset = preset or infer_preset(stripped)
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from err
+    kernel = stripped["patch_embed.proj.weight"] if "patch_embed.proj.weight" in stripped else None
+    src = BackboneMeta(
+        preset=preset,
+        img_size=img_size,
+        patch_size=patch_size or (int(kernel.shape[-1]) if kernel is not None else 16),
+        in_chans=len(src_info["bands"]),
+        encoder_kwargs=dict(encoder_kwargs or {}),
+        **src_info,
+    )
+    dst = _retarget(src, bands, sensor)
+    return _build_and_load(state, path, src, dst, strict=strict, optional=optional)
+
+
+def load_official_mae(
+    path: str | Path,
+    *,
+    in_chans: int = 3,
+    bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+    preset: str | None = None,
+    img_size: int = 224,
+    patch_size: int | None = None,
+    encoder_kwargs: Mapping[str, Any] | None = None,
+    strict: bool = True,
+) -> VisionTransformer:
+    """Load an official facebookresearch/mae checkpoint (``{"model": state_dict}``, R, G, B).
+
+    The decoder, mask token and head are dropped. With ``bands``, the R, G, B kernels go to the
+    red, green and blue bands and the others start from their mean
+    (:func:`~rsmae.models.adapt.adapt_patch_embed`).
+
+    Args:
+        path: The ``.pth`` file.
+        in_chans: 3 (RGB) unless ``bands`` is given; then it must be 3 or ``len(bands)``.
+        bands: Bands of the data (e.g. the 13 Sentinel-2 L1C bands); ``None`` keeps R, G, B.
+        sensor: Sensor of ``bands`` (inferred when ``None``).
+        preset: Encoder preset; inferred from embed_dim and depth when ``None``.
+        img_size: Input size (the sin-cos position table is regenerated for it).
+        patch_size: Patch size (kernels are resampled); default the checkpoint's.
+        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
+        strict: Require every encoder tensor.
+
+    Returns:
+        The encoder; its ``rsmae_meta`` has ImageNet statistics in uint8 units for R, G, B and
+        none once other bands are involved.
+    """
+    if bands is None and in_chans != 3:
+        raise BandError(f"in_chans={in_chans} needs bands= naming them to map the RGB kernels")
+    if bands is not None and in_chans not in (3, len(bands)):
+        raise BandError(f"in_chans={in_chans} but {len(bands)} bands given: {list(bands)}")
+    info = {
+        "bands": ["R", "G", "B"],
+        "sensor": "rgb",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "gsd": None,
+        "source": f"official MAE {Path(path).name}",
+    }
+    return _load_foreign(
+        path,
+        info,
+        bands=bands,
+        sensor=sensor,
+        preset=preset,
+        img_size=img_size,
+        patch_size=patch_size,
+        encoder_kwargs=encoder_kwargs,
+        strict=strict,
+    )
+
+
+def load_timm_weights(
+    path: str | Path,
+    *,
+    preset: str | None = None,
+    bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+    src_bands: Sequence[str] = ("R", "G", "B"),
+    src_sensor: str | None = None,
+    img_size: int = 224,
+    patch_size: int | None = None,
+    encoder_kwargs: Mapping[str, Any] | None = None,
+    strict: bool = True,
+) -> VisionTransformer:
+    """Load a timm ViT state dict file (``.pth``, ``.bin`` or ``.safetensors``).
+
+    Args:
+        path: The weights file.
+        preset: Encoder preset; inferred from embed_dim and depth when ``None``.
+        bands: Bands of the data; ``None`` keeps ``src_bands``.
+        sensor: Sensor of ``bands``.
+        src_bands: Bands of the file's input channels (timm's ImageNet weights: R, G, B).
+        src_sensor: Sensor of ``src_bands``.
+        img_size: Input size.
+        patch_size: Patch size; default the checkpoint's.
+        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
+        strict: Require every encoder tensor.
+
+    Returns:
+        The encoder; no statistics in its metadata (timm weights use several conventions).
+    """
+    info = {
+        "bands": list(src_bands),
+        "sensor": src_sensor,
+        "mean": None,
+        "std": None,
+        "gsd": None,
+        "source": f"timm weights {Path(path).name}",
+    }
+    return _load_foreign(
+        path,
+        info,
+        bands=bands,
+        sensor=sensor,
+        preset=preset,
+        img_size=img_size,
+        patch_size=patch_size,
+        encoder_kwargs=encoder_kwargs,
+        strict=strict,
+    )
+
+
+def load_torchgeo_vit(
+    path: str | Path,
+    *,
+    bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+    src_bands: Sequence[str] = TORCHGEO_S2_BANDS,
+    src_sensor: str = "s2-l1c",
+    preset: str | None = None,
+    img_size: int = 224,
+    patch_size: int | None = None,
+    encoder_kwargs: Mapping[str, Any] | None = None,
+    strict: bool = True,
+) -> VisionTransformer:
+    """Load torchgeo ViT weights from a local file (never downloads).
+
+    The defaults describe ``ViTSmall16_Weights.SENTINEL2_ALL_MAE`` (SSL4EO-S12: 13 Sentinel-2 L1C
+    bands in :data:`TORCHGEO_S2_BANDS` order, inputs divided by 10000, 10 m pixels). A missing
+    final ``norm`` is tolerated, as torchgeo does (it stays an identity LayerNorm; logged).
+
+    Args:
+        path: The ``.pth`` file (a timm ``vit_small_patch16_224`` state dict).
+        bands: Bands of the data; ``None`` keeps ``src_bands``.
+        sensor: Sensor of ``bands``.
+        src_bands: Bands of the weights (torchgeo's ``weights.meta["bands"]``).
+        src_sensor: Sensor of ``src_bands``.
+        preset: Encoder preset; inferred when ``None``.
+        img_size: Input size.
+        patch_size: Patch size; default the checkpoint's.
+        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
+        strict: Require every encoder tensor except ``norm``.
+
+    Returns:
+        The encoder with ``rsmae_meta``.
+    """
+    s2 = tuple(src_bands) == TORCHGEO_S2_BANDS and src_sensor == "s2-l1c"
+    n = len(src_bands)
+    info = {
+        "bands": list(src_bands),
+        "sensor": src_sensor,
+        "mean": [0.0] * n if s2 else None,
+        "std": [10000.0] * n if s2 else None,
+        "gsd": 10.0 if s2 else None,
+        "source": f"torchgeo ViT {Path(path).name}",
+    }
+    return _load_foreign(
+        path,
+        info,
+        bands=bands,
+        sensor=sensor,
+        preset=preset,
+        img_size=img_size,
+        patch_size=patch_size,
+        encoder_kwargs=encoder_kwargs,
+        strict=strict,
+        optional=frozenset({"norm.weight", "norm.bias"}),
+    )
