@@ -159,7 +159,7 @@ def test_official_mae_into_sentinel2(official: tuple, caplog: pytest.LogCaptureF
 def test_official_mae_pos_embed_regenerated(official: tuple) -> None:
     path, _, sd = official
     ours = create_encoder("vit_test", in_chans=3, img_size=IMG, patch_size=PATCH).pos_embed
-    assert not torch.allclose(sd["pos_embed"], ours)  # official MAE puts columns first
+    assert torch.allclose(sd["pos_embed"], ours)  # rsmae uses the official MAE layout (x first)
     model = load_official_mae(path, img_size=64)
     assert_close(model.pos_embed.detach(), _official_sincos(64 // PATCH, 64), atol=1e-5, rtol=0)
     assert model(_x(3, size=64)).shape == (2, 64)

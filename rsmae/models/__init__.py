@@ -1,5 +1,6 @@
 """Models: the timm ViT encoder, MAE and RC-MAE wrappers, weight loading."""
 
+from rsmae.models.adapt import adapt_patch_embed, checkpoint_filter_fn, match_bands
 from rsmae.models.mae import (
     MAE_DECODER_PRESETS,
     MAEOutput,
@@ -13,8 +14,25 @@ from rsmae.models.mae import (
 from rsmae.models.patch_embed import GroupedPatchEmbed, embed_patch_tokens, extract_patches
 from rsmae.models.rcmae import RCMAE, teacher_momentum
 from rsmae.models.vit import ENCODER_PRESETS, create_encoder, sincos_pos_embed_2d
+from rsmae.models.weights import (
+    BackboneMeta,
+    load_backbone,
+    load_official_mae,
+    load_timm_weights,
+    load_torchgeo_vit,
+    save_backbone,
+)
 
 __all__ = [
+    "BackboneMeta",
+    "adapt_patch_embed",
+    "checkpoint_filter_fn",
+    "load_backbone",
+    "load_official_mae",
+    "load_timm_weights",
+    "load_torchgeo_vit",
+    "match_bands",
+    "save_backbone",
     "ENCODER_PRESETS",
     "MAE_DECODER_PRESETS",
     "RCMAE",

@@ -267,14 +267,14 @@ def strip_prefixes(state_dict: Mapping[str, Tensor], *, prefix: str | None = Non
 
 
 def _sincos_layout(table: Tensor, grid: tuple[int, int]) -> str | None:
-    """``"yx"`` (rsmae) or ``"xy"`` (official MAE) if ``table`` is a 2D sin-cos table, else None."""
+    """``"xy"`` (rsmae and official MAE: columns first) or ``"yx"`` (rows first), else None."""
     dim = table.shape[-1]
     if dim % 4:
         return None
     ref = sincos_pos_embed_2d(grid[0], grid[1], dim)
     half = dim // 2
     swapped = torch.cat([ref[:, half:], ref[:, :half]], dim=1)
-    for layout, cand in (("yx", ref), ("xy", swapped)):
+    for layout, cand in (("xy", ref), ("yx", swapped)):
         if torch.allclose(table.float(), cand, atol=1e-4):
             return layout
     return None
@@ -297,7 +297,7 @@ def _resample_pos_embed(pos: Tensor, model: VisionTransformer) -> Tensor:
             pos, new_size=list(new_grid), old_size=[side, side], num_prefix_tokens=n_prefix
         )
     table = sincos_pos_embed_2d(new_grid[0], new_grid[1], pos.shape[-1])
-    if layout == "xy":
+    if layout == "yx":
         half = pos.shape[-1] // 2
         table = torch.cat([table[:, half:], table[:, :half]], dim=1)
     _logger.info("sin-cos pos_embed (%s layout) regenerated for grid %s", layout, new_grid)

@@ -30,7 +30,11 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
 def sincos_pos_embed_2d(
     grid_h: int, grid_w: int, dim: int, *, scale: float | torch.Tensor = 1.0
 ) -> torch.Tensor:
-    """Fixed 2D sin-cos position embedding (MAE layout: first half rows, second half columns).
+    """Fixed 2D sin-cos position embedding in the official MAE layout.
+
+    The first half of the width encodes the column (x), the second half the row (y), exactly as
+    ``get_2d_sincos_pos_embed`` of facebookresearch/mae, so official weights keep their meaning
+    when the table is rebuilt (e.g. GSD-scaled).
 
     Args:
         grid_h: Patches per column.
@@ -54,7 +58,7 @@ def sincos_pos_embed_2d(
         torch.arange(grid_w, **f64),
         indexing="ij",
     )
-    coords = torch.stack([ys.reshape(-1), xs.reshape(-1)])  # (2, N)
+    coords = torch.stack([xs.reshape(-1), ys.reshape(-1)])  # (2, N): columns first, as MAE
     if isinstance(scale, torch.Tensor):
         coords = coords[None] * scale.to(torch.float64).reshape(-1, 1, 1)  # (B, 2, N)
     else:
