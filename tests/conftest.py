@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 from rsmae.tiling import TileConfig, tile_scenes
@@ -37,3 +39,39 @@ def eurosat_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = TileConfig(tile_size=64, band_order="eurosat", label_from_dir=True, shard_tiles=32)
     tile_scenes([str(EUROSAT)], out, config)
     return out
+
+
+# ---------------------------------------------------------------- pretraining helpers
+# Callbacks named by class path in the pretraining tests' YAML configs ("conftest.KillAt"); the DDP
+# test's subprocesses import them with tests/ on PYTHONPATH.
+
+class SimulatedKill(RuntimeError):
+    """Stands in for a killed process."""
+
+
+class KillAt(L.Callback):
+    """Die at the start of the batch after global step ``step`` (its checkpoint is on disk)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise SimulatedKill(f"killed at step {self.step}")
+
+
+class RecordBatches(L.Callback):
+    """Write the tile indices each rank trained on and a checksum of its final weights."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.indices: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.indices.extend(int(i) for i in batch["index"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        checksum = float(sum(p.detach().double().sum() for p in pl_module.parameters()))
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
+                  "indices": self.indices, "checksum": checksum}
+        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

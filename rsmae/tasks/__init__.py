@@ -1,0 +1,39 @@
+"""Training tasks: MAE / RC-MAE pretraining, its callbacks, frozen-feature probes."""
+
+from rsmae.tasks.callbacks import (
+    BackboneExport,
+    ProbeCallback,
+    ReconstructionImages,
+    reconstruct,
+    true_colour,
+)
+from rsmae.tasks.precision import AutoPrecisionTrainer, cpu_has_native_bf16, default_precision
+from rsmae.tasks.pretrain import PretrainTask, WarmupCosine, export_backbone
+from rsmae.tasks.probe import extract_features, knn_accuracy, linear_probe_accuracy
+from rsmae.tasks.resumable import (
+    ResumableDataLoader,
+    ResumableSampler,
+    ResumableTileDataModule,
+    describe_data,
+)
+
+__all__ = [
+    "AutoPrecisionTrainer",
+    "BackboneExport",
+    "PretrainTask",
+    "ProbeCallback",
+    "ReconstructionImages",
+    "ResumableDataLoader",
+    "ResumableSampler",
+    "ResumableTileDataModule",
+    "WarmupCosine",
+    "cpu_has_native_bf16",
+    "default_precision",
+    "describe_data",
+    "export_backbone",
+    "extract_features",
+    "knn_accuracy",
+    "linear_probe_accuracy",
+    "reconstruct",
+    "true_colour",
+]

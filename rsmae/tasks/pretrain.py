@@ -1,0 +1,335 @@
+"""``PretrainTask``: MAE and RC-MAE pretraining as one LightningModule.
+
+Every hyperparameter is a plain ``__init__`` argument, so ``LightningCLI`` exposes it and the
+checkpoint's ``hyper_parameters`` rebuild the model. The band count, tile size and data statistics
+are not typed twice: the CLI links ``in_chans``, ``img_size`` and ``data_info`` from the datamodule
+when it instantiates it (``link_arguments(..., apply_on="instantiate")``), and :meth:`setup` checks
+them against the data actually loaded.
+
+Randomness is explicit and restartable: the augmentation and the masks of training batch ``n`` come
+from a generator seeded by ``(seed, rank, n)``, validation masks by ``(seed, rank, batch_idx)``; the
+batch counter is saved in checkpoints. Together with the resumable loader
+(:mod:`rsmae.tasks.resumable`) a resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+
+from rsmae.augment import RSAugment
+from rsmae.errors import BandError, NonFiniteLossError, WeightsError
+from rsmae.models import RCMAE, MAEOutput, MaskedAutoencoder, create_encoder, mae_decoder_defaults
+from rsmae.models import teacher_momentum as momentum_schedule
+from rsmae.models.weights import BackboneMeta, save_backbone
+from rsmae.tasks.resumable import describe_data
+
+__all__ = ["PretrainTask", "WarmupCosine", "export_backbone"]
+
+_logger = logging.getLogger(__name__)
+_TRAIN_STREAM, _VAL_STREAM = 0, 1
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
+
+
+class WarmupCosine:
+    """Learning-rate factor: linear warmup to 1, then cosine down to ``floor`` at ``total`` steps.
+
+    Args:
+        warmup: Warmup steps.
+        total: Steps of the whole run.
+        floor: Final factor (``min_lr / lr``).
+    """
+
+    def __init__(self, warmup: int, total: int, floor: float = 0.0) -> None:
+        self.warmup, self.total, self.floor = int(warmup), max(int(total), 1), float(floor)
+
+    def __call__(self, step: int) -> float:
+        """Factor at optimiser step ``step`` (0-based)."""
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _fused_ok(device: torch.device) -> bool:
+    """Whether fused AdamW kernels exist for ``device`` (torch keeps the list private)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # pragma: no cover - older or newer torch
+        return device.type == "cuda"
+    return device.type in _get_fused_kernels_supported_devices()
+
+
+class PretrainTask(L.LightningModule):
+    """Masked-autoencoder pretraining (``method="mae"``) or RC-MAE (``method="rcmae"``).
+
+    Args:
+        method: ``"mae"`` or ``"rcmae"`` (EMA teacher + consistency loss).
+        preset: Encoder preset (``vit_test``, ``vit_tiny``, ``vit_small``, ``vit_base``, ...).
+        patch_size: Patch size in pixels.
+        img_size: Input size in pixels (linked from the data's tile size by the CLI).
+        in_chans: Number of bands (linked from the data by the CLI).
+        encoder_kwargs: Further :func:`~rsmae.models.create_encoder` arguments (``drop_path_rate``).
+        decoder_dim: Decoder width; default from :func:`~rsmae.models.mae_decoder_defaults`.
+        decoder_depth: Decoder blocks; default from the preset.
+        decoder_heads: Decoder heads; default from the preset.
+        mask_ratio: Fraction of patches hidden from the encoder.
+        norm_pix_loss: Reconstruct per-patch normalised pixels.
+        gsd_pos_embed: Scale position embeddings by each sample's GSD.
+        reference_gsd: GSD at which the scaled embedding equals the fixed one.
+        consistency_weight: RC-MAE weight of the teacher-consistency term.
+        teacher_momentum: RC-MAE EMA momentum at step 0 (cosine to 1 over the run).
+        base_lr: Learning rate per 256 samples: ``lr = base_lr * batch * accumulate * world / 256``.
+        min_lr: Learning rate at the end of the cosine.
+        weight_decay: AdamW weight decay (not applied to norms, biases, position embeddings, tokens).
+        betas: AdamW betas.
+        warmup_steps: Linear warmup steps; ``None`` = 5 % of the run.
+        dihedral: Augment with a random D4 element.
+        rotate_degrees: Largest free rotation (0 = off).
+        crop_scale: Area range of the multiscale random resized crop (``None`` = off).
+        crop_ratio: Aspect-ratio range of the crop.
+        p_rotate: Probability of the free rotation.
+        seed: Seed of masks and augmentations.
+        data_info: Bands, sensor, statistics, GSD of the pretraining data (linked by the CLI);
+            travels with the checkpoint and the exported backbone.
+    """
+
+    def __init__(
+        self,
+        method: Literal["mae", "rcmae"] = "mae",
+        preset: str = "vit_small",
+        patch_size: int = 16,
+        img_size: int = 128,
+        in_chans: int = 13,
+        encoder_kwargs: dict[str, Any] | None = None,
+        decoder_dim: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_heads: int | None = None,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+        gsd_pos_embed: bool = False,
+        reference_gsd: float = 10.0,
+        consistency_weight: float = 1.0,
+        teacher_momentum: float = 0.996,
+        base_lr: float = 1.5e-4,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int | None = None,
+        dihedral: bool = True,
+        rotate_degrees: float = 0.0,
+        crop_scale: tuple[float, float] | None = (0.5, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        p_rotate: float = 0.5,
+        seed: int = 0,
+        data_info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if method not in ("mae", "rcmae"):
+            raise ValueError(f"method={method!r}; choose 'mae' or 'rcmae'")
+        self.save_hyperparameters()
+        encoder = create_encoder(preset, in_chans=in_chans, img_size=img_size, patch_size=patch_size,
+                                 **(encoder_kwargs or {}))
+        decoder = mae_decoder_defaults(preset)
+        given = {"decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads}
+        decoder.update({k: v for k, v in given.items() if v is not None})
+        mae = MaskedAutoencoder(encoder, **decoder, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
+                                gsd_pos_embed=gsd_pos_embed, reference_gsd=reference_gsd)
+        self.model: MaskedAutoencoder | RCMAE = (
+            RCMAE(mae, consistency_weight=consistency_weight) if method == "rcmae" else mae
+        )
+        self.augment = RSAugment(dihedral=dihedral, rotate_degrees=rotate_degrees, crop_scale=crop_scale,
+                                 crop_ratio=crop_ratio, p_rotate=p_rotate)
+        self.train_batches = 0  # training batches drawn so far: keys their randomness
+        self.last_teacher_momentum: float | None = None
+        self._total_steps = 1
+        self._bad_loss: Tensor | None = None
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def student(self) -> MaskedAutoencoder:
+        """The MAE being trained (the RC-MAE student, or the MAE itself)."""
+        return self.model.student if isinstance(self.model, RCMAE) else self.model
+
+    def encoder(self, weights: Literal["student", "teacher"] = "student") -> VisionTransformer:
+        """The student's or (RC-MAE only) the teacher's encoder."""
+        if weights == "teacher":
+            if not isinstance(self.model, RCMAE):
+                raise ValueError("only RC-MAE has a teacher; export the student of an MAE")
+            return self.model.teacher.encoder
+        return self.student.encoder
+
+    def backbone_meta(self, weights: Literal["student", "teacher"] = "student") -> BackboneMeta:
+        """:class:`~rsmae.models.weights.BackboneMeta` of the chosen encoder and the pretraining data."""
+        info = self.hparams.get("data_info")
+        if not info:
+            raise WeightsError("no data_info: the task was built without its data; its bands are unknown")
+        hp = self.hparams
+        return BackboneMeta(
+            preset=hp.preset, img_size=hp.img_size, patch_size=hp.patch_size, in_chans=hp.in_chans,
+            bands=list(info["bands"]), sensor=info.get("sensor"), mean=info.get("mean"),
+            std=info.get("std"), gsd=info.get("gsd"), encoder_kwargs=dict(hp.encoder_kwargs or {}),
+            source=f"rsmae {hp.method} pretraining, {weights} encoder, global step {self.global_step}",
+        )
+
+    def _generator(self, stream: int, index: int) -> torch.Generator:
+        """A CPU generator keyed by (seed, stream, rank, index): restartable and rank-distinct."""
+        key = [self.hparams.seed, stream, self.global_rank, index]
+        state = np.random.SeedSequence(key).generate_state(2, np.uint32)
+        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, stage: str) -> None:
+        """Check the model against the data the trainer loads (bands, tile size); fill ``data_info``."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_set", None)
+        if dataset is None:
+            return
+        if len(dataset.bands) != self.hparams.in_chans:
+            raise BandError(f"the data have {len(dataset.bands)} bands {dataset.bands} but the model was "
+                            f"built for in_chans={self.hparams.in_chans}; link in_chans from the data")
+        if dataset.tile_size != self.hparams.img_size:
+            raise ValueError(f"the data's tiles are {dataset.tile_size} px but the model was built for "
+                             f"img_size={self.hparams.img_size}; link img_size from the data")
+        info = self.hparams.get("data_info")
+        if info and list(info["bands"]) != list(dataset.bands):
+            raise BandError(f"the data's bands {dataset.bands} differ from the model's {info['bands']}; "
+                            "resume and fine-tune only on data with the same bands in the same order")
+        if not info:
+            self.hparams["data_info"] = describe_data(dataset)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Augment training batches on the device and draw their masks (same generator)."""
+        if self._trainer is None or not self.trainer.training:
+            return batch
+        generator = self._generator(_TRAIN_STREAM, self.train_batches)
+        self.train_batches += 1
+        batch = self.augment(batch, generator=generator)
+        noise = self.student.make_noise(batch["image"].shape[0], generator=generator)
+        return {**batch, "mask_noise": noise.to(batch["image"].device)}
+
+    def _shared_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> MAEOutput:
+        images = batch["image"]
+        noise = batch.get("mask_noise")
+        if noise is None:  # validation: the same masks every epoch
+            generator = self._generator(_VAL_STREAM, batch_idx)
+            noise = self.student.make_noise(images.shape[0], generator=generator).to(images.device)
+        gsd = batch["gsd"].float() if self.hparams.gsd_pos_embed else None
+        out = self.model(images, noise=noise, gsd=gsd)
+        train = stage == "train"
+        kwargs = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(images)}
+        self.log(f"{stage}/loss", out.loss, prog_bar=True, **kwargs)
+        self.log(f"{stage}/recon_loss", out.recon_loss, **kwargs)
+        if out.consistency_loss is not None:
+            self.log(f"{stage}/consistency_loss", out.consistency_loss, **kwargs)
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """One training batch; non-finite losses are remembered for the check before the step."""
+        out = self._shared_step(batch, batch_idx, "train")
+        bad = ~torch.isfinite(out.loss.detach())
+        self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """One validation batch with fixed masks."""
+        self._shared_step(batch, batch_idx, "val")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse to step on a non-finite loss or gradient, on every rank at once (no hang)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        bad_loss = self._bad_loss if self._bad_loss is not None else torch.zeros((), dtype=torch.bool)
+        self._bad_loss = None
+        local = bool(bad_loss.to(norm.device) | ~torch.isfinite(norm))
+        if self.trainer.strategy.reduce_boolean_decision(local, all=False):
+            raise NonFiniteLossError(self._nonfinite_message(bool(bad_loss), float(norm)))
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def _nonfinite_message(self, loss_bad: bool, norm: float) -> str:
+        what = "loss" if loss_bad else f"gradient (norm {norm})"
+        callback = self.trainer.checkpoint_callback
+        where = getattr(callback, "dirpath", None) if callback is not None else None
+        last = f"the last good checkpoint is in {where}" if where else "no checkpoint callback is configured"
+        return (f"the training {what} became non-finite at global step {self.global_step} (no optimiser "
+                f"step was taken); {last}. Resume with --ckpt_path last after lowering model.base_lr, "
+                "setting trainer.gradient_clip_val or using trainer.precision 32-true")
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """Step, then (RC-MAE) move the teacher with the momentum of this global step."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if isinstance(self.model, RCMAE):
+            # global_step still counts the steps before this one here (0-based index of this step)
+            base = self.hparams.teacher_momentum
+            momentum = momentum_schedule(self.global_step, self._total_steps, base=base)
+            self.model.update_teacher(momentum)
+            self.last_teacher_momentum = momentum
+            self.log("train/teacher_momentum", momentum, on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the batch counter that keys the training randomness."""
+        checkpoint["rsmae_train_batches"] = self.train_batches
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the batch counter."""
+        self.train_batches = int(checkpoint.get("rsmae_train_batches", 0))
+
+    # ------------------------------------------------------------------ optimisation
+    def _effective_batch(self) -> int:
+        trainer = self.trainer
+        hparams = getattr(trainer.datamodule, "hparams", {}) if trainer.datamodule is not None else {}
+        batch = hparams.get("batch_size") or getattr(trainer.train_dataloader, "batch_size", None)
+        if not batch:
+            raise ValueError("cannot find the batch size to scale the learning rate; use a datamodule "
+                             "with a batch_size hyperparameter")
+        return int(batch) * trainer.accumulate_grad_batches * trainer.world_size
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW at ``base_lr * effective_batch / 256``, warmup + cosine per step, no decay on 1-D."""
+        hp = self.hparams
+        self._total_steps = int(self.trainer.estimated_stepping_batches)
+        effective = self._effective_batch()
+        lr = hp.base_lr * effective / 256
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                skip = param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+                (no_decay if skip else decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fast = {"fused": True} if _fused_ok(self.device) else {"foreach": True}
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **fast)
+        warmup = hp.warmup_steps if hp.warmup_steps is not None else round(0.05 * self._total_steps)
+        schedule = WarmupCosine(warmup, self._total_steps, hp.min_lr / lr if lr > 0 else 0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        _logger.info("lr %.3g (base %.3g x %d / 256), %d steps, warmup %d, %s", lr, hp.base_lr, effective,
+                     self._total_steps, warmup, next(iter(fast)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def export_backbone(checkpoint: str | Path, out: str | Path,
+                    weights: Literal["student", "teacher"] = "student") -> Path:
+    """Write the encoder of a :class:`PretrainTask` checkpoint as a backbone file.
+
+    Args:
+        checkpoint: Lightning checkpoint (``last.ckpt``...).
+        out: Output ``.safetensors`` path.
+        weights: ``"student"`` or (RC-MAE) ``"teacher"``; recorded in the metadata's ``source``.
+
+    Returns:
+        The written path.
+    """
+    task = PretrainTask.load_from_checkpoint(checkpoint, map_location="cpu")
+    meta = task.backbone_meta(weights)
+    meta.source += f" ({Path(checkpoint).name})"
+    return save_backbone(task.encoder(weights), out, meta)
