@@ -24,14 +24,21 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
+# The demo corpus: every real Sentinel-2 L1C scene in $(DATA) (EuroSAT, OSCD, eo-learn) in one store.
 demo: $(STAMP)
 	$(BIN)/python pipelines/tile.py "$(DATA)/eurosat_ms_subset" --sensor s2-l1c --band-order eurosat \
-		--label-from-dir --tile-size 64 --out $(OUT)/eurosat.zarr
+		--label-from-dir --tile-size 64 --out $(OUT)/s2_l1c.zarr
 	$(BIN)/python pipelines/tile.py "$(DATA)/oscd_subset/Onera Satellite Change Detection dataset - Images" \
-		--sensor s2-l1c --tile-size 64 --workers 2 --out $(OUT)/oscd.zarr
+		--sensor s2-l1c --tile-size 64 --workers 2 --out $(OUT)/s2_l1c.zarr
+	$(BIN)/python datasets/eolearn_s2l1c/prepare.py "$(DATA)/eolearn_s2l1c_testpatch" --out $(OUT)/eolearn
+	$(BIN)/python pipelines/tile.py $(OUT)/eolearn --sensor s2-l1c --band-order eolearn-l1c \
+		--tile-size 64 --out $(OUT)/s2_l1c.zarr
 	$(BIN)/python pipelines/tile.py "$(DATA)/landsat8_scene" --sensor landsat-oli --bands B2,B3,B4 \
 		--band-order B2,B3,B4 --tile-size 128 --workers 2 --out $(OUT)/landsat8.zarr
-	$(BIN)/python pipelines/inspect_store.py $(OUT)/eurosat.zarr $(OUT)/oscd.zarr $(OUT)/landsat8.zarr
+	$(BIN)/python pipelines/inspect_store.py $(OUT)/s2_l1c.zarr $(OUT)/landsat8.zarr
+	$(BIN)/python pipelines/pretrain.py fit --config configs/pretrain/mae_tiny.yaml \
+		--data.stores '[$(OUT)/s2_l1c.zarr]'
+	$(BIN)/python pipelines/report.py runs/mae_tiny
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_loader.py

@@ -36,6 +36,7 @@ from rsmae.tasks import (
 sys.path.insert(0, str(ROOT / "pipelines"))
 import export  # noqa: E402  (pipeline scripts)
 import pretrain  # noqa: E402
+import report  # noqa: E402
 
 
 def _config(tmp: Path, store: Path, method: str = "mae", *, steps: int = 4, every: int = 2,
@@ -81,7 +82,8 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["mae", "rcmae"])
-def test_fit_writes_checkpoint_logs_images_backbone(tmp_path: Path, eurosat_store: Path, method: str) -> None:
+def test_fit_writes_checkpoint_logs_images_backbone(tmp_path: Path, eurosat_store: Path, method: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert _fit(_config(tmp_path, eurosat_store, method, steps=4, every=2, probe=True)) == 0
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4 and ckpt["hyper_parameters"]["method"] == method
@@ -104,6 +106,15 @@ def test_fit_writes_checkpoint_logs_images_backbone(tmp_path: Path, eurosat_stor
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     for key, value in encoder.state_dict().items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    # the probe curve starts at the initial weights and ends at the last step; the report shows it
+    history = json.loads((run / "probe.json").read_text())
+    assert history[0]["step"] == 0 and history[-1]["step"] == 4
+    assert history[0]["n_train"] == 216 and history[0]["n_test"] == 54
+    assert report.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "216 train / 54 test" in printed and "step      4: kNN" in printed
+    assert "backbone.safetensors" in printed
+    assert report.main([str(tmp_path / "nothing")]) == 2
     if method == "rcmae":  # the teacher exports too, and differs
         out = tmp_path / "teacher.safetensors"
         assert export.main([str(tmp_path / "checkpoints" / "last.ckpt"), "--out", str(out),
@@ -211,6 +222,24 @@ def test_bf16_mixed_autocast_on_cpu(eurosat_store: Path) -> None:
     _trainer(1, precision="bf16-mixed").fit(task, datamodule=dm)
     assert task.seen == [(True, torch.bfloat16)]
     assert task.student.encoder.cls_token.dtype == torch.float32  # master weights stay fp32
+
+def test_bf16_clips_gradients_of_fused_adamw(eurosat_store: Path) -> None:
+    # Lightning's mixed-precision plugin refuses to clip for a fused optimizer; bf16 has no scaler
+    task = PretrainTask(preset="vit_test", patch_size=8, img_size=64, in_chans=13, warmup_steps=0)
+    trainer = _trainer(1, precision="bf16-mixed", gradient_clip_val=1.0)
+    trainer.fit(task, datamodule=_datamodule(eurosat_store))
+    optimizer = trainer.optimizers[0]
+    assert optimizer.defaults["fused"] is True
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for p in params:
+        p.grad = torch.full_like(p, 10.0)
+    task.configure_gradient_clipping(optimizer, 1.0, "norm")
+    assert abs(float(torch.nn.utils.get_total_norm([p.grad for p in params])) - 1.0) < 1e-3
+    task.configure_gradient_clipping(optimizer, 0.5, "value")
+    assert max(float(p.grad.abs().max()) for p in params) <= 0.5
+
+
+def test_default_precision_follows_the_hardware() -> None:
     assert default_precision("cpu", flags={"avx2", "avx512f"}) == "32-true"
     assert default_precision("cpu", flags={"avx512_bf16"}) == "bf16-mixed"
     assert default_precision("cpu", flags={"amx_bf16", "amx_tile"}) == "bf16-mixed"

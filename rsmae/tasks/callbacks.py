@@ -6,6 +6,7 @@ task's ``data_info`` (linked from the data by the CLI), never by position.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -229,6 +230,8 @@ class ProbeCallback(L.Callback):
         self.weights = weights
         self.data: dict[str, EuroSAT] = {}
         self.last: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self._dir = Path(".")
 
     def load(self, data_info: dict[str, Any]) -> None:
         """Read EuroSAT with the pretraining bands and statistics (refusing foreign bands)."""
@@ -244,6 +247,7 @@ class ProbeCallback(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: PretrainTask, stage: str) -> None:
         """Load the data once (errors surface before training starts)."""
+        self._dir = _run_dir(trainer)  # a collective under DDP: every rank asks
         if trainer.is_global_zero and not self.data:
             info = pl_module.hparams.get("data_info")
             if not info:
@@ -271,3 +275,31 @@ class ProbeCallback(L.Callback):
         metrics = self.evaluate(pl_module.encoder(self.weights), pl_module.hparams.img_size)
         _logger.info("epoch %d: %s", trainer.current_epoch, metrics)
         pl_module.log_dict(metrics, rank_zero_only=True)
+        self._record(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: PretrainTask) -> None:
+        """Probe the starting weights, so every curve has its baseline (rank 0)."""
+        self._probe_now(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: PretrainTask) -> None:
+        """Probe the final weights (rank 0)."""
+        self._probe_now(trainer, pl_module)
+
+    def _probe_now(self, trainer: L.Trainer, pl_module: PretrainTask) -> None:
+        if not trainer.is_global_zero or not self.data:
+            return
+        if self.history and self.history[-1]["step"] == trainer.global_step:
+            return  # already probed at this step
+        metrics = self.evaluate(pl_module.encoder(self.weights), pl_module.hparams.img_size)
+        _logger.info("step %d: %s", trainer.global_step, metrics)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        self._record(trainer)
+
+    def _record(self, trainer: L.Trainer) -> None:
+        """Keep the curve (step, accuracies) and write it to ``probe.json`` in the run folder."""
+        sizes = {f"n_{split}": len(ds.labels) for split, ds in self.data.items()}
+        self.history.append({"step": trainer.global_step, **sizes, **self.last})
+        path = self._dir / "probe.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.history, indent=1))

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
@@ -263,6 +264,26 @@ class PretrainTask(L.LightningModule):
                 f"step was taken); {last}. Resume with --ckpt_path last after lowering model.base_lr, "
                 "setting trainer.gradient_clip_val or using trainer.precision 32-true")
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip as Lightning does, except under bf16 autocast, where no gradient scaler exists.
+
+        Lightning's mixed-precision plugin refuses to clip for a fused optimizer because it cannot
+        unscale its gradients; with ``bf16-mixed`` there is nothing to unscale, so the gradients are
+        clipped here directly and fused AdamW stays usable. Any other plugin (fp32, fp16 with a
+        scaler, FSDP's sharded clipping) keeps Lightning's own clipping.
+        """
+        plugin = self.trainer.precision_plugin
+        if not gradient_clip_val or not isinstance(plugin, MixedPrecision) or plugin.scaler is not None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
     ) -> None:
@@ -307,7 +328,10 @@ class PretrainTask(L.LightningModule):
                 (no_decay if skip else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        fast = {"fused": True} if _fused_ok(self.device) else {"foreach": True}
+        # a gradient scaler (fp16) cannot unscale a fused optimizer's gradients before clipping
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        fused = _fused_ok(self.device) and not (scaled and self.trainer.gradient_clip_val)
+        fast = {"fused": True} if fused else {"foreach": True}
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **fast)
         warmup = hp.warmup_steps if hp.warmup_steps is not None else round(0.05 * self._total_steps)
         schedule = WarmupCosine(warmup, self._total_steps, hp.min_lr / lr if lr > 0 else 0.0)
