@@ -36,12 +36,16 @@ demo: $(STAMP)
 	$(BIN)/python pipelines/tile.py "$(DATA)/landsat8_scene" --sensor landsat-oli --bands B2,B3,B4 \
 		--band-order B2,B3,B4 --tile-size 128 --workers 2 --out $(OUT)/landsat8.zarr
 	$(BIN)/python pipelines/inspect_store.py $(OUT)/s2_l1c.zarr $(OUT)/landsat8.zarr
+	@echo "Pretraining a tiny MAE on $(OUT)/s2_l1c.zarr: every real Sentinel-2 L1C scene in $(DATA)"
+	@echo "(about 2000 tiles of 64 px, EuroSAT's probe images among them): a small corpus that shows the"
+	@echo "pipeline and a learning signal, not a useful backbone. Point --data.stores at your own stores."
 	$(BIN)/python pipelines/pretrain.py fit --config configs/pretrain/mae_tiny.yaml \
 		--data.stores '[$(OUT)/s2_l1c.zarr]'
 	$(BIN)/python pipelines/report.py runs/mae_tiny
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_loader.py
+	$(BIN)/python benchmarks/bench_pretrain.py
 
 clean:
 	rm -rf $(OUT)

@@ -20,9 +20,11 @@ from rsmae.models import (
     MaskedAutoencoder,
     create_encoder,
     embed_patch_tokens,
+    fused_attention_pays,
     mae_decoder_defaults,
     masked_mse,
     patchify,
+    set_fused_attention,
     sincos_pos_embed_2d,
     teacher_momentum,
     unpatchify,
@@ -193,6 +195,25 @@ def test_attention_uses_fused_sdpa(tiles, monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
     model(tiles, noise=fixed_noise(model, 4))
     assert len(calls) == 3
+
+
+def test_math_attention_switch_gives_the_same_loss_and_gradients(tiles, monkeypatch):
+    model = make_mae().double()
+    x, noise = tiles.double(), fixed_noise(model, 4).double()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fused = model(x, noise=noise).loss
+    fused_grads = torch.autograd.grad(fused, trainable, allow_unused=True)
+    assert set_fused_attention(model, False) == 3  # 2 encoder blocks + 1 decoder block
+    calls = []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1))
+    plain = model(x, noise=noise).loss
+    plain_grads = torch.autograd.grad(plain, trainable, allow_unused=True)
+    assert not calls
+    torch.testing.assert_close(plain, fused)
+    for a, b in zip(plain_grads, fused_grads, strict=True):
+        if a is not None:
+            torch.testing.assert_close(a, b)
+    assert fused_attention_pays("cuda") and not fused_attention_pays("cpu")
 
 
 def test_deterministic_with_explicit_noise(tiles):

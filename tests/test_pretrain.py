@@ -239,6 +239,19 @@ def test_bf16_clips_gradients_of_fused_adamw(eurosat_store: Path) -> None:
     assert max(float(p.grad.abs().max()) for p in params) <= 0.5
 
 
+@pytest.mark.parametrize("fused", [None, True])
+def test_attention_kernel_by_device_and_compile(eurosat_store: Path, fused: bool | None) -> None:
+    task = PretrainTask(preset="vit_test", patch_size=8, img_size=64, in_chans=13, warmup_steps=0,
+                        fused_attention=fused, compile=fused is None)
+    before = copy.deepcopy(task.student.encoder.state_dict())
+    _trainer(2).fit(task, datamodule=_datamodule(eurosat_store))
+    flags = {m.fused_attn for m in task.model.modules() if hasattr(m, "fused_attn")}
+    assert flags == {fused is True}  # auto on the CPU: the math path
+    assert task._compiled == (fused is None)
+    assert set(task.student.encoder.state_dict()) == set(before)  # compiling keeps the keys
+    assert not torch.equal(task.student.encoder.blocks[0].mlp.fc1.weight, before["blocks.0.mlp.fc1.weight"])
+
+
 def test_default_precision_follows_the_hardware() -> None:
     assert default_precision("cpu", flags={"avx2", "avx512f"}) == "32-true"
     assert default_precision("cpu", flags={"avx512_bf16"}) == "bf16-mixed"

@@ -13,7 +13,13 @@ from rsmae.models.mae import (
 )
 from rsmae.models.patch_embed import GroupedPatchEmbed, embed_patch_tokens, extract_patches
 from rsmae.models.rcmae import RCMAE, teacher_momentum
-from rsmae.models.vit import ENCODER_PRESETS, create_encoder, sincos_pos_embed_2d
+from rsmae.models.vit import (
+    ENCODER_PRESETS,
+    create_encoder,
+    fused_attention_pays,
+    set_fused_attention,
+    sincos_pos_embed_2d,
+)
 from rsmae.models.weights import (
     BackboneMeta,
     load_backbone,
@@ -42,10 +48,12 @@ __all__ = [
     "create_encoder",
     "embed_patch_tokens",
     "extract_patches",
+    "fused_attention_pays",
     "mae_decoder_defaults",
     "masked_mse",
     "patchify",
     "random_masking",
+    "set_fused_attention",
     "sincos_pos_embed_2d",
     "teacher_momentum",
     "unpatchify",

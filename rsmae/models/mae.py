@@ -8,8 +8,8 @@ table, a few timm ``Block`` s and a linear head to ``P * P * C`` pixel values pe
 Everything that is random is explicit: pass ``noise`` (from :meth:`MaskedAutoencoder.make_noise`
 with a seeded ``torch.Generator``) and the same weights and batch give the same loss, as loss
 landscapes and Hessians need. Forward mutates no state, so ``torch.func.functional_call`` works;
-attention is timm's fused SDPA path, and under
-``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)`` it supports double backward.
+attention is timm's, fused SDPA or the plain math path (:func:`~rsmae.models.vit.set_fused_attention`,
+which also gives double backward).
 """
 
 from __future__ import annotations

@@ -12,10 +12,17 @@ from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from rsmae.models.patch_embed import GroupedPatchEmbed
 
-__all__ = ["ENCODER_PRESETS", "create_encoder", "sincos_pos_embed_2d"]
+__all__ = [
+    "ENCODER_PRESETS",
+    "create_encoder",
+    "fused_attention_pays",
+    "set_fused_attention",
+    "sincos_pos_embed_2d",
+]
 
 # Sizes of the encoder presets (timm names without the patch/img suffix).
 ENCODER_PRESETS: dict[str, dict[str, Any]] = {
@@ -110,3 +117,37 @@ def create_encoder(
         model.pos_embed[0, model.num_prefix_tokens :] = table
     model.pos_embed.requires_grad_(False)
     return model
+
+
+def set_fused_attention(module: nn.Module, enabled: bool) -> int:
+    """Switch every timm attention layer in ``module`` between fused SDPA and the plain math path.
+
+    timm's ``Attention`` runs ``F.scaled_dot_product_attention`` when ``fused_attn`` is set and
+    ``softmax(q @ k^T) @ v`` otherwise; both give the same result. The math path is what
+    double backward (Hessian-vector products) needs, and on CPUs it is faster for ViT sequence
+    lengths under bf16 autocast (``benchmarks/bench_pretrain.py``).
+
+    Args:
+        module: Any module holding timm attention layers (an encoder, an MAE, an RC-MAE).
+        enabled: ``True`` for fused SDPA, ``False`` for the math path.
+
+    Returns:
+        The number of attention layers switched.
+    """
+    count = 0
+    for layer in module.modules():
+        if hasattr(layer, "fused_attn"):
+            layer.fused_attn = bool(enabled)
+            count += 1
+    return count
+
+
+def fused_attention_pays(device: torch.device | str) -> bool:
+    """Whether fused SDPA is the faster attention on ``device``: on CUDA yes, on CPU no.
+
+    On CUDA the flash and memory-efficient kernels save time and the memory of the attention
+    matrix. On the CPU the fused kernel is no faster in fp32 and much slower in bf16 at ViT
+    sequence lengths (17-257 tokens): measured 73 vs 115 img/s for an MAE ViT-S/16 step on a
+    2-core AVX512-BF16 CPU.
+    """
+    return torch.device(device).type == "cuda"

@@ -28,7 +28,15 @@ from torch import Tensor
 
 from rsmae.augment import RSAugment
 from rsmae.errors import BandError, NonFiniteLossError, WeightsError
-from rsmae.models import RCMAE, MAEOutput, MaskedAutoencoder, create_encoder, mae_decoder_defaults
+from rsmae.models import (
+    RCMAE,
+    MAEOutput,
+    MaskedAutoencoder,
+    create_encoder,
+    fused_attention_pays,
+    mae_decoder_defaults,
+    set_fused_attention,
+)
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
 from rsmae.tasks.resumable import describe_data
@@ -99,6 +107,10 @@ class PretrainTask(L.LightningModule):
         crop_ratio: Aspect-ratio range of the crop.
         p_rotate: Probability of the free rotation.
         seed: Seed of masks and augmentations.
+        fused_attention: Fused SDPA (``True``) or timm's math attention (``False``); ``None`` picks
+            the faster for the device at fit start (:func:`~rsmae.models.fused_attention_pays`).
+        compile: ``torch.compile`` the model in place at fit start (state-dict keys unchanged);
+            pays on long runs, costs tens of seconds of compilation first.
         data_info: Bands, sensor, statistics, GSD of the pretraining data (linked by the CLI);
             travels with the checkpoint and the exported backbone.
     """
@@ -131,6 +143,8 @@ class PretrainTask(L.LightningModule):
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         p_rotate: float = 0.5,
         seed: int = 0,
+        fused_attention: bool | None = None,
+        compile: bool = False,
         data_info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -153,6 +167,7 @@ class PretrainTask(L.LightningModule):
         self.last_teacher_momentum: float | None = None
         self._total_steps = 1
         self._bad_loss: Tensor | None = None
+        self._compiled = False
 
     # ------------------------------------------------------------------ parts
     @property
@@ -206,6 +221,16 @@ class PretrainTask(L.LightningModule):
                             "resume and fine-tune only on data with the same bands in the same order")
         if not info:
             self.hparams["data_info"] = describe_data(dataset)
+
+    def on_fit_start(self) -> None:
+        """Choose the attention kernel for the device; compile the model if asked."""
+        fused = self.hparams.fused_attention
+        fused = fused_attention_pays(self.device) if fused is None else fused
+        layers = set_fused_attention(self.model, fused)
+        _logger.info("attention: %s in %d layers", "fused SDPA" if fused else "math", layers)
+        if self.hparams.compile and not self._compiled:
+            self.model.compile()
+            self._compiled = True
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Augment training batches on the device and draw their masks (same generator)."""
