@@ -22,17 +22,15 @@ from torch.testing import assert_close
 from rsmae.bands import LAYOUTS, get_sensor
 from rsmae.errors import BandError, WeightsError
 from rsmae.models.adapt import adapt_patch_embed, checkpoint_filter_fn
-from rsmae.models.vit import create_encoder
-from rsmae.models.weights import (
+from rsmae.models.foreign import (
     IMAGENET_MEAN,
     TORCHGEO_S2_BANDS,
-    BackboneMeta,
-    load_backbone,
     load_official_mae,
     load_timm_weights,
     load_torchgeo_vit,
-    save_backbone,
 )
+from rsmae.models.vit import create_encoder
+from rsmae.models.weights import BackboneMeta, load_backbone, save_backbone
 
 L1C = list(get_sensor("s2-l1c").names)
 L2A = list(get_sensor("s2-l2a").names)

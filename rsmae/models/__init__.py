@@ -1,6 +1,7 @@
 """Models: the timm ViT encoder, MAE and RC-MAE wrappers, weight loading."""
 
 from rsmae.models.adapt import adapt_patch_embed, checkpoint_filter_fn, match_bands
+from rsmae.models.foreign import load_official_mae, load_timm_weights, load_torchgeo_vit
 from rsmae.models.mae import (
     MAE_DECODER_PRESETS,
     MAEOutput,
@@ -20,14 +21,7 @@ from rsmae.models.vit import (
     set_fused_attention,
     sincos_pos_embed_2d,
 )
-from rsmae.models.weights import (
-    BackboneMeta,
-    load_backbone,
-    load_official_mae,
-    load_timm_weights,
-    load_torchgeo_vit,
-    save_backbone,
-)
+from rsmae.models.weights import BackboneMeta, load_backbone, save_backbone
 
 __all__ = [
     "BackboneMeta",

@@ -1,11 +1,11 @@
-"""The reusable backbone: save an encoder with its metadata, load it (or foreign ViT weights) back.
+"""The reusable backbone: save an encoder with its metadata, load it back.
 
 A backbone file is a safetensors file of the encoder's state dict whose metadata holds a
 :class:`BackboneMeta` as JSON under the key ``"rsmae"``: bands, normalisation statistics, patch and
 image size, GSD and the encoder's construction arguments. Loading builds the encoder from that
-metadata, so the file alone is enough. Official MAE, timm and torchgeo ViT weights load through the
-same filter (:func:`~rsmae.models.adapt.checkpoint_filter_fn`); every load reports missing and
-unexpected keys and fails loudly when the backbone did not load.
+metadata, so the file alone is enough. Foreign weights (official MAE, timm, torchgeo) load through
+:mod:`rsmae.models.foreign` and the same filter (:func:`~rsmae.models.adapt.checkpoint_filter_fn`);
+every load reports missing and unexpected keys and fails loudly when the backbone did not load.
 """
 
 from __future__ import annotations
@@ -25,54 +25,19 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from rsmae.errors import BandError, WeightsError
+from rsmae.errors import WeightsError
 from rsmae.models.adapt import (
     checkpoint_filter_fn,
-    infer_preset,
     load_checked,
     match_bands,
-    strip_prefixes,
 )
 from rsmae.models.vit import create_encoder
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "TORCHGEO_S2_BANDS",
-    "BackboneMeta",
-    "load_backbone",
-    "load_official_mae",
-    "load_timm_weights",
-    "load_torchgeo_vit",
-    "read_weights",
-    "save_backbone",
-]
+__all__ = ["BackboneMeta", "load_backbone", "read_weights", "save_backbone"]
 
 _logger = logging.getLogger(__name__)
 
 META_KEY = "rsmae"
-# ImageNet statistics in uint8 pixel units (timm's IMAGENET_DEFAULT_MEAN/STD times 255).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-# Channel order of torchgeo's SSL4EO-S12 Sentinel-2 ViT weights (``_sentinel2_toa_bands`` in
-# torchgeo/models/resnet.py: B1..B8, B8a, B9, B10, B11, B12), in canonical registry names.
-TORCHGEO_S2_BANDS = (
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-)
-
-
 @dataclasses.dataclass
 class BackboneMeta:
     """Everything needed to rebuild an encoder and feed it correctly; travels with the weights.
@@ -360,204 +325,3 @@ def load_backbone(
     if img_size is not None:
         dst = dataclasses.replace(dst, img_size=img_size)
     return _build_and_load(state, path, meta, dst, strict=strict)
-
-
-def _load_foreign(
-    path: str | Path,
-    src_info: dict[str, Any],
-    *,
-    bands: Sequence[str] | None,
-    sensor: str | None,
-    preset: str | None,
-    img_size: int,
-    patch_size: int | None,
-    encoder_kwargs: Mapping[str, Any] | None,
-    strict: bool,
-    optional: frozenset[str] = frozenset(),
-) -> VisionTransformer:
-    """Load a timm-named ViT state dict whose bands and statistics ``src_info`` gives."""
-    path = Path(path)
-    state, _ = read_weights(path)
-    try:
-        stripped = strip_prefixes(state)
-        preset = preset or infer_preset(stripped)
-    except WeightsError as err:
-        raise WeightsError(f"{path}: {err}") from err
-    kernel = stripped["patch_embed.proj.weight"] if "patch_embed.proj.weight" in stripped else None
-    src = BackboneMeta(
-        preset=preset,
-        img_size=img_size,
-        patch_size=patch_size or (int(kernel.shape[-1]) if kernel is not None else 16),
-        in_chans=len(src_info["bands"]),
-        encoder_kwargs=dict(encoder_kwargs or {}),
-        **src_info,
-    )
-    dst = _retarget(src, bands, sensor)
-    return _build_and_load(state, path, src, dst, strict=strict, optional=optional)
-
-
-def load_official_mae(
-    path: str | Path,
-    *,
-    in_chans: int = 3,
-    bands: Sequence[str] | None = None,
-    sensor: str | None = None,
-    preset: str | None = None,
-    img_size: int = 224,
-    patch_size: int | None = None,
-    encoder_kwargs: Mapping[str, Any] | None = None,
-    strict: bool = True,
-) -> VisionTransformer:
-    """Load an official facebookresearch/mae checkpoint (``{"model": state_dict}``, R, G, B).
-
-    The decoder, mask token and head are dropped. With ``bands``, the R, G, B kernels go to the
-    red, green and blue bands and the others start from their mean
-    (:func:`~rsmae.models.adapt.adapt_patch_embed`).
-
-    Args:
-        path: The ``.pth`` file.
-        in_chans: 3 (RGB) unless ``bands`` is given; then it must be 3 or ``len(bands)``.
-        bands: Bands of the data (e.g. the 13 Sentinel-2 L1C bands); ``None`` keeps R, G, B.
-        sensor: Sensor of ``bands`` (inferred when ``None``).
-        preset: Encoder preset; inferred from embed_dim and depth when ``None``.
-        img_size: Input size (the sin-cos position table is regenerated for it).
-        patch_size: Patch size (kernels are resampled); default the checkpoint's.
-        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
-        strict: Require every encoder tensor.
-
-    Returns:
-        The encoder; its ``rsmae_meta`` has ImageNet statistics in uint8 units for R, G, B and
-        none once other bands are involved.
-    """
-    if bands is None and in_chans != 3:
-        raise BandError(f"in_chans={in_chans} needs bands= naming them to map the RGB kernels")
-    if bands is not None and in_chans not in (3, len(bands)):
-        raise BandError(f"in_chans={in_chans} but {len(bands)} bands given: {list(bands)}")
-    info = {
-        "bands": ["R", "G", "B"],
-        "sensor": "rgb",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "gsd": None,
-        "source": f"official MAE {Path(path).name}",
-    }
-    return _load_foreign(
-        path,
-        info,
-        bands=bands,
-        sensor=sensor,
-        preset=preset,
-        img_size=img_size,
-        patch_size=patch_size,
-        encoder_kwargs=encoder_kwargs,
-        strict=strict,
-    )
-
-
-def load_timm_weights(
-    path: str | Path,
-    *,
-    preset: str | None = None,
-    bands: Sequence[str] | None = None,
-    sensor: str | None = None,
-    src_bands: Sequence[str] = ("R", "G", "B"),
-    src_sensor: str | None = None,
-    img_size: int = 224,
-    patch_size: int | None = None,
-    encoder_kwargs: Mapping[str, Any] | None = None,
-    strict: bool = True,
-) -> VisionTransformer:
-    """Load a timm ViT state dict file (``.pth``, ``.bin`` or ``.safetensors``).
-
-    Args:
-        path: The weights file.
-        preset: Encoder preset; inferred from embed_dim and depth when ``None``.
-        bands: Bands of the data; ``None`` keeps ``src_bands``.
-        sensor: Sensor of ``bands``.
-        src_bands: Bands of the file's input channels (timm's ImageNet weights: R, G, B).
-        src_sensor: Sensor of ``src_bands``.
-        img_size: Input size.
-        patch_size: Patch size; default the checkpoint's.
-        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
-        strict: Require every encoder tensor.
-
-    Returns:
-        The encoder; no statistics in its metadata (timm weights use several conventions).
-    """
-    info = {
-        "bands": list(src_bands),
-        "sensor": src_sensor,
-        "mean": None,
-        "std": None,
-        "gsd": None,
-        "source": f"timm weights {Path(path).name}",
-    }
-    return _load_foreign(
-        path,
-        info,
-        bands=bands,
-        sensor=sensor,
-        preset=preset,
-        img_size=img_size,
-        patch_size=patch_size,
-        encoder_kwargs=encoder_kwargs,
-        strict=strict,
-    )
-
-
-def load_torchgeo_vit(
-    path: str | Path,
-    *,
-    bands: Sequence[str] | None = None,
-    sensor: str | None = None,
-    src_bands: Sequence[str] = TORCHGEO_S2_BANDS,
-    src_sensor: str = "s2-l1c",
-    preset: str | None = None,
-    img_size: int = 224,
-    patch_size: int | None = None,
-    encoder_kwargs: Mapping[str, Any] | None = None,
-    strict: bool = True,
-) -> VisionTransformer:
-    """Load torchgeo ViT weights from a local file (never downloads).
-
-    The defaults describe ``ViTSmall16_Weights.SENTINEL2_ALL_MAE`` (SSL4EO-S12: 13 Sentinel-2 L1C
-    bands in :data:`TORCHGEO_S2_BANDS` order, inputs divided by 10000, 10 m pixels). A missing
-    final ``norm`` is tolerated, as torchgeo does (it stays an identity LayerNorm; logged).
-
-    Args:
-        path: The ``.pth`` file (a timm ``vit_small_patch16_224`` state dict).
-        bands: Bands of the data; ``None`` keeps ``src_bands``.
-        sensor: Sensor of ``bands``.
-        src_bands: Bands of the weights (torchgeo's ``weights.meta["bands"]``).
-        src_sensor: Sensor of ``src_bands``.
-        preset: Encoder preset; inferred when ``None``.
-        img_size: Input size.
-        patch_size: Patch size; default the checkpoint's.
-        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
-        strict: Require every encoder tensor except ``norm``.
-
-    Returns:
-        The encoder with ``rsmae_meta``.
-    """
-    s2 = tuple(src_bands) == TORCHGEO_S2_BANDS and src_sensor == "s2-l1c"
-    n = len(src_bands)
-    info = {
-        "bands": list(src_bands),
-        "sensor": src_sensor,
-        "mean": [0.0] * n if s2 else None,
-        "std": [10000.0] * n if s2 else None,
-        "gsd": 10.0 if s2 else None,
-        "source": f"torchgeo ViT {Path(path).name}",
-    }
-    return _load_foreign(
-        path,
-        info,
-        bands=bands,
-        sensor=sensor,
-        preset=preset,
-        img_size=img_size,
-        patch_size=patch_size,
-        encoder_kwargs=encoder_kwargs,
-        strict=strict,
-        optional=frozenset({"norm.weight", "norm.bias"}),
-    )
