@@ -14,8 +14,9 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from rsmae.data import TileDataModule
 from rsmae.errors import RsmaeError
-from rsmae.tasks import AutoPrecisionTrainer, PretrainTask, ResumableTileDataModule
+from rsmae.tasks import AutoPrecisionTrainer, PretrainTask
 
 
 def _in_chans(info: dict[str, Any]) -> int:
@@ -40,7 +41,7 @@ def main(args: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         PretrainCLI(
-            PretrainTask, ResumableTileDataModule, trainer_class=AutoPrecisionTrainer, args=args,
+            PretrainTask, TileDataModule, trainer_class=AutoPrecisionTrainer, args=args,
             save_config_kwargs={"overwrite": True},
             # ShardSampler already gives each rank its own shards: Lightning must not re-split them.
             trainer_defaults={"use_distributed_sampler": False},

@@ -345,8 +345,9 @@ class ShardReader:
         if offset == self._MISSING:
             return np.zeros(self.tile_shape, dtype=self.dtype)
         raw = os.pread(self._fd(shard), int(length), int(offset))
-        return np.frombuffer(blosc.decompress(raw), dtype=self.dtype.newbyteorder("<")).reshape(
-            self.tile_shape)
+        tile = np.empty(self.tile_shape, dtype=self.dtype.newbyteorder("<"))  # writable, no extra copy
+        blosc.decompress(raw, tile)
+        return tile
 
     def close(self) -> None:
         """Close open shard files."""

@@ -9,7 +9,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from rsmae.data import ShardDataset, ShardSampler, TileDataModule, collate_tiles, split_scenes
+from rsmae.data import (
+    ResumableDataLoader,
+    ShardDataset,
+    ShardSampler,
+    TileDataModule,
+    collate_tiles,
+    normalize_images,
+    split_scenes,
+)
 from rsmae.errors import BandError, StoreError, StoreIncompleteError
 from rsmae.store import TileStore
 
@@ -111,11 +119,94 @@ def test_split_by_hash_is_stable() -> None:
 
 
 def test_native_images_normalised_on_device_equal(eurosat_store: Path) -> None:
-    from rsmae.data import normalize_images
-
     ds = ShardDataset(eurosat_store)
     native = ShardDataset(eurosat_store, native=True)
     batch = collate_tiles(native.__getitems__([0, 9, 4]))
     assert batch["image"].dtype == torch.uint16
     out = normalize_images(batch["image"], torch.tensor(ds.mean), torch.tensor(ds.std))
     torch.testing.assert_close(out, torch.stack([ds[i]["image"] for i in (0, 9, 4)]))
+
+
+def test_sampler_skip_drops_the_start_of_one_iteration(eurosat_store: Path) -> None:
+    sampler = ShardSampler(ShardDataset(eurosat_store), seed=5)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.skip = 40
+    assert list(sampler) == full[40:] and len(sampler) == len(full) == 270
+    assert sampler.skip == 0 and list(sampler) == full  # reset after one iteration
+    sampler.skip = 1000
+    assert list(sampler) == []
+
+
+class _CountingDataset(ShardDataset):
+    """Records every index it reads."""
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        self.read.extend(int(i) for i in indices)
+        return super().__getitems__(indices)
+
+
+def _resumable(ds: ShardDataset, epoch: int, workers: int = 0) -> ResumableDataLoader:
+    sampler = ShardSampler(ds, seed=7)
+    sampler.set_epoch(epoch)
+    return ResumableDataLoader(ds, batch_size=16, sampler=sampler, collate_fn=collate_tiles,
+                               drop_last=True, num_workers=workers, persistent_workers=workers > 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumable_loader_skips_the_batches_served(eurosat_store: Path, workers: int) -> None:
+    ds = ShardDataset(eurosat_store, native=True)
+    straight = [b["index"].tolist() for b in _resumable(ds, epoch=1)]
+    assert len(straight) == 270 // 16
+    first = _resumable(ds, epoch=1)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batches": 3}
+    counting = _CountingDataset(eurosat_store, native=True)
+    counting.read = []
+    resumed = _resumable(counting, epoch=1, workers=workers)
+    resumed.load_state_dict(state)
+    assert len(resumed) == len(straight)  # len() stays the full epoch
+    rest = [b["index"].tolist() for b in resumed]
+    assert rest == straight[3:]
+    assert resumed.state_dict() == {"epoch": 1, "batches": len(straight)}
+    if workers == 0:  # the skipped tiles are never read
+        assert sorted(counting.read) == sorted(i for b in straight[3:] for i in b)
+    assert [b["index"].tolist() for b in resumed] == straight  # the next iteration is whole again
+    other = _resumable(ds, epoch=2)
+    other.load_state_dict(state)  # a state of another epoch skips nothing
+    assert len(list(other)) == len(straight)
+
+
+def test_resumable_loader_needs_a_shard_sampler(eurosat_store: Path) -> None:
+    with pytest.raises(TypeError, match="use_distributed_sampler"):
+        ResumableDataLoader(ShardDataset(eurosat_store), batch_size=4)
+
+
+def test_datamodule_native_batches_equal_float_batches_after_the_task(eurosat_store: Path) -> None:
+    from rsmae.tasks import PretrainTask
+
+    native, plain = (TileDataModule([str(eurosat_store)], batch_size=16, num_workers=0, native=n)
+                     for n in (True, False))
+    assert native.hparams.native is True and TileDataModule([str(eurosat_store)]).hparams.native is True
+    for dm in (native, plain):
+        dm.setup("fit")
+    assert isinstance(native.train_dataloader(), ResumableDataLoader)
+    task = PretrainTask(preset="vit_test", patch_size=8, img_size=64, in_chans=13, data_info=native.data_info)
+    for split in ("train_dataloader", "val_dataloader"):
+        raw = next(iter(getattr(native, split)()))
+        expected = next(iter(getattr(plain, split)()))
+        assert raw["image"].dtype == torch.uint16 and expected["image"].dtype == torch.float32
+        assert torch.equal(raw["index"], expected["index"])
+        out = task.on_after_batch_transfer(raw, 0)  # no trainer: normalised, nothing else
+        assert out["image"].dtype == torch.float32 and "mask_noise" not in out
+        torch.testing.assert_close(out["image"], expected["image"])
+        stats = [torch.tensor(native.data_info[k]) for k in ("mean", "std")]
+        torch.testing.assert_close(normalize_images(raw["image"], *stats), expected["image"])
+    floats = task.on_after_batch_transfer(expected, 0)
+    assert floats["image"] is expected["image"]  # float batches pass untouched
+    bare = PretrainTask(preset="vit_test", patch_size=8, img_size=64, in_chans=13)
+    with pytest.raises(ValueError, match="data_info"):
+        bare.on_after_batch_transfer(raw, 0)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -17,7 +18,7 @@ import torch
 import yaml
 from conftest import EUROSAT, ROOT, SimulatedKill
 
-from rsmae.data import ShardDataset, ShardSampler
+from rsmae.data import ShardDataset, ShardSampler, TileDataModule
 from rsmae.datasets import EuroSAT
 from rsmae.errors import BandError, InputNotFoundError
 from rsmae.models import teacher_momentum
@@ -25,7 +26,7 @@ from rsmae.models.weights import load_backbone
 from rsmae.tasks import (
     PretrainTask,
     ProbeCallback,
-    ResumableTileDataModule,
+    ReconstructionImages,
     default_precision,
     knn_accuracy,
     linear_probe_accuracy,
@@ -206,8 +207,8 @@ class _AutocastProbe(PretrainTask):
         return out
 
 
-def _datamodule(store: Path, batch_size: int = 8) -> ResumableTileDataModule:
-    return ResumableTileDataModule([str(store)], batch_size=batch_size, num_workers=0)
+def _datamodule(store: Path, batch_size: int = 8) -> TileDataModule:
+    return TileDataModule([str(store)], batch_size=batch_size, num_workers=0)
 
 
 def _trainer(steps: int, **kw: Any) -> L.Trainer:
@@ -346,6 +347,17 @@ def test_reconstruction_of_a_perfect_prediction_is_the_input(eurosat_store: Path
     rgb = true_colour(images, data.bands, "s2-l1c")
     assert rgb.shape == (3, 3, 64, 64) and rgb.min() >= 0 and rgb.max() <= 1
     torch.testing.assert_close(rgb, true_colour(images[:, [3, 2, 1]], ["B04", "B03", "B02"], "s2-l1c"))
+
+
+def test_reconstruction_images_of_native_data_are_normalised(eurosat_store: Path) -> None:
+    native, plain = _datamodule(eurosat_store), TileDataModule([str(eurosat_store)], native=False)
+    for dm in (native, plain):
+        dm.setup("fit")
+    assert native.val_set[0]["image"].dtype == torch.uint16  # the default ships the stores' dtype
+    images = ReconstructionImages(num_images=3)._fixed_images(SimpleNamespace(datamodule=native), {})
+    expected = torch.stack([plain.val_set[i]["image"] for i in range(3)])
+    assert images.dtype == torch.float32
+    torch.testing.assert_close(images, expected)
 
 
 def test_knn_and_linear_probe_score_separable_and_random_features() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from rsmae.data.dataset import ShardDataset, collate_tiles
+from rsmae.data.dataset import ShardDataset, collate_tiles, describe_data
+from rsmae.data.loader import ResumableDataLoader
 from rsmae.data.sampler import ShardSampler
 
 __all__ = ["TileDataModule", "split_scenes"]
@@ -38,6 +41,13 @@ def split_scenes(records: Sequence[dict], val_fraction: float, seed: int) -> tup
 class TileDataModule(L.LightningDataModule):
     """Loaders over one or more finished tile stores.
 
+    The train loader is a :class:`~rsmae.data.ResumableDataLoader`: its position in the epoch is
+    saved in Lightning checkpoints, so a run resumed mid-epoch sees the batches an uninterrupted run
+    would. With ``native=True`` (the default) batches carry images in the stores' dtype (``uint16``
+    for Sentinel-2: half the bytes of float32 between worker processes), not normalised; normalise
+    them on the device with :func:`~rsmae.data.normalize_images` and the ``mean``/``std`` of
+    :attr:`data_info` (:class:`~rsmae.tasks.PretrainTask` does so in ``on_after_batch_transfer``).
+
     Args:
         stores: Store paths with the same bands.
         batch_size: Samples per batch (per process).
@@ -45,40 +55,51 @@ class TileDataModule(L.LightningDataModule):
         val_fraction: Fraction of scenes held out for validation.
         seed: Seed of the split and of the sampler's order.
         buffer_shards: Shards mixed together by the sampler.
+        native: Batches of images in the stores' dtype, normalised later on the device; ``False``
+            gives float32 images normalised in the workers.
     """
 
     def __init__(self, stores: list[str], batch_size: int = 64, num_workers: int = 2,
-                 val_fraction: float = 0.1, seed: int = 0, buffer_shards: int = 4) -> None:
+                 val_fraction: float = 0.1, seed: int = 0, buffer_shards: int = 4,
+                 native: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.stores = list(stores)
         self.train_set: ShardDataset | None = None
         self.val_set: ShardDataset | None = None
 
+    @functools.cached_property
+    def data_info(self) -> dict[str, Any]:
+        """Bands, sensor, statistics, GSD and tile size of the stores (read before ``setup``)."""
+        dataset = self.train_set if self.train_set is not None else ShardDataset(self.stores)
+        return describe_data(dataset)
+
     def setup(self, stage: str | None = None) -> None:
         """Open the stores and split their scenes."""
         full = ShardDataset(self.stores)
         records = [r for recs in full.scene_records for r in recs]
         train, val = split_scenes(records, self.hparams.val_fraction, self.hparams.seed)
+        native = self.hparams.native
         self.full = full
-        self.train_set = ShardDataset(self.stores, scenes=train)
-        self.val_set = ShardDataset(self.stores, scenes=val) if val else None
+        self.train_set = ShardDataset(self.stores, scenes=train, native=native)
+        self.val_set = ShardDataset(self.stores, scenes=val, native=native) if val else None
 
-    def _loader(self, dataset: ShardDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: ShardDataset, train: bool) -> DataLoader:
         trainer = self.trainer
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        sampler = ShardSampler(dataset, shuffle=shuffle, buffer_shards=self.hparams.buffer_shards,
+        sampler = ShardSampler(dataset, shuffle=train, buffer_shards=self.hparams.buffer_shards,
                                seed=self.hparams.seed, num_replicas=replicas, rank=rank)
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
-                          num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_tiles,
-                          drop_last=shuffle, pin_memory=False)
+        loader = ResumableDataLoader if train else DataLoader
+        return loader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+                      num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_tiles,
+                      drop_last=train, pin_memory=False)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled shard-aware loader."""
-        return self._loader(self.train_set, shuffle=True)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled shard-aware loader that resumes mid-epoch."""
+        return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         """Loader over the held-out scenes (empty when there are none)."""
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        return self._loader(self.val_set, train=False) if self.val_set is not None else []

@@ -15,7 +15,7 @@ from rsmae.bands import check_bands
 from rsmae.errors import BandError
 from rsmae.store import TileStore
 
-__all__ = ["ShardDataset", "collate_tiles", "merge_stats", "normalize_images"]
+__all__ = ["ShardDataset", "collate_tiles", "describe_data", "merge_stats", "normalize_images"]
 
 
 def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -181,6 +181,24 @@ class ShardDataset(Dataset):
             image *= self._scale
         return {"image": torch.from_numpy(image), "gsd": self._gsd[int(row[0])],
                 "label": int(row[5]), "index": index}
+
+
+def describe_data(dataset: ShardDataset) -> dict[str, Any]:
+    """What a model trained on ``dataset`` must remember: bands, sensor, statistics, GSD, size.
+
+    Returns:
+        JSON-friendly ``{"bands", "sensor", "mean", "std", "gsd", "tile_size"}``; ``gsd`` is
+        ``None`` when the stores differ in GSD.
+    """
+    gsds = sorted(set(dataset.gsd))
+    return {
+        "bands": list(dataset.bands),
+        "sensor": dataset.sensor,
+        "mean": [float(v) for v in dataset.mean],
+        "std": [float(v) for v in dataset.std],
+        "gsd": float(gsds[0]) if len(gsds) == 1 else None,
+        "tile_size": int(dataset.tile_size),
+    }
 
 
 def _store_gsd(attrs: dict[str, Any]) -> float:

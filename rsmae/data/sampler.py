@@ -20,6 +20,10 @@ class ShardSampler(Sampler[int]):
     same number of indices (the list is padded by repeating from its start). The order depends
     only on ``seed``, the epoch and the rank, so a resumed run sees the same data order.
 
+    ``skip`` drops that many indices from the start of the next iteration only (then it is reset to
+    0); :class:`~rsmae.data.ResumableDataLoader` sets it to resume mid-epoch without reading the
+    skipped tiles. ``len()`` stays the full count.
+
     Args:
         dataset: The dataset (its indices are grouped by the shard they live in).
         shuffle: Shuffle shards and tiles; ``False`` yields indices in storage order.
@@ -37,6 +41,7 @@ class ShardSampler(Sampler[int]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.skip = 0
         keys = [dataset.shard_of(i) for i in range(len(dataset))]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, key in enumerate(keys):
@@ -52,6 +57,7 @@ class ShardSampler(Sampler[int]):
         return self.total
 
     def __iter__(self) -> Iterator[int]:
+        skip, self.skip = max(0, int(self.skip)), 0
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.shards)) if self.shuffle else np.arange(len(self.shards))
         mine = order[self.rank :: self.num_replicas] if self.num_replicas > 1 else order
@@ -62,4 +68,4 @@ class ShardSampler(Sampler[int]):
         flat = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
         if len(flat) < self.total:  # pad so that every rank yields the same count
             flat = np.resize(np.concatenate([flat, np.concatenate(self.shards)]), self.total)
-        return iter(flat[: self.total].tolist())
+        return iter(flat[skip : self.total].tolist())

@@ -10,12 +10,6 @@ from rsmae.tasks.callbacks import (
 from rsmae.tasks.precision import AutoPrecisionTrainer, cpu_has_native_bf16, default_precision
 from rsmae.tasks.pretrain import PretrainTask, WarmupCosine, export_backbone
 from rsmae.tasks.probe import extract_features, knn_accuracy, linear_probe_accuracy
-from rsmae.tasks.resumable import (
-    ResumableDataLoader,
-    ResumableSampler,
-    ResumableTileDataModule,
-    describe_data,
-)
 
 __all__ = [
     "AutoPrecisionTrainer",
@@ -23,13 +17,9 @@ __all__ = [
     "PretrainTask",
     "ProbeCallback",
     "ReconstructionImages",
-    "ResumableDataLoader",
-    "ResumableSampler",
-    "ResumableTileDataModule",
     "WarmupCosine",
     "cpu_has_native_bf16",
     "default_precision",
-    "describe_data",
     "export_backbone",
     "extract_features",
     "knn_accuracy",

@@ -120,8 +120,14 @@ class ReconstructionImages(L.Callback):
             dm = trainer.datamodule
             dataset = getattr(dm, "val_set", None) or getattr(dm, "train_set", None)
             if dataset is not None:
+                from rsmae.data import normalize_images
+
                 n = min(self.num_images, len(dataset))
-                self._images = torch.stack([dataset[i]["image"] for i in range(n)])
+                images = torch.stack([dataset[i]["image"] for i in range(n)])
+                if not images.is_floating_point():  # native-dtype dataset: normalise as the task does
+                    mean, std = torch.as_tensor(dataset.mean), torch.as_tensor(dataset.std)
+                    images = normalize_images(images, mean, std)
+                self._images = images
             else:
                 self._images = batch["image"][: self.num_images].detach().cpu()
         return self._images

@@ -9,7 +9,11 @@ them against the data actually loaded.
 Randomness is explicit and restartable: the augmentation and the masks of training batch ``n`` come
 from a generator seeded by ``(seed, rank, n)``, validation masks by ``(seed, rank, batch_idx)``; the
 batch counter is saved in checkpoints. Together with the resumable loader
-(:mod:`rsmae.tasks.resumable`) a resumed run reproduces the uninterrupted one.
+(:class:`~rsmae.data.ResumableDataLoader`) a resumed run reproduces the uninterrupted one.
+
+Batches of integer images (``TileDataModule(native=True)``: the stores' dtype, half the bytes of
+float32 between processes) are normalised on the device with the ``mean``/``std`` of ``data_info``
+before anything else sees them, in training and validation alike.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from rsmae.augment import RSAugment
+from rsmae.data import describe_data, normalize_images
 from rsmae.errors import BandError, NonFiniteLossError, WeightsError
 from rsmae.models import (
     RCMAE,
@@ -39,7 +44,6 @@ from rsmae.models import (
 )
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
-from rsmae.tasks.resumable import describe_data
 
 __all__ = ["PretrainTask", "WarmupCosine", "export_backbone"]
 
@@ -112,7 +116,8 @@ class PretrainTask(L.LightningModule):
         compile: ``torch.compile`` the model in place at fit start (state-dict keys unchanged);
             pays on long runs, costs tens of seconds of compilation first.
         data_info: Bands, sensor, statistics, GSD of the pretraining data (linked by the CLI);
-            travels with the checkpoint and the exported backbone.
+            travels with the checkpoint and the exported backbone. Its ``mean``/``std`` normalise
+            integer (native-dtype) batches on the device.
     """
 
     def __init__(
@@ -168,6 +173,7 @@ class PretrainTask(L.LightningModule):
         self._total_steps = 1
         self._bad_loss: Tensor | None = None
         self._compiled = False
+        self._stats: tuple[Tensor, Tensor] | None = None  # data_info mean/std on the batches' device
 
     # ------------------------------------------------------------------ parts
     @property
@@ -221,6 +227,7 @@ class PretrainTask(L.LightningModule):
                             "resume and fine-tune only on data with the same bands in the same order")
         if not info:
             self.hparams["data_info"] = describe_data(dataset)
+        self._stats = None
 
     def on_fit_start(self) -> None:
         """Choose the attention kernel for the device; compile the model if asked."""
@@ -232,8 +239,29 @@ class PretrainTask(L.LightningModule):
             self.model.compile()
             self._compiled = True
 
+    def normalize(self, images: Tensor) -> Tensor:
+        """Integer images normalised with ``data_info``'s mean and std on their device; float ones as is.
+
+        Raises:
+            ValueError: The images are integers and ``data_info`` has no ``mean``/``std``.
+        """
+        if images.is_floating_point():
+            return images
+        if self._stats is None or self._stats[0].device != images.device:
+            info = self.hparams.get("data_info") or {}
+            if info.get("mean") is None or info.get("std") is None:
+                raise ValueError(f"the batch holds {images.dtype} images but the task has no data_info "
+                                 "mean/std to normalise them; pass data_info=datamodule.data_info (the "
+                                 "CLI links it) or use TileDataModule(native=False)")
+            mean, std = (torch.tensor(info[k], dtype=torch.float32, device=images.device)
+                         for k in ("mean", "std"))
+            self._stats = mean, std
+        return normalize_images(images, *self._stats)
+
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Augment training batches on the device and draw their masks (same generator)."""
+        """Normalise integer images (every batch); augment training batches and draw their masks."""
+        if not batch["image"].is_floating_point():
+            batch = {**batch, "image": self.normalize(batch["image"])}
         if self._trainer is None or not self.trainer.training:
             return batch
         generator = self._generator(_TRAIN_STREAM, self.train_batches)
