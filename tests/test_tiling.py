@@ -220,6 +220,25 @@ def test_envi_rasters_found_in_folders(tmp_path: Path) -> None:
     assert TileStore.open(out).band_names == ["B1", "B2", "B3", "B4", "B5", "B7"]
 
 
+def test_png_without_georeferencing_keeps_pixel_coordinates(tmp_path: Path, recwarn: pytest.WarningsRecorder,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    from conftest import DATA
+
+    pngs = DATA / "levircd_samples" / "A"  # LEVIR-CD RGB pairs: PNG, no CRS, no transform
+    out = tmp_path / "levir.zarr"
+    summary = tile_scenes([str(pngs)], out, TileConfig(tile_size=128, sensor="rgb", band_order="R,G,B"))
+    n = len(list(pngs.glob("*.png")))
+    assert summary.scenes == n and summary.tiles_kept == 4 * n  # 256 px images, 2 x 2 tiles each
+    store = TileStore.open(out)
+    assert store.band_names == ["R", "G", "B"] and store.attrs["dtype"] == "uint8"
+    ref = store.georef(int(store.index()[1]))
+    assert ref["crs"] == "" and ref["transform"] == (1.0, 0.0, 128.0, 0.0, 1.0, 0.0)
+    with rasterio.open(sorted(pngs.glob("*.png"))[0]) as src:
+        assert np.array_equal(store.read_tiles(store.index()[1:2])[0], src.read()[:, :128, 128:])
+    assert not [w for w in recwarn if "georeferenc" in str(w.message)]  # rasterio's warning, silenced
+    assert [r for r in caplog.records if "no georeferencing" in r.getMessage()]  # said once instead
+
+
 def test_l1c_and_l2a_share_a_store_by_band_names(tmp_path: Path) -> None:
     out = tmp_path / "mixed.zarr"
     l2a = "B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B11,B12"

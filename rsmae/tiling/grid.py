@@ -8,14 +8,16 @@ bilinear resampling, so reads stay windowed and never load a whole scene.
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine, array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -29,13 +31,17 @@ __all__ = ["SUPPORTED_DTYPES", "Grid", "SceneReader", "gdal_env", "scene_grid"]
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 
 
-def gdal_env() -> rasterio.Env:
-    """GDAL settings for tiling: open files without listing their folder.
+@contextmanager
+def gdal_env() -> Iterator[None]:
+    """GDAL settings for tiling: open files without listing their folder, quietly.
 
     In folders of many scenes every open listed thousands of names; sidecar files (.hdr, .ovr)
-    are still found.
+    are still found. Rasterio's warning for files without georeferencing (plain PNGs, some
+    dataset exports) is silenced: such scenes keep pixel coordinates, and the tiler says so once.
     """
-    return rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE")
+    with warnings.catch_warnings(), rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE"):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
 
 
 @dataclass(frozen=True)

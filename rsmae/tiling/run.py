@@ -122,6 +122,10 @@ def _plan_scenes(scenes: Sequence[Scene], config: TileConfig) -> list[_Planned]:
     dtypes = sorted({p.dtype for p in planned})
     if len(dtypes) > 1:
         raise TilingError(f"scenes mix dtypes {dtypes}; tile them into separate stores")
+    plain = [p.scene.files[0] for p in planned if not p.grid.crs]
+    if plain:
+        log.warning("%d scene(s) have no georeferencing (e.g. %s): their tiles keep pixel "
+                    "coordinates (identity transform, no CRS)", len(plain), plain[0])
     return planned
 
 

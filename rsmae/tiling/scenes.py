@@ -18,7 +18,7 @@ from rsmae.errors import BandError, InputNotFoundError
 
 __all__ = ["RASTER_SUFFIXES", "BandSource", "Scene", "discover_scenes"]
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".png")
 _SPLITS = ("train", "val", "validation", "test")
 _DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
 
