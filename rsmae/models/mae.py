@@ -60,6 +60,7 @@ class MAEOutput:
         mask: ``(B, N)`` float, 1 = masked (hidden from the encoder), 0 = visible.
         recon_loss: MSE on masked patches (equals ``loss`` for a plain MAE).
         consistency_loss: RC-MAE only: MSE between student and teacher on masked patches.
+        teacher_loss: RC-MAE only: the teacher's own reconstruction loss (no gradient).
     """
 
     loss: Tensor
@@ -68,6 +69,7 @@ class MAEOutput:
     mask: Tensor
     recon_loss: Tensor
     consistency_loss: Tensor | None = None
+    teacher_loss: Tensor | None = None
 
 
 def mae_decoder_defaults(preset: str) -> dict[str, int]:
@@ -350,6 +352,7 @@ class MaskedAutoencoder(nn.Module):
         noise: Tensor | None = None,
         mask_ratio: float | None = None,
         gsd: Tensor | None = None,
+        target: Tensor | None = None,
     ) -> MAEOutput:
         """Mask, encode, decode and score a batch.
 
@@ -359,6 +362,8 @@ class MaskedAutoencoder(nn.Module):
                 deterministic loss.
             mask_ratio: Overrides the default ratio for this call.
             gsd: Optional ``(B,)`` metres per pixel (``gsd_pos_embed`` models only).
+            target: The reconstruction target of ``images`` when already computed (an RC-MAE
+                teacher reuses its student's); default :meth:`target`.
 
         Returns:
             :class:`MAEOutput` with ``loss == recon_loss``.
@@ -368,7 +373,7 @@ class MaskedAutoencoder(nn.Module):
             noise = self.make_noise(images.shape[0], device=images.device)
         latent, mask, ids_restore = self.forward_encoder(images, noise, ratio, gsd)
         pred = self.forward_decoder(latent, ids_restore, gsd)
-        target = self.target(images)
+        target = self.target(images) if target is None else target
         recon = masked_mse(pred, target, mask)
         return MAEOutput(loss=recon, pred=pred, target=target, mask=mask, recon_loss=recon)
 

@@ -6,6 +6,9 @@ both averaged over masked patches. The teacher follows the student by an exponen
 average whose momentum rises from ``base`` to 1 on a cosine over the whole run
 (:func:`teacher_momentum`, counted in global steps). Call :meth:`RCMAE.update_teacher` after every
 optimiser step.
+
+Under FSDP shard the teacher exactly like the student (the same modules wrapped): the EMA then pairs
+local shards, and the teacher runs through its ``forward``, so FSDP gathers its weights.
 """
 
 from __future__ import annotations
@@ -96,10 +99,10 @@ class RCMAE(nn.Module):
             noise = self.student.make_noise(images.shape[0], device=images.device)
         ratio = self.student.mask_ratio if mask_ratio is None else mask_ratio
         out = self.student(images, noise=noise, mask_ratio=ratio, gsd=gsd)
-        with torch.no_grad():
-            latent, _, ids_restore = self.teacher.forward_encoder(images, noise, ratio, gsd)
-            teacher_pred = self.teacher.forward_decoder(latent, ids_restore, gsd)
-        consistency = masked_mse(out.pred, teacher_pred.detach(), out.mask)
+        with torch.no_grad():  # called as a module, so FSDP's hooks gather a sharded teacher
+            teacher = self.teacher(images, noise=noise, mask_ratio=ratio, gsd=gsd, target=out.target)
+        out.teacher_loss = teacher.recon_loss
+        consistency = masked_mse(out.pred, teacher.pred.detach(), out.mask)
         out.loss = out.recon_loss + self.consistency_weight * consistency
         out.consistency_loss = consistency
         return out
@@ -113,6 +116,9 @@ class RCMAE(nn.Module):
         """
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum {momentum} must lie in [0, 1]")
+        for mae in (self.student, self.teacher):
+            if callable(getattr(mae, "reshard", None)):  # FSDP2: a root without backward stays gathered
+                mae.reshard()
         student = dict(self.student.named_parameters())
         pairs = [(t, student[name]) for name, t in self.teacher.named_parameters()]
         if pairs and momentum < 1.0:

@@ -284,6 +284,8 @@ class PretrainTask(L.LightningModule):
         self.log(f"{stage}/recon_loss", out.recon_loss, **kwargs)
         if out.consistency_loss is not None:
             self.log(f"{stage}/consistency_loss", out.consistency_loss, **kwargs)
+        if out.teacher_loss is not None:
+            self.log(f"{stage}/teacher_recon_loss", out.teacher_loss, **kwargs)
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
