@@ -121,25 +121,10 @@ def load_official_mae(
         raise BandError(f"in_chans={in_chans} needs bands= naming them to map the RGB kernels")
     if bands is not None and in_chans not in (3, len(bands)):
         raise BandError(f"in_chans={in_chans} but {len(bands)} bands given: {list(bands)}")
-    info = {
-        "bands": ["R", "G", "B"],
-        "sensor": "rgb",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "gsd": None,
-        "source": f"official MAE {Path(path).name}",
-    }
-    return _load_foreign(
-        path,
-        info,
-        bands=bands,
-        sensor=sensor,
-        preset=preset,
-        img_size=img_size,
-        patch_size=patch_size,
-        encoder_kwargs=encoder_kwargs,
-        strict=strict,
-    )
+    info = {"bands": ["R", "G", "B"], "sensor": "rgb", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "gsd": None, "source": f"official MAE {Path(path).name}"}
+    return _load_foreign(path, info, bands=bands, sensor=sensor, preset=preset, img_size=img_size,
+                         patch_size=patch_size, encoder_kwargs=encoder_kwargs, strict=strict)
 
 
 def load_timm_weights(
@@ -172,25 +157,10 @@ def load_timm_weights(
     Returns:
         The encoder; no statistics in its metadata (timm weights use several conventions).
     """
-    info = {
-        "bands": list(src_bands),
-        "sensor": src_sensor,
-        "mean": None,
-        "std": None,
-        "gsd": None,
-        "source": f"timm weights {Path(path).name}",
-    }
-    return _load_foreign(
-        path,
-        info,
-        bands=bands,
-        sensor=sensor,
-        preset=preset,
-        img_size=img_size,
-        patch_size=patch_size,
-        encoder_kwargs=encoder_kwargs,
-        strict=strict,
-    )
+    info = {"bands": list(src_bands), "sensor": src_sensor, "mean": None, "std": None, "gsd": None,
+            "source": f"timm weights {Path(path).name}"}
+    return _load_foreign(path, info, bands=bands, sensor=sensor, preset=preset, img_size=img_size,
+                         patch_size=patch_size, encoder_kwargs=encoder_kwargs, strict=strict)
 
 
 def load_torchgeo_vit(
@@ -229,23 +199,9 @@ def load_torchgeo_vit(
     """
     s2 = tuple(src_bands) == TORCHGEO_S2_BANDS and src_sensor == "s2-l1c"
     n = len(src_bands)
-    info = {
-        "bands": list(src_bands),
-        "sensor": src_sensor,
-        "mean": [0.0] * n if s2 else None,
-        "std": [10000.0] * n if s2 else None,
-        "gsd": 10.0 if s2 else None,
-        "source": f"torchgeo ViT {Path(path).name}",
-    }
-    return _load_foreign(
-        path,
-        info,
-        bands=bands,
-        sensor=sensor,
-        preset=preset,
-        img_size=img_size,
-        patch_size=patch_size,
-        encoder_kwargs=encoder_kwargs,
-        strict=strict,
-        optional=frozenset({"norm.weight", "norm.bias"}),
-    )
+    info = {"bands": list(src_bands), "sensor": src_sensor, "mean": [0.0] * n if s2 else None,
+            "std": [10000.0] * n if s2 else None, "gsd": 10.0 if s2 else None,
+            "source": f"torchgeo ViT {Path(path).name}"}
+    return _load_foreign(path, info, bands=bands, sensor=sensor, preset=preset, img_size=img_size,
+                         patch_size=patch_size, encoder_kwargs=encoder_kwargs, strict=strict,
+                         optional=frozenset({"norm.weight", "norm.bias"}))
