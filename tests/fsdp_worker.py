@@ -56,5 +56,6 @@ def worker(rank: int, world: int, port: int, method: str, images: torch.Tensor, 
         shards = [p.to_local().numel() for p in student.parameters()]
         if rank == 0:
             torch.save({"losses": (losses / world).tolist(), "local_numel": sum(shards)}, out)
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()
