@@ -7,8 +7,9 @@ from rsmae.tasks.callbacks import (
     reconstruct,
     true_colour,
 )
+from rsmae.tasks.optim import WarmupCosine, param_groups
 from rsmae.tasks.precision import AutoPrecisionTrainer, cpu_has_native_bf16, default_precision
-from rsmae.tasks.pretrain import PretrainTask, WarmupCosine, export_backbone
+from rsmae.tasks.pretrain import PretrainTask, export_backbone
 from rsmae.tasks.probe import extract_features, knn_accuracy, linear_probe_accuracy
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "extract_features",
     "knn_accuracy",
     "linear_probe_accuracy",
+    "param_groups",
     "reconstruct",
     "true_colour",
 ]

@@ -19,7 +19,6 @@ before anything else sees them, in training and validation alike.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,41 +43,12 @@ from rsmae.models import (
 )
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
+from rsmae.tasks.optim import WarmupCosine, fused_adamw_available, param_groups
 
-__all__ = ["PretrainTask", "WarmupCosine", "export_backbone"]
+__all__ = ["PretrainTask", "export_backbone"]
 
 _logger = logging.getLogger(__name__)
 _TRAIN_STREAM, _VAL_STREAM = 0, 1
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
-
-
-class WarmupCosine:
-    """Learning-rate factor: linear warmup to 1, then cosine down to ``floor`` at ``total`` steps.
-
-    Args:
-        warmup: Warmup steps.
-        total: Steps of the whole run.
-        floor: Final factor (``min_lr / lr``).
-    """
-
-    def __init__(self, warmup: int, total: int, floor: float = 0.0) -> None:
-        self.warmup, self.total, self.floor = int(warmup), max(int(total), 1), float(floor)
-
-    def __call__(self, step: int) -> float:
-        """Factor at optimiser step ``step`` (0-based)."""
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        t = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
-        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def _fused_ok(device: torch.device) -> bool:
-    """Whether fused AdamW kernels exist for ``device`` (torch keeps the list private)."""
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-    except ImportError:  # pragma: no cover - older or newer torch
-        return device.type == "cuda"
-    return device.type in _get_fused_kernels_supported_devices()
 
 
 class PretrainTask(L.LightningModule):
@@ -376,16 +346,10 @@ class PretrainTask(L.LightningModule):
         self._total_steps = int(self.trainer.estimated_stepping_batches)
         effective = self._effective_batch()
         lr = hp.base_lr * effective / 256
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                skip = param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
-                (no_decay if skip else decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = param_groups(self.model, hp.weight_decay)
         # a gradient scaler (fp16) cannot unscale a fused optimizer's gradients before clipping
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
-        fused = _fused_ok(self.device) and not (scaled and self.trainer.gradient_clip_val)
+        fused = fused_adamw_available(self.device) and not (scaled and self.trainer.gradient_clip_val)
         fast = {"fused": True} if fused else {"foreach": True}
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **fast)
         warmup = hp.warmup_steps if hp.warmup_steps is not None else round(0.05 * self._total_steps)

@@ -1,0 +1,56 @@
+"""Optimisation pieces of pretraining: AdamW parameter groups, warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["NO_DECAY_NAMES", "WarmupCosine", "fused_adamw_available", "param_groups"]
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
+
+
+class WarmupCosine:
+    """Learning-rate factor: linear warmup to 1, then cosine down to ``floor`` at ``total`` steps.
+
+    Args:
+        warmup: Warmup steps.
+        total: Steps of the whole run.
+        floor: Final factor (``min_lr / lr``).
+    """
+
+    def __init__(self, warmup: int, total: int, floor: float = 0.0) -> None:
+        self.warmup, self.total, self.floor = int(warmup), max(int(total), 1), float(floor)
+
+    def __call__(self, step: int) -> float:
+        """Factor at optimiser step ``step`` (0-based)."""
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def fused_adamw_available(device: torch.device) -> bool:
+    """Whether fused AdamW kernels exist for ``device`` (torch keeps the list private)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # pragma: no cover - older or newer torch
+        return device.type == "cuda"
+    return device.type in _get_fused_kernels_supported_devices()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as in MAE: weight decay on matrices only, none on norms, biases and tokens.
+
+    Args:
+        model: The model; parameters that do not require gradients are left out.
+        weight_decay: Decay of the first group.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            skip = param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+            (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
