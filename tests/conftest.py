@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from mae_helpers import tiles  # noqa: F401  (the model tests' real-EuroSAT fixture)
 
 from rsmae.tiling import TileConfig, tile_scenes
 

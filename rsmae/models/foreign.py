@@ -15,9 +15,10 @@ from typing import Any
 
 from timm.models.vision_transformer import VisionTransformer
 
+from rsmae.bands import get_sensor
 from rsmae.errors import BandError, WeightsError
-from rsmae.models.adapt import infer_preset, strip_prefixes
-from rsmae.models.weights import BackboneMeta, _build_and_load, _retarget, read_weights
+from rsmae.models.keys import infer_preset, strip_prefixes
+from rsmae.models.weights import BackboneMeta, build_and_load, read_weights, retarget
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -32,22 +33,8 @@ __all__ = [
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 # Channel order of torchgeo's SSL4EO-S12 Sentinel-2 ViT weights (``_sentinel2_toa_bands`` in
-# torchgeo/models/resnet.py: B1..B8, B8a, B9, B10, B11, B12), in canonical registry names.
-TORCHGEO_S2_BANDS = (
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-)
+# torchgeo/models/resnet.py: B1..B8, B8a, B9, B10, B11, B12): the registry's L1C order.
+TORCHGEO_S2_BANDS = get_sensor("s2-l1c").names
 
 
 def _load_foreign(
@@ -80,8 +67,8 @@ def _load_foreign(
         encoder_kwargs=dict(encoder_kwargs or {}),
         **src_info,
     )
-    dst = _retarget(src, bands, sensor)
-    return _build_and_load(state, path, src, dst, strict=strict, optional=optional)
+    dst = retarget(src, bands, sensor)
+    return build_and_load(state, path, src, dst, strict=strict, optional=optional)
 
 
 def load_official_mae(

@@ -26,11 +26,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from rsmae.errors import WeightsError
-from rsmae.models.adapt import (
-    checkpoint_filter_fn,
-    load_checked,
-    match_bands,
-)
+from rsmae.models.adapt import checkpoint_filter_fn, match_bands
+from rsmae.models.keys import load_checked
 from rsmae.models.vit import create_encoder
 
 __all__ = ["BackboneMeta", "load_backbone", "read_weights", "save_backbone"]
@@ -233,7 +230,7 @@ def _attach_meta(model: VisionTransformer, meta: BackboneMeta) -> VisionTransfor
     return model
 
 
-def _retarget(meta: BackboneMeta, bands: Sequence[str] | None, sensor: str | None) -> BackboneMeta:
+def retarget(meta: BackboneMeta, bands: Sequence[str] | None, sensor: str | None) -> BackboneMeta:
     """Metadata for the same backbone on other bands (statistics kept only for the same bands)."""
     if bands is None:
         return meta
@@ -259,7 +256,7 @@ def _retarget(meta: BackboneMeta, bands: Sequence[str] | None, sensor: str | Non
     )
 
 
-def _build_and_load(
+def build_and_load(
     state: Mapping[str, Tensor],
     path: Path,
     src: BackboneMeta,
@@ -321,7 +318,7 @@ def load_backbone(
         meta = BackboneMeta.from_json(file_meta[META_KEY])
     except WeightsError as err:
         raise WeightsError(f"{path}: {err}") from err
-    dst = _retarget(meta, bands, sensor)
+    dst = retarget(meta, bands, sensor)
     if img_size is not None:
         dst = dataclasses.replace(dst, img_size=img_size)
-    return _build_and_load(state, path, meta, dst, strict=strict)
+    return build_and_load(state, path, meta, dst, strict=strict)

@@ -1,19 +1,7 @@
-"""Batch-level geometric augmentations for multispectral remote-sensing imagery.
+"""Random batch-level augmentation modules: D4 element, free rotation, multiscale crop, RSAugment.
 
-Remote-sensing scenes have no canonical orientation and come at many scales, so rotations and
-scale changes are free augmentations (METHOD.md, "Remote sensing is not ImageNet"). Every module
-here works on a batch dict after it is moved to the device::
-
-    {"image": (B, C, H, W) float tensor, "gsd": (B,) metres per pixel, ...other keys}
-
-and returns a new dict with ``"image"`` and ``"gsd"`` replaced; other keys are passed through
-untouched and the input dict is never mutated. Nothing assumes a number of bands: every op acts on
-all channels alike, so band order is preserved for 3, 4, 12 or 13 bands.
-
-Randomness comes only from the ``generator`` passed to ``forward`` (torch's default generator when
-``None``). Parameters are drawn on the generator's device (CPU by default), so a seed gives the
-same augmentation on CPU and GPU. Interpolating ops are kornia's (bilinear); the dihedral group is
-exact (``torch.rot90``/``torch.flip``).
+Each module draws its parameters from the ``generator`` passed to ``forward`` and applies the pure
+ops of :mod:`rsmae.augment.functional`; batch conventions are described in :mod:`rsmae.augment`.
 """
 
 from __future__ import annotations
@@ -21,19 +9,11 @@ from __future__ import annotations
 import math
 
 import torch
-from kornia.geometry.transform import crop_by_indices, get_rotation_matrix2d, warp_affine
 from torch import Tensor, nn
 
-__all__ = [
-    "RSAugment",
-    "RandomDihedral",
-    "RandomResizedCropGSD",
-    "RandomRotation",
-    "d4_inverse",
-    "d4_transform",
-    "resized_crop",
-    "rotate_inscribed",
-]
+from rsmae.augment.functional import _cast, d4_transform, resized_crop, rotate_inscribed
+
+__all__ = ["Batch", "RSAugment", "RandomDihedral", "RandomResizedCropGSD", "RandomRotation"]
 
 Batch = dict[str, Tensor]
 
@@ -65,11 +45,6 @@ def _rand(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
 
 
-def _cast(values: Tensor, like: Tensor) -> Tensor:
-    """Cast parameters to ``like``'s dtype, then device (no float64 on e.g. MPS)."""
-    return values.to(dtype=like.dtype).to(like.device)
-
-
 def _check_probability(p: float, name: str) -> None:
     """Raise ``ValueError`` unless ``p`` is in [0, 1]."""
     if not 0.0 <= p <= 1.0:
@@ -80,48 +55,6 @@ def _check_range(value: tuple[float, float], name: str, upper: float = math.inf)
     """Raise ``ValueError`` unless ``value`` is ``(low, high)``, ``0 < low <= high <= upper``."""
     if len(value) != 2 or not 0.0 < value[0] <= value[1] <= upper:
         raise ValueError(f"{name} must be (low, high) with 0 < low <= high <= {upper}, got {value}")
-
-
-def d4_transform(images: Tensor, element: int) -> Tensor:
-    """Apply one element of the dihedral group D4 (symmetries of the square) to images.
-
-    Element ``k`` is ``rot90^(k % 4)`` applied after a horizontal flip when ``k >= 4``:
-    0 identity, 1-3 rotations by 90/180/270 degrees (``torch.rot90`` over the last two dims),
-    4 horizontal flip, 5-7 the flip followed by the rotations. No pixel is interpolated.
-
-    Args:
-        images: Tensor of shape (..., H, W), e.g. (B, C, H, W). Odd rotations of a non-square
-            image return (..., W, H).
-        element: Group element in 0..7.
-
-    Returns:
-        The transformed images.
-
-    Raises:
-        ValueError: If ``element`` is not in 0..7.
-    """
-    if element not in range(8):
-        raise ValueError(f"D4 element must be an int in 0..7, got {element!r}")
-    if element >= 4:
-        images = images.flip(-1)
-    return torch.rot90(images, element % 4, dims=(-2, -1))
-
-
-def d4_inverse(element: int) -> int:
-    """Return the inverse of a D4 element (for test-time augmentation and its undo).
-
-    Args:
-        element: Group element in 0..7 as in :func:`d4_transform`.
-
-    Returns:
-        The element ``j`` with ``d4_transform(d4_transform(x, element), j) == x``.
-
-    Raises:
-        ValueError: If ``element`` is not in 0..7.
-    """
-    if element not in range(8):
-        raise ValueError(f"D4 element must be an int in 0..7, got {element!r}")
-    return element if element >= 4 else (4 - element) % 4  # reflections are involutions
 
 
 class RandomDihedral(nn.Module):
@@ -157,41 +90,6 @@ class RandomDihedral(nn.Module):
             if idx.numel():
                 out[idx] = d4_transform(image[idx], k)
         return {**batch, "image": out, "gsd": gsd}
-
-
-def rotate_inscribed(images: Tensor, angles: Tensor) -> tuple[Tensor, Tensor]:
-    """Rotate images and zoom in so that no empty corner remains.
-
-    Equivalent to rotating by ``angles``, centre-cropping the largest axis-aligned rectangle of
-    the input's aspect ratio inscribed in the rotated image (for a square of side H, the square of
-    side ``H / (|cos a| + |sin a|)``) and resizing it back to (H, W). The three steps are done as
-    one kornia affine warp (rotation about the centre with scale ``|cos a| + |sin a|``), so pixels
-    are resampled once, bilinearly. Zooming in never downsamples, so no antialiasing is needed.
-    Geometry is on pixel centres (``align_corners=True``): output corner pixels sample inside the
-    input, so zero padding never enters the result.
-
-    Args:
-        images: Tensor of shape (B, C, H, W).
-        angles: Rotation angles in degrees, shape (B,); positive is counter-clockwise as
-            displayed (kornia's convention), so 90 equals ``d4_transform(images, 1)``.
-
-    Returns:
-        The rotated images (B, C, H, W) and the per-sample gsd factor ``crop_side / H``
-        (= ``1 / scale``), shape (B,), float64, on CPU.
-    """
-    height, width = images.shape[-2:]
-    aspect = max(width - 1, 1) / max(height - 1, 1)  # pixel-centre extents, see align_corners
-    rad = torch.deg2rad(angles.detach().to("cpu", torch.float64))
-    cos, sin = rad.cos().abs(), rad.sin().abs()
-    scale = torch.maximum(cos + sin / aspect, cos + sin * aspect)
-    center = torch.tensor([(width - 1) / 2, (height - 1) / 2], dtype=images.dtype)
-    center = center.to(images.device).expand(len(angles), 2)
-    scale_xy = _cast(scale, images)[:, None].expand(-1, 2).contiguous()
-    matrix = get_rotation_matrix2d(center, _cast(angles, images), scale_xy)
-    rotated = warp_affine(
-        images, matrix, (height, width), mode="bilinear", padding_mode="zeros", align_corners=True
-    )
-    return rotated, 1.0 / scale
 
 
 class RandomRotation(nn.Module):
@@ -244,48 +142,6 @@ class RandomRotation(nn.Module):
         gsd_idx = selected.to(gsd.device)
         gsd[gsd_idx] = gsd[gsd_idx] * factor
         return {**batch, "image": image, "gsd": gsd}
-
-
-def resized_crop(images: Tensor, boxes: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Crop integer boxes and resize them to ``size`` with kornia (bilinear, antialiased).
-
-    Resizing uses the half-pixel convention (``align_corners=False``), so the output pixel spacing
-    is exactly ``w / size[1]`` and ``h / size[0]`` input pixels. For a non-square crop or output
-    the two axes differ; the returned single gsd factor is their geometric mean
-    ``sqrt((w / size[1]) * (h / size[0]))``, which keeps the ground area of a pixel exact.
-
-    Args:
-        images: Tensor of shape (B, C, H, W).
-        boxes: Integer tensor (B, 4) of ``(x0, y0, w, h)`` in pixels, inside the image.
-        size: Output ``(height, width)``.
-
-    Returns:
-        The crops (B, C, *size) and the gsd factor per sample, shape (B,), float64, on CPU.
-
-    Raises:
-        ValueError: If a box leaves the image or is empty.
-    """
-    boxes = boxes.to("cpu", torch.long)
-    x0, y0, w, h = boxes.unbind(-1)
-    height, width = images.shape[-2:]
-    if bool(((w < 1) | (h < 1) | (x0 < 0) | (y0 < 0) | (x0 + w > width) | (y0 + h > height)).any()):
-        raise ValueError(
-            f"crop boxes (x0, y0, w, h) must be non-empty and inside the "
-            f"{height} x {width} image, got {boxes.tolist()}"
-        )
-    x1, y1 = x0 + w - 1, y0 + h - 1  # kornia boxes hold inclusive corner pixels
-    xy = ((x0, y0), (x1, y0), (x1, y1), (x0, y1))  # clockwise from top-left
-    corners = torch.stack([torch.stack(point, -1) for point in xy], 1)
-    crops = crop_by_indices(
-        images,
-        corners.float(),
-        size=size,
-        interpolation="bilinear",
-        align_corners=False,
-        antialias=True,
-    )
-    factor = torch.sqrt((w / size[1]) * (h / size[0])).to(torch.float64)
-    return crops, factor
 
 
 def _sample_crop_boxes(

@@ -1,0 +1,214 @@
+"""Loader benchmark: run environment, and the Markdown and CSV report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from loader_common import BATCH, REPO, TARGET_LOADER, TARGET_TILING, TILE
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+_MEASURED = ("rsmae/tiling", "rsmae/data", "rsmae/store.py", "rsmae/bands.py")
+
+
+def _git_commit() -> str:
+    """Commit of the repository (read-only git calls), flagged when the measured code has changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=REPO, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *_MEASURED], capture_output=True,
+                               text=True, cwd=REPO, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} + uncommitted changes in {', '.join(_MEASURED)}" if dirty else head
+
+
+def code_snapshot() -> dict[str, float]:
+    """Modification times of the measured rsmae files (to detect edits during a run)."""
+    files = [p for m in _MEASURED for p in ([REPO / m] if (REPO / m).is_file()
+                                             else sorted((REPO / m).rglob("*.py")))]
+    return {str(p.relative_to(REPO)): p.stat().st_mtime for p in files}
+
+
+def environment() -> dict[str, str]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    versions = {d: _version(d) for d in ("rsmae", "torch", "torchgeo", "rasterio", "zarr", "numcodecs",
+                                         "numpy", "psutil")}
+    versions["GDAL"] = rasterio.__gdal_version__
+    versions["python"] = platform.python_version()
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "cpu": _cpu_model(), "cores": f"{os.cpu_count()} logical, {affinity} usable",
+            "load": load, "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+            "commit": _git_commit(),
+            "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))}
+
+
+def _fmt(values: Sequence[float], digits: int = 2) -> str:
+    med = _median(values)
+    if len(values) == 1:
+        return f"{med:.{digits}f}"
+    return f"{med:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def markdown(env: dict[str, str], tiling: list[dict[str, Any]], loaders: list[dict[str, Any]],
+             args: argparse.Namespace, profile: dict[str, Any] | None) -> str:
+    lines = [
+        "# Loader benchmark",
+        "",
+        f"- Command: `{env['command']}`",
+        f"- Date: {env['date']}",
+        f"- CPU: {env['cpu']}, {env['cores']} cores; load average at start {env['load']} "
+        "(shared machine: compare ratios within this run)",
+        f"- Versions: {env['versions']}; rsmae commit {env['commit']}",
+        f"- Tile size {TILE}, batch size {BATCH}, {args.repeats} repeats (median, min-max in "
+        f"parentheses), loaders timed for {args.seconds:g} s or {args.samples} samples after one "
+        "warm-up batch",
+        "",
+        f"## 1. Tiling vs reading the same pixels with rasterio (target <= {TARGET_TILING:g}x)",
+        "",
+        "| scenes | workers | tiles kept / dropped | source MB decoded | store MB | tile_scenes s "
+        "| rasterio read s | tiling / read | target met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in tiling:
+        ratio = _median(r["ratio"])
+        met = "yes" if ratio <= TARGET_TILING else f"no ({ratio / TARGET_TILING:.1f}x over)"
+        lines.append(f"| {r['dataset']} | {r['workers']} | {r['kept']} / {r['dropped']} | "
+                     f"{r['read_mb']:.1f} | {r['store_mb']:.1f} | {_fmt(r['tile_s'])} | "
+                     f"{_fmt(r['read_s'])} | {_fmt(r['ratio'], 1)} | {met} |")
+    lines += [
+        "",
+        f"Stores written with the rsmae default tile codec: {tiling[0]['codec']}. "
+        "The read baseline decodes every band of the rows of full tiles with windowed strip reads "
+        "(each file at its native resolution), in a spawn pool of the same size (start-up "
+        "included) or in-process for 1 worker. Page cache warm for both.",
+        "",
+        f"## 2-3. Loader throughput, MB/s and memory (target rsmae / torchgeo >= {TARGET_LOADER:g}x)",
+        "",
+        "| scenes | loader | workers | samples/s | MB/s (float32 images) | peak RSS MB "
+        "(main + workers) | PSS MB (main + workers) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    rss_imports = _median([v for r in loaders if r["loader"] != "ratio" for v in r["rss_imports_mb"]])
+    names = {"rsmae": "rsmae ShardDataset + ShardSampler (float32 from workers)",
+             "rsmae-native": "rsmae ShardDataset(native=True) + ShardSampler (uint16 from workers, "
+                             "normalised to float32 in the main process, timed)",
+             "torchgeo": "torchgeo RasterDataset + RandomGeoSampler"}  # + the collate used
+    for r in loaders:
+        if r["loader"] == "ratio":
+            ratio = _median(r["ratio"])
+            met = "yes" if ratio >= TARGET_LOADER else f"no ({TARGET_LOADER / ratio:.1f}x short)"
+            lines.append(f"| {r['dataset']} | **{r['of']} / torchgeo** | {r['workers']} | "
+                         f"**{_fmt(r['ratio'], 1)}x** | target met: {met} | | |")
+            continue
+        lines.append(f"| {r['dataset']} ({r['channels']} bands) | {names[r['loader']]}, "
+                     f"{r['collate']} | "
+                     f"{r['workers']} | {_fmt(r['samples_per_s'], 0)} | {_fmt(r['mb_per_s'], 1)} | "
+                     f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['pss_mb'], 0)} |")
+    lines += [
+        "",
+        "Each library runs in its own child process, the kinds taking turns; dataset, "
+        "DataLoader and workers are new for every measurement. Peak RSS is the sum of the `VmHWM` "
+        "of the main process (reset before each measurement) and of each DataLoader worker "
+        "(forked workers share pages, which RSS counts once per process); PSS splits shared "
+        "pages and is read at the end of the timed part. "
+        f"Importing torch and the loader's library alone takes {rss_imports:.0f} MB RSS in the main "
+        "process (median over runs), before any data is read. "
+        "torchgeo samples random 128x128 windows anywhere in the scenes (nodata collar included); "
+        "rsmae reads the kept tiles. torchgeo 0.8.1 needs `requests` to import "
+        "`torchgeo.datasets`; when it is missing the benchmark registers a placeholder module.",
+    ]
+    if profile:
+        lines += _profile_markdown(profile)
+    return "\n".join(lines) + "\n"
+
+
+def _profile_markdown(profile: dict[str, Any]) -> list[str]:
+    lines = ["", "## Where the time goes (`--profile`)", "",
+             "Tiling in-process (workers=1) under cProfile, cumulative seconds per part (write_unit "
+             "includes the Blosc encoding that zarr runs in its threads):", "",
+             "| part | " + " | ".join(profile["tiling"]) + " |",
+             "|---|" + "---:|" * len(profile["tiling"])]
+    first = next(iter(profile["tiling"].values()))
+    for part in first["parts"]:
+        cells = [f"{p['parts'][part]:.3f}" for p in profile["tiling"].values()]
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    lines.append("| **total tile_scenes** | " + " | ".join(
+        f"**{p['total']:.3f}**" for p in profile["tiling"].values()) + " |")
+    lines += ["", "Blosc codecs on 64 kept Landsat tiles (3x128x128 uint16, mid-scene), per tile, "
+              "best of 3:", "",
+              "| codec | encode us | decode us | compression ratio |", "|---|---:|---:|---:|"]
+    for c in profile["codecs"]:
+        lines.append(f"| {c['codec']} | {c['encode_us']:.0f} | {c['decode_us']:.0f} | {c['ratio']:.2f} |")
+    for name, lp in profile["loader"].items():
+        lines += ["", f"ShardDataset per-sample cost in one process, {name} store ({lp['channels']} "
+                  "bands, torch 1 thread as in workers, best of 3):", "",
+                  f"- pread + Blosc decode: {lp['read_us']:.0f} us; float32 cast + normalise + dict: "
+                  f"{lp['sample_us']:.0f} us; collate: {lp['collate_us']:.0f} us; "
+                  f"total {lp['total_us']:.0f} us per sample "
+                  f"(= {1e6 / lp['total_us']:.0f} samples/s per worker)",
+                  "- DataLoader transport ceiling with zero-cost samples, same workers: " + "; ".join(
+                      f"{k}: {v:.0f} samples/s" for k, v in lp["ceilings"].items())]
+    return lines
+
+
+def write_csv(path: Path, tiling: list[dict[str, Any]], loaders: list[dict[str, Any]]) -> None:
+    header = "section,dataset,method,workers,metric,median,min,max,values,target,met"
+    out = [header]
+
+    def row(section: str, dataset: str, method: str, workers: int, metric: str,
+            values: Sequence[float], target: str = "", met: str = "") -> None:
+        vals = ";".join(f"{v:.6g}" for v in values)
+        out.append(f"{section},{dataset},{method},{workers},{metric},{_median(values):.6g},"
+                   f"{min(values):.6g},{max(values):.6g},{vals},{target},{met}")
+
+    for r in tiling:
+        row("tiling", r["dataset"], "rsmae.tile_scenes", r["workers"], "seconds", r["tile_s"])
+        row("tiling", r["dataset"], "rasterio_read", r["workers"], "seconds", r["read_s"])
+        ok = _median(r["ratio"]) <= TARGET_TILING
+        row("tiling", r["dataset"], "tile_over_read", r["workers"], "ratio", r["ratio"],
+            f"<={TARGET_TILING:g}", "yes" if ok else "no")
+    for r in loaders:
+        if r["loader"] == "ratio":
+            ok = _median(r["ratio"]) >= TARGET_LOADER
+            row("loader", r["dataset"], f"{r['of']}_over_torchgeo", r["workers"], "ratio", r["ratio"],
+                f">={TARGET_LOADER:g}", "yes" if ok else "no")
+            continue
+        for metric in ("samples_per_s", "mb_per_s", "peak_rss_mb", "pss_mb"):
+            row("loader", r["dataset"], r["loader"], r["workers"], metric, r[metric])
+    path.write_text("\n".join(out) + "\n")
+

@@ -1,0 +1,56 @@
+"""Frozen-feature probes: the EuroSAT probe callback, the EuroSAT reader, kNN and linear accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import EUROSAT
+from pretrain_helpers import _datamodule
+
+from rsmae.datasets import EuroSAT
+from rsmae.errors import BandError, InputNotFoundError
+from rsmae.tasks import PretrainTask, ProbeCallback, knn_accuracy, linear_probe_accuracy
+
+
+def test_probe_on_real_eurosat(eurosat_store: Path) -> None:
+    dm = _datamodule(eurosat_store)
+    info = dm.data_info
+    probe = ProbeCallback(root=str(EUROSAT), linear_steps=100)
+    probe.load(info)
+    assert probe.data["train"].bands == tuple(info["bands"]) and len(probe.data["test"]) == 54
+    torch.manual_seed(0)
+    task = PretrainTask(preset="vit_test", patch_size=8, img_size=64, in_chans=13)
+    metrics = probe.evaluate(task.encoder(), img_size=64)
+    assert set(metrics) == {"probe/knn_acc", "probe/linear_acc"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics["probe/knn_acc"] > 0.2 and metrics["probe/linear_acc"] > 0.2  # chance is 0.1
+    with pytest.raises(BandError, match="not Sentinel-2"):
+        ProbeCallback(root=str(EUROSAT)).load({**info, "sensor": "landsat-oli", "bands": ["B2", "B3", "B4"]})
+    with pytest.raises(BandError, match="not all EuroSAT bands"):
+        EuroSAT(EUROSAT, "test", bands=["B04", "B03", "R"])
+
+
+def test_eurosat_reads_bands_by_name_and_refuses_a_missing_root(tmp_path: Path) -> None:
+    import rasterio
+    rgb = EuroSAT(EUROSAT, "test", bands=["red", "B3", "B02"])
+    with rasterio.open(rgb.paths[0]) as src:
+        raw = torch.from_numpy(src.read().astype("float32"))
+    torch.testing.assert_close(rgb[0]["image"], raw[[3, 2, 1]])  # file order: B01..B12, B8A
+    assert rgb[0]["label"] == rgb.classes.index(rgb.paths[0].parent.name) and len(rgb.classes) == 10
+    with pytest.raises(InputNotFoundError, match=str(tmp_path / "nowhere")) as err:
+        EuroSAT(tmp_path / "nowhere", "train")
+    assert "pass root=" in str(err.value) and isinstance(err.value, FileNotFoundError)
+
+
+def test_knn_and_linear_probe_score_separable_and_random_features() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    centres = torch.randn(4, 16, generator=gen) * 5
+    feats = centres[labels] + torch.randn(200, 16, generator=gen)
+    train, test = slice(0, 150), slice(150, 200)
+    assert knn_accuracy(feats[train], labels[train], feats[test], labels[test], k=5) == 1.0
+    assert linear_probe_accuracy(feats[train], labels[train], feats[test], labels[test]) == 1.0
+    noise = torch.randn(200, 16, generator=gen)
+    assert knn_accuracy(noise[train], labels[train], noise[test], labels[test], k=5) < 0.6
