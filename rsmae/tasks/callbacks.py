@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from rsmae.bands import get_sensor, rgb_indices
+from rsmae.data import normalize_images
 from rsmae.datasets import EuroSAT
 from rsmae.errors import BandError
 from rsmae.models import patchify, unpatchify
@@ -120,8 +121,6 @@ class ReconstructionImages(L.Callback):
             dm = trainer.datamodule
             dataset = getattr(dm, "val_set", None) or getattr(dm, "train_set", None)
             if dataset is not None:
-                from rsmae.data import normalize_images
-
                 n = min(self.num_images, len(dataset))
                 images = torch.stack([dataset[i]["image"] for i in range(n)])
                 if not images.is_floating_point():  # native-dtype dataset: normalise as the task does
@@ -276,12 +275,8 @@ class ProbeCallback(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PretrainTask) -> None:
         """Probe at every ``every_n_epochs``-th epoch (rank 0)."""
-        if not trainer.is_global_zero or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        metrics = self.evaluate(pl_module.encoder(self.weights), pl_module.hparams.img_size)
-        _logger.info("epoch %d: %s", trainer.current_epoch, metrics)
-        pl_module.log_dict(metrics, rank_zero_only=True)
-        self._record(trainer)
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._probe_now(trainer, pl_module)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: PretrainTask) -> None:
         """Probe the starting weights, so every curve has its baseline (rank 0)."""

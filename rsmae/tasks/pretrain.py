@@ -230,8 +230,7 @@ class PretrainTask(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Normalise integer images (every batch); augment training batches and draw their masks."""
-        if not batch["image"].is_floating_point():
-            batch = {**batch, "image": self.normalize(batch["image"])}
+        batch = {**batch, "image": self.normalize(batch["image"])}
         if self._trainer is None or not self.trainer.training:
             return batch
         generator = self._generator(_TRAIN_STREAM, self.train_batches)
