@@ -43,6 +43,7 @@ from rsmae.models import (
 )
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
+from rsmae.tasks.init import init_encoder
 from rsmae.tasks.optim import WarmupCosine, fused_adamw_available, param_groups
 
 __all__ = ["PretrainTask", "export_backbone"]
@@ -88,6 +89,8 @@ class PretrainTask(L.LightningModule):
         data_info: Bands, sensor, statistics, GSD of the pretraining data (linked by the CLI);
             travels with the checkpoint and the exported backbone. Its ``mean``/``std`` normalise
             integer (native-dtype) batches on the device.
+        init_backbone: Backbone file (``backbone.safetensors``) whose encoder weights start the run
+            (continued pretraining), adapted by band name to ``data_info``'s bands; the decoder starts fresh.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class PretrainTask(L.LightningModule):
         fused_attention: bool | None = None,
         compile: bool = False,
         data_info: dict[str, Any] | None = None,
+        init_backbone: str | None = None,
     ) -> None:
         super().__init__()
         if method not in ("mae", "rcmae"):
@@ -128,6 +132,9 @@ class PretrainTask(L.LightningModule):
         self.save_hyperparameters()
         encoder = create_encoder(preset, in_chans=in_chans, img_size=img_size, patch_size=patch_size,
                                  **(encoder_kwargs or {}))
+        if init_backbone:
+            init_encoder(encoder, init_backbone, data_info, preset=preset, patch_size=patch_size,
+                         img_size=img_size)
         decoder = mae_decoder_defaults(preset)
         given = {"decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads}
         decoder.update({k: v for k, v in given.items() if v is not None})
@@ -169,7 +176,8 @@ class PretrainTask(L.LightningModule):
             preset=hp.preset, img_size=hp.img_size, patch_size=hp.patch_size, in_chans=hp.in_chans,
             bands=list(info["bands"]), sensor=info.get("sensor"), mean=info.get("mean"),
             std=info.get("std"), gsd=info.get("gsd"), encoder_kwargs=dict(hp.encoder_kwargs or {}),
-            source=f"rsmae {hp.method} pretraining, {weights} encoder, global step {self.global_step}",
+            source=f"rsmae {hp.method} pretraining, {weights} encoder, global step {self.global_step}"
+            + (f", started from {hp.init_backbone}" if hp.get("init_backbone") else ""),
         )
 
     def _generator(self, stream: int, index: int) -> torch.Generator:
@@ -324,6 +332,8 @@ class PretrainTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the batch counter that keys the training randomness."""
         checkpoint["rsmae_train_batches"] = self.train_batches
+        if checkpoint.get("hyper_parameters", {}).get("init_backbone"):  # the weights are in the checkpoint:
+            checkpoint["hyper_parameters"]["init_backbone"] = None  # rebuilding it must not need that file
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the batch counter."""

@@ -1,0 +1,101 @@
+"""Continued pretraining: ``PretrainTask(init_backbone=...)`` starts from a saved (RGB) backbone,
+adapted to the data's Sentinel-2 bands by name; the decoder starts fresh."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from pretrain_helpers import _config
+from torch.testing import assert_close
+
+from rsmae.bands import get_sensor
+from rsmae.errors import WeightsError
+from rsmae.models import create_encoder, load_backbone, save_backbone
+from rsmae.models.weights import BackboneMeta
+from rsmae.tasks import PretrainTask
+
+sys.path.insert(0, str(ROOT / "pipelines"))
+import pretrain  # noqa: E402  (pipeline script)
+
+L1C = list(get_sensor("s2-l1c").names)
+S2_INFO = {"bands": L1C, "sensor": "s2-l1c", "mean": [1000.0] * 13, "std": [500.0] * 13, "gsd": 10.0,
+           "tile_size": 64}
+
+
+def _rgb_backbone(path: Path, img_size: int = 64, preset: str = "vit_test") -> Path:
+    """A saved RGB backbone with random (non-default) weights everywhere."""
+    encoder = create_encoder(preset, in_chans=3, img_size=img_size, patch_size=8)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    meta = BackboneMeta(preset=preset, img_size=img_size, patch_size=8, in_chans=3, bands=["R", "G", "B"],
+                        sensor="rgb", mean=[120.0, 115.0, 100.0], std=[68.0, 68.0, 66.0], gsd=None)
+    return save_backbone(encoder, path, meta)
+
+
+def _task(**kw: object) -> PretrainTask:
+    args = dict(preset="vit_test", patch_size=8, img_size=64, in_chans=13, data_info=S2_INFO)
+    return PretrainTask(**{**args, **kw})
+
+
+@pytest.mark.parametrize("method", ["mae", "rcmae"])
+def test_encoder_starts_from_the_adapted_backbone(tmp_path: Path, method: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    path = _rgb_backbone(tmp_path / "rgb.safetensors", img_size=32)  # position table refitted to 64 px
+    with caplog.at_level(logging.INFO):
+        task = _task(method=method, init_backbone=str(path))
+    adapted = load_backbone(path, bands=L1C, sensor="s2-l1c", img_size=64).state_dict()
+    encoders = [task.encoder("student")] + ([task.encoder("teacher")] if method == "rcmae" else [])
+    for encoder in encoders:
+        state = encoder.state_dict()
+        assert state.keys() == adapted.keys()
+        for key, value in adapted.items():
+            assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    # by band name: B04, B03, B02 take R, G, B; the rest their mean; all times 3 / 13
+    source = load_backbone(path).patch_embed.proj.weight.detach()
+    kernel = task.encoder().patch_embed.proj.weight.detach()
+    for s2, rgb in (("B04", 0), ("B03", 1), ("B02", 2)):
+        assert_close(kernel[:, L1C.index(s2)], source[:, rgb] * 3 / 13)
+    assert_close(kernel[:, L1C.index("B11")], source.mean(dim=1) * 3 / 13)
+    assert "B04" in caplog.text and "encoder initialised from" in caplog.text
+    # once the weights are in a checkpoint, rebuilding the task must not need the init file
+    checkpoint = {"hyper_parameters": dict(task.hparams)}
+    task.on_save_checkpoint(checkpoint)
+    assert checkpoint["hyper_parameters"]["init_backbone"] is None
+    assert task.hparams.init_backbone == str(path)
+    assert "started from" in task.backbone_meta().source
+
+
+def test_refuses_other_architecture_or_unknown_bands(tmp_path: Path) -> None:
+    path = _rgb_backbone(tmp_path / "rgb.safetensors")
+    with pytest.raises(WeightsError, match="rgb.safetensors.*patch"):
+        _task(init_backbone=str(path), patch_size=16)
+    with pytest.raises(WeightsError, match="rgb.safetensors.*data_info"):
+        _task(init_backbone=str(path), data_info=None)
+    with pytest.raises(WeightsError, match="missing.safetensors"):
+        _task(init_backbone=str(tmp_path / "missing.safetensors"))
+
+
+def test_cli_run_starts_from_the_backbone(tmp_path: Path, eurosat_store: Path) -> None:
+    """Through the CLI (data_info linked from the store): with a zero learning rate the exported
+    encoder is exactly the adapted backbone; the checkpoint rebuilds without the init file."""
+    path = _rgb_backbone(tmp_path / "rgb.safetensors")
+    config = _config(tmp_path / "run", eurosat_store, steps=2, every=2, base_lr=0.0, min_lr=0.0,
+                     init_backbone=str(path))
+    assert pretrain.main(["fit", "--config", str(config)]) == 0
+    exported = load_backbone(tmp_path / "run" / "logs" / "version_0" / "backbone.safetensors")
+    assert f"started from {path}" in exported.rsmae_meta.source
+    adapted = load_backbone(path, bands=exported.rsmae_meta.bands, sensor="s2-l1c").state_dict()
+    for key, value in exported.state_dict().items():
+        assert_close(value, adapted[key], rtol=0, atol=0, msg=key)
+    path.unlink()
+    task = PretrainTask.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt",
+                                             map_location="cpu")
+    assert task.hparams.init_backbone is None
