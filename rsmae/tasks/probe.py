@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["extract_features", "knn_accuracy", "linear_probe_accuracy"]
+__all__ = ["extract_features", "fit_linear_probe", "knn_accuracy", "knn_predict", "linear_probe_accuracy"]
 
 _logger = logging.getLogger(__name__)
 
@@ -76,6 +76,40 @@ def extract_features(
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    k: int = 20,
+    *,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+) -> Tensor:
+    """Class votes of a weighted k-NN classifier on cosine similarity (as in DINO).
+
+    Each of the ``k`` nearest training samples votes for its class with weight
+    ``exp(similarity / temperature)``.
+
+    Args:
+        train_features: ``(N, D)``.
+        train_labels: ``(N,)`` class indices.
+        test_features: ``(M, D)``.
+        k: Neighbours (capped at ``N``).
+        temperature: Softness of the vote weights.
+        num_classes: Number of classes; default from the labels.
+
+    Returns:
+        ``(M, num_classes)`` vote weights (the prediction is their argmax).
+    """
+    num_classes = num_classes or int(train_labels.max()) + 1
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    sim, idx = (test @ train.T).topk(min(k, len(train)), dim=1)
+    votes = torch.zeros(len(test), num_classes)
+    votes.scatter_add_(1, train_labels.long()[idx], (sim / temperature).exp())
+    return votes
+
+
 def knn_accuracy(
     train_features: Tensor,
     train_labels: Tensor,
@@ -86,45 +120,24 @@ def knn_accuracy(
     temperature: float = 0.07,
     num_classes: int | None = None,
 ) -> float:
-    """Accuracy of a weighted k-NN classifier on cosine similarity (as in DINO).
-
-    Each of the ``k`` nearest training samples votes for its class with weight
-    ``exp(similarity / temperature)``.
-
-    Args:
-        train_features: ``(N, D)``.
-        train_labels: ``(N,)`` class indices.
-        test_features: ``(M, D)``.
-        test_labels: ``(M,)``.
-        k: Neighbours (capped at ``N``).
-        temperature: Softness of the vote weights.
-        num_classes: Number of classes; default from the labels.
-
-    Returns:
-        Fraction of test samples classified correctly, in [0, 1].
-    """
+    """Accuracy of :func:`knn_predict` on ``test_labels``, in [0, 1]."""
     _check(train_features, train_labels, test_features, test_labels)
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
-    train = F.normalize(train_features.float(), dim=1)
-    test = F.normalize(test_features.float(), dim=1)
-    sim, idx = (test @ train.T).topk(min(k, len(train)), dim=1)
-    votes = torch.zeros(len(test), num_classes)
-    votes.scatter_add_(1, train_labels.long()[idx], (sim / temperature).exp())
+    votes = knn_predict(train_features, train_labels, test_features, k, temperature=temperature,
+                        num_classes=num_classes)
     return float((votes.argmax(1) == test_labels.long()).float().mean())
 
 
-def linear_probe_accuracy(
+def fit_linear_probe(
     train_features: Tensor,
     train_labels: Tensor,
-    test_features: Tensor,
-    test_labels: Tensor,
     *,
     steps: int = 300,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
     num_classes: int | None = None,
-) -> float:
-    """Accuracy of a linear probe: BatchNorm without affine, then a linear layer (MAE's protocol).
+) -> nn.Module:
+    """Fit a linear probe: BatchNorm without affine, then a linear layer (MAE's protocol).
 
     Trained full-batch with Adam on the cached features; the head starts at zero, the
     normalisation uses the statistics of the training features, so the result is deterministic.
@@ -132,18 +145,15 @@ def linear_probe_accuracy(
     Args:
         train_features: ``(N, D)``.
         train_labels: ``(N,)`` class indices.
-        test_features: ``(M, D)``.
-        test_labels: ``(M,)``.
         steps: Adam steps.
         lr: Adam learning rate.
         weight_decay: Adam weight decay (L2).
         num_classes: Number of classes; default from the labels.
 
     Returns:
-        Fraction of test samples classified correctly, in [0, 1].
+        The probe in eval mode (``probe(features)`` gives logits).
     """
-    _check(train_features, train_labels, test_features, test_labels)
-    num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+    num_classes = num_classes or int(train_labels.max()) + 1
     x = train_features.float()
     mean, std = x.mean(0), x.std(0, unbiased=False)
     norm = nn.BatchNorm1d(x.shape[1], affine=False)  # eval mode: uses the training statistics
@@ -161,6 +171,25 @@ def linear_probe_accuracy(
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(probe(x), y).backward()
             optimizer.step()
+    return probe
+
+
+def linear_probe_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    steps: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    num_classes: int | None = None,
+) -> float:
+    """Accuracy of :func:`fit_linear_probe` on the test features, in [0, 1]."""
+    _check(train_features, train_labels, test_features, test_labels)
+    num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+    probe = fit_linear_probe(train_features, train_labels, steps=steps, lr=lr, weight_decay=weight_decay,
+                             num_classes=num_classes)
     with torch.no_grad():
         pred = probe(test_features.float()).argmax(1)
     return float((pred == test_labels.long()).float().mean())

@@ -1,0 +1,226 @@
+"""Scene-classification transfer of one backbone under one protocol: one call, one metrics dict.
+
+Protocols (METHOD.md, "Transfer protocols"):
+
+- ``knn``: weighted k-NN (cosine, k = 20, temperature 0.07) on frozen cls features;
+- ``linear``: BatchNorm without affine + linear layer on frozen features, learning rate chosen on the
+  validation split from a small sweep;
+- ``head``: k = 0 tuned blocks, an MLP head on frozen features (same sweep);
+- ``mlp``: only the last block's MLP (and the final norm) tuned with the head;
+- ``lastK`` (``last1``, ``last2``, ``last4``...): the last K blocks tuned;
+- ``full``: everything tuned, with layer-wise LR decay and drop-path.
+
+Frozen-feature protocols run on features cached on disk (:mod:`rsmae.evaluation.features`); tuned
+protocols train a :class:`~rsmae.tasks.finetune.FinetuneTask` with Lightning and report images/s and
+MFU. Choices (learning rates) are made on the validation split, never on the test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from rsmae.evaluation.data import (
+    ClassificationData,
+    load_classification,
+    load_for_task,
+    peek_size,
+    task_bands,
+)
+from rsmae.evaluation.features import cached_features, file_digest
+from rsmae.evaluation.metrics import classification_metrics
+from rsmae.evaluation.speed import count_flops, matmul_peak
+from rsmae.tasks.finetune import FinetuneTask
+from rsmae.tasks.precision import default_precision
+from rsmae.tasks.probe import fit_linear_probe, knn_predict
+
+__all__ = ["FROZEN_PROTOCOLS", "PROTOCOLS", "evaluate_classification", "parse_protocol"]
+
+_logger = logging.getLogger(__name__)
+
+FROZEN_PROTOCOLS = ("knn", "linear", "head")
+PROTOCOLS = (*FROZEN_PROTOCOLS, "mlp", "last1", "last2", "last4", "full")
+LR_SWEEP = (1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def parse_protocol(name: str) -> tuple[str, str | int]:
+    """``(kind, tune)`` of a protocol name: kind is knn, linear, head or finetune.
+
+    Raises:
+        ValueError: naming the known protocols.
+    """
+    if name in FROZEN_PROTOCOLS:
+        return name, "frozen"
+    if name in ("mlp", "full"):
+        return "finetune", name
+    match = re.fullmatch(r"last(\d+)", name)
+    if match and int(match.group(1)) > 0:
+        return "finetune", int(match.group(1))
+    raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)} (or lastK)")
+
+
+def _features(encoder: nn.Module, data: ClassificationData, digest: str, cache_dir: str | Path | None
+              ) -> dict[str, Tensor]:
+    return {split: cached_features(encoder, getattr(data, split)[0], backbone_digest=digest,
+                                   cache_dir=cache_dir)
+            for split in ("train", "val", "test")}
+
+
+def _mlp_head(dim: int, num_classes: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, dim), nn.GELU(),
+                         nn.Linear(dim, num_classes))
+
+
+def _fit_head(x: Tensor, y: Tensor, num_classes: int, lr: float, seed: int, steps: int = 300) -> nn.Module:
+    head = _mlp_head(x.shape[1], num_classes, seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    head.train()
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(head(x), y).backward()
+            optimizer.step()
+    return head.eval()
+
+
+def _frozen(kind: str, data: ClassificationData, feats: dict[str, Tensor], seed: int, k: int
+            ) -> tuple[Tensor, dict[str, Any]]:
+    """Test logits of a frozen-feature protocol and its chosen settings."""
+    (_, ytr), (_, yval) = data.train, data.val
+    n = len(data.classes)
+    if kind == "knn":
+        votes = knn_predict(feats["train"], ytr, feats["test"], k, num_classes=n)
+        return votes, {"k": k, "trainable_params": 0}
+    best: tuple[float, float, nn.Module] | None = None
+    for lr in LR_SWEEP:
+        if kind == "linear":
+            model = fit_linear_probe(feats["train"], ytr, lr=lr, num_classes=n)
+        else:
+            model = _fit_head(feats["train"], ytr, n, lr, seed)
+        with torch.no_grad():
+            val_acc = float((model(feats["val"]).argmax(1) == yval).float().mean())
+        if best is None or val_acc > best[0]:
+            best = (val_acc, lr, model)
+    assert best is not None
+    val_acc, lr, model = best
+    with torch.no_grad():
+        logits = model(feats["test"])
+    params = sum(p.numel() for p in model.parameters())
+    return logits, {"lr": lr, "val_accuracy": val_acc, "trainable_params": params}
+
+
+def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, seed: int,
+              hparams: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+    """Train a FinetuneTask; test logits, trainable parameters, images/s and MFU."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    epochs = int(hparams.pop("epochs", 30))
+    batch_size = int(hparams.pop("batch_size", 32))
+    precision = hparams.pop("precision", None) or default_precision("cpu")
+    task = FinetuneTask(encoder, len(data.classes), tune=tune, seed=seed, **hparams)
+    x, y = data.train
+    gen = torch.Generator().manual_seed(seed)
+    train = DataLoader(TensorDataset(x, y), batch_size=min(batch_size, len(x)), shuffle=True,
+                       generator=gen, drop_last=len(x) > batch_size)
+    val = DataLoader(TensorDataset(*data.val), batch_size=256)
+    probe_x, probe_y = x[:2], y[:2]
+
+    def step() -> None:
+        F.cross_entropy(task(probe_x), probe_y).backward()
+
+    task.train()
+    flops = count_flops(step) / len(probe_x)
+    task.zero_grad(set_to_none=True)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, precision=precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, check_val_every_n_epoch=max(1, epochs // 3),
+                        deterministic=False)
+    start = time.perf_counter()
+    trainer.fit(task, train, val)
+    fit_s = time.perf_counter() - start
+    seen = trainer.global_step * train.batch_size
+    ips = seen / fit_s
+    dtype = torch.bfloat16 if "bf16" in str(precision) else torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        logits = task.predict_logits(data.test[0])
+    val_acc = trainer.callback_metrics.get("val/acc")
+    return logits, {
+        "trainable_params": task.trainable_params,
+        "images_per_s": ips,
+        "gflop_per_image": flops / 1e9,
+        "mfu": ips * flops / 1e9 / matmul_peak(dtype),
+        "precision": str(precision),
+        "epochs": epochs,
+        "steps": trainer.global_step,
+        "lr": task.hparams.lr,
+        "val_accuracy": float(val_acc) if val_acc is not None else None,
+    }
+
+
+def evaluate_classification(
+    backbone: str | Path,
+    protocol: str,
+    train_root: str | Path,
+    test_root: str | Path,
+    *,
+    fraction: str | float = "100%",
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    sensor: str = "s2-l1c",
+    layout: str = "eurosat",
+    k: int = 20,
+    adapt: bool = True,
+    **finetune: Any,
+) -> dict[str, Any]:
+    """Score ``backbone`` on a class-folder task with ``protocol``.
+
+    Args:
+        backbone: A backbone file (:func:`rsmae.save_backbone`).
+        protocol: One of :data:`PROTOCOLS` (or ``lastK``).
+        train_root: Folder of class folders to train on (a validation split is held out of it).
+        test_root: Folder of class folders to score.
+        fraction: Label fraction of the training split (``"100%"``, ``"25%"``, ``"5-shot"``).
+        seed: Seed of the label fraction, the heads and fine-tuning.
+        cache_dir: Feature cache folder (``None``: no cache).
+        out_dir: Where to write the confusion matrix (``confusion.csv``); ``None``: not written.
+        sensor: Sensor of the files' bands.
+        layout: Band order in the files.
+        k: Neighbours of the k-NN protocol.
+        adapt: Allow adapting the backbone to other bands (logged); ``False`` refuses.
+        **finetune: Tuned protocols: ``epochs``, ``batch_size``, ``precision`` and
+            :class:`~rsmae.tasks.finetune.FinetuneTask` arguments (``lr``, ``layer_decay``...).
+
+    Returns:
+        Metrics and bookkeeping: ``accuracy``, ``per_class_accuracy``, ``confusion_matrix`` (path or
+        nested list), ``trainable_params``, ``wall_s``, and for tuned protocols ``images_per_s`` and
+        ``mfu``.
+    """
+    start = time.perf_counter()
+    kind, tune = parse_protocol(protocol)
+    encoder, note = load_for_task(backbone, task_bands(sensor, layout), sensor, peek_size(train_root),
+                                  adapt=adapt)
+    data = load_classification(encoder, train_root, test_root, fraction=fraction, seed=seed, sensor=sensor,
+                               layout=layout)
+    if kind == "finetune":
+        logits, extra = _finetune(encoder, data, tune, seed, dict(finetune))
+    else:
+        feats = _features(encoder, data, file_digest(backbone), cache_dir)
+        logits, extra = _frozen(kind, data, feats, seed, k)
+    metrics = classification_metrics(logits.argmax(1), data.test[1], data.classes, out_dir)
+    return {
+        "task": "classification", "protocol": protocol, "fraction": str(fraction), "seed": seed,
+        "backbone": str(backbone), **metrics, **extra,
+        "n_train": len(data.train[1]), "n_val": len(data.val[1]), "n_test": len(data.test[1]),
+        "bands": data.bands, "adaptation": "; ".join(n for n in (note, data.adaptation) if n),
+        "wall_s": time.perf_counter() - start,
+    }

@@ -1,0 +1,155 @@
+"""Scene classification by fine-tuning a backbone: last k blocks, the last MLP, or the full ViT.
+
+The encoder is injected (a timm ``VisionTransformer`` from :func:`rsmae.load_backbone`), which
+parts train is set by :func:`~rsmae.evaluation.trainable.configure_trainable`, and frozen modules
+stay in eval mode during training. Full and partial fine-tuning use MAE's recipe: AdamW with
+layer-wise learning-rate decay (timm's ``param_groups_layer_decay``), drop-path on the tuned blocks,
+linear warmup then cosine, and the remote-sensing augmentations of :mod:`rsmae.augment` (D4 and
+multiscale crops) on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from timm.models.vision_transformer import VisionTransformer
+from timm.optim import param_groups_layer_decay
+from torch import Tensor, nn
+
+from rsmae.augment import RSAugment
+from rsmae.evaluation.trainable import Tune, configure_trainable, count_trainable, freeze_eval, parse_tune
+from rsmae.tasks.optim import WarmupCosine
+
+__all__ = ["FinetuneTask"]
+
+
+class FinetuneTask(L.LightningModule):
+    """Encoder + linear head (after the cls token) trained on labelled scenes.
+
+    Args:
+        encoder: The backbone; its ``blocks`` and final norm are tuned according to ``tune``.
+        num_classes: Number of classes.
+        tune: ``"full"``, ``"mlp"`` (last block's MLP), or a number of last blocks.
+        lr: Peak learning rate of the head (blocks get ``lr * layer_decay ** depth_from_top``).
+        layer_decay: Layer-wise learning-rate decay (1 = none).
+        weight_decay: AdamW weight decay (none on norms, biases, tokens).
+        drop_path: Largest drop-path rate, linearly increasing over the tuned blocks.
+        label_smoothing: Cross-entropy label smoothing.
+        warmup_fraction: Share of the steps spent in linear warmup.
+        dihedral: Augment with a random D4 element.
+        crop_scale: Area range of the multiscale random resized crop (``None`` = off).
+        gsd: Metres per pixel of the images (bookkeeping of the crop's GSD).
+        seed: Seed of the head's initialisation and of the augmentations.
+    """
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        num_classes: int,
+        tune: Tune = "full",
+        lr: float = 1e-3,
+        layer_decay: float = 0.75,
+        weight_decay: float = 0.05,
+        drop_path: float = 0.1,
+        label_smoothing: float = 0.1,
+        warmup_fraction: float = 0.1,
+        dihedral: bool = True,
+        crop_scale: tuple[float, float] | None = (0.5, 1.0),
+        gsd: float = 10.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder"])
+        self.encoder = encoder
+        self.tune = parse_tune(tune, len(encoder.blocks))
+        if self.tune == "frozen":
+            raise ValueError("FinetuneTask trains encoder parts: use the frozen-feature protocols for tune=0")
+        configure_trainable(encoder, self.tune)
+        self._set_drop_path(drop_path)
+        gen = torch.Generator().manual_seed(seed)
+        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=gen) * 2e-5)
+            self.head.bias.zero_()
+        self.augment = RSAugment(dihedral=dihedral, crop_scale=crop_scale)
+        self._generator: torch.Generator | None = None
+
+    def _set_drop_path(self, rate: float) -> None:
+        """Drop-path on the tuned blocks only (frozen blocks stay deterministic)."""
+        tuned = [b for b in self.encoder.blocks if any(p.requires_grad for p in b.parameters())]
+        for i, block in enumerate(tuned):
+            p = rate * (i + 1) / len(tuned) if rate > 0 else 0.0
+            for name in ("drop_path1", "drop_path2"):
+                if hasattr(block, name):
+                    setattr(block, name, DropPath(p) if p > 0 else nn.Identity())
+
+    @property
+    def trainable_params(self) -> int:
+        """Trainable parameters of encoder and head."""
+        return count_trainable(self)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Class logits ``(B, num_classes)``."""
+        return self.head(self.encoder.forward_features(images)[:, 0])
+
+    def train(self, mode: bool = True) -> FinetuneTask:
+        """Training mode for the tuned parts; frozen parts stay in eval mode."""
+        super().train(mode)
+        if mode:
+            freeze_eval(self.encoder)
+        return self
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        images, labels = batch
+        if stage == "train":
+            if self._generator is None:
+                self._generator = torch.Generator(images.device).manual_seed(self.hparams.seed)
+            gsd = torch.full((len(images),), float(self.hparams.gsd), device=images.device)
+            images = self.augment({"image": images, "gsd": gsd}, self._generator)["image"]
+        logits = self(images)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        acc = (logits.argmax(1) == labels).float().mean()
+        self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": acc}, prog_bar=stage == "val",
+                      on_step=False, on_epoch=True, batch_size=len(images))
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Cross-entropy on augmented images."""
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Loss and accuracy on the validation split."""
+        self._shared_step(batch, "val")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with layer-wise decay (each group's LR scaled) and warmup + cosine."""
+        hp = self.hparams
+        groups = param_groups_layer_decay(self.encoder, weight_decay=hp.weight_decay,
+                                          no_weight_decay_list=("pos_embed", "cls_token"),
+                                          layer_decay=hp.layer_decay)
+        groups = [g for g in groups if g["params"]]
+        for g in groups:
+            g["lr"] = hp.lr * g.pop("lr_scale", 1.0)
+        groups.append({"params": list(self.head.parameters()), "lr": hp.lr, "weight_decay": hp.weight_decay})
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = WarmupCosine(round(hp.warmup_fraction * total), total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @torch.no_grad()
+    def predict_logits(self, images: Tensor, batch_size: int = 256) -> Tensor:
+        """Logits of ``images`` in eval mode (mode restored afterwards)."""
+        was = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            out = [self(x.to(device)).float().cpu() for x in images.split(batch_size)]
+        finally:
+            self.train(was)
+        return torch.cat(out)
