@@ -149,8 +149,7 @@ def markdown(env: dict[str, str], tiling: list[dict[str, Any]], loaders: list[di
         f"Importing torch and the loader's library alone takes {rss_imports:.0f} MB RSS in the main "
         "process (median over runs), before any data is read. "
         "torchgeo samples random 128x128 windows anywhere in the scenes (nodata collar included); "
-        "rsmae reads the kept tiles. torchgeo 0.8.1 needs `requests` to import "
-        "`torchgeo.datasets`; when it is missing the benchmark registers a placeholder module.",
+        "rsmae reads the kept tiles.",
     ]
     if profile:
         lines += _profile_markdown(profile)

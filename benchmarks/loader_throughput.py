@@ -83,25 +83,7 @@ def _child_pids(parent: int) -> list[int]:
     return pids
 
 
-def _import_torchgeo() -> Any:
-    """Import torchgeo; 0.8.1 imports ``requests`` in ``torchgeo.datasets`` (OpenStreetMap).
-
-    ``requests`` is only in torchgeo's ``datasets`` extra and is not installed here; it is used
-    for downloads only, so a placeholder module is registered in this process when it is missing.
-    """
-    try:
-        import requests  # noqa: F401
-    except ImportError:
-        import types
-
-        sys.modules["requests"] = types.ModuleType("requests")
-    import torchgeo
-
-    return torchgeo
-
-
 def _torchgeo_dataset(dataset: str, data: Path) -> Any:
-    _import_torchgeo()
     from torchgeo.datasets import RasterDataset
 
     if dataset == "landsat8":
@@ -158,7 +140,7 @@ def loader_child(spec: dict[str, Any]) -> dict[str, Any]:
     import rsmae.data  # noqa: F401  (imports counted in the baseline RSS below)
 
     if spec["loader"] == "torchgeo":
-        _import_torchgeo()
+        import torchgeo.datasets  # noqa: F401
     rss_imports = _proc_status(os.getpid(), "VmRSS")
     peak_reset = _reset_peak_rss()
     length = max_samples + BATCH * (4 + 4 * max(1, workers))  # never runs dry before the stop
@@ -177,7 +159,7 @@ def loader_child(spec: dict[str, Any]) -> dict[str, Any]:
                             num_workers=workers, collate_fn=collate)
         spec = {**spec, "collate": collate_name}
     else:
-        tg = _import_torchgeo()
+        import torchgeo as tg
         from torchgeo.datasets import stack_samples
         from torchgeo.samplers import RandomGeoSampler, Units
 
