@@ -11,6 +11,7 @@ __all__ = [
     "BandError",
     "GridError",
     "InputNotFoundError",
+    "LandscapeError",
     "NonFiniteLossError",
     "RasterReadError",
     "RsmaeError",
@@ -64,3 +65,7 @@ class WeightsError(RsmaeError, ValueError):
 
 class NonFiniteLossError(RsmaeError, ArithmeticError):
     """The training loss became NaN or infinite."""
+
+
+class LandscapeError(RsmaeError, ValueError):
+    """A loss-landscape input is inconsistent (directions and weights differ, bad grid or config)."""

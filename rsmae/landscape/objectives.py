@@ -1,0 +1,351 @@
+"""Deterministic losses of the weights: ``objective(params) -> scalar`` on fixed batches.
+
+An objective holds a private copy of the model (eval mode, math attention for double backward
+and ``vmap``, no gradient checkpointing) and evaluates it with ``torch.func.functional_call``: the
+caller's model is never touched, and the same weights always give the same loss (masks, batches
+and any head are fixed when the objective is built; LESSONS.md 10). Weights are ``name -> tensor``
+dicts of the *trainable* parameters (:func:`~rsmae.landscape.directions.trainable_params`);
+everything else (a fixed position table, the RC-MAE teacher, a probe head) stays as it is.
+
+- :class:`MAEObjective`: the MAE reconstruction loss with per-batch mask noise fixed by a seed.
+- :class:`RCMAEObjective`: the RC-MAE student loss (reconstruction + consistency with the teacher's
+  reconstruction under the same mask; the teacher is fixed, its predictions computed once).
+- :class:`ProbeObjective`: the linear-probe loss: encoder perturbed, BatchNorm-without-affine +
+  linear head fitted once at the centre on cached features, then held fixed.
+- :class:`ClassificationObjective`: cross-entropy of a classifier (encoder + head, all perturbed).
+
+Objectives are plain picklable objects, so surface rows can run in other processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from rsmae.errors import LandscapeError
+from rsmae.landscape.directions import ParamDict, fingerprint
+from rsmae.models import RCMAE, MaskedAutoencoder, masked_mse, set_fused_attention
+
+__all__ = [
+    "ClassificationObjective",
+    "MAEObjective",
+    "Objective",
+    "ProbeObjective",
+    "RCMAEObjective",
+    "fit_probe_head",
+]
+
+_logger = logging.getLogger(__name__)
+
+
+def _private_copy(module: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """A deep copy in eval mode, math attention, no gradient checkpointing, no parameter gradients."""
+    clone = copy.deepcopy(module)
+    if dtype is not None:
+        clone = clone.to(dtype)
+    clone.eval()
+    set_fused_attention(clone, False)
+    for m in clone.modules():
+        if getattr(m, "grad_checkpointing", False):
+            m.grad_checkpointing = False
+    clone.requires_grad_(False)
+    return clone
+
+
+def _split(x: Tensor, batch_size: int | None) -> list[Tensor]:
+    if len(x) == 0:
+        raise LandscapeError("an objective needs at least one sample; got an empty batch")
+    return list(x.split(batch_size or len(x)))
+
+
+class Objective:
+    """A deterministic loss ``objective(params) -> scalar`` around the weights :attr:`params`.
+
+    Subclasses set :attr:`name`, build their fixed data in ``__init__`` and implement
+    :meth:`loss`. ``module`` is the part of the model that the weights address (names relative to
+    it).
+
+    Args:
+        module: The model whose trainable parameters are the weights (copied, never modified).
+        dtype: Evaluate in this dtype (e.g. ``torch.float64`` for finite-difference checks).
+
+    Attributes:
+        params: Centre weights ``name -> tensor`` (trainable parameters of ``module``).
+        module: The private copy that is evaluated.
+        options: JSON-able settings that define the loss (part of cache keys and reports).
+    """
+
+    name = "objective"
+
+    def __init__(self, module: nn.Module, *, dtype: torch.dtype | None = None) -> None:
+        names = [n for n, p in module.named_parameters() if p.requires_grad]
+        if not names:
+            raise LandscapeError(f"{type(module).__name__} has no trainable parameters to perturb")
+        self.module = _private_copy(module, dtype)
+        own = dict(self.module.named_parameters())
+        self.params: ParamDict = {n: own[n].detach() for n in names}
+        self.options: dict[str, Any] = {}
+        self._data_key = ""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the weights."""
+        return next(iter(self.params.values())).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(iter(self.params.values())).device
+
+    def _data(self, x: Tensor) -> Tensor:
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def loss(self, params: Mapping[str, Tensor]) -> Tensor:
+        """The scalar loss at ``params`` (override)."""
+        raise NotImplementedError
+
+    def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Same as :meth:`loss`."""
+        return self.loss(params)
+
+    def many(self, points: Mapping[str, Tensor], *, use_vmap: bool = True) -> Tensor:
+        """Losses of ``K`` points ``name -> (K, *shape)`` without gradients: ``(K,)``.
+
+        With ``use_vmap`` the points run batched through ``torch.func.vmap`` (one forward for all);
+        otherwise one after the other.
+        """
+        with torch.no_grad():
+            if use_vmap:
+                return vmap(self.loss)(dict(points))
+            k = next(iter(points.values())).shape[0]
+            return torch.stack([self.loss({n: v[i] for n, v in points.items()}) for i in range(k)])
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able identity of the loss: name, options, fingerprints of centre weights and data."""
+        return {"objective": self.name, **self.options, "weights": fingerprint(self.params),
+                "data": self._data_key}
+
+
+def _unwrap_mae(model: nn.Module) -> MaskedAutoencoder:
+    mae = model.student if isinstance(model, RCMAE) else model
+    if not isinstance(mae, MaskedAutoencoder):
+        raise LandscapeError(f"expected a MaskedAutoencoder or RCMAE, got {type(model).__name__}")
+    return mae
+
+
+class MAEObjective(Objective):
+    """MAE reconstruction loss on fixed images with fixed per-batch mask noise.
+
+    The loss is the sample-weighted mean over batches of the masked-patch MSE. An RC-MAE is
+    evaluated through its student (reconstruction term only).
+
+    Args:
+        model: A :class:`~rsmae.models.MaskedAutoencoder` (or an RC-MAE: its student).
+        images: ``(N, C, H, W)`` normalised images.
+        batch_size: Samples per forward (default all).
+        seed: Seed of the mask noise (one generator, batch after batch).
+        mask_ratio: Overrides the model's ratio.
+        gsd: ``(N,)`` metres per pixel for ``gsd_pos_embed`` models.
+        dtype: Evaluation dtype.
+    """
+
+    name = "mae"
+
+    def __init__(self, model: nn.Module, images: Tensor, *, batch_size: int | None = None, seed: int = 0,
+                 mask_ratio: float | None = None, gsd: Tensor | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        mae = _unwrap_mae(model)
+        super().__init__(mae, dtype=dtype)
+        self.images = _split(self._data(images), batch_size)
+        generator = torch.Generator().manual_seed(int(seed))
+        self.noise = [mae.make_noise(len(b), generator=generator, device="cpu").to(self.device)
+                      for b in self.images]
+        self.gsd: list[Tensor | None] = (list(gsd.to(self.device).split([len(b) for b in self.images]))
+                                         if gsd is not None else [None] * len(self.images))
+        self.mask_ratio = mae.mask_ratio if mask_ratio is None else float(mask_ratio)
+        self.total = sum(len(b) for b in self.images)
+        self.options = {"samples": self.total, "seed": int(seed), "mask_ratio": self.mask_ratio}
+        self._data_key = fingerprint({"images": images, "noise": torch.cat(self.noise)})
+
+    def _outputs(self, params: Mapping[str, Tensor]) -> list[tuple[int, Any]]:
+        return [(len(x), functional_call(self.module, dict(params), (x,),
+                                         {"noise": n, "mask_ratio": self.mask_ratio, "gsd": g}))
+                for x, n, g in zip(self.images, self.noise, self.gsd, strict=True)]
+
+    def loss(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Masked-patch MSE at ``params``."""
+        return sum(k * out.loss for k, out in self._outputs(params)) / self.total
+
+
+class RCMAEObjective(MAEObjective):
+    """RC-MAE student loss: reconstruction + ``gamma`` x consistency with the fixed teacher.
+
+    The teacher's reconstructions under the same masks are computed once at construction (the
+    teacher is not perturbed), so each evaluation costs one student forward, and the centre value
+    equals ``RCMAE.forward(images, noise=...).loss``.
+
+    Args:
+        model: The :class:`~rsmae.models.RCMAE`.
+        images: ``(N, C, H, W)`` normalised images.
+        **kwargs: As :class:`MAEObjective` (``batch_size``, ``seed``, ``mask_ratio``, ``gsd``,
+            ``dtype``).
+    """
+
+    name = "rcmae"
+
+    def __init__(self, model: RCMAE, images: Tensor, **kwargs: Any) -> None:
+        if not isinstance(model, RCMAE):
+            raise LandscapeError(f"RCMAEObjective needs an RCMAE, got {type(model).__name__}")
+        super().__init__(model, images, **kwargs)
+        teacher = _private_copy(model.teacher, kwargs.get("dtype"))
+        with torch.no_grad():
+            self.teacher_pred = [teacher(x, noise=n, mask_ratio=self.mask_ratio, gsd=g).pred
+                                 for x, n, g in zip(self.images, self.noise, self.gsd, strict=True)]
+        self.consistency_weight = model.consistency_weight
+        self.options["consistency_weight"] = self.consistency_weight
+        self._data_key = fingerprint({"images": images, "noise": torch.cat(self.noise),
+                                      "teacher": torch.cat(self.teacher_pred)})
+
+    def loss(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Reconstruction + consistency at ``params``."""
+        total = 0
+        for (k, out), teacher in zip(self._outputs(params), self.teacher_pred, strict=True):
+            consistency = masked_mse(out.pred, teacher, out.mask)
+            total = total + k * (out.recon_loss + self.consistency_weight * consistency)
+        return total / self.total
+
+
+class _Features(nn.Module):
+    """Frozen-feature path of a timm ViT: the cls token (or mean patch token) after the final norm."""
+
+    def __init__(self, encoder: nn.Module, pool: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pool = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.encoder.forward_features(x)
+        if self.pool == "cls":
+            return tokens[:, 0]
+        return tokens[:, int(getattr(self.encoder, "num_prefix_tokens", 1)) :].mean(dim=1)
+
+
+def fit_probe_head(features: Tensor, labels: Tensor, *, num_classes: int, steps: int = 300,
+                   lr: float = 1e-2, weight_decay: float = 0.0) -> dict[str, Tensor]:
+    """Fit the linear probe of :func:`rsmae.tasks.linear_probe_accuracy` and return its tensors.
+
+    BatchNorm without affine (the training features' mean and biased variance, eps 1e-5), then a
+    linear layer from zero, full-batch Adam: deterministic.
+
+    Returns:
+        ``{"mean", "var", "weight", "bias"}`` (detached).
+    """
+    x = features.detach()
+    mean, var = x.mean(0), x.var(0, unbiased=False)
+    z = (x - mean) / (var + 1e-5).sqrt()
+    weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(F.linear(z, weight, bias), labels).backward()
+            optimizer.step()
+    return {"mean": mean, "var": var, "weight": weight.detach(), "bias": bias.detach()}
+
+
+class ProbeObjective(Objective):
+    """Linear-probe loss: the encoder is perturbed, the probe head stays as fitted at the centre.
+
+    Args:
+        encoder: A timm ViT (``forward_features`` returns all tokens), e.g. a loaded backbone.
+        images: ``(N, C, H, W)`` normalised images (resized to the encoder's size if needed).
+        labels: ``(N,)`` class indices.
+        num_classes: Default ``labels.max() + 1``.
+        pool: ``"cls"`` or ``"mean"``.
+        steps: Adam steps of the head fit.
+        lr: Adam learning rate of the head fit.
+        weight_decay: Adam weight decay of the head fit.
+        batch_size: Samples per forward (default all).
+        dtype: Evaluation dtype.
+    """
+
+    name = "probe"
+
+    def __init__(self, encoder: nn.Module, images: Tensor, labels: Tensor, *, num_classes: int | None = None,
+                 pool: str = "cls", steps: int = 300, lr: float = 1e-2, weight_decay: float = 0.0,
+                 batch_size: int | None = None, dtype: torch.dtype | None = None) -> None:
+        if pool not in ("cls", "mean"):
+            raise LandscapeError(f"pool={pool!r}; choose 'cls' or 'mean'")
+        if len(labels) != len(images):
+            raise LandscapeError(f"{len(images)} images but {len(labels)} labels")
+        super().__init__(_Features(encoder, pool), dtype=dtype)
+        images = self._data(_resize(images, encoder))
+        self.images = _split(images, batch_size)
+        self.labels = labels.long().to(self.device)
+        num_classes = num_classes or int(labels.max()) + 1
+        with torch.no_grad():
+            features = torch.cat([self.module(x) for x in self.images])
+        self.head = fit_probe_head(features, self.labels, num_classes=num_classes, steps=steps, lr=lr,
+                                   weight_decay=weight_decay)
+        with torch.no_grad():
+            self.train_accuracy = float((self._logits(features).argmax(1) == self.labels).float().mean())
+        self.options = {"samples": len(images), "pool": pool, "steps": steps, "lr": lr,
+                        "weight_decay": weight_decay, "num_classes": num_classes}
+        self._data_key = fingerprint({"images": images, "labels": self.labels})
+        _logger.info("probe head fitted at the centre: train accuracy %.3f", self.train_accuracy)
+
+    def _logits(self, features: Tensor) -> Tensor:
+        h = self.head
+        return F.linear((features - h["mean"]) / (h["var"] + 1e-5).sqrt(), h["weight"], h["bias"])
+
+    def loss(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Cross-entropy of the fixed head on the features at ``params``."""
+        features = torch.cat([functional_call(self.module, dict(params), (x,)) for x in self.images])
+        return F.cross_entropy(self._logits(features), self.labels)
+
+
+def _resize(images: Tensor, model: nn.Module) -> Tensor:
+    """Images resized to the input size of ``model`` (a ViT, or a module holding one as ``encoder``)."""
+    vit = model if hasattr(model, "patch_embed") else getattr(model, "encoder", model)
+    size = getattr(getattr(vit, "patch_embed", None), "img_size", None)
+    if size is None or tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images.float(), size=tuple(size), mode="bilinear", antialias=True).to(images.dtype)
+
+
+class ClassificationObjective(Objective):
+    """Cross-entropy of a classifier ``model(images) -> logits``; every trainable weight is perturbed.
+
+    Args:
+        model: E.g. a timm ViT with ``num_classes > 0`` (encoder and head).
+        images: ``(N, C, H, W)`` normalised images.
+        labels: ``(N,)`` class indices.
+        batch_size: Samples per forward (default all).
+        dtype: Evaluation dtype.
+    """
+
+    name = "classification"
+
+    def __init__(self, model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        if len(labels) != len(images):
+            raise LandscapeError(f"{len(images)} images but {len(labels)} labels")
+        super().__init__(model, dtype=dtype)
+        images = self._data(_resize(images, model))
+        self.images = _split(images, batch_size)
+        self.labels = labels.long().to(self.device)
+        self.options = {"samples": len(images)}
+        self._data_key = fingerprint({"images": images, "labels": self.labels})
+
+    def loss(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Cross-entropy at ``params``."""
+        logits = torch.cat([functional_call(self.module, dict(params), (x,)) for x in self.images])
+        return F.cross_entropy(logits, self.labels)
