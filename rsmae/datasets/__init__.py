@@ -1,5 +1,18 @@
 """Datasets with fixed splits, one class per file (bands and splits as class attributes)."""
 
+from rsmae.datasets.bitemporal import IGNORE_INDEX, BitemporalScenes, PairCrops, PairScene
 from rsmae.datasets.eurosat import EuroSAT
+from rsmae.datasets.landsat_cd import LandsatCD
+from rsmae.datasets.levircd import LEVIRCD
+from rsmae.datasets.oscd import OSCD
 
-__all__ = ["EuroSAT"]
+__all__ = [
+    "IGNORE_INDEX",
+    "LEVIRCD",
+    "OSCD",
+    "BitemporalScenes",
+    "EuroSAT",
+    "LandsatCD",
+    "PairCrops",
+    "PairScene",
+]

@@ -26,7 +26,7 @@ from rsmae.bands import Sensor
 from rsmae.errors import BandError, GridError, RasterReadError
 from rsmae.tiling.scenes import Scene
 
-__all__ = ["SUPPORTED_DTYPES", "Grid", "SceneReader", "gdal_env", "scene_grid"]
+__all__ = ["SUPPORTED_DTYPES", "Grid", "SceneReader", "check_footprints", "gdal_env", "scene_grid"]
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 
@@ -122,6 +122,20 @@ def scene_grid(scene: Scene, sensor: Sensor, resolution: float | None) -> tuple[
     _check_alignment(ref, list(headers.values()))
     grid = _target_grid(ref, sensor, ref_src.band, resolution)
     return grid, dtype, ref.nodata
+
+
+def check_footprints(reference: str, paths: list[str]) -> None:
+    """Raise unless every raster in ``paths`` has the CRS and footprint of ``reference``.
+
+    The check the tiler makes between the band files of one scene (extents equal to within one
+    pixel of the coarser file), open to callers that put other files on ``reference``'s grid, e.g.
+    the second date of a change-detection pair.
+
+    Raises:
+        RasterReadError: a file is not a readable raster.
+        GridError: naming both files, when the CRS or the extent differs.
+    """
+    _check_alignment(_header(reference), [_header(p) for p in paths])
 
 
 def _bounds(h: _Header) -> tuple[float, float, float, float]:
