@@ -1,12 +1,17 @@
-"""What a new user hits on a fresh machine: the environment's imports."""
+"""What a new user hits on a fresh machine: the environment's imports, re-runs of the tiler."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import LANDSAT, ROOT
+from conftest import BIGEARTHNET, LANDSAT, ROOT
+
+sys.path.insert(0, str(ROOT / "pipelines"))
+import tile  # noqa: E402  (the pipeline script)
 
 TORCHGEO_SAMPLE = f"""
 import torchgeo.datasets
@@ -39,3 +44,26 @@ def test_torchgeo_datasets_dependency_declared() -> None:
     names = {m.lower() for m in re.findall(r'^\s*"([A-Za-z0-9_.-]+)', block.group(1), re.M)}
     assert {"torchgeo", "requests"} <= names
     assert re.search(r"^\s*- requests\b", (ROOT / "environment.yml").read_text(), re.MULTILINE)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``root``: (mtime_ns, sha256 of the bytes)."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_rerun_on_finished_store_writes_nothing(tmp_path: Path, capsys) -> None:
+    """Readers may use a finished store: the same command again leaves every byte and mtime alone."""
+    patches = sorted(str(p) for p in BIGEARTHNET.iterdir() if p.is_dir())
+    out = tmp_path / "ben.zarr"
+    args = ["--sensor", "s2-l2a", "--tile-size", "60", "--shard-tiles", "4", "--out", str(out)]
+    assert tile.main([*patches[:3], *args]) == 0
+    before = _snapshot(out)
+    assert "zarr.json" in before and any(k.startswith("index/") for k in before)
+    capsys.readouterr()
+    assert tile.main([*patches[:3], *args]) == 0
+    assert "3 scenes (0 new), 12 tiles kept" in capsys.readouterr().out
+    assert _snapshot(out) == before
+    assert tile.main([*patches, *args]) == 0  # new scenes still append
+    after = _snapshot(out)
+    assert after["zarr.json"] != before["zarr.json"] and len(after) > len(before)

@@ -198,6 +198,8 @@ def tile_scenes(
         remove_store(out)
     store, snapshot, new = _open_or_create(out, planned, config, command)
     tasks = _pending_tasks(store, planned, config)
+    if store.complete and not tasks:  # finished, nothing new: write nothing (readers may be using it)
+        return _summary(store, out, 0, 0, started)
     done: list[UnitResult] = []
     try:
         execute(tasks, workers=workers, dask=dask,
@@ -206,9 +208,13 @@ def tile_scenes(
     except RsmaeError:  # bad input: undo; an interrupt keeps the progress for a resume
         _rollback(store, snapshot)
         raise
+    return _summary(store, out, new, len(tasks), started)
+
+
+def _summary(store: TileStore, out: Path, new: int, units_run: int, started: float) -> TileSummary:
     attrs = store.attrs
     kept, dropped = (int(x) for x in store.array("unit_count")[:].sum(axis=0))
-    return TileSummary(str(out), len(attrs["scenes"]), new, len(tasks), kept, dropped,
+    return TileSummary(str(out), len(attrs["scenes"]), new, units_run, kept, dropped,
                        store.nbytes_stored(), time.perf_counter() - started, attrs["stats"])
 
 
