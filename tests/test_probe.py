@@ -9,6 +9,7 @@ import torch
 from conftest import EUROSAT
 from pretrain_helpers import _datamodule
 
+from rsmae.bands import SENSORS, Band, Sensor
 from rsmae.datasets import EuroSAT
 from rsmae.errors import BandError, InputNotFoundError
 from rsmae.tasks import PretrainTask, ProbeCallback, knn_accuracy, linear_probe_accuracy
@@ -26,10 +27,48 @@ def test_probe_on_real_eurosat(eurosat_store: Path) -> None:
     assert set(metrics) == {"probe/knn_acc", "probe/linear_acc"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert metrics["probe/knn_acc"] > 0.2 and metrics["probe/linear_acc"] > 0.2  # chance is 0.1
-    with pytest.raises(BandError, match="not Sentinel-2"):
-        ProbeCallback(root=str(EUROSAT)).load({**info, "sensor": "landsat-oli", "bands": ["B2", "B3", "B4"]})
     with pytest.raises(BandError, match="not all EuroSAT bands"):
         EuroSAT(EUROSAT, "test", bands=["B04", "B03", "R"])
+
+
+@pytest.mark.parametrize(("sensor", "bands", "expected", "evaluate"), [
+    ("rgb", ["R", "G", "B"], ["B04", "B03", "B02"], True),
+    ("landsat-oli", ["B2", "B3", "B4"], ["B02", "B03", "B04"], True),  # the demo's Landsat store
+    ("landsat-oli", ["B4", "B5", "B6", "B7"], ["B04", "B8A", "B11", "B12"], False),  # by wavelength
+])
+def test_probe_rgb_and_landsat_encoders_on_matching_eurosat_bands(
+        sensor: str, bands: list[str], expected: list[str], evaluate: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # statistics of another product (8-bit RGB, Landsat DN): not used for EuroSAT
+    info = {"sensor": sensor, "bands": bands, "mean": [90.0] * len(bands), "std": [40.0] * len(bands)}
+    probe = ProbeCallback(root=str(EUROSAT), linear_steps=50)
+    with caplog.at_level("WARNING", logger="rsmae.tasks.callbacks"):
+        probe.load(info)
+    assert caplog.text.count("probing a") == 1 and f"{bands[0]} <- {expected[0]}" in caplog.text
+    train, test = (EuroSAT(EUROSAT, s, bands=expected).images.double() for s in ("train", "test"))
+    mean, std = train.mean((0, 2, 3))[:, None, None], train.std((0, 2, 3))[:, None, None]
+    torch.testing.assert_close(probe.images["train"], ((train - mean) / std).float())  # EuroSAT train stats
+    torch.testing.assert_close(probe.images["test"], ((test - mean) / std).float())
+    if not evaluate:
+        return
+    torch.manual_seed(0)
+    task = PretrainTask(preset="vit_test", patch_size=8, img_size=64, in_chans=len(bands))
+    metrics = probe.evaluate(task.encoder(), img_size=64)
+    assert metrics["probe/knn_acc"] > 0.2 and metrics["probe/linear_acc"] > 0.2  # chance is 0.1
+
+
+def test_probe_refuses_a_sensor_without_any_matching_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    thermal = (Band("B10", 10895.0, 100), Band("B11", 12005.0, 100))
+    monkeypatch.setitem(SENSORS, "tirs", Sensor("tirs", "Landsat TIRS", thermal, ("-", "-", "-")))
+    with pytest.raises(BandError, match="no s2-l1c band matches the tirs bands B10, B11"):
+        ProbeCallback(root=str(EUROSAT)).load({"sensor": "tirs", "bands": ["B10", "B11"]})
+    # one matching band is enough: the thermal channel is fed zeros (its mean)
+    mixed = (Band("R", 660.0, 30), *thermal)
+    monkeypatch.setitem(SENSORS, "mixed", Sensor("mixed", "red + thermal", mixed, ("-", "-", "-")))
+    probe = ProbeCallback(root=str(EUROSAT))
+    probe.load({"sensor": "mixed", "bands": ["R", "B10"]})
+    assert probe.images["test"].shape[1] == 2 and not probe.images["test"][:, 1].any()
+    assert probe.images["test"][:, 0].std() > 0.5
 
 
 def test_eurosat_reads_bands_by_name_and_refuses_a_missing_root(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from rsmae.datasets.bitemporal import IGNORE_INDEX, BitemporalScenes, PairCrops,
 from rsmae.datasets.eurosat import EuroSAT
 from rsmae.datasets.landsat_cd import LandsatCD
 from rsmae.datasets.levircd import LEVIRCD
+from rsmae.datasets.matching import match_dataset_bands
 from rsmae.datasets.oscd import OSCD
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "LandsatCD",
     "PairCrops",
     "PairScene",
+    "match_dataset_bands",
 ]

@@ -18,9 +18,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torch import Tensor
 
-from rsmae.bands import get_sensor, rgb_indices
+from rsmae.bands import rgb_indices
 from rsmae.data import normalize_images
 from rsmae.datasets import EuroSAT
+from rsmae.datasets.matching import match_dataset_bands
 from rsmae.errors import BandError
 from rsmae.models import patchify, unpatchify
 from rsmae.models.weights import save_backbone
@@ -30,6 +31,7 @@ from rsmae.tasks.probe import extract_features, knn_accuracy, linear_probe_accur
 __all__ = ["BackboneExport", "ProbeCallback", "ReconstructionImages", "reconstruct", "true_colour"]
 
 _logger = logging.getLogger(__name__)
+_SPLITS = ("train", "test")
 
 
 def _run_dir(trainer: L.Trainer) -> Path:
@@ -206,12 +208,28 @@ class BackboneExport(L.Callback):
                                   pl_module.backbone_meta(self.weights))
 
 
+def _channels(raw: Tensor, sources: list[int | None], mean: Tensor, std: Tensor) -> Tensor:
+    """``(N, len(sources), H, W)``: channel ``j`` is ``raw[:, sources[j]]`` normalised, zeros for ``None``."""
+    out = raw.new_zeros(raw.shape[0], len(sources), *raw.shape[2:])
+    for j, i in enumerate(sources):
+        if i is not None:
+            out[:, j] = ((raw[:, i] - mean[i]) / std[i]).float()
+    return out
+
+
 class ProbeCallback(L.Callback):
     """Every ``every_n_epochs`` epochs: k-NN and linear-probe accuracy on EuroSAT, frozen cls features.
 
-    EuroSAT is read with the pretraining bands in the pretraining order and normalised with the
-    pretraining statistics (the task's ``data_info``), and resized to the encoder's input size when
-    it differs. Logs ``probe/knn_acc`` and ``probe/linear_acc``.
+    Each input channel of the encoder is fed the EuroSAT band that matches its band (the task's
+    ``data_info``) by name, by true-colour role (RGB -> B04, B03, B02) or else by nearest central
+    wavelength (:func:`~rsmae.datasets.match_dataset_bands`; e.g. Landsat OLI B5 -> B8A); a band
+    with no EuroSAT band within 50 nm is fed zeros (its mean). The mapping is logged once.
+
+    Normalisation: a Sentinel-2 encoder (L1C or L2A) gets EuroSAT in its own bands, normalised with
+    the pretraining statistics (same bands, same digital numbers). Any other sensor's statistics
+    describe another physical product (Landsat DN, 8-bit RGB), so EuroSAT is then normalised with
+    per-band statistics of EuroSAT's own train split. Images are resized to the encoder's input size
+    when it differs. Logs ``probe/knn_acc`` and ``probe/linear_acc``.
 
     Args:
         root: EuroSAT folder holding ``train/`` and ``test/``.
@@ -222,7 +240,7 @@ class ProbeCallback(L.Callback):
         weights: Probe the ``"student"`` or (RC-MAE) the ``"teacher"`` encoder.
 
     Raises:
-        BandError: at setup, when the pretraining data are not Sentinel-2 or have bands EuroSAT lacks.
+        BandError: at setup, when no band of the pretraining data matches a EuroSAT band.
     """
 
     def __init__(self, root: str, every_n_epochs: int = 1, k: int = 20, linear_steps: int = 300,
@@ -234,21 +252,35 @@ class ProbeCallback(L.Callback):
         self.batch_size = batch_size
         self.weights = weights
         self.data: dict[str, EuroSAT] = {}
+        self.images: dict[str, Tensor] = {}  # per split: the encoder's channels, normalised
         self.last: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
         self._dir = Path(".")
 
     def load(self, data_info: dict[str, Any]) -> None:
-        """Read EuroSAT with the pretraining bands and statistics (refusing foreign bands)."""
-        sensor = data_info.get("sensor")
-        if sensor not in ("s2-l1c", "s2-l2a"):
-            raise BandError(f"the pretraining data are {sensor!r}, not Sentinel-2: EuroSAT (Sentinel-2 L1C) "
-                            "cannot probe this encoder; remove ProbeCallback or pretrain on Sentinel-2")
-        bands = [get_sensor(sensor).band(b).name for b in data_info["bands"]]
-        if sensor != EuroSAT.sensor:
-            _logger.warning("probing a %s encoder on EuroSAT L1C: same bands, other product level", sensor)
-        stats = {"mean": data_info["mean"], "std": data_info["std"]}
-        self.data = {s: EuroSAT(self.root, s, bands=bands, **stats) for s in ("train", "test")}
+        """Read EuroSAT in the pretraining bands, or the matching ones, and normalise it (see above)."""
+        sensor, bands = data_info.get("sensor"), list(data_info["bands"])
+        if not sensor:
+            raise BandError("ProbeCallback needs the sensor of the pretraining bands in data_info")
+        matched = match_dataset_bands(bands, sensor, EuroSAT.all_bands, EuroSAT.sensor)
+        mapping = ", ".join(f"{b} <- {m or 'zeros'} ({how})"
+                            for b, (m, how) in zip(bands, matched, strict=True))
+        if sensor in ("s2-l1c", "s2-l2a"):  # EuroSAT has every Sentinel-2 band: read them by name
+            _logger.log(logging.INFO if sensor == EuroSAT.sensor else logging.WARNING,
+                        "probing a %s encoder on EuroSAT (Sentinel-2 L1C), pretraining statistics: %s",
+                        sensor, mapping)
+            stats = {"mean": data_info["mean"], "std": data_info["std"]}
+            self.data = {s: EuroSAT(self.root, s, bands=[b for b, _ in matched], **stats) for s in _SPLITS}
+            self.images = {s: ds.images for s, ds in self.data.items()}
+            return
+        _logger.warning("probing a %s encoder on EuroSAT (Sentinel-2 L1C), EuroSAT train-split "
+                        "statistics: %s", sensor, mapping)
+        used = sorted({b for b, _ in matched if b is not None}, key=EuroSAT.all_bands.index)
+        self.data = {s: EuroSAT(self.root, s, bands=used) for s in _SPLITS}
+        train = self.data["train"].images.double()
+        mean, std = train.mean(dim=(0, 2, 3)), train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        sources = [None if b is None else used.index(b) for b, _ in matched]
+        self.images = {s: _channels(ds.images, sources, mean, std) for s, ds in self.data.items()}
 
     def setup(self, trainer: L.Trainer, pl_module: PretrainTask, stage: str) -> None:
         """Load the data once (errors surface before training starts)."""
@@ -262,8 +294,8 @@ class ProbeCallback(L.Callback):
     def evaluate(self, encoder: torch.nn.Module, img_size: int | None = None) -> dict[str, float]:
         """k-NN and linear-probe accuracy of ``encoder`` on the loaded EuroSAT split."""
         feats = {}
-        for split, ds in self.data.items():
-            feats[split] = extract_features(encoder, ds.images, batch_size=self.batch_size, img_size=img_size)
+        for split, images in self.images.items():
+            feats[split] = extract_features(encoder, images, batch_size=self.batch_size, img_size=img_size)
         train_y, test_y = self.data["train"].labels, self.data["test"].labels
         n = len(self.data["train"].classes)
         args = (feats["train"], train_y, feats["test"], test_y)
