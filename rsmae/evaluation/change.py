@@ -1,0 +1,307 @@
+"""Change-detection evaluation: train (or load) a change model, score whole test scenes.
+
+:func:`evaluate_change` is the whole protocol behind ``pipelines/evaluate_change.py`` and one cell
+of the change-detection tables:
+
+1. read the training scenes (a dataset's fixed split, or named cities of any folder in its layout)
+   and hold out the bottom ``val_fraction`` of every training scene as the validation split;
+2. train a :class:`~rsmae.tasks.change.ChangeTask` (Siamese ViT from a backbone file or a random
+   init, or the FC-Siam-diff baseline) on random co-located crops of the rest, with Lightning;
+3. choose the probability threshold of best F1 on the validation strips, scored like the test;
+4. score every test scene whole by sliding windows with blended logits (not a centre crop),
+   pool F1 / IoU / precision / recall / accuracy of the change class over the test scenes, and
+   write change-map PNGs, the precision-recall curve and the model.
+
+A saved model (``load=``) skips 1-3 and keeps the threshold chosen when it was trained.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from rsmae.datasets import LEVIRCD, OSCD, BitemporalScenes, LandsatCD, PairCrops, PairScene
+from rsmae.datasets.bitemporal import band_statistics
+from rsmae.errors import InputNotFoundError
+from rsmae.evaluation.change_metrics import ChangeScores, best_f1_threshold, save_change_map
+from rsmae.evaluation.sliding import sliding_window_logits
+from rsmae.evaluation.trainable import Tune
+from rsmae.tasks.change import ChangeTask, load_change_model, save_change_model
+
+__all__ = ["CHANGE_DATASETS", "ChangeConfig", "evaluate_change", "parse_protocol", "predict_scene"]
+
+_logger = logging.getLogger(__name__)
+
+CHANGE_DATASETS: dict[str, type[BitemporalScenes]] = {"oscd": OSCD, "levircd": LEVIRCD, "landsat": LandsatCD}
+
+
+@dataclasses.dataclass
+class ChangeConfig:
+    """Settings of :func:`evaluate_change` (CPU-friendly defaults: one OSCD cell in minutes).
+
+    Attributes:
+        steps: Optimiser steps.
+        batch_size: Pairs per step.
+        crop_size: Training crop side = inference window = the ViT's input size.
+        overlap: Pixels shared by neighbouring inference windows.
+        window_batch: Windows per forward in inference.
+        blend: Weight window of the blended logits (``cosine``, ``triangular``, ``flat``).
+        val_fraction: Bottom fraction of every training scene held out for the threshold.
+        preset: Encoder preset of a random init.
+        patch_size: Patch size of a random init.
+        fusion: ``"diff"`` or ``"concat"``.
+        decoder_dim: Decoder width.
+        pos_weight: BCE weight of change pixels; ``None`` = sqrt(no-change / change) of the
+            training pixels.
+        dice_weight: Soft-Dice weight (0 = BCE only).
+        lr: Decoder / from-scratch learning rate.
+        encoder_lr: Learning rate of tuned encoder parts.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Warmup steps (``None`` = 5 %).
+        dihedral: Random D4 element per pair in training.
+        precision: Lightning precision (``"32-true"``, ``"bf16-mixed"``).
+        maps: Write a change-map PNG per test scene (with ``out_dir``).
+        progress: Show Lightning's progress bar.
+    """
+
+    steps: int = 300
+    batch_size: int = 8
+    crop_size: int = 64
+    overlap: int = 16
+    window_batch: int = 32
+    blend: str = "cosine"
+    val_fraction: float = 0.2
+    preset: str = "vit_tiny"
+    patch_size: int = 16
+    fusion: str = "diff"
+    decoder_dim: int = 64
+    pos_weight: float | None = None
+    dice_weight: float = 0.0
+    lr: float = 1e-3
+    encoder_lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None
+    dihedral: bool = True
+    precision: str = "32-true"
+    maps: bool = True
+    progress: bool = False
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> ChangeConfig:
+        """Build from keyword arguments, naming the valid ones when a key is unknown."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown change-detection setting(s) {unknown}; valid: {sorted(names)}")
+        return cls(**kwargs)
+
+
+def parse_protocol(protocol: str | int) -> Tune:
+    """``"frozen"``, ``"full"``, ``"mlp"`` or ``"lastK"``/``K`` (K last blocks) as a tune setting."""
+    if isinstance(protocol, int):
+        return protocol
+    text = protocol.strip().lower()
+    if text.startswith("last") and text[4:].isdigit():
+        return int(text[4:])
+    if text.isdigit():
+        return int(text)
+    if text in ("frozen", "full", "mlp"):
+        return text
+    raise ValueError(f"protocol {protocol!r}; choose frozen, lastK (e.g. last2), mlp or full")
+
+
+def predict_scene(task: ChangeTask, scene: PairScene, *, overlap: int, window_batch: int = 32,
+                  blend: str = "cosine") -> torch.Tensor:
+    """Change probabilities ``(H, W)`` of a whole scene by sliding windows (model in eval mode)."""
+    was_training = task.training
+    task.eval()
+    try:
+        pair = torch.from_numpy(scene.image.astype("float32"))
+        logits = sliding_window_logits(task.predict_logits, pair, window=task.hparams.img_size,
+                                       overlap=overlap, batch_size=window_batch, blend=blend)
+    finally:
+        task.train(was_training)
+    return torch.sigmoid(logits)
+
+
+def _dataset(name: str) -> type[BitemporalScenes]:
+    try:
+        return CHANGE_DATASETS[name]
+    except KeyError:
+        raise ValueError(f"dataset {name!r}; choose {', '.join(CHANGE_DATASETS)}") from None
+
+
+def _split_train(scenes: Sequence[PairScene], fraction: float) -> tuple[list[PairScene], list[PairScene]]:
+    """Top rows for training, the bottom ``fraction`` of each scene for validation."""
+    train, val = [], []
+    for scene in scenes:
+        cut = scene.mask.shape[0] - max(1, round(fraction * scene.mask.shape[0])) if fraction > 0 else None
+        train.append(scene.rows(0, cut))
+        if cut is not None:
+            val.append(scene.rows(cut))
+    return train, val
+
+
+def _pos_weight(scenes: Sequence[PairScene], ignore_index: int) -> float:
+    change = sum(int((s.mask == 1).sum()) for s in scenes)
+    same = sum(int((s.mask == 0).sum()) for s in scenes)
+    return math.sqrt(same / change) if change else 1.0
+
+
+def _train(backbone: str | Path | None, tune: Tune, model: str, data: BitemporalScenes, cfg: ChangeConfig,
+           seed: int, out_dir: Path | None) -> tuple[ChangeTask, dict[str, Any]]:
+    train_parts, val_parts = _split_train(data.scenes, cfg.val_fraction)
+    pos_weight = cfg.pos_weight or _pos_weight(train_parts, data.ignore_index)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        task = ChangeTask(
+            bands=list(data.bands), model=model, backbone=None if backbone is None else str(backbone),
+            preset=cfg.preset, patch_size=cfg.patch_size, img_size=cfg.crop_size, sensor=data.sensor,
+            tune=tune, fusion=cfg.fusion, decoder_dim=cfg.decoder_dim, pos_weight=pos_weight,
+            dice_weight=cfg.dice_weight, ignore_index=data.ignore_index, lr=cfg.lr, encoder_lr=cfg.encoder_lr,
+            weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, dihedral=cfg.dihedral, seed=seed)
+        if task.hparams.mean is None:
+            task.set_statistics(*band_statistics(train_parts))
+            _logger.info("normalising with statistics of the training split (%s)",
+                         "no backbone" if backbone is None else "the backbone has none for these bands")
+        crops = PairCrops(train_parts, cfg.crop_size, cfg.steps * cfg.batch_size, seed=seed,
+                          ignore_index=data.ignore_index)
+        loader = DataLoader(crops, batch_size=cfg.batch_size, shuffle=False, num_workers=0, drop_last=True)
+        trainer = L.Trainer(max_steps=cfg.steps, accelerator="cpu", devices=1, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=cfg.progress,
+                            enable_model_summary=False, precision=cfg.precision, num_sanity_val_steps=0,
+                            default_root_dir=str(out_dir) if out_dir else None)
+        start = time.perf_counter()
+        trainer.fit(task, loader)
+        train_seconds = time.perf_counter() - start
+    val_probs = [predict_scene(task, s, overlap=cfg.overlap, window_batch=cfg.window_batch, blend=cfg.blend)
+                 for s in val_parts]
+    val_masks = [torch.from_numpy(s.mask.astype("int64")) for s in val_parts]
+    threshold, val_f1 = (best_f1_threshold(val_probs, val_masks, ignore_index=data.ignore_index)
+                         if val_parts else (0.5, float("nan")))
+    _logger.info("trained %d steps in %.1f s; validation threshold %.3f (F1 %.3f)", cfg.steps, train_seconds,
+                 threshold, val_f1)
+    info = {"threshold": threshold, "val_f1": val_f1, "train_seconds": train_seconds,
+            "train_scenes": [s.name for s in data.scenes], "pos_weight": pos_weight, "steps": cfg.steps}
+    return task, info
+
+
+def evaluate_change(
+    backbone: str | Path | None,
+    tune: Tune = "frozen",
+    *,
+    test_root: str | Path,
+    train_root: str | Path | None = None,
+    dataset: str = "oscd",
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    model: str = "siamese-vit",
+    train_cities: Sequence[str] | None = None,
+    test_cities: Sequence[str] | None = None,
+    bands: Sequence[str] | None = None,
+    load: str | Path | None = None,
+    on_scene: Callable[[dict[str, Any]], None] | None = None,
+    **hparams: Any,
+) -> dict[str, Any]:
+    """Train (or load) a change model and score whole test scenes by sliding windows.
+
+    Args:
+        backbone: Backbone file of the encoder's initial weights; ``None`` = random init (or no
+            encoder with ``model="fc-siam-diff"``).
+        tune: Encoder parts that train: ``"frozen"``, ``k`` or ``"lastK"`` (K last blocks),
+            ``"mlp"``, ``"full"`` (:func:`parse_protocol`).
+        test_root: Folder of the test scenes (the dataset's layout).
+        train_root: Folder of the training scenes (default ``test_root``).
+        dataset: ``"oscd"``, ``"levircd"`` or ``"landsat"``.
+        seed: Seed of the model init, crops and augmentation.
+        out_dir: Where the model, ``metrics.json``, ``pr_curve.csv`` and ``maps/*.png`` go.
+        model: ``"siamese-vit"`` or ``"fc-siam-diff"``.
+        train_cities: Training scenes instead of the dataset's train split.
+        test_cities: Test scenes instead of its test split (``["all"]``: every labelled scene).
+        bands: Bands to use (default all of the dataset's); e.g. ``["B04", "B03", "B02"]``.
+        load: A model saved by an earlier run: scored without training.
+        on_scene: Called with each test scene's metrics as soon as it is scored.
+        **hparams: :class:`ChangeConfig` fields (``steps``, ``crop_size``, ``overlap``...).
+
+    Returns:
+        ``f1``, ``iou``, ``precision``, ``recall``, ``accuracy`` (pooled over the test scenes at
+        ``threshold``), ``threshold``, ``val_f1``, ``f1_at_0.5``, ``average_precision``,
+        ``scenes`` (per-scene metrics), timings and the run's settings.
+    """
+    cfg = ChangeConfig.from_kwargs(**hparams)
+    cls = _dataset(dataset)
+    tune = parse_protocol(tune)
+    out = Path(out_dir) if out_dir is not None else None
+    if load is not None:
+        task, info = load_change_model(load)
+        info = {**info, "loaded": str(load)}
+        bands = task.hparams.bands
+    else:
+        train_split = "train" if train_cities is None else "cities"
+        data = cls(train_root or test_root, train_split, cities=train_cities, bands=bands)
+        task, info = _train(backbone, tune, model, data, cfg, seed, out)
+        bands = data.bands
+    all_cities = test_cities is not None and list(test_cities) == ["all"]
+    test = cls(test_root, "all" if all_cities else "test", cities=None if all_cities else test_cities,
+               bands=bands)
+    result = _score(task, test, cfg, float(info["threshold"]), out, on_scene)
+    result.update({k: v for k, v in info.items() if k != "threshold"}, dataset=dataset,
+                  model=task.hparams.model, backbone=None if backbone is None else str(backbone),
+                  tune=task.hparams.tune, seed=seed, bands=list(bands), window=task.hparams.img_size,
+                  overlap=cfg.overlap, test_scenes=[s.name for s in test.scenes])
+    if out is not None:
+        if load is None:
+            extra = {k: info[k] for k in ("threshold", "val_f1", "train_scenes", "steps")}
+            result["model_path"] = str(save_change_model(task, out / "change_model.safetensors",
+                                                         extra={**extra, "dataset": dataset}))
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _score(task: ChangeTask, test: BitemporalScenes, cfg: ChangeConfig, threshold: float,
+           out: Path | None, on_scene: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    if not test.scenes:
+        raise InputNotFoundError(f"{test.root}: no test scene to score")
+    scores = ChangeScores(threshold, test.ignore_index)
+    at_half = ChangeScores(0.5, test.ignore_index)
+    lines = []
+    start = time.perf_counter()
+    for scene in test.scenes:
+        tic = time.perf_counter()
+        probs = predict_scene(task, scene, overlap=cfg.overlap, window_batch=cfg.window_batch,
+                              blend=cfg.blend)
+        mask = torch.from_numpy(scene.mask.astype("int64"))
+        line = {"scene": scene.name, **scores.update(probs, mask), "seconds": time.perf_counter() - tic,
+                "change_fraction": float((mask == 1).sum() / max(int((mask != test.ignore_index).sum()), 1))}
+        at_half.update(probs, mask)
+        if out is not None and cfg.maps:
+            line["map"] = str(save_change_map(out / "maps" / f"{scene.name}.png", torch.from_numpy(
+                scene.image.astype("float32")), test.bands, test.sensor, mask, probs > threshold,
+                test.ignore_index))
+        lines.append(line)
+        _logger.info("%s: F1 %.3f IoU %.3f", scene.name, line["f1"], line["iou"])
+        if on_scene is not None:
+            on_scene(line)
+    result = scores.compute()
+    result["f1_at_0.5"] = at_half.compute()["f1"]
+    result["test_seconds"] = time.perf_counter() - start
+    result["scenes"] = lines
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        curve = scores.pr_curve()
+        with (out / "pr_curve.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["threshold", "precision", "recall"])
+            writer.writerows(zip(curve["threshold"], curve["precision"], curve["recall"], strict=True))
+    return result
