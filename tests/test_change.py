@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +22,9 @@ from rsmae.evaluation.change_model import FCSiamDiff, SiameseViT, change_loss, f
 from rsmae.evaluation.sliding import blend_window, sliding_window_logits
 from rsmae.models import BackboneMeta, create_encoder, save_backbone
 from rsmae.tasks.change import ChangeTask, augment_pair, load_change_model, save_change_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
+import evaluate_change as evaluate_change_cli  # noqa: E402
 
 S2 = list(get_sensor("s2-l1c").names)
 LEVIR = DATA / "levircd_samples"
@@ -207,7 +211,8 @@ def test_a_saved_model_reloads_without_its_backbone_and_predicts_the_same(tmp_pa
         ChangeTask(bands=S2, img_size=32, preset="vit_test", patch_size=8).normalize(pair)
 
 
-def test_evaluate_change_trains_scores_whole_scenes_and_reloads(tmp_path: Path) -> None:
+def test_evaluate_change_trains_scores_whole_scenes_and_the_pipeline_reloads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     backbone = _backbone(tmp_path / "rgb.safetensors", bands=["R", "G", "B"], sensor="rgb")
     lines: list[dict] = []
     kw = {"test_root": LEVIR, "dataset": "levircd", "test_cities": ["test_2_0000_0000", "test_55_0256_0000"],
@@ -219,11 +224,19 @@ def test_evaluate_change_trains_scores_whole_scenes_and_reloads(tmp_path: Path) 
     assert result["train_scenes"] == ["train_36_0512_0512", "train_386_0512_0768", "train_412_0512_0768"]
     assert (tmp_path / "run" / "maps" / "test_2_0000_0000.png").is_file()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["f1"] == result["f1"]
-    again = evaluate_change(None, load=result["model_path"], **kw)
-    for key in ("f1", "iou", "threshold"):
+    # the pipeline scores the saved model without retraining: a line per scene, then the JSON
+    code = evaluate_change_cli.main(["--task", "levircd", "--load", result["model_path"], "--test-root",
+                                     str(LEVIR), "--test-cities", ",".join(kw["test_cities"]),
+                                     "--set", "crop_size=32", "--set", "overlap=8"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and out[0].startswith("test_2_0000_0000: f1 ") and len(out) == 3
+    again = json.loads(out[-1])
+    for key in ("f1", "iou", "precision", "recall", "threshold"):
         assert again[key] == pytest.approx(result[key], abs=1e-6)
-    with pytest.raises(TypeError, match="unknown change-detection setting"):
-        evaluate_change(None, test_root=LEVIR, dataset="levircd", stpes=3)
+    assert evaluate_change_cli.main(["--task", "oscd", "--test-root", str(tmp_path / "none")]) == 2
+    assert evaluate_change_cli.main(["--task", "levircd", "--test-root", str(LEVIR), "--set", "stpes=3"]) == 2
+    err = capsys.readouterr().err
+    assert "error: OSCD not found at" in err and "unknown change-detection setting(s) ['stpes']" in err
     assert parse_protocol("last2") == 2 and parse_protocol("frozen") == "frozen"
 
 

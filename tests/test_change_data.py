@@ -134,7 +134,7 @@ def test_a_missing_folder_names_root_and_the_fix(cls: type, name: str, tmp_path:
 
 
 def test_unknown_city_and_split_are_refused() -> None:
-    with pytest.raises(ValueError, match="no labelled scene"):
+    with pytest.raises(InputNotFoundError, match="no labelled scene"):
         OSCD(OSCD_ROOT, cities=["atlantis"])
     with pytest.raises(ValueError, match="splits are"):
         LandsatCD(LANDSAT, "validation")

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rsmae.bands import get_sensor
-from rsmae.errors import BandError, GridError
+from rsmae.errors import BandError, GridError, InputNotFoundError
 from rsmae.tiling.grid import Grid, SceneReader, check_footprints, gdal_env, scene_grid
 from rsmae.tiling.scenes import Scene
 
@@ -184,8 +184,8 @@ class BitemporalScenes(Dataset):
         wanted = list(cities) if cities is not None else self._split_names(split, available)
         missing = [c for c in wanted if c not in available]
         if missing:
-            raise ValueError(f"{self.root}: no labelled scene {missing} (found {available}); pass "
-                             f"cities among them or the root of the folder holding them")
+            raise InputNotFoundError(f"{self.root}: no labelled scene {missing} (found {available}); pass "
+                                     "cities among them or the root of the folder holding them")
         self.scenes = [self._load(name) for name in wanted]
         _logger.info("%s %s: %d scenes %s, bands %s", type(self).__name__, self.split, len(self.scenes),
                      wanted, list(self.bands))

@@ -39,7 +39,15 @@ from rsmae.evaluation.sliding import sliding_window_logits
 from rsmae.evaluation.trainable import Tune
 from rsmae.tasks.change import ChangeTask, load_change_model, save_change_model
 
-__all__ = ["CHANGE_DATASETS", "ChangeConfig", "evaluate_change", "parse_protocol", "predict_scene"]
+__all__ = [
+    "CHANGE_DATASETS",
+    "ChangeConfig",
+    "evaluate_change",
+    "format_scene",
+    "parse_protocol",
+    "predict_scene",
+    "summary",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -105,6 +113,35 @@ class ChangeConfig:
         if unknown:
             raise TypeError(f"unknown change-detection setting(s) {unknown}; valid: {sorted(names)}")
         return cls(**kwargs)
+
+    @classmethod
+    def parse_settings(cls, items: Sequence[str]) -> dict[str, Any]:
+        """``["steps=300", "precision=bf16-mixed"]`` -> keyword arguments (JSON values, else strings).
+
+        Raises:
+            ValueError: an item is not ``KEY=VALUE``.
+        """
+        out: dict[str, Any] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"setting {item!r} is not KEY=VALUE (e.g. steps=300)")
+            try:
+                out[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key.strip()] = value
+        return out
+
+
+def format_scene(line: dict[str, Any]) -> str:
+    """One printable line of a test scene's scores."""
+    scores = " ".join(f"{k} {line[k]:.4f}" for k in ("f1", "iou", "precision", "recall", "accuracy"))
+    return f"{line['scene']}: {scores} change {line['change_fraction']:.2%} ({line['seconds']:.1f} s)"
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The result without per-scene lines: the last-line JSON of the pipeline."""
+    return {k: v for k, v in result.items() if k != "scenes"}
 
 
 def parse_protocol(protocol: str | int) -> Tune:
