@@ -41,7 +41,7 @@ from rsmae.evaluation.metrics import classification_metrics
 from rsmae.evaluation.speed import count_flops, matmul_peak
 from rsmae.tasks.finetune import FinetuneTask
 from rsmae.tasks.precision import default_precision
-from rsmae.tasks.probe import fit_linear_probe, knn_predict
+from rsmae.tasks.probe import fit_linear_probe, knn_predict, small_problem_threads
 
 __all__ = ["FROZEN_PROTOCOLS", "PROTOCOLS", "evaluate_classification", "parse_protocol"]
 
@@ -85,7 +85,7 @@ def _fit_head(x: Tensor, y: Tensor, num_classes: int, lr: float, seed: int, step
     head = _mlp_head(x.shape[1], num_classes, seed)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     head.train()
-    with torch.enable_grad():
+    with torch.enable_grad(), small_problem_threads(x.numel()):
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(head(x), y).backward()

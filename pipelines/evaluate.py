@@ -1,0 +1,72 @@
+"""Score one backbone with one transfer protocol on one scene-classification dataset.
+
+Prints a summary and, as its last line, a JSON object of the metrics.
+
+Example:
+    python pipelines/evaluate.py --backbone runs/mae_tiny/logs/version_0/backbone.safetensors \
+        --protocol linear --root ../shared/data/eurosat_ms_subset --seed 0
+    python pipelines/evaluate.py --backbone B.safetensors --protocol full --fraction 5-shot \
+        --train-root EuroSAT/train --test-root my_heldout_scenes --epochs 30 --out eval/full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rsmae.errors import RsmaeError
+from rsmae.evaluation.classification import PROTOCOLS, evaluate_classification
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", required=True, help="backbone file (backbone.safetensors)")
+    p.add_argument("--protocol", required=True, help=f"{', '.join(PROTOCOLS)} or lastK")
+    p.add_argument("--root", help="folder holding train/ and test/ class folders (EuroSAT layout)")
+    p.add_argument("--train-root", help="class folders to train on (a validation split is held out)")
+    p.add_argument("--test-root", help="class folders to score")
+    p.add_argument("--fraction", default="100%", help="label fraction: 100%%, 25%%, 5-shot")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sensor", default="s2-l1c")
+    p.add_argument("--band-order", default="eurosat", help="band layout of the files")
+    p.add_argument("--cache-dir", default=".cache/features", help="frozen-feature cache ('' = off)")
+    p.add_argument("--out", default=None, help="folder for the confusion matrix and metrics.json")
+    p.add_argument("--epochs", type=int, default=30, help="tuned protocols: training epochs")
+    p.add_argument("--lr", type=float, default=1e-3, help="tuned protocols: peak learning rate")
+    p.add_argument("--no-adapt", action="store_true", help="refuse a backbone of other bands")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the evaluation; return the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    train, test = args.train_root, args.test_root
+    if args.root:
+        train, test = train or str(Path(args.root, "train")), test or str(Path(args.root, "test"))
+    if not train or not test:
+        print("error: pass --root, or both --train-root and --test-root", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_classification(
+            args.backbone, args.protocol, train, test, fraction=args.fraction, seed=args.seed,
+            cache_dir=args.cache_dir or None, out_dir=args.out, sensor=args.sensor, layout=args.band_order,
+            adapt=not args.no_adapt, epochs=args.epochs, lr=args.lr)
+    except (RsmaeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.protocol} on {test}: accuracy {result['accuracy']:.4f} ({result['n_test']} images, "
+          f"trained on {result['n_train']}), {result['trainable_params']} trainable parameters, "
+          f"{result['wall_s']:.1f} s")
+    if args.out:
+        Path(args.out, "metrics.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
