@@ -31,7 +31,6 @@ from rsmae.landscape.objectives import (
     Objective,
     ProbeObjective,
     RCMAEObjective,
-    fit_probe_head,
 )
 from rsmae.landscape.surface import (
     PointCache,
@@ -65,7 +64,6 @@ __all__ = [
     "evaluate_points",
     "filter_normalize",
     "fingerprint",
-    "fit_probe_head",
     "grid",
     "hutchinson_trace",
     "interpolate_models",

@@ -11,7 +11,8 @@ everything else (a fixed position table, the RC-MAE teacher, a probe head) stays
 - :class:`RCMAEObjective`: the RC-MAE student loss (reconstruction + consistency with the teacher's
   reconstruction under the same mask; the teacher is fixed, its predictions computed once).
 - :class:`ProbeObjective`: the linear-probe loss: encoder perturbed, BatchNorm-without-affine +
-  linear head fitted once at the centre on cached features, then held fixed.
+  linear head fitted once at the centre on cached features
+  (:func:`~rsmae.tasks.probe.fit_linear_probe`), then held fixed.
 - :class:`ClassificationObjective`: cross-entropy of a classifier (encoder + head, all perturbed).
 
 Objectives are plain picklable objects, so surface rows can run in other processes.
@@ -32,6 +33,7 @@ from torch.func import functional_call, vmap
 from rsmae.errors import LandscapeError
 from rsmae.landscape.directions import ParamDict, fingerprint
 from rsmae.models import RCMAE, MaskedAutoencoder, masked_mse, set_fused_attention
+from rsmae.tasks.probe import fit_linear_probe
 
 __all__ = [
     "ClassificationObjective",
@@ -39,7 +41,6 @@ __all__ = [
     "Objective",
     "ProbeObjective",
     "RCMAEObjective",
-    "fit_probe_head",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -237,30 +238,6 @@ class _Features(nn.Module):
         return tokens[:, int(getattr(self.encoder, "num_prefix_tokens", 1)) :].mean(dim=1)
 
 
-def fit_probe_head(features: Tensor, labels: Tensor, *, num_classes: int, steps: int = 300,
-                   lr: float = 1e-2, weight_decay: float = 0.0) -> dict[str, Tensor]:
-    """Fit the linear probe of :func:`rsmae.tasks.linear_probe_accuracy` and return its tensors.
-
-    BatchNorm without affine (the training features' mean and biased variance, eps 1e-5), then a
-    linear layer from zero, full-batch Adam: deterministic.
-
-    Returns:
-        ``{"mean", "var", "weight", "bias"}`` (detached).
-    """
-    x = features.detach()
-    mean, var = x.mean(0), x.var(0, unbiased=False)
-    z = (x - mean) / (var + 1e-5).sqrt()
-    weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
-    with torch.enable_grad():
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(F.linear(z, weight, bias), labels).backward()
-            optimizer.step()
-    return {"mean": mean, "var": var, "weight": weight.detach(), "bias": bias.detach()}
-
-
 class ProbeObjective(Objective):
     """Linear-probe loss: the encoder is perturbed, the probe head stays as fitted at the centre.
 
@@ -293,23 +270,20 @@ class ProbeObjective(Objective):
         num_classes = num_classes or int(labels.max()) + 1
         with torch.no_grad():
             features = torch.cat([self.module(x) for x in self.images])
-        self.head = fit_probe_head(features, self.labels, num_classes=num_classes, steps=steps, lr=lr,
-                                   weight_decay=weight_decay)
+        head = fit_linear_probe(features.float(), self.labels, steps=steps, lr=lr, weight_decay=weight_decay,
+                                num_classes=num_classes)
+        self.head = head.to(self.dtype).eval().requires_grad_(False)
         with torch.no_grad():
-            self.train_accuracy = float((self._logits(features).argmax(1) == self.labels).float().mean())
+            self.train_accuracy = float((self.head(features).argmax(1) == self.labels).float().mean())
         self.options = {"samples": len(images), "pool": pool, "steps": steps, "lr": lr,
                         "weight_decay": weight_decay, "num_classes": num_classes}
         self._data_key = fingerprint({"images": images, "labels": self.labels})
         _logger.info("probe head fitted at the centre: train accuracy %.3f", self.train_accuracy)
 
-    def _logits(self, features: Tensor) -> Tensor:
-        h = self.head
-        return F.linear((features - h["mean"]) / (h["var"] + 1e-5).sqrt(), h["weight"], h["bias"])
-
     def loss(self, params: Mapping[str, Tensor]) -> Tensor:
         """Cross-entropy of the fixed head on the features at ``params``."""
         features = torch.cat([functional_call(self.module, dict(params), (x,)) for x in self.images])
-        return F.cross_entropy(self._logits(features), self.labels)
+        return F.cross_entropy(self.head(features), self.labels)
 
 
 def _resize(images: Tensor, model: nn.Module) -> Tensor:

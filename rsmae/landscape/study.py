@@ -1,0 +1,279 @@
+"""A whole landscape study: models x objectives -> surfaces, curvature, noise, figures and tables.
+
+For every model and every objective that applies to it: one 2D surface per direction seed (the
+same seeds, grid and samples for every model), the top Hessian eigenvalues and trace, the
+Gaussian-noise flatness; then per objective a side-by-side comparison with a shared colour scale,
+1D slices, convergence and noise plots; straight lines between model pairs; ``flatness.md`` /
+``flatness.csv`` with a generated summary, and ``results.json`` with every number.
+
+Resuming: surface rows are cached under ``out/cache`` (see :mod:`~rsmae.landscape.surface`), and
+eigenvalues, traces and noise results as JSON keyed by the objective's identity and settings, so
+a killed study started again recomputes only what is missing.
+
+Output layout (``out/``)::
+
+    config.yaml  results.json  flatness.md  flatness.csv
+    comparison_<objective>.png  slices_<objective>.png  hessian_<objective>.png  noise_<objective>.png
+    surfaces/<model>__<objective>__seed<s>.npz (+ .png contour and _3d.png of the first seed)
+    lines/<a>__<b>__<objective>.npz  lines/<a>__<b>.png
+    cache/...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from rsmae.landscape.config import LandscapeConfig
+from rsmae.landscape.directions import random_direction
+from rsmae.landscape.hessian import EigenResult, TraceResult, hutchinson_trace, top_eigenvalues
+from rsmae.landscape.inputs import LoadedModel, build_objective, load_model
+from rsmae.landscape.noise import NoiseResult, noise_flatness
+from rsmae.landscape.objectives import Objective
+from rsmae.landscape.plots import (
+    plot_comparison,
+    plot_contour,
+    plot_convergence,
+    plot_noise,
+    plot_slices,
+    plot_surface_3d,
+)
+from rsmae.landscape.report import Measures, sharpness, write_tables
+from rsmae.landscape.surface import MapFn, compute_surface, dask_map, grid, interpolate_models, process_map
+
+__all__ = ["StudyResult", "run_study"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyResult:
+    """What a study wrote.
+
+    Attributes:
+        out: Output folder.
+        measures: One entry per model x objective.
+        table: ``flatness.md``.
+        csv: ``flatness.csv``.
+        figures: Every PNG written.
+        summary: Generated sentences.
+    """
+
+    out: Path
+    measures: list[Measures]
+    table: Path
+    csv: Path
+    figures: list[Path] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def _cached(path: Path, compute: Callable[[], Any], load: Callable[[dict[str, Any]], Any]) -> Any:
+    """``load(json)`` if ``path`` exists, else ``compute()`` written there as JSON."""
+    if path.is_file():
+        return load(json.loads(path.read_text()))
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value.to_dict()))
+    tmp.replace(path)
+    return value
+
+
+def _key(obj: Objective, settings: Any) -> str:
+    text = json.dumps({"objective": obj.describe(), "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _noise_from(d: dict[str, Any]) -> NoiseResult:
+    return NoiseResult(d["base"], d["sigmas"], np.asarray(d["increases"]), d["seed"], d["include_1d"])
+
+
+def _measure(obj: Objective, model: str, objective: str, cfg: LandscapeConfig, out: Path,
+             map_fn: MapFn | None) -> Measures:
+    """Surfaces over the direction seeds, Hessian and noise measures of one model and objective."""
+    xs = grid(cfg.grid.size, cfg.grid.lo, cfg.grid.hi)
+    cache = out / "cache"
+    surfaces = []
+    for seed in cfg.directions.seeds:
+        dirs = [random_direction(obj.params, 2 * seed + i, include_1d=cfg.directions.include_1d)
+                for i in (0, 1)]
+        extra = {"model": model, "objective_name": objective, "direction_seed": seed,
+                 "include_1d": cfg.directions.include_1d}
+        surface = compute_surface(obj, dirs, xs, xs, chunk_size=cfg.chunk_size, cache_dir=cache,
+                                  map_fn=map_fn, config=extra)
+        surface.save(out / "surfaces" / f"{_slug(model)}__{objective}__seed{seed}.npz")
+        surfaces.append(surface)
+    hs, ns = cfg.hessian, cfg.noise
+    eigen = trace = noise = None
+    if hs.enabled:
+        eigen = _cached(cache / f"eigen_{_key(obj, [hs.top_k, hs.iters, hs.tol, hs.seed])}.json",
+                        lambda: top_eigenvalues(obj, hs.top_k, iters=hs.iters, tol=hs.tol, seed=hs.seed),
+                        lambda d: EigenResult(**d))
+        trace = _cached(cache / f"trace_{_key(obj, [hs.trace_samples, hs.seed])}.json",
+                        lambda: hutchinson_trace(obj, hs.trace_samples, seed=hs.seed),
+                        lambda d: TraceResult(**d))
+    if ns.enabled:
+        settings = [ns.sigmas, ns.draws, ns.seed, ns.include_1d]
+        noise = _cached(cache / f"noise_{_key(obj, settings)}.json",
+                        lambda: noise_flatness(obj, ns.sigmas, draws=ns.draws, seed=ns.seed,
+                                               include_1d=ns.include_1d, chunk_size=cfg.chunk_size),
+                        lambda d: _noise_from({k: v for k, v in d.items() if k not in ("mean", "std")}))
+    return Measures(model, objective, float(obj(obj.params).detach()), surfaces, eigen, trace, noise)
+
+
+def _figures(measures: list[Measures], cfg: LandscapeConfig, out: Path) -> list[Path]:
+    paths = []
+    seed = cfg.directions.seeds[0]
+    for m in measures:
+        if not cfg.plots_per_model:
+            break
+        stem = out / "surfaces" / f"{_slug(m.model)}__{m.objective}__seed{seed}"
+        title = f"{m.model} / {m.objective}"
+        paths.append(plot_contour(m.surfaces[0], f"{stem}.png", title=f"{title} / seed {seed}"))
+        if cfg.plots_3d:
+            paths.append(plot_surface_3d(m.surfaces[0], f"{stem}_3d.png", title=title))
+    for objective in dict.fromkeys(m.objective for m in measures):
+        group = [m for m in measures if m.objective == objective]
+        first = {m.model: m.surfaces[0] for m in group if m.surfaces}
+        if first:
+            title = f"{objective} loss, direction seed {seed}, shared colour scale"
+            paths.append(plot_comparison(first, out / f"comparison_{objective}.png", title=title))
+            paths.append(plot_slices(first, out / f"slices_{objective}.png",
+                                     title=f"{objective} loss through the centre (seed {seed})"))
+        eigen = {m.model: m.eigen for m in group if m.eigen}
+        trace = {m.model: m.trace for m in group if m.trace}
+        if eigen or trace:
+            paths.append(plot_convergence(eigen, trace, out / f"hessian_{objective}.png",
+                                          title=f"Hessian of the {objective} loss: convergence"))
+        noise = {m.model: m.noise for m in group if m.noise}
+        if noise:
+            paths.append(plot_noise(noise, out / f"noise_{objective}.png",
+                                    title=f"{objective} loss under filter-normalised Gaussian weight noise"))
+    return paths
+
+
+def _lines(models: dict[str, LoadedModel], cfg: LandscapeConfig, out: Path,
+           map_fn: MapFn | None) -> tuple[list[Path], dict[str, Any]]:
+    """Loss along the straight line between each pair of models, for every shared objective."""
+    paths, record = [], {}
+    ts = np.linspace(-0.25, 1.25, 13)
+    for a, b in cfg.interpolate:
+        curves = {}
+        for objective in cfg.objectives:
+            obj_a = build_objective(objective, models[a], cfg.data)
+            obj_b = build_objective(objective, models[b], cfg.data)
+            if obj_a is None or obj_b is None:
+                continue
+            line = interpolate_models(obj_a, obj_b.params, ts, chunk_size=cfg.chunk_size,
+                                      cache_dir=out / "cache", map_fn=map_fn,
+                                      config={"from": a, "to": b, "objective_name": objective})
+            line.save(out / "lines" / f"{_slug(a)}__{_slug(b)}__{objective}.npz")
+            curves[objective] = line
+            record[f"{a} -> {b} / {objective}"] = {"t": ts.tolist(), "loss": line.values.tolist()}
+        if curves:
+            paths.append(plot_slices(curves, out / "lines" / f"{_slug(a)}__{_slug(b)}.png",
+                                     title=f"straight line {a} (t=0) -> {b} (t=1)"))
+    return paths, record
+
+
+def _map_fn(cfg: LandscapeConfig) -> tuple[MapFn | None, Callable[[], None]]:
+    if cfg.dask:
+        from distributed import Client, LocalCluster
+
+        cluster = None if isinstance(cfg.dask, str) else LocalCluster(
+            n_workers=max(cfg.workers, 1), threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cfg.dask if isinstance(cfg.dask, str) else cluster)
+
+        def close() -> None:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+        return dask_map(client), close
+    if cfg.workers > 1:
+        return process_map(cfg.workers, threads=max(1, torch.get_num_threads() // cfg.workers)), lambda: None
+    return None, lambda: None
+
+
+def _header(cfg: LandscapeConfig, seconds: float) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    models = "; ".join(f"{m.name} = {m.kind} `{m.path}`" for m in cfg.models)
+    d, g = cfg.data, cfg.grid
+    return "\n".join([
+        f"- models: {models}",
+        f"- pretraining-loss data: {d.store or 'EuroSAT ' + d.probe_split}, {d.pretrain_samples} samples "
+        f"(seed {d.seed}), mask seed {d.mask_seed}; probe data: EuroSAT {d.probe_split}, {d.probe_samples} "
+        f"images, head fitted with {d.probe_steps} Adam steps",
+        f"- grid {g.size} x {g.size} over [{g.lo}, {g.hi}]^2, filter-normalised directions, seeds "
+        f"{cfg.directions.seeds}, 1-D parameters {'perturbed' if cfg.directions.include_1d else 'fixed'}",
+        f"- Hessian: top {cfg.hessian.top_k} by power iteration (<= {cfg.hessian.iters} its, tol "
+        f"{cfg.hessian.tol}), trace from {cfg.hessian.trace_samples} Rademacher vectors; noise: sigmas "
+        f"{cfg.noise.sigmas}, {cfg.noise.draws} draws",
+        f"- machine: {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"wall time {seconds / 60:.1f} min",
+    ])
+
+
+def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None) -> StudyResult:
+    """Run every measure of ``cfg`` and write the outputs to ``cfg.out``.
+
+    Args:
+        cfg: The study.
+        map_fn: Runs surface rows (default from ``cfg.workers`` / ``cfg.dask``).
+    """
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    close = lambda: None  # noqa: E731
+    if map_fn is None:
+        map_fn, close = _map_fn(cfg)
+    try:
+        models = {spec.name: load_model(spec) for spec in cfg.models}
+        measures = []
+        for name, model in models.items():
+            for objective in cfg.objectives:
+                obj = build_objective(objective, model, cfg.data)
+                if obj is not None:
+                    _logger.info("measuring %s / %s", name, objective)
+                    measures.append(_measure(obj, name, objective, cfg, out, map_fn))
+        figures = _figures(measures, cfg, out)
+        line_figures, lines = _lines(models, cfg, out, map_fn)
+    finally:
+        close()
+    md, csv_path, summary = write_tables(measures, out, threshold=cfg.threshold,
+                                         header=_header(cfg, time.perf_counter() - start))
+    results = {"measures": [_record(m, cfg) for m in measures], "lines": lines, "summary": summary}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return StudyResult(out, measures, md, csv_path, figures + line_figures, summary)
+
+
+def _record(m: Measures, cfg: LandscapeConfig) -> dict[str, Any]:
+    return {"model": m.model, "objective": m.objective, "loss": m.loss,
+            "sharpness": [sharpness(s, cfg.threshold) for s in m.surfaces],
+            "eigen": m.eigen.to_dict() if m.eigen else None, "trace": m.trace.to_dict() if m.trace else None,
+            "noise": m.noise.to_dict() if m.noise else None}
+
