@@ -1,0 +1,90 @@
+"""Interoperability: foreign weights as an init here, and an rsmae backbone in torchgeo's trainers.
+
+- :func:`import_weights` turns an official MAE ``.pth``, a timm ViT state dict or a torchgeo
+  (SSL4EO-S12) ViT checkpoint into an rsmae backbone file (bands and statistics in its metadata), so
+  every evaluation here takes it like our own backbones.
+- :func:`torchgeo_classification_task` puts an rsmae backbone (plus a linear head) into torchgeo's
+  ``ClassificationTask``, which then trains it with torchgeo's loop, losses and metrics.
+
+Recipe (torchgeo 0.8)::
+
+    from rsmae.evaluation.interop import torchgeo_classification_task
+    task = torchgeo_classification_task("backbone.safetensors", num_classes=10, lr=1e-4)
+    meta = task.model.rsmae_meta            # feed meta.bands in this order, normalised by meta.mean/std
+    lightning.Trainer(max_epochs=10).fit(task, datamodule=my_torchgeo_datamodule)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from rsmae.errors import WeightsError
+from rsmae.models.foreign import load_official_mae, load_timm_weights, load_torchgeo_vit
+from rsmae.models.weights import load_backbone, save_backbone
+
+__all__ = ["import_weights", "torchgeo_classification_task"]
+
+Kind = Literal["official_mae", "timm", "torchgeo"]
+_LOADERS = {"official_mae": load_official_mae, "timm": load_timm_weights, "torchgeo": load_torchgeo_vit}
+
+
+def import_weights(
+    path: str | Path,
+    kind: Kind,
+    out: str | Path,
+    *,
+    bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+    img_size: int = 224,
+    **kwargs: Any,
+) -> Path:
+    """Convert foreign ViT weights into an rsmae backbone file.
+
+    Args:
+        path: The weights file.
+        kind: ``"official_mae"`` (facebookresearch/mae ``{"model": ...}``), ``"timm"`` or
+            ``"torchgeo"``.
+        out: Backbone file to write (``.safetensors``).
+        bands: Bands of the data the backbone will see (patch kernels mapped by band name);
+            ``None`` keeps the weights' own bands.
+        sensor: Sensor of ``bands``.
+        img_size: Input size (position embeddings resampled or regenerated).
+        **kwargs: Further arguments of the loader (``preset``, ``patch_size``, ``src_bands``...).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        WeightsError: naming ``path`` when the kind is unknown or the weights do not load.
+    """
+    if kind not in _LOADERS:
+        raise WeightsError(f"{path}: unknown weights kind {kind!r}; choose {', '.join(_LOADERS)}")
+    encoder = _LOADERS[kind](path, bands=bands, sensor=sensor, img_size=img_size, **kwargs)
+    return save_backbone(encoder, out, encoder.rsmae_meta)
+
+
+def torchgeo_classification_task(backbone: str | Path, num_classes: int, **task_kwargs: Any) -> Any:
+    """A torchgeo ``ClassificationTask`` whose model is the rsmae backbone with a linear head.
+
+    The task is built with a timm name of the same family (no download: ``weights=None``), then its
+    ``model`` is replaced by the backbone, so torchgeo's training loop, loss and metrics run on it.
+    The returned ``task.model.rsmae_meta`` says which bands, order and statistics to feed.
+
+    Args:
+        backbone: An rsmae backbone file.
+        num_classes: Classes of the task.
+        **task_kwargs: Further ``ClassificationTask`` arguments (``lr``, ``loss``, ``freeze_backbone``...).
+    """
+    from torchgeo.trainers import ClassificationTask
+
+    encoder = load_backbone(backbone)
+    task = ClassificationTask(model="vit_tiny_patch16_224", weights=None,
+                              in_channels=encoder.rsmae_meta.in_chans, num_classes=num_classes, **task_kwargs)
+    encoder.reset_classifier(num_classes)
+    task.model = encoder
+    if task_kwargs.get("freeze_backbone"):
+        for name, param in encoder.named_parameters():
+            param.requires_grad_(name.startswith("head."))
+    return task
