@@ -125,7 +125,9 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     L.seed_everything(seed, workers=True, verbose=False)
     epochs = int(hparams.pop("epochs", 30))
     batch_size = int(hparams.pop("batch_size", 32))
-    precision = hparams.pop("precision", None) or default_precision("cpu")
+    accelerator = hparams.pop("accelerator", "auto")
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    precision = hparams.pop("precision", None) or default_precision("cuda" if on_gpu else "cpu")
     task = FinetuneTask(encoder, len(data.classes), tune=tune, seed=seed, **hparams)
     x, y = data.train
     gen = torch.Generator().manual_seed(seed)
@@ -140,24 +142,25 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     task.train()
     flops = count_flops(step) / len(probe_x)
     task.zero_grad(set_to_none=True)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, precision=precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, check_val_every_n_epoch=max(1, epochs // 3),
-                        deterministic=False)
+    trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, max_epochs=epochs,
+                        precision=precision, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        check_val_every_n_epoch=max(1, epochs // 3))
     start = time.perf_counter()
     trainer.fit(task, train, val)
     fit_s = time.perf_counter() - start
     seen = trainer.global_step * train.batch_size
     ips = seen / fit_s
     dtype = torch.bfloat16 if "bf16" in str(precision) else torch.float32
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        logits = task.predict_logits(data.test[0])
+    device = torch.device("cuda" if on_gpu else "cpu")
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        logits = task.to(device).predict_logits(data.test[0])
     val_acc = trainer.callback_metrics.get("val/acc")
     return logits, {
         "trainable_params": task.trainable_params,
         "images_per_s": ips,
         "gflop_per_image": flops / 1e9,
-        "mfu": ips * flops / 1e9 / matmul_peak(dtype),
+        "mfu": ips * flops / 1e9 / matmul_peak(dtype, device.type),
         "precision": str(precision),
         "epochs": epochs,
         "steps": trainer.global_step,

@@ -18,16 +18,23 @@ __all__ = ["count_flops", "matmul_peak"]
 
 
 @functools.lru_cache(maxsize=4)
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 5) -> float:
-    """Best GFLOP/s of an ``n x n`` matmul in ``dtype`` over ``reps`` repeats (cached per process)."""
+def matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu", n: int = 1024, reps: int = 5
+                ) -> float:
+    """Best GFLOP/s of an ``n x n`` matmul in ``dtype`` on ``device`` over ``reps`` repeats (cached)."""
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(dtype)
-    b = torch.randn(n, n, generator=gen).to(dtype)
+    a = torch.randn(n, n, generator=gen).to(device, dtype)
+    b = torch.randn(n, n, generator=gen).to(device, dtype)
+    n = n if device == "cpu" else 4 * n  # a GPU needs a larger problem to reach its peak
+    if device != "cpu":
+        a, b = a.repeat(4, 4), b.repeat(4, 4)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b.t()
     best = 0.0
     for _ in range(reps):
+        sync()
         start = time.perf_counter()
         a @ b.t()
+        sync()
         best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
     return best
 
