@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BandError",
+    "EvaluationLeakError",
     "GridError",
     "InputNotFoundError",
     "LandscapeError",
@@ -49,6 +50,10 @@ class TilingError(RsmaeError, ValueError):
 
 class StoreError(RsmaeError, ValueError):
     """A tile store is missing, unreadable or not a tile store."""
+
+
+class EvaluationLeakError(StoreError):
+    """A pretraining store holds an image that an evaluation scores on."""
 
 
 class StoreConfigError(StoreError):

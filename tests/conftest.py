@@ -42,6 +42,15 @@ def eurosat_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def eurosat_train_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EuroSAT's train split only: a corpus the EuroSAT probe may test on (its test images are out)."""
+    out = tmp_path_factory.mktemp("stores") / "eurosat_train.zarr"
+    config = TileConfig(tile_size=64, band_order="eurosat", label_from_dir=True, shard_tiles=32)
+    tile_scenes([str(EUROSAT / "train")], out, config)
+    return out
+
+
 # ---------------------------------------------------------------- pretraining helpers
 # Callbacks named by class path in the pretraining tests' YAML configs ("conftest.KillAt"); the DDP
 # test's subprocesses import them with tests/ on PYTHONPATH.

@@ -1,14 +1,24 @@
-"""What a new user hits on a fresh machine: the environment's imports, re-runs of the tiler."""
+"""What a new user hits on a fresh machine: the environment's imports, re-runs of the tiler, a demo
+corpus that holds no evaluation image."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-from conftest import BIGEARTHNET, LANDSAT, ROOT
+import pytest
+from conftest import BIGEARTHNET, DATA, EUROSAT, LANDSAT, ROOT
+
+from rsmae.data import TileDataModule
+from rsmae.datasets import EuroSAT, check_no_eval_images, find_eval_images
+from rsmae.errors import EvaluationLeakError
+from rsmae.tasks import ProbeCallback
+from rsmae.tiling import TileConfig, tile_scenes
 
 sys.path.insert(0, str(ROOT / "pipelines"))
 import tile  # noqa: E402  (the pipeline script)
@@ -67,3 +77,48 @@ def test_rerun_on_finished_store_writes_nothing(tmp_path: Path, capsys) -> None:
     assert tile.main([*patches, *args]) == 0  # new scenes still append
     after = _snapshot(out)
     assert after["zarr.json"] != before["zarr.json"] and len(after) > len(before)
+
+
+def _probe_setup(store: Path, tmp_path: Path) -> ProbeCallback:
+    """ProbeCallback.setup as the trainer runs it, on a datamodule over ``store``."""
+    dm = TileDataModule([str(store)], num_workers=0)
+    trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True,
+                              datamodule=dm)
+    probe = ProbeCallback(root=str(EUROSAT))
+    probe.setup(trainer, SimpleNamespace(hparams={"data_info": dm.data_info}), "fit")
+    return probe
+
+
+def test_probe_refuses_a_corpus_holding_a_eurosat_test_image(tmp_path: Path) -> None:
+    test_image = sorted((EUROSAT / "test" / "River").glob("*.tif"))[0]
+    config = TileConfig(tile_size=64, band_order="eurosat")
+    store = tmp_path / "leaky.zarr"
+    tile_scenes([str(EUROSAT / "train" / "River"), str(test_image)], store, config)
+    with pytest.raises(EvaluationLeakError, match=re.escape(str(test_image))) as err:
+        _probe_setup(store, tmp_path)
+    assert "1 such file(s)" in str(err.value) and isinstance(err.value, ValueError)
+    # a renamed copy is the same image
+    copy = tmp_path / "copies" / "scene_0001.tif"
+    copy.parent.mkdir()
+    shutil.copy(test_image, copy)
+    tile_scenes([str(copy)], tmp_path / "copy.zarr", config)
+    with pytest.raises(EvaluationLeakError, match=f"a copy of {re.escape(str(test_image))}"):
+        check_no_eval_images([tmp_path / "copy.zarr"], EuroSAT(EUROSAT, "test").paths)
+    assert not find_eval_images([tmp_path / "copy.zarr"], EuroSAT(EUROSAT, "test").paths, by_content=False)
+
+
+def test_demo_style_corpus_passes_the_probe_check(tmp_path: Path) -> None:
+    city = DATA / "oscd_unlabelled" / "norcia"  # the demo corpus: oscd_unlabelled + eo-learn scenes
+    store = tmp_path / "s2_l1c.zarr"
+    tile_scenes([str(city)], store, TileConfig(tile_size=64))
+    probe = _probe_setup(store, tmp_path)
+    assert len(probe.data["test"]) == 54
+
+
+def test_demo_target_tiles_no_evaluation_dataset() -> None:
+    """The Makefile's demo corpus keeps EuroSAT (probe) and oscd_subset (change detection) out."""
+    text = (ROOT / "Makefile").read_text()
+    demo = re.sub(r"\\\n\s*", " ", text[text.index("\ndemo:"):].split("\n\n")[0])  # one line per command
+    tiled = " ".join(line for line in demo.split("\n") if "tile.py" in line)
+    assert "oscd_unlabelled" in tiled and "eolearn" in tiled
+    assert "eurosat" not in tiled.lower() and "oscd_subset" not in tiled

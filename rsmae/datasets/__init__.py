@@ -3,6 +3,7 @@
 from rsmae.datasets.bitemporal import IGNORE_INDEX, BitemporalScenes, PairCrops, PairScene
 from rsmae.datasets.eurosat import EuroSAT
 from rsmae.datasets.landsat_cd import LandsatCD
+from rsmae.datasets.leakage import check_no_eval_images, find_eval_images
 from rsmae.datasets.levircd import LEVIRCD
 from rsmae.datasets.matching import match_dataset_bands
 from rsmae.datasets.oscd import OSCD
@@ -16,5 +17,7 @@ __all__ = [
     "LandsatCD",
     "PairCrops",
     "PairScene",
+    "check_no_eval_images",
+    "find_eval_images",
     "match_dataset_bands",
 ]

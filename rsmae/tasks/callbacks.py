@@ -21,6 +21,7 @@ from torch import Tensor
 from rsmae.bands import rgb_indices
 from rsmae.data import normalize_images
 from rsmae.datasets import EuroSAT
+from rsmae.datasets.leakage import check_no_eval_images
 from rsmae.datasets.matching import match_dataset_bands
 from rsmae.errors import BandError
 from rsmae.models import patchify, unpatchify
@@ -239,8 +240,13 @@ class ProbeCallback(L.Callback):
         batch_size: Batch size of feature extraction.
         weights: Probe the ``"student"`` or (RC-MAE) the ``"teacher"`` encoder.
 
+    At setup the pretraining stores (the datamodule's ``stores``) are checked against EuroSAT's test
+    split (:func:`~rsmae.datasets.check_no_eval_images`): the probe scores on those images, so none
+    may be in the corpus. Its train images may be (as ImageNet's are in MAE's pretraining).
+
     Raises:
         BandError: at setup, when no band of the pretraining data matches a EuroSAT band.
+        EvaluationLeakError: at setup, when a pretraining store holds a EuroSAT test image.
     """
 
     def __init__(self, root: str, every_n_epochs: int = 1, k: int = 20, linear_steps: int = 300,
@@ -283,13 +289,23 @@ class ProbeCallback(L.Callback):
         self.images = {s: _channels(ds.images, sources, mean, std) for s, ds in self.data.items()}
 
     def setup(self, trainer: L.Trainer, pl_module: PretrainTask, stage: str) -> None:
-        """Load the data once (errors surface before training starts)."""
+        """Load the data once and check the corpus (errors surface before training starts).
+
+        Raises:
+            EvaluationLeakError: when a pretraining store holds one of EuroSAT's test images.
+        """
         self._dir = _run_dir(trainer)  # a collective under DDP: every rank asks
         if trainer.is_global_zero and not self.data:
             info = pl_module.hparams.get("data_info")
             if not info:
                 raise BandError("ProbeCallback needs the task's data_info (bands, statistics)")
             self.load(info)
+            stores = getattr(getattr(trainer, "datamodule", None), "stores", None)
+            if stores:
+                check_no_eval_images(stores, self.data["test"].paths)
+            else:
+                _logger.warning("the datamodule names no stores: cannot check that the pretraining "
+                                "corpus holds no EuroSAT test image")
 
     def evaluate(self, encoder: torch.nn.Module, img_size: int | None = None) -> dict[str, float]:
         """k-NN and linear-probe accuracy of ``encoder`` on the loaded EuroSAT split."""
