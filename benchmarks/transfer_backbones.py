@@ -13,8 +13,9 @@ Inits of one ViT (the recipe of ``configs/bench/pretrain/base.yaml``), each a ``
 The Sentinel-2 corpus is every real Sentinel-2 L1C scene of the data folder except evaluation images:
 ``oscd_unlabelled/`` (20 scenes) and the eo-learn test patch (5 frames, via
 ``datasets/eolearn_s2l1c/prepare.py``); never ``eurosat_ms_subset/`` nor ``oscd_subset/``. Every file a
-pretraining store records is compared with every file under the evaluation folders (resolved path,
-then content) before any pretraining; one match stops the build, naming the file.
+pretraining store records is compared with every file under the evaluation folders
+(``corpus_leaks.py`` over :func:`rsmae.datasets.check_no_eval_images`: resolved path, then bytes)
+before any pretraining; one match stops the build, naming the file.
 
 Resumable: a finished store, or a run whose ``run.json`` matches (steps, corpus, init), is skipped; an
 unfinished run is started again from scratch. Tiling and pretraining run as subprocesses
@@ -29,6 +30,7 @@ Example (about 5 x 3-5 minutes of pretraining on an idle 2-core CPU)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -53,7 +55,7 @@ from rsmae.store import TileStore
 from rsmae.tasks.report import read_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus_leaks import check_no_leaks, sha256  # noqa: E402
+from corpus_leaks import check_no_leaks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -100,6 +102,15 @@ def _call(cmd: Sequence[Any], threads: int | None = None) -> float:
     if done.returncode:
         raise RsmaeError(f"{cmd[1]} failed with exit code {done.returncode}; see the output above")
     return time.perf_counter() - started
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _complete(store: Path) -> bool:
