@@ -43,6 +43,8 @@ demo: $(STAMP)
 	$(BIN)/python pipelines/pretrain.py fit --config configs/pretrain/mae_tiny.yaml \
 		--data.stores '[$(OUT)/s2_l1c.zarr]'
 	$(BIN)/python pipelines/report.py runs/mae_tiny
+	@echo "Transfer to EuroSAT (scored on its test split): the demo MAE against a random init of the same ViT"
+	$(BIN)/python benchmarks/transfer.py --config configs/bench/demo.yaml --results $(OUT)/transfer
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_loader.py

@@ -115,7 +115,8 @@ def test_metrics_against_hand_computed_values(tmp_path: Path) -> None:
     pred = torch.tensor([0, 0, 1, 1, 0, 2])
     m = classification_metrics(pred, target, ["a", "b", "c", "d"], tmp_path)
     assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["per_class_accuracy"] == {"a": pytest.approx(2 / 3), "b": pytest.approx(0.5), "c": 1.0, "d": None}
+    expected = {"a": pytest.approx(2 / 3), "b": pytest.approx(0.5), "c": 1.0, "d": None}
+    assert m["per_class_accuracy"] == expected
     rows = Path(m["confusion_matrix"]).read_text().splitlines()
     assert rows[1] == "a,2,1,0,0" and rows[2] == "b,1,1,0,0"
 

@@ -1,0 +1,151 @@
+"""Change-detection benchmark (issue 11): inits x protocols x datasets x seeds -> tables, plot, maps.
+
+The grid machinery (backbones, one result file per cell, resume, local / Dask / SLURM cells) is
+``transfer.py``'s; each cell is one ``rsmae.evaluation.change.evaluate_change`` call that trains on
+the training cities and scores whole test scenes by sliding windows.
+
+Examples::
+
+    python benchmarks/change_tables.py --config configs/bench/cd-cpu-small.yaml
+    python benchmarks/change_tables.py --config configs/bench/cd-cpu-small.yaml --tables-only
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import transfer  # noqa: E402
+from transfer_tables import LABELS, _cpu, cell_path, read_cells  # noqa: E402
+
+CD_LABELS = {**LABELS, "fc_siam_diff": "FC-Siam-diff U-Net (from scratch)"}
+METRICS = ("f1", "iou", "precision", "recall", "accuracy")
+PUBLISHED = [
+    ("FC-Siam-diff (13 bands / RGB)", "OSCD", "57.9 / 48.9"),
+    ("FC-EF (13 bands / RGB)", "OSCD", "56.9 / 48.9"),
+    ("FC-Siam-conc (13 bands)", "OSCD", "51.4"), ("SeCo ResNet-50 (RGB)", "OSCD", "46.9"),
+    ("SatMAE (RGB)", "OSCD", "45.0"), ("GFM (RGB)", "OSCD", "59.8"), ("BIT", "LEVIR-CD", "89.3"),
+    ("ChangeFormer", "LEVIR-CD", "90.1"),
+]
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """``(init, protocol, dataset) -> mean and std over seeds of each metric (in %)``."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[(r["init"], r["protocol"], r["dataset"])].append(r)
+    rows = {}
+    for key, rs in groups.items():
+        row: dict[str, Any] = {"n": len(rs), "wall_s": statistics.fmean(r.get("wall_s", 0.0) for r in rs)}
+        for m in METRICS:
+            values = [100 * r[m] for r in rs if r.get(m) is not None]
+            row[m] = statistics.fmean(values) if values else None
+            row[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows[key] = row
+    return rows
+
+
+def _fmt(row: dict[str, Any] | None, metric: str = "f1") -> str:
+    if row is None or row[metric] is None:
+        return "—"
+    return f"{row[metric]:.1f} ± {row[f'{metric}_std']:.1f} ({row['n']})"
+
+
+def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, Any],
+                        folder: Path, elapsed: float = 0.0) -> list[Path]:
+    """Write ``change_<dataset>`` Markdown/CSV tables, the F1-vs-tuned-blocks plot and change maps."""
+    results = read_cells(config, cells)
+    rows = aggregate(results)
+    inits = list(dict.fromkeys(c["init"] for c in cells))
+    datasets = list(dict.fromkeys(c["dataset"] for c in cells))
+    protocols = list(dict.fromkeys(c["protocol"] for c in cells))
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "change_detection.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["dataset", "init", "protocol", "seeds",
+                         *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")], "wall_s"])
+        for (init, p, d), r in sorted(rows.items()):
+            stats = [f"{r[k]:.2f}" if r[k] is not None else "" for m in METRICS for k in (m, f"{m}_std")]
+            writer.writerow([d, init, p, r["n"], *stats, f"{r['wall_s']:.0f}"])
+    md = [f"# Change detection ({len(results)} of {len(cells)} cells done)", "",
+          f"- machine: {_cpu()}; grid time this run {elapsed / 60:.1f} min; command `python "
+          f"benchmarks/change_tables.py --config {config['config_path']}`",
+          "- F1 / IoU / precision / recall of the change class in %, mean ± std over seeds (n), pooled over "
+          "whole test scenes scored by overlapping sliding windows with blended logits (not a centre crop), "
+          "at the threshold chosen on a validation part of the training scenes",
+          "- splits: " + "; ".join(f"{d}: train {config['datasets'][d].get('train_note', 'dataset split')}"
+                                   for d in datasets), ""]
+    for d in datasets:
+        md += [f"## {d}: F1 of the change class", "", "| init | " + " | ".join(protocols) + " |",
+               "|---|" + "---|" * len(protocols)]
+        for init in inits:
+            if any((init, p, d) in rows for p in protocols):
+                md.append(f"| {CD_LABELS.get(init, init)} | "
+                          + " | ".join(_fmt(rows.get((init, p, d))) for p in protocols) + " |")
+        md += ["", f"IoU / precision / recall ({d}):", "", "| init | protocol | IoU | precision | recall |",
+               "|---|---|---|---|---|"]
+        for (init, p, dd), r in sorted(rows.items()):
+            if dd == d:
+                scores = " | ".join(_fmt(r, m) for m in ("iou", "precision", "recall"))
+                md.append(f"| {CD_LABELS.get(init, init)} | {p} | {scores} |")
+        md.append("")
+    md += ["## Published, other test cities, not rerun", "", "| model | dataset | F1 |", "|---|---|---|",
+           *[f"| {m} | {d} | {v} |" for m, d, v in PUBLISHED],
+           "", "torchgeo's OSCD datamodule centre-crops validation and test cities to one patch by default; "
+           "the numbers above were scored on whole scenes.", ""]
+    md_path = folder / "change_detection.md"
+    md_path.write_text("\n".join(md))
+    print("\n".join(md))
+    return [md_path, csv_path, _plot(rows, inits, protocols, datasets, folder),
+            *_copy_maps(config, results, folder)]
+
+
+def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str], folder: Path) -> Path:
+    order = {"frozen": 0.0, "mlp": 0.5, "full": 12.0}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
+    for ax, d in zip(axes[0], datasets, strict=True):
+        for init in inits:
+            pts = sorted((order.get(p, float(p[4:]) if p.startswith("last") else -1.0), rows[(init, p, d)])
+                         for p in protocols if (init, p, d) in rows)
+            pts = [(x, r) for x, r in pts if x >= 0]
+            if pts:
+                ax.errorbar([x for x, _ in pts], [r["f1"] for _, r in pts], [r["f1_std"] for _, r in pts],
+                            marker="o", capsize=3, label=CD_LABELS.get(init, init))
+        ax.set(title=d, xlabel="tuned encoder blocks (0 = frozen)", ylabel="F1 change class %")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = folder / "change_f1_vs_tuned_blocks.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _copy_maps(config: dict[str, Any], results: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """Change maps of the best seed-0 cell of each dataset (every test scene) into ``folder``."""
+    out = []
+    for d in {r["dataset"] for r in results}:
+        best = max((r for r in results if r["dataset"] == d and r["seed"] == 0), key=lambda r: r["f1"],
+                   default=None)
+        maps = cell_path(config["cells_dir"], best).with_suffix("") / "maps" if best else None
+        for png in sorted(maps.glob("*.png")) if maps and maps.is_dir() else []:
+            target = folder / "change_maps" / f"{d}_{best['init']}_{best['protocol']}_{png.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            out.append(Path(shutil.copyfile(png, target)))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(transfer.main(sys.argv[1:] or ["--config", "configs/bench/cd-cpu-small.yaml"],
+                           writer=write_change_tables))

@@ -1,0 +1,71 @@
+"""The transfer grid: one result file per cell, resume without recomputing, tables from finished cells."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from conftest import EUROSAT, ROOT
+
+from rsmae.bands import get_sensor
+from rsmae.evaluation.features import file_digest
+from rsmae.models import BackboneMeta, create_encoder, save_backbone
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import transfer  # noqa: E402
+import transfer_tables  # noqa: E402
+
+S2 = list(get_sensor("s2-l1c").names)
+
+
+def _backbone(path: Path, seed: int) -> dict:
+    torch.manual_seed(seed)
+    enc = create_encoder("vit_test", in_chans=13, img_size=64, patch_size=16)
+    meta = BackboneMeta(preset="vit_test", img_size=64, patch_size=16, in_chans=13, bands=S2, sensor="s2-l1c",
+                        mean=[1000.0] * 13, std=[600.0] * 13, gsd=10.0)
+    save_backbone(enc, path, meta)
+    return {"path": str(path), "sha256": file_digest(path), "steps": 0, "corpus": "none", "images": 0,
+            "scenes": 0, "bands": S2, "sensor": "s2-l1c", "leak_check": {"store_files": 0}}
+
+
+def _config(tmp: Path) -> dict:
+    return {"config_path": "test.yaml", "inits": ["random", "rs_mae"], "seeds": [0, 1],
+            "data": {"train_root": str(EUROSAT / "train"), "test_root": str(EUROSAT / "test")},
+            "grid": [{"protocols": ["knn", "linear"], "fractions": ["100%"]},
+                     {"protocols": ["linear"], "fractions": ["5-shot"]}],
+            "cells_dir": str(tmp / "cells"), "cache_dir": str(tmp / "cache"), "backbones_dir": str(tmp)}
+
+
+def test_grid_resumes_and_recomputes_only_changed_backbones(tmp_path: Path) -> None:
+    manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
+                "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
+    config = _config(tmp_path)
+    cells = transfer.plan_cells(config, config["inits"])
+    assert len(cells) == 2 * 2 * 2 + 2 * 1 * 2
+    assert transfer.run_grid(config, cells[:5], manifest, log=lambda s: None) == 5  # "killed" after 5
+    first = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")}
+    assert len(first) == 5
+    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == len(cells) - 5
+    for path, mtime in first.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
+    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == 0
+    manifest["rs_mae"] = _backbone(tmp_path / "rs.safetensors", 2)  # the file changed: its cells rerun
+    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == len(cells) // 2
+    result = json.loads(transfer_tables.cell_path(config["cells_dir"], cells[0]).read_text())
+    assert {"accuracy", "trainable_params", "wall_s", "fingerprint", "init", "seed"} <= set(result)
+
+
+def test_tables_and_plots_from_finished_cells(tmp_path: Path) -> None:
+    manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
+                "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
+    config = _config(tmp_path)
+    cells = transfer.plan_cells(config, config["inits"])
+    transfer.run_grid(config, cells[:4], manifest, log=lambda s: None)
+    paths = transfer_tables.write_tables(config, cells, manifest, tmp_path / "results")
+    md = (tmp_path / "results" / "transfer_eurosat.md").read_text()
+    assert "4 of 12 cells done" in md and "± " in md and "published" in md.lower() and "not run" in md
+    rows = (tmp_path / "results" / "transfer_eurosat.csv").read_text().splitlines()
+    assert rows[0].startswith("init,protocol,fraction,accuracy_mean") and len(rows) == 1 + 2
+    assert all(p.is_file() for p in paths) and any(p.suffix == ".png" for p in paths)
