@@ -81,7 +81,7 @@ def test_both_fusions_predict_full_resolution_and_train(fusion: str, oscd_crop: 
     pair = (batch["image"] - 1000) / 500
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(5):
         logits = model(pair)
         assert logits.shape == (4, 32, 32)
         loss = change_loss(logits, batch["mask"], pos_weight=5.0, dice_weight=1.0)

@@ -37,7 +37,9 @@ from rsmae.errors import InputNotFoundError
 from rsmae.evaluation.change_metrics import ChangeScores, best_f1_threshold, save_change_map
 from rsmae.evaluation.sliding import sliding_window_logits
 from rsmae.evaluation.trainable import Tune
+from rsmae.models import fused_attention_pays, set_fused_attention
 from rsmae.tasks.change import ChangeTask, load_change_model, save_change_model
+from rsmae.tasks.precision import default_precision
 
 __all__ = [
     "CHANGE_DATASETS",
@@ -78,9 +80,13 @@ class ChangeConfig:
         weight_decay: AdamW weight decay.
         warmup_steps: Warmup steps (``None`` = 5 %).
         dihedral: Random D4 element per pair in training.
-        precision: Lightning precision (``"32-true"``, ``"bf16-mixed"``).
+        precision: Lightning precision (``"32-true"``, ``"bf16-mixed"``); ``"auto"`` = bf16 where the
+            CPU computes it natively (:func:`~rsmae.tasks.precision.default_precision`), in training
+            and inference alike.
         maps: Write a change-map PNG per test scene (with ``out_dir``).
         progress: Show Lightning's progress bar.
+        threads: Torch threads during the run (restored after); ``None`` keeps the current count.
+            One thread per process pays when several runs share the cores.
     """
 
     steps: int = 300
@@ -101,9 +107,10 @@ class ChangeConfig:
     weight_decay: float = 0.01
     warmup_steps: int | None = None
     dihedral: bool = True
-    precision: str = "32-true"
+    precision: str = "auto"
     maps: bool = True
     progress: bool = False
+    threads: int | None = None
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ChangeConfig:
@@ -159,14 +166,20 @@ def parse_protocol(protocol: str | int) -> Tune:
 
 
 def predict_scene(task: ChangeTask, scene: PairScene, *, overlap: int, window_batch: int = 32,
-                  blend: str = "cosine") -> torch.Tensor:
-    """Change probabilities ``(H, W)`` of a whole scene by sliding windows (model in eval mode)."""
+                  blend: str = "cosine", precision: str = "32-true") -> torch.Tensor:
+    """Change probabilities ``(H, W)`` of a whole scene by sliding windows (model in eval mode).
+
+    ``precision`` ``"bf16-mixed"`` runs the windows under bf16 autocast; logits are blended in fp32.
+    """
     was_training = task.training
     task.eval()
+    set_fused_attention(task.model, fused_attention_pays(task.device))
+    bf16 = precision.startswith("bf16")
     try:
         pair = torch.from_numpy(scene.image.astype("float32"))
-        logits = sliding_window_logits(task.predict_logits, pair, window=task.hparams.img_size,
-                                       overlap=overlap, batch_size=window_batch, blend=blend)
+        with torch.autocast(task.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = sliding_window_logits(task.predict_logits, pair, window=task.hparams.img_size,
+                                           overlap=overlap, batch_size=window_batch, blend=blend)
     finally:
         task.train(was_training)
     return torch.sigmoid(logits)
@@ -222,7 +235,8 @@ def _train(backbone: str | Path | None, tune: Tune, model: str, data: Bitemporal
         start = time.perf_counter()
         trainer.fit(task, loader)
         train_seconds = time.perf_counter() - start
-    val_probs = [predict_scene(task, s, overlap=cfg.overlap, window_batch=cfg.window_batch, blend=cfg.blend)
+    val_probs = [predict_scene(task, s, overlap=cfg.overlap, window_batch=cfg.window_batch, blend=cfg.blend,
+                               precision=cfg.precision)
                  for s in val_parts]
     val_masks = [torch.from_numpy(s.mask.astype("int64")) for s in val_parts]
     threshold, val_f1 = (best_f1_threshold(val_probs, val_masks, ignore_index=data.ignore_index)
@@ -277,9 +291,27 @@ def evaluate_change(
         ``scenes`` (per-scene metrics), timings and the run's settings.
     """
     cfg = ChangeConfig.from_kwargs(**hparams)
+    if cfg.precision == "auto":
+        cfg.precision = default_precision("cpu")
+        _logger.info("precision auto -> %s", cfg.precision)
     cls = _dataset(dataset)
     tune = parse_protocol(tune)
     out = Path(out_dir) if out_dir is not None else None
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _evaluate(backbone, tune, cls, cfg, seed, out, model, dataset, test_root, train_root,
+                         train_cities, test_cities, bands, load, on_scene)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(backbone: str | Path | None, tune: Tune, cls: type[BitemporalScenes], cfg: ChangeConfig,
+              seed: int, out: Path | None, model: str, dataset: str, test_root: str | Path,
+              train_root: str | Path | None, train_cities: Sequence[str] | None,
+              test_cities: Sequence[str] | None, bands: Sequence[str] | None, load: str | Path | None,
+              on_scene: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     if load is not None:
         task, info = load_change_model(load)
         info = {**info, "loaded": str(load)}
@@ -296,7 +328,8 @@ def evaluate_change(
     result.update({k: v for k, v in info.items() if k != "threshold"}, dataset=dataset,
                   model=task.hparams.model, backbone=None if backbone is None else str(backbone),
                   tune=task.hparams.tune, seed=seed, bands=list(bands), window=task.hparams.img_size,
-                  overlap=cfg.overlap, test_scenes=[s.name for s in test.scenes])
+                  overlap=cfg.overlap, compute_precision=cfg.precision,
+                  test_scenes=[s.name for s in test.scenes])
     if out is not None:
         if load is None:
             extra = {k: info[k] for k in ("threshold", "val_f1", "train_scenes", "steps")}
@@ -317,7 +350,7 @@ def _score(task: ChangeTask, test: BitemporalScenes, cfg: ChangeConfig, threshol
     for scene in test.scenes:
         tic = time.perf_counter()
         probs = predict_scene(task, scene, overlap=cfg.overlap, window_batch=cfg.window_batch,
-                              blend=cfg.blend)
+                              blend=cfg.blend, precision=cfg.precision)
         mask = torch.from_numpy(scene.mask.astype("int64"))
         line = {"scene": scene.name, **scores.update(probs, mask), "seconds": time.perf_counter() - tic,
                 "change_fraction": float((mask == 1).sum() / max(int((mask != test.ignore_index).sum()), 1))}

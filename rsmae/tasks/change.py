@@ -33,7 +33,13 @@ from rsmae.augment import d4_transform
 from rsmae.errors import BandError, WeightsError
 from rsmae.evaluation.change_model import FCSiamDiff, SiameseViT, change_loss
 from rsmae.evaluation.trainable import configure_trainable, freeze_eval
-from rsmae.models import BackboneMeta, create_encoder, load_backbone
+from rsmae.models import (
+    BackboneMeta,
+    create_encoder,
+    fused_attention_pays,
+    load_backbone,
+    set_fused_attention,
+)
 from rsmae.tasks.optim import WarmupCosine, param_groups
 
 __all__ = ["ChangeTask", "augment_pair", "load_change_model", "save_change_model"]
@@ -175,6 +181,10 @@ class ChangeTask(L.LightningModule):
     def _generator(self, index: int) -> torch.Generator:
         state = np.random.SeedSequence([self.hparams.seed, index]).generate_state(2, np.uint32)
         return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+    def on_fit_start(self) -> None:
+        """Choose the attention kernel for the device (math on CPUs, fused SDPA on CUDA)."""
+        set_fused_attention(self.model, fused_attention_pays(self.device))
 
     def train(self, mode: bool = True) -> ChangeTask:
         """Train mode, frozen encoder parts kept in eval mode (frozen means frozen)."""
