@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-import rasterio
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from rsmae.bands import LAYOUTS, get_sensor
-from rsmae.errors import BandError, InputNotFoundError, RasterReadError
+from rsmae.datasets.scene_folder import SceneFolder
+from rsmae.errors import BandError, InputNotFoundError
 
 __all__ = ["EuroSAT"]
 
@@ -67,9 +66,9 @@ class EuroSAT(Dataset):
         self.band_index = [self.all_bands.index(b) for b in self.bands]
         self.classes = sorted({d.name for s in self.splits if (self.root / s).is_dir()
                                for d in (self.root / s).iterdir() if d.is_dir() and any(d.glob("*.tif"))})
-        self.paths = sorted((self.root / split).glob("*/*.tif"))
-        self.labels = torch.tensor([self.classes.index(p.parent.name) for p in self.paths])
-        self.images = torch.from_numpy(np.stack([self._read(p) for p in self.paths]).astype(np.float32))
+        folder = SceneFolder(self.root / split, sensor=self.sensor, layout="eurosat", bands=self.bands,
+                             classes=self.classes, suffixes=(".tif",))
+        self.paths, self.labels, self.images = folder.paths, folder.labels, folder.images
         if (mean is None) != (std is None):
             raise ValueError("pass both mean and std, or neither")
         if mean is not None and std is not None:
@@ -107,17 +106,6 @@ class EuroSAT(Dataset):
                 "(the EuroSAT allBands GeoTIFFs); pass root= the folder holding train/ and test/, e.g. "
                 "../shared/data/eurosat_ms_subset"
             )
-
-    def _read(self, path: Path) -> np.ndarray:
-        try:
-            with rasterio.open(path) as src:
-                if src.count != len(self.all_bands):
-                    raise RasterReadError(
-                        f"{path}: {src.count} bands, expected EuroSAT's {len(self.all_bands)}"
-                    )
-                return src.read([i + 1 for i in self.band_index])
-        except rasterio.errors.RasterioIOError as err:
-            raise RasterReadError(f"{path}: not a readable GeoTIFF ({err})") from err
 
     def __len__(self) -> int:
         return len(self.paths)

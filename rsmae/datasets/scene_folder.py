@@ -55,11 +55,12 @@ class SceneFolder(Dataset):
         layout: str = "eurosat",
         bands: Sequence[str] | None = None,
         classes: Sequence[str] | None = None,
+        suffixes: Sequence[str] = SUFFIXES,
     ) -> None:
         self.folder = Path(folder)
         self.sensor = get_sensor(sensor).name
         self.file_bands = get_layout(layout, get_sensor(sensor))
-        self.paths = sorted(p for p in self.folder.glob("*/*") if p.suffix.lower() in SUFFIXES)
+        self.paths = sorted(p for p in self.folder.glob("*/*") if p.suffix.lower() in suffixes)
         if not self.folder.is_dir() or not self.paths:
             raise InputNotFoundError(
                 f"{self.folder}: no class folders with images; expected {self.folder}/<ClassName>/*.tif "
