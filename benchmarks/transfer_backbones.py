@@ -198,7 +198,7 @@ def pretrain(run: Run, stores: dict[str, Path], out: Path, data: Path = DATA,
     if record_path.is_file():
         record = json.loads(record_path.read_text())
         if {k: record.get(k) for k in wanted} == wanted and (folder / "backbone.safetensors").is_file():
-            return record
+            return {**record, **run_results(folder)}  # done; results re-read from its logs
     shutil.rmtree(folder, ignore_errors=True)  # unfinished or stale: start again
     cmd = [sys.executable, "pipelines/pretrain.py", "fit", "--config", CONFIGS / "base.yaml",
            "--config", CONFIGS / run.override, "--trainer.max_steps", str(run.steps),
@@ -215,10 +215,16 @@ def pretrain(run: Run, stores: dict[str, Path], out: Path, data: Path = DATA,
 
 
 def run_results(folder: Path) -> dict[str, Any]:
-    """Final training loss (mean of the last 5 logged values) and the last probe of a run folder."""
+    """Final training losses and the first and last probe of a run folder.
+
+    Losses are means of the last 5 logged values; ``final_loss`` includes RC-MAE's consistency term,
+    ``final_recon_loss`` is the reconstruction alone (comparable across methods).
+    """
     curves = read_metrics(folder) if (folder / "metrics.csv").is_file() else {}  # none logged yet
-    loss = [v for _, v in curves.get("train/loss", [])][-5:]
-    out: dict[str, Any] = {"final_loss": round(sum(loss) / len(loss), 4) if loss else None}
+    out: dict[str, Any] = {}
+    for key, metric in (("final_loss", "train/loss"), ("final_recon_loss", "train/recon_loss")):
+        values = [v for _, v in curves.get(metric, [])][-5:]
+        out[key] = round(sum(values) / len(values), 4) if values else None
     probe = folder / "probe.json"
     if probe.is_file():
         history = json.loads(probe.read_text())
@@ -228,7 +234,7 @@ def run_results(folder: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- manifest
-_STAGE_KEYS = ("store", "steps", "images", "scenes", "seconds", "final_loss")
+_STAGE_KEYS = ("store", "steps", "images", "scenes", "seconds", "threads", "final_loss", "final_recon_loss")
 
 
 def _init_entry(out: Path, runs: Sequence[str], records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -301,16 +307,21 @@ def load_manifest(out: str | Path = "runs/transfer") -> dict[str, dict[str, Any]
 
 def table(manifest: dict[str, dict[str, Any]]) -> str:
     """Markdown table of the inits: steps, corpus, images, time, final loss, last probe."""
-    lines = ["| init | steps | corpus | images | scenes | minutes | final loss | kNN | linear |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| init | steps | corpus | images | scenes | minutes | final loss (recon) | kNN: step 0, end "
+             "| linear: step 0, end |", "|---|---|---|---|---|---|---|---|---|"]
+    probes = ("probe/knn_acc", "probe/linear_acc")
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     for init, e in manifest.items():
         stages = e.get("stages", [])
-        minutes = sum(s.get("seconds", 0) for s in stages) / 60
-        loss = stages[-1].get("final_loss") if stages else None
-        probe = e.get("probe_end") or {}
-        cells = [init, e["steps"], e["corpus"], e["images"], e["scenes"], f"{minutes:.1f}" if stages else "-",
-                 f"{loss:.4f}" if loss is not None else "-",
-                 *(f"{probe[k]:.3f}" if k in probe else "-" for k in ("probe/knn_acc", "probe/linear_acc"))]
+        last = stages[-1] if stages else {}
+        start, end = e.get("probe_start") or {}, e.get("probe_end") or {}
+        cells = [init, e["steps"], e["corpus"], e["images"], e["scenes"],
+                 num(sum(s["seconds"] for s in stages) / 60 if stages else None, ".1f"),
+                 f"{num(last.get('final_loss'), '.4f')} ({num(last.get('final_recon_loss'), '.4f')})",
+                 *(f"{num(start.get(k), '.3f')}, {num(end.get(k), '.3f')}" for k in probes)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -322,8 +333,9 @@ def write_results(manifest: dict[str, dict[str, Any]], folder: Path, command: st
     machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
     path = folder / "transfer_backbones.md"
     path.write_text(f"# Transfer-benchmark backbones\n\nMachine: {machine}\n\nCommand: `{command}`\n\n"
-                    f"{table(manifest)}\n\nkNN / linear: EuroSAT probe (216 train / 54 test) at the last "
-                    "step (probe.json); minutes: wall time of the pretraining subprocesses.\n")
+                    f"{table(manifest)}\n\nkNN / linear: EuroSAT probe (216 train / 54 test) of the "
+                    "initial and final weights of the last stage (probe.json); minutes: wall time of the "
+                    "pretraining subprocesses.\n")
     return path
 
 
