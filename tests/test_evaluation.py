@@ -16,7 +16,7 @@ from rsmae.evaluation.classification import evaluate_classification, parse_proto
 from rsmae.evaluation.data import label_subset, load_for_task, stratified_split
 from rsmae.evaluation.features import cached_features, file_digest
 from rsmae.evaluation.metrics import classification_metrics
-from rsmae.models import BackboneMeta, create_encoder, save_backbone
+from rsmae.models import BackboneMeta, create_encoder, load_backbone, save_backbone
 from rsmae.tasks.finetune import FinetuneTask
 
 S2 = list(get_sensor("s2-l1c").names)
@@ -135,7 +135,8 @@ def test_protocols_on_real_eurosat(tmp_path: Path) -> None:
     root = dict(train_root=EUROSAT / "train", test_root=EUROSAT / "test", cache_dir=tmp_path / "cache")
     knn = evaluate_classification(path, "knn", **root, out_dir=tmp_path / "knn")
     linear = evaluate_classification(path, "linear", **root, fraction="5-shot", seed=1)
-    tuned = evaluate_classification(path, "last1", **root, epochs=1, batch_size=64, precision="32-true")
+    tuned = evaluate_classification(path, "last1", **root, epochs=1, batch_size=64, precision="32-true",
+                                    out_dir=tmp_path / "tuned")
     assert knn["n_test"] == 54 and knn["n_val"] + 172 == 216 and linear["n_train"] == 50
     for r in (knn, linear, tuned):
         assert 0.1 <= r["accuracy"] <= 1.0 and r["wall_s"] > 0, r
@@ -143,5 +144,8 @@ def test_protocols_on_real_eurosat(tmp_path: Path) -> None:
     assert Path(knn["confusion_matrix"]).is_file() and knn["trainable_params"] == 0
     assert linear["lr"] in (1e-3, 3e-3, 1e-2, 3e-2) and linear["trainable_params"] == 64 * 10 + 10
     assert tuned["images_per_s"] > 0 and 0 < tuned["mfu"] < 1.5 and tuned["gflop_per_image"] > 0
+    saved = load_backbone(tuned["model_path"])  # the supervised model of the landscape study
+    assert saved.rsmae_meta.mean == [1000.0] * 13 and (tmp_path / "tuned" / "head.safetensors").is_file()
+    assert not torch.equal(saved.blocks[1].mlp.fc1.weight, load_backbone(path).blocks[1].mlp.fc1.weight)
     with pytest.raises(InputNotFoundError, match="no class folders"):
         evaluate_classification(path, "knn", tmp_path / "none", EUROSAT / "test")

@@ -17,6 +17,7 @@ MFU. Choices (learning rates) are made on the validation split, never on the tes
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -39,6 +41,7 @@ from rsmae.evaluation.data import (
 from rsmae.evaluation.features import cached_features, file_digest
 from rsmae.evaluation.metrics import classification_metrics
 from rsmae.evaluation.speed import count_flops, matmul_peak
+from rsmae.models.weights import save_backbone
 from rsmae.tasks.finetune import FinetuneTask
 from rsmae.tasks.precision import default_precision
 from rsmae.tasks.probe import fit_linear_probe, knn_predict, small_problem_threads
@@ -120,8 +123,12 @@ def _frozen(kind: str, data: ClassificationData, feats: dict[str, Tensor], seed:
 
 
 def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, seed: int,
-              hparams: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-    """Train a FinetuneTask; test logits, trainable parameters, images/s and MFU."""
+              hparams: dict[str, Any], out_dir: str | Path | None = None) -> tuple[Tensor, dict[str, Any]]:
+    """Train a FinetuneTask; test logits, trainable parameters, images/s and MFU.
+
+    With ``out_dir`` the tuned model is saved there: ``backbone.safetensors`` (the encoder with its
+    metadata) and ``head.safetensors`` (``weight``, ``bias`` of the linear head).
+    """
     L.seed_everything(seed, workers=True, verbose=False)
     epochs = int(hparams.pop("epochs", 30))
     batch_size = int(hparams.pop("batch_size", 32))
@@ -156,7 +163,15 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         logits = task.to(device).predict_logits(data.test[0])
     val_acc = trainer.callback_metrics.get("val/acc")
-    return logits, {
+    saved = {}
+    if out_dir is not None:
+        task.cpu()
+        meta = dataclasses.replace(encoder.rsmae_meta, mean=data.mean, std=data.std,
+                                   source=f"{encoder.rsmae_meta.source} fine-tuned ({tune}, seed {seed})")
+        saved["model_path"] = str(save_backbone(task.encoder, Path(out_dir) / "backbone.safetensors", meta))
+        save_file({k: v.detach().contiguous() for k, v in task.head.state_dict().items()},
+                  str(Path(out_dir) / "head.safetensors"))
+    return logits, {**saved,
         "trainable_params": task.trainable_params,
         "images_per_s": ips,
         "gflop_per_image": flops / 1e9,
@@ -195,7 +210,8 @@ def evaluate_classification(
         fraction: Label fraction of the training split (``"100%"``, ``"25%"``, ``"5-shot"``).
         seed: Seed of the label fraction, the heads and fine-tuning.
         cache_dir: Feature cache folder (``None``: no cache).
-        out_dir: Where to write the confusion matrix (``confusion.csv``); ``None``: not written.
+        out_dir: Where to write the confusion matrix (``confusion.csv``) and, for tuned protocols,
+            the tuned model (``backbone.safetensors`` + ``head.safetensors``); ``None``: not written.
         sensor: Sensor of the files' bands.
         layout: Band order in the files.
         k: Neighbours of the k-NN protocol.
@@ -215,7 +231,7 @@ def evaluate_classification(
     data = load_classification(encoder, train_root, test_root, fraction=fraction, seed=seed, sensor=sensor,
                                layout=layout)
     if kind == "finetune":
-        logits, extra = _finetune(encoder, data, tune, seed, dict(finetune))
+        logits, extra = _finetune(encoder, data, tune, seed, dict(finetune), out_dir)
     else:
         feats = _features(encoder, data, file_digest(backbone), cache_dir)
         logits, extra = _frozen(kind, data, feats, seed, k)
