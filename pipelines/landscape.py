@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", type=int, help="grid points per side (overrides grid.size)")
     p.add_argument("--workers", type=int, help="local processes for surface rows")
     p.add_argument("--dask", help="Dask scheduler address ('local' for a local cluster)")
+    p.add_argument("--threads", type=int, help="torch threads (1 helps tiny models on a busy machine)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.grid = dataclasses.replace(cfg.grid, size=args.grid)
         if args.workers:
             cfg.workers = args.workers
+        if args.threads:
+            cfg.threads = args.threads
         if args.dask:
             cfg.dask = True if args.dask == "local" else args.dask
         result = run_study(cfg)

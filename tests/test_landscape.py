@@ -164,16 +164,16 @@ def test_classification_objective_centre(probe_data: tuple[torch.Tensor, torch.T
 
 # ------------------------------------------------------------------ surfaces
 def _mae_surface_parts(tiles: torch.Tensor) -> tuple[MAEObjective, list[dict[str, torch.Tensor]]]:
-    obj = MAEObjective(make_mae(), tiles, seed=0, batch_size=2)
+    obj = MAEObjective(make_mae(), tiles[:2], seed=0)
     return obj, [random_direction(obj.params, s) for s in (0, 1)]
 
 
 def test_surface_centre_equals_model_loss_and_vmap_equals_loop(tiles: torch.Tensor, tmp_path: Path) -> None:
     obj, dirs = _mae_surface_parts(tiles)
-    xs = grid(5)
-    batched = compute_surface(obj, dirs, xs, xs, chunk_size=5, config={"model": "test"})
+    xs = grid(3)
+    batched = compute_surface(obj, dirs, xs, xs, chunk_size=3, config={"model": "test"})
     loop = compute_surface(obj, dirs, xs, xs, chunk_size=1)
-    assert batched.values.shape == (5, 5)
+    assert batched.values.shape == (3, 3)
     torch.testing.assert_close(batched.values, loop.values, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(batched.centre, float(obj(obj.params)), rtol=1e-5, atol=1e-6)
     assert np.ptp(batched.values) > 1e-3  # the grid actually moved the weights
@@ -188,8 +188,8 @@ class _Killed(RuntimeError):
 
 def test_resumed_grid_equals_uninterrupted(tiles: torch.Tensor, tmp_path: Path) -> None:
     obj, dirs = _mae_surface_parts(tiles)
-    xs = grid(5)
-    full = compute_surface(obj, dirs, xs, xs, chunk_size=5)
+    xs = grid(4)
+    full = compute_surface(obj, dirs, xs, xs, chunk_size=4)
 
     def dies_after_two(fn, items):  # noqa: ANN001, ANN202
         for i, item in enumerate(items):
@@ -198,23 +198,23 @@ def test_resumed_grid_equals_uninterrupted(tiles: torch.Tensor, tmp_path: Path) 
             yield fn(item)
 
     with pytest.raises(_Killed):
-        compute_surface(obj, dirs, xs, xs, chunk_size=5, cache_dir=tmp_path, map_fn=dies_after_two)
+        compute_surface(obj, dirs, xs, xs, chunk_size=4, cache_dir=tmp_path, map_fn=dies_after_two)
     (rows_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(list(rows_dir.glob("row_*.npy"))) == 2
-    (rows_dir / "row_0004.npy").write_bytes(b"truncated")  # a half-written file is recomputed
+    (rows_dir / "row_0003.npy").write_bytes(b"truncated")  # a half-written file is recomputed
     computed = []
 
     def counting(fn, items):  # noqa: ANN001, ANN202
         computed.extend(items)
         return map(fn, items)
 
-    resumed = compute_surface(obj, dirs, xs, xs, chunk_size=5, cache_dir=tmp_path, map_fn=counting)
+    resumed = compute_surface(obj, dirs, xs, xs, chunk_size=4, cache_dir=tmp_path, map_fn=counting)
     assert computed == [float(y) for y in xs[2:]]
     torch.testing.assert_close(resumed.values, full.values, rtol=1e-6, atol=1e-7)
     again = compute_surface(obj, dirs, xs, xs, cache_dir=tmp_path, map_fn=counting)  # all cached
-    assert len(computed) == 3 and again.config["key"] == resumed.config["key"]
-    other = MAEObjective(make_mae(), tiles, seed=1, batch_size=2)  # other masks: another cache key
-    assert compute_surface(other, dirs, xs[:2], xs[:2]).config["key"] != resumed.config["key"]
+    assert len(computed) == 2 and again.config["key"] == resumed.config["key"]
+    other = MAEObjective(make_mae(), tiles[:2], seed=1)  # other masks: another cache key
+    assert compute_surface(other, dirs, xs[:2], xs[:1]).config["key"] != resumed.config["key"]
     with pytest.raises(LandscapeError, match="directions"):
         compute_surface(obj, dirs[:1], xs, xs)
 
@@ -290,12 +290,32 @@ def test_top_eigenvalues_and_trace_of_a_known_hessian() -> None:
 
 # ------------------------------------------------------------------ noise
 def test_noise_sigma_zero_gives_base_loss(tiles: torch.Tensor) -> None:
-    obj = MAEObjective(make_mae(), tiles, seed=0)
-    result = noise_flatness(obj, [0.0, 0.05, 0.2], draws=20, seed=0)
+    obj = MAEObjective(make_mae(), tiles[:2], seed=0)
+    result = noise_flatness(obj, [0.0, 0.05, 0.2], draws=20, seed=0, chunk_size=12)
     assert result.increases.shape == (3, 20)
+    again = noise_flatness(obj, [0.0, 0.2], draws=3, seed=0, use_vmap=False)  # the same draws, one by one
+    np.testing.assert_allclose(again.increases, result.increases[[0, 2], :3], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(result.base, float(obj(obj.params)))
     np.testing.assert_allclose(result.increases[0], 0.0, atol=1e-5)
     assert result.std[2] > 0 and math.isfinite(result.mean[2])
     assert result.to_dict()["mean"][0] == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(LandscapeError):
         noise_flatness(obj, [-0.1], draws=2)
+
+
+class _DataDependent(_Quadratic):
+    """A loss with Python control flow on a tensor value: ``vmap`` cannot batch it."""
+
+    def loss(self, params):  # noqa: ANN001, ANN201
+        value = super().loss(params)
+        return value if float(value) >= 0 else -value
+
+
+def test_points_fall_back_to_a_loop_when_vmap_fails(caplog: pytest.LogCaptureFixture) -> None:
+    obj = _DataDependent(torch.eye(8, dtype=torch.float64))
+    d = random_direction(obj.params, 0)
+    with caplog.at_level("WARNING", logger="rsmae.landscape.surface"):
+        curve = compute_surface(obj, [d], grid(5), chunk_size=5)
+    assert "vmap failed" in caplog.text
+    expected = [float(obj({n: t + float(a) * d[n] for n, t in obj.params.items()})) for a in grid(5)]
+    torch.testing.assert_close(curve.values, np.array(expected))

@@ -94,7 +94,7 @@ def _config(tmp: Path, files: dict[str, Path], store: Path) -> dict:
                  "probe_samples": 10, "probe_steps": 10},
         "grid": {"size": 3},
         "directions": {"seeds": [0, 1]},
-        "hessian": {"top_k": 1, "iters": 2, "trace_samples": 2},
+        "hessian": {"top_k": 1, "iters": 2, "trace_samples": 1},
         "noise": {"sigmas": [0.0, 0.1], "draws": 2},
         "interpolate": [["MAE", "RC-MAE"]],
         "chunk_size": 3,

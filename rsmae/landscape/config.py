@@ -154,6 +154,8 @@ class LandscapeConfig:
         chunk_size: Grid points per batched forward.
         workers: Local processes for surface rows (1 = this process).
         dask: Scheduler address, or ``true`` for a local Dask cluster of ``workers`` processes.
+        threads: Torch threads during the study (``None``: torch's default). On a busy machine tiny
+            models run faster on 1 thread (multithreaded small ops wait for descheduled threads).
         plots_per_model: Draw each model's contour (first direction seed) beside the comparisons.
         plots_3d: Also draw each model's 3D view.
     """
@@ -171,6 +173,7 @@ class LandscapeConfig:
     chunk_size: int = 8
     workers: int = 1
     dask: str | bool | None = None
+    threads: int | None = None
     plots_per_model: bool = True
     plots_3d: bool = True
 

@@ -64,7 +64,8 @@ class HessianOperator:
         centre = objective.params if centre is None else centre
         self.names = list(centre)
         self.inputs = [centre[n].detach().clone().requires_grad_(True) for n in self.names]
-        with torch.enable_grad():
+        self._threads = objective.threads
+        with torch.enable_grad(), self._threads(4):  # forward + double backward: ~4 forwards of work
             loss = objective(dict(zip(self.names, self.inputs, strict=True)))
             grads = torch.autograd.grad(loss, self.inputs, create_graph=True, allow_unused=True)
         self.loss = float(loss.detach())
@@ -89,8 +90,9 @@ class HessianOperator:
     def __call__(self, v: Mapping[str, Tensor]) -> ParamDict:
         """``H v`` as ``name -> tensor``."""
         outputs = [v[self.names[i]].to(self.inputs[i]) for i in self._live]
-        hv = torch.autograd.grad(self._grads, self.inputs, grad_outputs=outputs, retain_graph=True,
-                                 allow_unused=True)
+        with self._threads(4):
+            hv = torch.autograd.grad(self._grads, self.inputs, grad_outputs=outputs, retain_graph=True,
+                                     allow_unused=True)
         self.calls += 1
         return {n: h.detach() if h is not None else torch.zeros_like(p)
                 for n, h, p in zip(self.names, hv, self.inputs, strict=True)}
@@ -124,7 +126,8 @@ class EigenResult:
 
 
 def top_eigenvalues(objective: Objective, k: int = 1, *, iters: int = 100, tol: float = 1e-3,
-                    seed: int = 0, centre: Mapping[str, Tensor] | None = None) -> EigenResult:
+                    seed: int = 0, centre: Mapping[str, Tensor] | None = None,
+                    operator: HessianOperator | None = None) -> EigenResult:
     """The ``k`` eigenvalues of largest magnitude of the Hessian at the centre.
 
     Power iteration on ``(H - sum_j l_j v_j v_j^T) v`` with every iterate orthogonalised against
@@ -137,8 +140,9 @@ def top_eigenvalues(objective: Objective, k: int = 1, *, iters: int = 100, tol: 
         tol: Stop when ``|l_t - l_(t-1)| <= tol * |l_(t-1)|``.
         seed: Seed of the starting vectors.
         centre: Weights (default ``objective.params``).
+        operator: A :class:`HessianOperator` of the same objective and centre to reuse.
     """
-    op = HessianOperator(objective, centre)
+    op = operator or HessianOperator(objective, centre)
     generator = torch.Generator().manual_seed(int(seed))
     values: list[float] = []
     vectors: list[ParamDict] = []
@@ -203,7 +207,8 @@ class TraceResult:
 
 
 def hutchinson_trace(objective: Objective, samples: int = 100, *, seed: int = 0, tol: float | None = None,
-                     min_samples: int = 10, centre: Mapping[str, Tensor] | None = None) -> TraceResult:
+                     min_samples: int = 10, centre: Mapping[str, Tensor] | None = None,
+                     operator: HessianOperator | None = None) -> TraceResult:
     """Hessian trace ``E[v . H v]`` over Rademacher vectors (Hutchinson).
 
     Args:
@@ -213,10 +218,11 @@ def hutchinson_trace(objective: Objective, samples: int = 100, *, seed: int = 0,
         tol: Stop early once ``std_err <= tol * |trace|`` (after ``min_samples``).
         min_samples: Vectors before early stopping may apply.
         centre: Weights (default ``objective.params``).
+        operator: A :class:`HessianOperator` of the same objective and centre to reuse.
     """
     if samples < 1:
         raise LandscapeError(f"samples={samples}: need at least one vector")
-    op = HessianOperator(objective, centre)
+    op = operator or HessianOperator(objective, centre)
     generator = torch.Generator().manual_seed(int(seed))
     estimates: list[float] = []
     history: list[float] = []

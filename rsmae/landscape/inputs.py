@@ -10,6 +10,7 @@ as in its own training.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,15 @@ def _eurosat(data: DataSpec, info: dict[str, Any], split: str) -> EuroSAT:
     if info.get("sensor") not in ("s2-l1c", "s2-l2a") or info.get("mean") is None:
         raise LandscapeError(f"EuroSAT (Sentinel-2 L1C) cannot feed a model of sensor {info.get('sensor')!r} "
                              "without statistics; drop the probe objective for it or use a Sentinel-2 model")
-    return EuroSAT(data.eurosat, split, bands=info["bands"], mean=info["mean"], std=info["std"])
+    stats = tuple(info["mean"]), tuple(info["std"])
+    return _read_eurosat(str(data.eurosat), split, tuple(info["bands"]), *stats)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_eurosat(root: str, split: str, bands: tuple[str, ...], mean: tuple[float, ...],
+                  std: tuple[float, ...]) -> EuroSAT:
+    """EuroSAT read once per process for each (split, bands, statistics): models of one study share it."""
+    return EuroSAT(root, split, bands=bands, mean=mean, std=std)
 
 
 def _choose(n_total: int, n: int | None, seed: int) -> np.ndarray:

@@ -4,7 +4,8 @@ Draw ``k`` is a filter-normalised Gaussian direction ``d_k`` (every filter of ``
 of the model's filter, :func:`~rsmae.landscape.directions.random_direction`); at noise level
 ``sigma`` the weights are ``theta + sigma * d_k``, i.e. each filter gets Gaussian noise of
 ``sigma`` times its own norm. The same draws serve every ``sigma`` (common random numbers), so the
-curves are smooth in ``sigma``. Each draw's sigmas run as one batched evaluation.
+curves are smooth in ``sigma``. The points (draws x sigmas) run ``chunk_size`` at a time through one
+batched evaluation (:func:`~rsmae.landscape.surface.batched_losses`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from rsmae.errors import LandscapeError
 from rsmae.landscape.directions import random_direction
 from rsmae.landscape.objectives import Objective
-from rsmae.landscape.surface import evaluate_points
+from rsmae.landscape.surface import batched_losses
 
 __all__ = ["NoiseResult", "noise_flatness"]
 
@@ -90,11 +92,15 @@ def noise_flatness(
         raise LandscapeError(f"sigmas {list(sigmas)} must be >= 0")
     centre = objective.params if centre is None else centre
     base = float(objective.many({n: t[None] for n, t in centre.items()}, use_vmap=False)[0])
-    coefs = np.asarray(sigmas, dtype=np.float64)[:, None]
     increases = np.zeros((len(sigmas), draws))
-    for k in range(draws):
-        direction = random_direction(centre, seed + k, include_1d=include_1d)
-        losses = evaluate_points(objective, [direction], coefs, centre=centre, chunk_size=chunk_size,
-                                 use_vmap=use_vmap)
-        increases[:, k] = losses - base
+    per_chunk = max(1, chunk_size // len(sigmas))  # draws per batched forward, all sigmas of each
+    batched = use_vmap and chunk_size > 1
+    for start in range(0, draws, per_chunk):
+        ks = range(start, min(draws, start + per_chunk))
+        dirs = [random_direction(centre, seed + k, include_1d=include_1d) for k in ks]
+        points = {n: torch.stack([t + float(s) * d[n] for d in dirs for s in sigmas])
+                  for n, t in centre.items()}
+        losses, batched = batched_losses(objective, points, use_vmap=batched)
+        values = losses.double().cpu().numpy().reshape(len(ks), len(sigmas))
+        increases[:, ks.start : ks.stop] = values.T - base
     return NoiseResult(base, [float(s) for s in sigmas], increases, int(seed), include_1d)

@@ -20,9 +20,10 @@ Objectives are plain picklable objects, so surface rows can run in other process
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from rsmae.models import RCMAE, MaskedAutoencoder, masked_mse, set_fused_attenti
 from rsmae.tasks.probe import fit_linear_probe
 
 __all__ = [
+    "SMALL_WORK",
     "ClassificationObjective",
     "MAEObjective",
     "Objective",
@@ -44,6 +46,9 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+# Below this many elements in the largest activation, evaluations run on one thread (auto_threads).
+SMALL_WORK = 1 << 20
 
 
 def _private_copy(module: nn.Module, dtype: torch.dtype | None) -> nn.Module:
@@ -81,9 +86,14 @@ class Objective:
         params: Centre weights ``name -> tensor`` (trainable parameters of ``module``).
         module: The private copy that is evaluated.
         options: JSON-able settings that define the loss (part of cache keys and reports).
+        auto_threads: Run evaluations whose largest activation (times the points batched) has fewer
+            than :data:`SMALL_WORK` elements on one thread (restored after): on a busy machine
+            multithreaded small ops wait for descheduled threads (measured 50x slower forwards of
+            the tiny ViT on a loaded 2-core CPU). Results do not depend on it beyond rounding.
     """
 
     name = "objective"
+    auto_threads = True
 
     def __init__(self, module: nn.Module, *, dtype: torch.dtype | None = None) -> None:
         names = [n for n, p in module.named_parameters() if p.requires_grad]
@@ -94,6 +104,7 @@ class Objective:
         self.params: ParamDict = {n: own[n].detach() for n in names}
         self.options: dict[str, Any] = {}
         self._data_key = ""
+        self._work: int | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -113,8 +124,45 @@ class Objective:
         raise NotImplementedError
 
     def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
-        """Same as :meth:`loss`."""
-        return self.loss(params)
+        """:meth:`loss` (on one thread when the evaluation is small, see ``auto_threads``)."""
+        with self.threads():
+            return self.loss(params)
+
+    @property
+    def work(self) -> int:
+        """Elements of the largest module output in one evaluation (measured once, with hooks)."""
+        if self._work is None:
+            sizes = [0]
+
+            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                if isinstance(output, Tensor):
+                    sizes.append(output.numel())
+
+            handles = [m.register_forward_hook(hook) for m in self.module.modules()]
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)  # a measurement: the size does not depend on threads
+            try:
+                with torch.no_grad():
+                    self.loss(self.params)
+            finally:
+                torch.set_num_threads(before)
+                for handle in handles:
+                    handle.remove()
+            self._work = max(sizes)
+        return self._work
+
+    @contextlib.contextmanager
+    def threads(self, points: int = 1) -> Iterator[None]:
+        """One thread inside when ``auto_threads`` and ``work * points < SMALL_WORK``."""
+        if not self.auto_threads or self.work * points >= SMALL_WORK or torch.get_num_threads() == 1:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def many(self, points: Mapping[str, Tensor], *, use_vmap: bool = True) -> Tensor:
         """Losses of ``K`` points ``name -> (K, *shape)`` without gradients: ``(K,)``.
@@ -122,10 +170,10 @@ class Objective:
         With ``use_vmap`` the points run batched through ``torch.func.vmap`` (one forward for all);
         otherwise one after the other.
         """
-        with torch.no_grad():
+        k = next(iter(points.values())).shape[0]
+        with torch.no_grad(), self.threads(k if use_vmap else 1):
             if use_vmap:
                 return vmap(self.loss)(dict(points))
-            k = next(iter(points.values())).shape[0]
             return torch.stack([self.loss({n: v[i] for n, v in points.items()}) for i in range(k)])
 
     def describe(self) -> dict[str, Any]:

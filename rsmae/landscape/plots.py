@@ -32,11 +32,11 @@ __all__ = [
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 
-def _levels(vmin: float, vmax: float, n: int = 30) -> np.ndarray:
+def _levels(vmin: float, vmax: float, n: int = 21) -> np.ndarray:
     if not vmax > vmin:
         vmax = vmin + 1e-6
     return np.linspace(vmin, vmax, n)
@@ -63,7 +63,7 @@ def _contour(ax: Any, surface: Surface, vmin: float, vmax: float, *, colorbar: b
     xx, yy = np.meshgrid(surface.xs, surface.ys)
     levels = _levels(vmin, vmax)
     filled = ax.contourf(xx, yy, np.clip(surface.values, vmin, vmax), levels=levels, cmap="viridis")
-    ax.contour(xx, yy, surface.values, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
+    ax.contour(xx, yy, surface.values, levels=levels[::4], colors="white", linewidths=0.4, alpha=0.6)
     ax.plot([0], [0], marker="+", color="red", markersize=10)
     ax.set_xlabel("d1")
     ax.set_ylabel("d2")

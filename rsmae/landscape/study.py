@@ -38,7 +38,13 @@ import yaml
 
 from rsmae.landscape.config import LandscapeConfig
 from rsmae.landscape.directions import random_direction
-from rsmae.landscape.hessian import EigenResult, TraceResult, hutchinson_trace, top_eigenvalues
+from rsmae.landscape.hessian import (
+    EigenResult,
+    HessianOperator,
+    TraceResult,
+    hutchinson_trace,
+    top_eigenvalues,
+)
 from rsmae.landscape.inputs import LoadedModel, build_objective, load_model
 from rsmae.landscape.noise import NoiseResult, noise_flatness
 from rsmae.landscape.objectives import Objective
@@ -122,11 +128,19 @@ def _measure(obj: Objective, model: str, objective: str, cfg: LandscapeConfig, o
     hs, ns = cfg.hessian, cfg.noise
     eigen = trace = noise = None
     if hs.enabled:
+        ops: list[HessianOperator] = []  # built once, only if something is not cached
+
+        def op() -> HessianOperator:
+            if not ops:
+                ops.append(HessianOperator(obj))
+            return ops[0]
+
         eigen = _cached(cache / f"eigen_{_key(obj, [hs.top_k, hs.iters, hs.tol, hs.seed])}.json",
-                        lambda: top_eigenvalues(obj, hs.top_k, iters=hs.iters, tol=hs.tol, seed=hs.seed),
+                        lambda: top_eigenvalues(obj, hs.top_k, iters=hs.iters, tol=hs.tol, seed=hs.seed,
+                                                operator=op()),
                         lambda d: EigenResult(**d))
         trace = _cached(cache / f"trace_{_key(obj, [hs.trace_samples, hs.seed])}.json",
-                        lambda: hutchinson_trace(obj, hs.trace_samples, seed=hs.seed),
+                        lambda: hutchinson_trace(obj, hs.trace_samples, seed=hs.seed, operator=op()),
                         lambda d: TraceResult(**d))
     if ns.enabled:
         settings = [ns.sigmas, ns.draws, ns.seed, ns.include_1d]
@@ -251,6 +265,9 @@ def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None) -> StudyResu
     close = lambda: None  # noqa: E731
     if map_fn is None:
         map_fn, close = _map_fn(cfg)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         models = {spec.name: load_model(spec) for spec in cfg.models}
         measures = []
@@ -264,6 +281,7 @@ def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None) -> StudyResu
         line_figures, lines = _lines(models, cfg, out, map_fn)
     finally:
         close()
+        torch.set_num_threads(threads)
     md, csv_path, summary = write_tables(measures, out, threshold=cfg.threshold,
                                          header=_header(cfg, time.perf_counter() - start))
     results = {"measures": [_record(m, cfg) for m in measures], "lines": lines, "summary": summary}

@@ -42,6 +42,7 @@ __all__ = [
     "PointCache",
     "RowTask",
     "Surface",
+    "batched_losses",
     "compute_surface",
     "dask_map",
     "evaluate_points",
@@ -131,17 +132,28 @@ def evaluate_points(
     out = []
     batched = use_vmap and chunk_size > 1
     for chunk in coefs.split(max(chunk_size, 1)):
-        points = stack_points(centre, directions, chunk)
-        if batched:
-            try:
-                out.append(objective.many(points, use_vmap=True))
-                continue
-            except (RuntimeError, NotImplementedError) as err:
-                _logger.warning("vmap failed for %s (%s); evaluating points one by one",
-                                objective.name, str(err).splitlines()[0][:200])
-                batched = False
-        out.append(objective.many(points, use_vmap=False))
+        with objective.threads(len(chunk)):
+            points = stack_points(centre, directions, chunk)
+            losses, batched = batched_losses(objective, points, use_vmap=batched)
+        out.append(losses)
     return torch.cat(out).double().cpu().numpy()
+
+
+def batched_losses(objective: Objective, points: Mapping[str, Tensor], *, use_vmap: bool = True
+                   ) -> tuple[Tensor, bool]:
+    """Losses of stacked points ``name -> (K, *shape)``, with ``vmap`` if it works for the objective.
+
+    Returns:
+        ``(K,)`` losses, and whether ``vmap`` is still usable (``False`` after a failure, logged
+        once: pass it back as ``use_vmap`` for the next points).
+    """
+    if use_vmap:
+        try:
+            return objective.many(points, use_vmap=True), True
+        except (RuntimeError, NotImplementedError) as err:
+            _logger.warning("vmap failed for %s (%s); evaluating points one by one",
+                            objective.name, str(err).splitlines()[0][:200])
+    return objective.many(points, use_vmap=False), False
 
 
 class RowTask:
