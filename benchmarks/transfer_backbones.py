@@ -30,6 +30,8 @@ Example (about 5 x 3-5 minutes of pretraining on an idle 2-core CPU)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -305,32 +307,54 @@ def load_manifest(out: str | Path = "runs/transfer") -> dict[str, dict[str, Any]
     return json.loads(path.read_text())
 
 
-def table(manifest: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of the inits: steps, corpus, images, time, final loss, last probe."""
-    lines = ["| init | steps | corpus | images | scenes | minutes | final loss (recon) | kNN: step 0, end "
-             "| linear: step 0, end |", "|---|---|---|---|---|---|---|---|---|"]
-    probes = ("probe/knn_acc", "probe/linear_acc")
-
-    def num(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
+def summary_rows(manifest: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per init: counts, minutes, final losses, EuroSAT probe at the start and end, sha256."""
+    rows = []
     for init, e in manifest.items():
         stages = e.get("stages", [])
         last = stages[-1] if stages else {}
-        start, end = e.get("probe_start") or {}, e.get("probe_end") or {}
-        cells = [init, e["steps"], e["corpus"], e["images"], e["scenes"],
-                 num(sum(s["seconds"] for s in stages) / 60 if stages else None, ".1f"),
-                 f"{num(last.get('final_loss'), '.4f')} ({num(last.get('final_recon_loss'), '.4f')})",
-                 *(f"{num(start.get(k), '.3f')}, {num(end.get(k), '.3f')}" for k in probes)]
+        row = {"init": init, **{k: e[k] for k in ("steps", "corpus", "images", "scenes")},
+               "minutes": round(sum(s["seconds"] for s in stages) / 60, 1) if stages else None,
+               "final_loss": last.get("final_loss"), "final_recon_loss": last.get("final_recon_loss")}
+        for when in ("start", "end"):
+            probe = e.get(f"probe_{when}") or {}
+            row.update({f"{k}_{when}": probe.get(f"probe/{k}_acc") for k in ("knn", "linear")})
+        rows.append({**row, "sha256": e["sha256"]})
+    return rows
+
+
+def table(manifest: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of :func:`summary_rows`."""
+    def num(value: float | None, fmt: str = ".3f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = ["| init | steps | corpus | images | scenes | minutes | final loss (recon) | kNN: step 0, end "
+             "| linear: step 0, end |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary_rows(manifest):
+        cells = [r["init"], r["steps"], r["corpus"], r["images"], r["scenes"], num(r["minutes"], ".1f"),
+                 f"{num(r['final_loss'], '.4f')} ({num(r['final_recon_loss'], '.4f')})",
+                 *(f"{num(r[k + '_start'])}, {num(r[k + '_end'])}" for k in ("knn", "linear"))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
 def write_results(manifest: dict[str, dict[str, Any]], folder: Path, command: str) -> Path:
-    """``transfer_backbones.md`` in ``folder``: machine, command, the table."""
+    """``transfer_backbones.md`` and ``.csv`` in ``folder``: machine, command, the table."""
     folder.mkdir(parents=True, exist_ok=True)
     cpu = platform.processor() or platform.machine()
-    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    with contextlib.suppress(OSError):
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    threads = sorted({str(s.get("threads") or "torch default") for e in manifest.values()
+                      for s in e.get("stages", [])})
+    machine = (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; pretraining threads: "
+               f"{', '.join(threads)}; load average now {os.getloadavg()[0]:.1f}")
+    rows = summary_rows(manifest)
+    with open(folder / "transfer_backbones.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     path = folder / "transfer_backbones.md"
     path.write_text(f"# Transfer-benchmark backbones\n\nMachine: {machine}\n\nCommand: `{command}`\n\n"
                     f"{table(manifest)}\n\nkNN / linear: EuroSAT probe (216 train / 54 test) of the "
