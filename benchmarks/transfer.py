@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -73,7 +75,10 @@ def plan_cells(config: dict[str, Any], inits: Iterable[str]) -> list[dict[str, A
 
 def fingerprint(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> str:
     """What a cell's result depends on: the backbone's bytes, the data and the protocol settings."""
-    parts = {"cell": cell, "backbone": backbone.get("sha256"),
+    from rsmae.evaluation.classification import FINETUNE_RECIPE, FROZEN_PROTOCOLS
+
+    tuned = config.get("task") != "change" and cell["protocol"] not in FROZEN_PROTOCOLS
+    parts = {"cell": cell, "backbone": backbone.get("sha256"), "recipe": FINETUNE_RECIPE if tuned else None,
              "data": config.get("data", config.get("datasets")),
              "settings": config.get("finetune", config.get("change", {}))}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -121,6 +126,8 @@ def run_cell(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, A
     """Evaluate one cell and write its result file atomically; return the result."""
     import torch
 
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one bar for the grid, not one per cell
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")  # frozen parts, on purpose
     if threads:
         torch.set_num_threads(threads)
     evaluate = _change if config.get("task") == "change" else _classification

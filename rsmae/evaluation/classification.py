@@ -46,10 +46,12 @@ from rsmae.tasks.finetune import FinetuneTask
 from rsmae.tasks.precision import default_precision
 from rsmae.tasks.probe import fit_linear_probe, knn_predict, small_problem_threads
 
-__all__ = ["FROZEN_PROTOCOLS", "PROTOCOLS", "evaluate_classification", "parse_protocol"]
+__all__ = ["FINETUNE_RECIPE", "FROZEN_PROTOCOLS", "PROTOCOLS", "evaluate_classification", "parse_protocol"]
 
 _logger = logging.getLogger(__name__)
 
+# Bumped when a tuned protocol's recipe changes, so benchmark cells computed before are recomputed.
+FINETUNE_RECIPE = 2  # 2: mean-pooled patch tokens + LayerNorm (MAE's fine-tuning), was the cls token
 FROZEN_PROTOCOLS = ("knn", "linear", "head")
 PROTOCOLS = (*FROZEN_PROTOCOLS, "mlp", "last1", "last2", "last4", "full")
 LR_SWEEP = (1e-3, 3e-3, 1e-2, 3e-2)

@@ -28,7 +28,10 @@ __all__ = ["FinetuneTask"]
 
 
 class FinetuneTask(L.LightningModule):
-    """Encoder + linear head (after the cls token) trained on labelled scenes.
+    """Encoder + pooled features + linear head trained on labelled scenes.
+
+    As in MAE's fine-tuning, features are by default the mean of the patch tokens followed by a new
+    LayerNorm (``pool="avg"``): MAE pretraining gives the cls token no objective of its own.
 
     Args:
         encoder: The backbone; its ``blocks`` and final norm are tuned according to ``tune``.
@@ -44,6 +47,7 @@ class FinetuneTask(L.LightningModule):
         crop_scale: Area range of the multiscale random resized crop (``None`` = off).
         gsd: Metres per pixel of the images (bookkeeping of the crop's GSD).
         seed: Seed of the head's initialisation and of the augmentations.
+        pool: ``"avg"`` (mean patch token + LayerNorm, MAE's fine-tuning) or ``"cls"``.
     """
 
     def __init__(
@@ -61,8 +65,11 @@ class FinetuneTask(L.LightningModule):
         crop_scale: tuple[float, float] | None = (0.5, 1.0),
         gsd: float = 10.0,
         seed: int = 0,
+        pool: str = "avg",
     ) -> None:
         super().__init__()
+        if pool not in ("avg", "cls"):
+            raise ValueError(f"pool={pool!r}; choose 'avg' or 'cls'")
         self.save_hyperparameters(ignore=["encoder"])
         self.encoder = encoder
         self.tune = parse_tune(tune, len(encoder.blocks))
@@ -71,6 +78,7 @@ class FinetuneTask(L.LightningModule):
         configure_trainable(encoder, self.tune)
         self._set_drop_path(drop_path)
         gen = torch.Generator().manual_seed(seed)
+        self.head_norm = nn.LayerNorm(encoder.embed_dim) if pool == "avg" else nn.Identity()
         self.head = nn.Linear(encoder.embed_dim, num_classes)
         with torch.no_grad():
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=gen) * 2e-5)
@@ -94,7 +102,10 @@ class FinetuneTask(L.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Class logits ``(B, num_classes)``."""
-        return self.head(self.encoder.forward_features(images)[:, 0])
+        tokens = self.encoder.forward_features(images)
+        if self.hparams.pool == "cls":
+            return self.head(tokens[:, 0])
+        return self.head(self.head_norm(tokens[:, self.encoder.num_prefix_tokens:].mean(1)))
 
     def train(self, mode: bool = True) -> FinetuneTask:
         """Training mode for the tuned parts; frozen parts stay in eval mode."""
@@ -136,6 +147,7 @@ class FinetuneTask(L.LightningModule):
         for g in groups:
             g["lr"] = hp.lr * g.pop("lr_scale", 1.0)
         groups.append({"params": list(self.head.parameters()), "lr": hp.lr, "weight_decay": hp.weight_decay})
+        groups.append({"params": list(self.head_norm.parameters()), "lr": hp.lr, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
         schedule = WarmupCosine(round(hp.warmup_fraction * total), total)
