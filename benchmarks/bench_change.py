@@ -174,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed whole-city inferences per variant")
     p.add_argument("--precisions", default="fp32,bf16" if cpu_has_native_bf16() else "fp32",
                    help="comma-separated: fp32, bf16 (default bf16 too where the CPU has it natively)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's, one per core)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     command = " ".join(sys.argv[1:] if argv is None else argv)
     city = OSCD(args.data, cities=[args.city])

@@ -223,6 +223,7 @@ def test_evaluate_change_trains_scores_whole_scenes_and_the_pipeline_reloads(
         assert 0.0 <= result[key] <= 1.0, key
     assert result["train_scenes"] == ["train_36_0512_0512", "train_386_0512_0768", "train_412_0512_0768"]
     assert (tmp_path / "run" / "maps" / "test_2_0000_0000.png").is_file()
+    assert (tmp_path / "run" / "pr_curve.png").is_file() and (tmp_path / "run" / "pr_curve.csv").is_file()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["f1"] == result["f1"]
     # the pipeline scores the saved model without retraining: a line per scene, then the JSON
     code = evaluate_change_cli.main(["--task", "levircd", "--load", result["model_path"], "--test-root",

@@ -157,3 +157,19 @@ def test_pair_crops_take_one_window_from_both_dates_and_the_label() -> None:
     padded = PairCrops(ds.scenes, size=128, length=1)[0]  # larger than the scene: padded, pad ignored
     assert padded["image"].shape == (2, 13, 128, 128)
     assert bool((padded["mask"][96:] == IGNORE_INDEX).all())
+
+
+def test_match_dates_gives_date2_the_radiometry_of_date1() -> None:
+    # pisa's date 2 (February) is 20-30 % darker than date 1 (July) in most bands
+    scene = OSCD(OSCD_ROOT, cities=["pisa"], bands=RGB, window=(0, 0, 200, 200)).scenes[0]
+    before = scene.image.astype(np.float64)
+    assert before[1].mean() < 0.9 * before[0].mean()
+    matched = scene.match_dates()
+    after = matched.image.astype(np.float64)
+    np.testing.assert_array_equal(matched.image[0], scene.image[0])
+    assert matched.image.dtype == scene.image.dtype and matched.mask is scene.mask
+    np.testing.assert_allclose(after[1].mean(axis=(1, 2)), after[0].mean(axis=(1, 2)), rtol=1e-3)
+    np.testing.assert_allclose(after[1].std(axis=(1, 2)), after[0].std(axis=(1, 2)), rtol=1e-2)
+    # a monotone per-band map: the order of date-2 pixels is kept
+    i = np.argsort(before[1, 0].ravel())
+    assert bool((np.diff(after[1, 0].ravel()[i]) >= 0).all())

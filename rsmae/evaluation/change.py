@@ -3,8 +3,9 @@
 :func:`evaluate_change` is the whole protocol behind ``pipelines/evaluate_change.py`` and one cell
 of the change-detection tables:
 
-1. read the training scenes (a dataset's fixed split, or named cities of any folder in its layout)
-   and hold out the bottom ``val_fraction`` of every training scene as the validation split;
+1. read the training scenes (a dataset's fixed split, or named cities of any folder in its layout),
+   match date 2's radiometry to date 1 per scene and band, and hold out the bottom
+   ``val_fraction`` of every training scene as the validation split;
 2. train a :class:`~rsmae.tasks.change.ChangeTask` (Siamese ViT from a backbone file or a random
    init, or the FC-Siam-diff baseline) on random co-located crops of the rest, with Lightning;
 3. choose the probability threshold of best F1 on the validation strips, scored like the test;
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader
 from rsmae.datasets import LEVIRCD, OSCD, BitemporalScenes, LandsatCD, PairCrops, PairScene
 from rsmae.datasets.bitemporal import band_statistics
 from rsmae.errors import InputNotFoundError
-from rsmae.evaluation.change_metrics import ChangeScores, best_f1_threshold, save_change_map
+from rsmae.evaluation.change_metrics import ChangeScores, best_f1_threshold, save_change_map, save_pr_curve
 from rsmae.evaluation.sliding import sliding_window_logits
 from rsmae.evaluation.trainable import Tune
 from rsmae.models import fused_attention_pays, set_fused_attention
@@ -68,6 +69,8 @@ class ChangeConfig:
         window_batch: Windows per forward in inference.
         blend: Weight window of the blended logits (``cosine``, ``triangular``, ``flat``).
         val_fraction: Bottom fraction of every training scene held out for the threshold.
+        match_dates: Rescale date 2 per band to date 1's scene mean and std before anything else
+            (:meth:`~rsmae.datasets.PairScene.match_dates`), in training and scoring alike.
         preset: Encoder preset of a random init.
         patch_size: Patch size of a random init.
         fusion: ``"diff"`` or ``"concat"``.
@@ -96,6 +99,7 @@ class ChangeConfig:
     window_batch: int = 32
     blend: str = "cosine"
     val_fraction: float = 0.2
+    match_dates: bool = True
     preset: str = "vit_tiny"
     patch_size: int = 16
     fusion: str = "diff"
@@ -192,6 +196,13 @@ def _dataset(name: str) -> type[BitemporalScenes]:
         raise ValueError(f"dataset {name!r}; choose {', '.join(CHANGE_DATASETS)}") from None
 
 
+def _prepare(data: BitemporalScenes, cfg: ChangeConfig) -> BitemporalScenes:
+    """Apply the configured per-scene preprocessing (date-2 radiometric matching) in place."""
+    if cfg.match_dates:
+        data.scenes = [scene.match_dates() for scene in data.scenes]
+    return data
+
+
 def _split_train(scenes: Sequence[PairScene], fraction: float) -> tuple[list[PairScene], list[PairScene]]:
     """Top rows for training, the bottom ``fraction`` of each scene for validation."""
     train, val = [], []
@@ -276,7 +287,7 @@ def evaluate_change(
         train_root: Folder of the training scenes (default ``test_root``).
         dataset: ``"oscd"``, ``"levircd"`` or ``"landsat"``.
         seed: Seed of the model init, crops and augmentation.
-        out_dir: Where the model, ``metrics.json``, ``pr_curve.csv`` and ``maps/*.png`` go.
+        out_dir: Where the model, ``metrics.json``, ``pr_curve.csv``/``.png`` and ``maps/*.png`` go.
         model: ``"siamese-vit"`` or ``"fc-siam-diff"``.
         train_cities: Training scenes instead of the dataset's train split.
         test_cities: Test scenes instead of its test split (``["all"]``: every labelled scene).
@@ -315,15 +326,16 @@ def _evaluate(backbone: str | Path | None, tune: Tune, cls: type[BitemporalScene
     if load is not None:
         task, info = load_change_model(load)
         info = {**info, "loaded": str(load)}
+        cfg.match_dates = bool(info.get("match_dates", cfg.match_dates))  # as the model was trained
         bands = task.hparams.bands
     else:
         train_split = "train" if train_cities is None else "cities"
-        data = cls(train_root or test_root, train_split, cities=train_cities, bands=bands)
+        data = _prepare(cls(train_root or test_root, train_split, cities=train_cities, bands=bands), cfg)
         task, info = _train(backbone, tune, model, data, cfg, seed, out)
         bands = data.bands
     all_cities = test_cities is not None and list(test_cities) == ["all"]
-    test = cls(test_root, "all" if all_cities else "test", cities=None if all_cities else test_cities,
-               bands=bands)
+    test = _prepare(cls(test_root, "all" if all_cities else "test",
+                        cities=None if all_cities else test_cities, bands=bands), cfg)
     result = _score(task, test, cfg, float(info["threshold"]), out, on_scene)
     result.update({k: v for k, v in info.items() if k != "threshold"}, dataset=dataset,
                   model=task.hparams.model, backbone=None if backbone is None else str(backbone),
@@ -333,6 +345,7 @@ def _evaluate(backbone: str | Path | None, tune: Tune, cls: type[BitemporalScene
     if out is not None:
         if load is None:
             extra = {k: info[k] for k in ("threshold", "val_f1", "train_scenes", "steps")}
+            extra["match_dates"] = cfg.match_dates
             result["model_path"] = str(save_change_model(task, out / "change_model.safetensors",
                                                          extra={**extra, "dataset": dataset}))
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -374,4 +387,6 @@ def _score(task: ChangeTask, test: BitemporalScenes, cfg: ChangeConfig, threshol
             writer = csv.writer(fh)
             writer.writerow(["threshold", "precision", "recall"])
             writer.writerows(zip(curve["threshold"], curve["precision"], curve["recall"], strict=True))
+        result["pr_curve"] = str(save_pr_curve(out / "pr_curve.png", curve, threshold,
+                                               f"{', '.join(s.name for s in test.scenes)[:60]}"))
     return result

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 from torchmetrics import MetricCollection
@@ -38,6 +39,7 @@ __all__ = [
     "change_map",
     "change_metrics",
     "save_change_map",
+    "save_pr_curve",
 ]
 
 # colours of the error panel: true positive, false positive, false negative, true negative, unlabelled
@@ -201,4 +203,21 @@ def save_change_map(path: str | Path, *args: Any, **kwargs: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(change_map(*args, **kwargs)).save(path)
+    return path
+
+
+def save_pr_curve(path: str | Path, curve: dict[str, list[float]], threshold: float, title: str = "") -> Path:
+    """Plot a precision-recall curve (:meth:`ChangeScores.pr_curve`) with the chosen threshold marked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(4.5, 4), dpi=120)
+    ax = fig.add_subplot()
+    ax.plot(curve["recall"], curve["precision"], lw=1.5)
+    i = min(range(len(curve["threshold"])), key=lambda k: abs(curve["threshold"][k] - threshold))
+    ax.plot([curve["recall"][i]], [curve["precision"][i]], "o", color="C3",
+            label=f"threshold {threshold:.3f} (validation)")
+    ax.set(xlabel="recall (change)", ylabel="precision (change)", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
     return path
