@@ -185,13 +185,20 @@ def stack_points(params: Mapping[str, Tensor], directions: Sequence[Mapping[str,
     if coefs.ndim != 2 or coefs.shape[1] != len(directions):
         raise LandscapeError(f"coefs must be (K, {len(directions)}), got {tuple(coefs.shape)}")
     out = {}
+    cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
     for name, theta in params.items():
-        c = coefs.to(device=theta.device, dtype=theta.dtype)
-        value = theta.unsqueeze(0).expand(c.shape[0], *theta.shape).clone()
-        flat = value.view(c.shape[0], -1)
-        for i, d in enumerate(directions):
+        key = (theta.device, theta.dtype)
+        if key not in cast:
+            cast[key] = coefs.to(device=theta.device, dtype=theta.dtype)
+        c = cast[key]
+        row = theta.reshape(1, -1)
+        if not directions:
+            out[name] = row.expand(c.shape[0], -1).clone().view(c.shape[0], *theta.shape)
+            continue
+        flat = torch.addmm(row, c[:, :1], directions[0][name].reshape(1, -1))  # written once, no clone
+        for i, d in enumerate(directions[1:], 1):
             flat.addmm_(c[:, i : i + 1], d[name].reshape(1, -1))
-        out[name] = value
+        out[name] = flat.view(c.shape[0], *theta.shape)
     return out
 
 

@@ -219,14 +219,16 @@ class MAEObjective(Objective):
         self.gsd: list[Tensor | None] = (list(gsd.to(self.device).split([len(b) for b in self.images]))
                                          if gsd is not None else [None] * len(self.images))
         self.mask_ratio = mae.mask_ratio if mask_ratio is None else float(mask_ratio)
+        with torch.no_grad():  # the reconstruction target depends on the images only: computed once
+            self.targets = [self.module.target(x) for x in self.images]
         self.total = sum(len(b) for b in self.images)
         self.options = {"samples": self.total, "seed": int(seed), "mask_ratio": self.mask_ratio}
         self._data_key = fingerprint({"images": images, "noise": torch.cat(self.noise)})
 
     def _outputs(self, params: Mapping[str, Tensor]) -> list[tuple[int, Any]]:
         return [(len(x), functional_call(self.module, dict(params), (x,),
-                                         {"noise": n, "mask_ratio": self.mask_ratio, "gsd": g}))
-                for x, n, g in zip(self.images, self.noise, self.gsd, strict=True)]
+                                         {"noise": n, "mask_ratio": self.mask_ratio, "gsd": g, "target": t}))
+                for x, n, g, t in zip(self.images, self.noise, self.gsd, self.targets, strict=True)]
 
     def loss(self, params: Mapping[str, Tensor]) -> Tensor:
         """Masked-patch MSE at ``params``."""
