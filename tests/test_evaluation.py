@@ -79,6 +79,8 @@ def test_frozen_blocks_get_no_gradient_and_do_not_move() -> None:
         tuned = name.startswith(("blocks.2.", "norm."))
         assert param.grad is None or tuned, name
         assert moved == tuned or (tuned and "bias" in name), name
+    cls = FinetuneTask(_encoder(depth=2), num_classes=4, tune="full", pool="cls")
+    assert cls(x).shape == (4, 4) and isinstance(cls.head.norm, torch.nn.Identity)
 
 
 def test_cached_features_equal_fresh_and_follow_the_backbone_file(tmp_path: Path) -> None:

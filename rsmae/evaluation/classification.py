@@ -129,7 +129,8 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     """Train a FinetuneTask; test logits, trainable parameters, images/s and MFU.
 
     With ``out_dir`` the tuned model is saved there: ``backbone.safetensors`` (the encoder with its
-    metadata) and ``head.safetensors`` (``weight``, ``bias`` of the linear head).
+    metadata) and ``head.safetensors`` (the :class:`~rsmae.tasks.finetune.PooledHead`: ``fc.*``, ``norm.*``,
+    its pooling in the metadata).
     """
     L.seed_everything(seed, workers=True, verbose=False)
     epochs = int(hparams.pop("epochs", 30))
@@ -172,7 +173,7 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
                                    source=f"{encoder.rsmae_meta.source} fine-tuned ({tune}, seed {seed})")
         saved["model_path"] = str(save_backbone(task.encoder, Path(out_dir) / "backbone.safetensors", meta))
         save_file({k: v.detach().contiguous() for k, v in task.head.state_dict().items()},
-                  str(Path(out_dir) / "head.safetensors"))
+                  str(Path(out_dir) / "head.safetensors"), metadata={"pool": task.head.pool})
     return logits, {**saved,
         "trainable_params": task.trainable_params,
         "images_per_s": ips,

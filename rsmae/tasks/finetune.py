@@ -24,7 +24,30 @@ from rsmae.augment import RSAugment
 from rsmae.evaluation.trainable import Tune, configure_trainable, count_trainable, freeze_eval, parse_tune
 from rsmae.tasks.optim import WarmupCosine
 
-__all__ = ["FinetuneTask"]
+__all__ = ["FinetuneTask", "PooledHead"]
+
+
+class PooledHead(nn.Module):
+    """Classifier on ViT tokens: mean patch token + LayerNorm (``"avg"``) or the cls token, then linear.
+
+    Args:
+        dim: Token width.
+        num_classes: Classes.
+        pool: ``"avg"`` (MAE's fine-tuning) or ``"cls"``.
+        num_prefix_tokens: Leading non-patch tokens (the cls token).
+    """
+
+    def __init__(self, dim: int, num_classes: int, pool: str = "avg", num_prefix_tokens: int = 1) -> None:
+        super().__init__()
+        self.pool, self.num_prefix_tokens = pool, num_prefix_tokens
+        self.norm = nn.LayerNorm(dim) if pool == "avg" else nn.Identity()
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of tokens ``(B, N, dim)``."""
+        if self.pool == "cls":
+            return self.fc(tokens[:, 0])
+        return self.fc(self.norm(tokens[:, self.num_prefix_tokens:].mean(1)))
 
 
 class FinetuneTask(L.LightningModule):
@@ -68,8 +91,6 @@ class FinetuneTask(L.LightningModule):
         pool: str = "avg",
     ) -> None:
         super().__init__()
-        if pool not in ("avg", "cls"):
-            raise ValueError(f"pool={pool!r}; choose 'avg' or 'cls'")
         self.save_hyperparameters(ignore=["encoder"])
         self.encoder = encoder
         self.tune = parse_tune(tune, len(encoder.blocks))
@@ -78,11 +99,10 @@ class FinetuneTask(L.LightningModule):
         configure_trainable(encoder, self.tune)
         self._set_drop_path(drop_path)
         gen = torch.Generator().manual_seed(seed)
-        self.head_norm = nn.LayerNorm(encoder.embed_dim) if pool == "avg" else nn.Identity()
-        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        self.head = PooledHead(encoder.embed_dim, num_classes, pool, encoder.num_prefix_tokens)
         with torch.no_grad():
-            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=gen) * 2e-5)
-            self.head.bias.zero_()
+            self.head.fc.weight.copy_(torch.randn(self.head.fc.weight.shape, generator=gen) * 2e-5)
+            self.head.fc.bias.zero_()
         self.augment = RSAugment(dihedral=dihedral, crop_scale=crop_scale)
         self._generator: torch.Generator | None = None
 
@@ -102,10 +122,7 @@ class FinetuneTask(L.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Class logits ``(B, num_classes)``."""
-        tokens = self.encoder.forward_features(images)
-        if self.hparams.pool == "cls":
-            return self.head(tokens[:, 0])
-        return self.head(self.head_norm(tokens[:, self.encoder.num_prefix_tokens:].mean(1)))
+        return self.head(self.encoder.forward_features(images))
 
     def train(self, mode: bool = True) -> FinetuneTask:
         """Training mode for the tuned parts; frozen parts stay in eval mode."""
@@ -146,8 +163,10 @@ class FinetuneTask(L.LightningModule):
         groups = [g for g in groups if g["params"]]
         for g in groups:
             g["lr"] = hp.lr * g.pop("lr_scale", 1.0)
-        groups.append({"params": list(self.head.parameters()), "lr": hp.lr, "weight_decay": hp.weight_decay})
-        groups.append({"params": list(self.head_norm.parameters()), "lr": hp.lr, "weight_decay": 0.0})
+        head = {"lr": hp.lr, "weight_decay": hp.weight_decay}
+        groups.append({"params": list(self.head.fc.parameters()), **head})
+        if any(True for _ in self.head.norm.parameters()):
+            groups.append({"params": list(self.head.norm.parameters()), "lr": hp.lr, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
         schedule = WarmupCosine(round(hp.warmup_fraction * total), total)
