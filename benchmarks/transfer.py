@@ -59,15 +59,16 @@ def plan_cells(config: dict[str, Any], inits: Iterable[str]) -> list[dict[str, A
     """Every cell of the grid, in a stable order (the SLURM array index is a position here).
 
     A grid block crosses its protocols with ``fractions`` (scene classification) or ``datasets``
-    (change detection), every init (or the block's own ``inits``) and every seed.
+    (change detection), every init (or the block's own ``inits``) and every seed. Seeds come
+    outermost, so a grid stopped early has every init and protocol at the same number of seeds.
     """
     cells = []
     for block in config["grid"]:
         axis = "fraction" if "fractions" in block else "dataset"
-        for init in block.get("inits", inits):
+        for seed in config["seeds"]:
             for value in block[f"{axis}s"]:
                 for protocol in block["protocols"]:
-                    for seed in config["seeds"]:
+                    for init in block.get("inits", inits):
                         cell = {"init": init, "protocol": protocol, axis: str(value), "seed": int(seed)}
                         cells.append(cell)
     return cells
