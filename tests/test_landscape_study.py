@@ -166,4 +166,4 @@ def test_pipeline_exit_codes(tmp_path: Path, model_files: dict[str, Path], euros
 
 def test_shipped_config_parses() -> None:
     cfg = LandscapeConfig.from_yaml(ROOT / "configs" / "landscape" / "cpu-small.yaml")
-    assert [m.name for m in cfg.models] == ["MAE", "RC-MAE"] and cfg.noise.draws >= 20
+    assert [m.kind for m in cfg.models] == ["pretrain", "pretrain", "classifier"] and cfg.noise.draws >= 20
