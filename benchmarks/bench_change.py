@@ -10,9 +10,12 @@
    the CPU has native bf16, under bf16 autocast (``evaluate_change``'s default there).
 
 Every variant takes the best of its timed repeats (other processes on a shared machine only add
-time); medians are shown too. Run from the repository root (about 2 minutes on 2 idle cores)::
+time); medians are shown too. On a machine shared with other jobs, ``--threads 1`` avoids the
+OpenMP threads of one process waiting for each other (measured 4-6x slower steps with 2 threads at a
+load average of 5-7 on 2 cores). Run from the repository root (1.5 minutes at ``--threads 1``)::
 
     .venv/bin/python benchmarks/bench_change.py
+    .venv/bin/python benchmarks/bench_change.py --threads 1
     .venv/bin/python benchmarks/bench_change.py --preset vit_test --steps 2 --repeats 1 --out /tmp/x
 
 Writes ``change_speed.md`` and ``change_speed.csv`` to ``--out`` (default ``benchmarks/results``).
@@ -85,12 +88,14 @@ def inference_rows(args: argparse.Namespace, city: OSCD, stats: tuple, precision
     for model in ("siamese-vit", "fc-siam-diff"):
         task = make_task(model, "frozen", args, list(city.bands), stats).eval()
         set_fused_attention(task.model, False)  # as evaluate_change does on CPUs
+        with autocast(precision):  # warm-up on a few windows, not a whole city
+            task.predict_logits(torch.stack([pair[..., :args.window, :args.window]] * 4))
         for batch in (args.window_batch, 1):
             def run(task: ChangeTask = task, batch: int = batch) -> torch.Tensor:
                 with autocast(precision):
                     return sliding_window_logits(task.predict_logits, pair, window=args.window,
                                                  overlap=args.overlap, batch_size=batch)
-            best, median = timed(run, args.repeats)
+            best, median = timed(run, args.repeats, warmup=0)
             rows.append({"part": "inference, whole city", "precision": precision, "model": model,
                          "variant": f"{batch} window(s)/batch", "best_s": best, "median_s": median,
                          "windows": _n_windows(pair.shape[-2:], args),
@@ -165,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "oscd_subset"))
     p.add_argument("--city", default="pisa")
+    p.add_argument("--size", type=int, default=None, help="read only the top-left size x size px (tests)")
     p.add_argument("--preset", default="vit_tiny")
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--overlap", type=int, default=16)
@@ -182,13 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     command = " ".join(sys.argv[1:] if argv is None else argv)
-    city = OSCD(args.data, cities=[args.city])
+    city = OSCD(args.data, cities=[args.city], window=(0, 0, args.size, args.size) if args.size else None)
     stats = band_statistics(city.scenes)
     rows = []
     for precision in args.precisions.split(","):
         rows += inference_rows(args, city, stats, precision) + training_rows(args, city, stats, precision)
     h, w = city.scenes[0].mask.shape
-    header = [f"cpu: {cpu_name()}", f"threads: {torch.get_num_threads()}", f"torch: {torch.__version__}",
+    header = [f"cpu: {cpu_name()}", f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}",
+              f"torch: {torch.__version__}",
               f"native bf16: {cpu_has_native_bf16()}",
               *(f"matmul peak {n}: {matmul_peak(d):.1f} GFLOP/s" for n, d in
                 (("fp32", torch.float32), ("bf16", torch.bfloat16)) if n in args.precisions),

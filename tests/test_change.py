@@ -247,3 +247,16 @@ def test_fc_siam_diff_baseline_runs_end_to_end(tmp_path: Path) -> None:
                              out_dir=tmp_path)
     assert result["model"] == "fc-siam-diff" and 0.0 <= result["f1"] <= 1.0
     assert LEVIRCD(LEVIR, "val").change_fraction() > 0
+
+
+def test_bench_change_runs_and_writes_its_table(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_change
+
+    args = ["--size", "96", "--preset", "vit_test", "--steps", "1", "--repeats", "1", "--precisions", "fp32",
+            "--window", "32", "--overlap", "0", "--train-batch", "2", "--out", str(tmp_path)]
+    assert bench_change.main(args) == 0
+    table = (tmp_path / "change_speed.md").read_text()
+    assert "cpu: " in table and "| training step | fp32 | fc-siam-diff |" in table
+    assert "| inference, whole city | fp32 | siamese-vit | 1 window(s)/batch |" in table
+    assert len((tmp_path / "change_speed.csv").read_text().splitlines()) == 1 + 4 + 4
