@@ -6,10 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import EUROSAT, ROOT
 
 from rsmae.bands import get_sensor
+from rsmae.evaluation.data import backbone_meta
 from rsmae.evaluation.features import file_digest
 from rsmae.models import BackboneMeta, create_encoder, save_backbone
 
@@ -69,3 +71,19 @@ def test_tables_and_plots_from_finished_cells(tmp_path: Path) -> None:
     rows = (tmp_path / "results" / "transfer_eurosat.csv").read_text().splitlines()
     assert rows[0].startswith("init,protocol,fraction,accuracy_mean") and len(rows) == 1 + 4  # seed 0 first
     assert all(p.is_file() for p in paths) and any(p.suffix == ".png" for p in paths)
+
+
+def test_backbones_given_by_path_and_a_derived_random_init(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(transfer, "ROOT", tmp_path)
+    (tmp_path / "runs" / "v1").mkdir(parents=True)
+    _backbone(tmp_path / "runs" / "v1" / "backbone.safetensors", 3)
+    config = {**_config(tmp_path), "backbones": {"demo_mae": "runs/v*/backbone.safetensors"},
+              "inits": ["random", "demo_mae"]}
+    manifest = transfer.manifest_from_paths(config)
+    assert set(manifest) == {"random", "demo_mae"}
+    assert manifest["random"]["sha256"] != manifest["demo_mae"]["sha256"]
+    meta = backbone_meta(manifest["random"]["path"])
+    assert meta.bands == S2 and meta.mean == [1000.0] * 13 and "random init" in meta.source
+    config["backbones"] = {"demo_mae": "runs/none*/backbone.safetensors"}
+    with pytest.raises(FileNotFoundError, match="pretrain first"):
+        transfer.manifest_from_paths(config)
