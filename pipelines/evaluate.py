@@ -1,12 +1,15 @@
-"""Score one backbone with one transfer protocol on one scene-classification dataset.
+"""Score one backbone with one transfer protocol on one dataset (scene classification or change).
 
-Prints a summary and, as its last line, a JSON object of the metrics.
+Prints a summary and, as its last line, a JSON object of the metrics. ``--task oscd|levircd|landsat``
+runs change detection (the options of ``pipelines/evaluate_change.py``).
 
 Example:
     python pipelines/evaluate.py --backbone runs/mae_tiny/logs/version_0/backbone.safetensors \
         --protocol linear --root ../shared/data/eurosat_ms_subset --seed 0
     python pipelines/evaluate.py --backbone B.safetensors --protocol full --fraction 5-shot \
         --train-root EuroSAT/train --test-root my_heldout_scenes --epochs 30 --out eval/full
+    python pipelines/evaluate.py --task oscd --backbone B.safetensors --protocol frozen \
+        --test-root ../shared/data/oscd_subset --seed 0 --out eval/oscd
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from rsmae.evaluation.classification import PROTOCOLS, evaluate_classification
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="classification", help="classification, or oscd, levircd, landsat")
     p.add_argument("--backbone", required=True, help="backbone file (backbone.safetensors)")
     p.add_argument("--protocol", required=True, help=f"{', '.join(PROTOCOLS)} or lastK")
     p.add_argument("--root", help="folder holding train/ and test/ class folders (EuroSAT layout)")
@@ -43,7 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluation; return the exit code."""
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", default="classification")
+    known, rest = task.parse_known_args(argv)
+    if known.task != "classification":
+        from evaluate_change import main as change_main  # pipelines/ is on the path of a script
+
+        return change_main(["--task", known.task, *rest])
+    args = parse_args(rest)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     train, test = args.train_root, args.test_root
     if args.root:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import EUROSAT
+from conftest import EUROSAT, ROOT
 
 from rsmae.bands import get_sensor
 from rsmae.errors import BandError, InputNotFoundError
@@ -151,3 +152,19 @@ def test_protocols_on_real_eurosat(tmp_path: Path) -> None:
     assert not torch.equal(saved.blocks[1].mlp.fc1.weight, load_backbone(path).blocks[1].mlp.fc1.weight)
     with pytest.raises(InputNotFoundError, match="no class folders"):
         evaluate_classification(path, "knn", tmp_path / "none", EUROSAT / "test")
+
+
+def test_evaluate_pipeline_prints_json_last_and_exits_2_on_bad_input(tmp_path: Path, capsys) -> None:
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    import evaluate
+
+    path = _backbone(tmp_path / "b.safetensors", stats=True)
+    assert evaluate.main(["--backbone", str(path), "--protocol", "knn", "--root", str(EUROSAT),
+                          "--cache-dir", "", "--out", str(tmp_path / "out")]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["protocol"] == "knn" and (tmp_path / "out" / "metrics.json").is_file()
+    assert evaluate.main(["--backbone", str(tmp_path / "none.safetensors"), "--protocol", "knn",
+                          "--root", str(EUROSAT)]) == 2
+    assert "none.safetensors" in capsys.readouterr().err
+    assert evaluate.main(["--task", "oscd", "--test-root", str(tmp_path / "no_oscd")]) == 2
+    assert "no_oscd" in capsys.readouterr().err
