@@ -17,14 +17,16 @@ from conftest import EUROSAT, ROOT
 from safetensors.torch import save_file
 
 from rsmae.data import ShardDataset, describe_data
-from rsmae.errors import LandscapeError
+from rsmae.errors import LandscapeError, WeightsError
 from rsmae.landscape import Surface
-from rsmae.landscape.config import LandscapeConfig
+from rsmae.landscape.config import LandscapeConfig, ModelSpec
+from rsmae.landscape.inputs import load_model
 from rsmae.landscape.plots import plot_comparison, plot_slices
 from rsmae.landscape.report import Measures, sharpness, summarise, table_rows
 from rsmae.landscape.study import run_study
 from rsmae.models import save_backbone
 from rsmae.tasks import PretrainTask
+from rsmae.tasks.finetune import PooledHead
 
 sys.path.insert(0, str(ROOT / "pipelines"))
 import landscape  # noqa: E402  (pipeline script)
@@ -75,11 +77,30 @@ def model_files(tmp_path_factory: pytest.TempPathFactory, eurosat_store: Path) -
              "RC-MAE": _checkpoint(tmp / "rcmae.ckpt", "rcmae", info, 1)}
     task = PretrainTask.load_from_checkpoint(files["MAE"], map_location="cpu")
     files["backbone"] = save_backbone(task.encoder(), tmp / "backbone.safetensors", task.backbone_meta())
+    torch.manual_seed(0)
+    pooled = PooledHead(64, 10, pool="avg")  # as pipelines/evaluate.py --protocol full --out saves it
+    save_file(pooled.state_dict(), str(tmp / "head.safetensors"), metadata={"pool": "avg"})
+    files["head"] = tmp / "head.safetensors"
     gen = torch.Generator().manual_seed(0)
     save_file({"weight": 0.1 * torch.randn(10, 64, generator=gen), "bias": torch.zeros(10)},
-              str(tmp / "head.safetensors"))
-    files["head"] = tmp / "head.safetensors"
+              str(tmp / "linear_head.safetensors"))
+    files["linear_head"] = tmp / "linear_head.safetensors"
     return files
+
+
+def test_classifier_files_load_as_saved(model_files: dict[str, Path]) -> None:
+    x = torch.randn(2, 13, 64, 64)
+    for head, pool in (("head", "avg"), ("linear_head", "cls")):
+        spec = ModelSpec("sup", "classifier", str(model_files["backbone"]), head=str(model_files[head]))
+        model = load_model(spec).module.eval()
+        assert model.head.pool == pool
+        tokens = model.encoder.forward_features(x)
+        with torch.no_grad():
+            feats = tokens[:, 0] if pool == "cls" else model.head.norm(tokens[:, 1:].mean(1))
+            torch.testing.assert_close(model(x), model.head.fc(feats))
+    bad = ModelSpec("sup", "classifier", str(model_files["backbone"]), head=str(model_files["backbone"]))
+    with pytest.raises(WeightsError, match="fc.weight"):
+        load_model(bad)
 
 
 def _config(tmp: Path, files: dict[str, Path], store: Path) -> dict:

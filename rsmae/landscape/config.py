@@ -47,8 +47,10 @@ class ModelSpec:
         name: Label in tables and figures.
         kind: ``"pretrain"`` (Lightning checkpoint of ``pipelines/pretrain.py``: MAE or RC-MAE),
             ``"backbone"`` (``backbone.safetensors``: probe loss only) or ``"classifier"`` (a
-            supervised ViT: ``path`` = its backbone file, ``head`` = a safetensors file holding
-            ``weight (classes, dim)`` and ``bias (classes,)``).
+            supervised ViT as ``pipelines/evaluate.py --protocol full --out`` saves it: ``path`` =
+            its ``backbone.safetensors``, ``head`` = its ``head.safetensors``, a
+            :class:`~rsmae.tasks.finetune.PooledHead`; a bare ``weight``/``bias`` file is a linear
+            head on the cls token).
         path: The model file.
         head: Head file of a classifier.
         weights: RC-MAE: the encoder probed, ``"student"`` or ``"teacher"``.
@@ -64,7 +66,7 @@ class ModelSpec:
         if self.kind not in KINDS:
             raise LandscapeError(f"model {self.name!r}: kind={self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.kind == "classifier" and not self.head:
-            raise LandscapeError(f"model {self.name!r}: a classifier needs head: <file with weight, bias>")
+            raise LandscapeError(f"model {self.name!r}: a classifier needs head: <its head.safetensors>")
         if self.weights not in ("student", "teacher"):
             raise LandscapeError(f"model {self.name!r}: weights={self.weights!r}; choose student or teacher")
 

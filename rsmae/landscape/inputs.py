@@ -35,6 +35,7 @@ from rsmae.landscape.objectives import (
 from rsmae.models import RCMAE, MaskedAutoencoder, load_backbone
 from rsmae.models.weights import read_weights
 from rsmae.tasks import PretrainTask
+from rsmae.tasks.finetune import PooledHead
 
 __all__ = ["Classifier", "LoadedModel", "build_objective", "load_model"]
 
@@ -42,16 +43,20 @@ _logger = logging.getLogger(__name__)
 
 
 class Classifier(nn.Module):
-    """A ViT encoder and a linear head on its cls token (the supervised model of a study)."""
+    """A ViT encoder and its classifier head (the supervised model of a study).
 
-    def __init__(self, encoder: nn.Module, head: nn.Linear) -> None:
+    The head is a :class:`~rsmae.tasks.finetune.PooledHead` (mean patch token + LayerNorm, or the
+    cls token, then linear), as ``pipelines/evaluate.py --protocol full --out`` saves it.
+    """
+
+    def __init__(self, encoder: nn.Module, head: PooledHead) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, classes)``."""
-        return self.head(self.encoder.forward_features(x)[:, 0])
+        return self.head(self.encoder.forward_features(x))
 
 
 @dataclass
@@ -90,7 +95,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             "img_size": meta.img_size}
     if spec.kind == "backbone":
         return LoadedModel(spec, encoder, encoder, info)
-    head = _load_head(Path(spec.head or ""), encoder.embed_dim)
+    head = _load_head(Path(spec.head or ""), encoder)
     return LoadedModel(spec, Classifier(encoder, head), encoder, info)
 
 
@@ -116,16 +121,29 @@ def _load_pretrain(spec: ModelSpec, path: Path) -> LoadedModel:
     return LoadedModel(spec, task.model, encoder, info)
 
 
-def _load_head(path: Path, dim: int) -> nn.Linear:
-    tensors, _ = read_weights(path)
-    weight, bias = tensors.get("weight"), tensors.get("bias")
-    if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] != dim:
-        raise WeightsError(f"{path}: a classifier head file needs 'weight' (classes, {dim}) and 'bias' "
-                           f"(classes,); found {sorted(tensors)}")
-    head = nn.Linear(dim, weight.shape[0])
-    with torch.no_grad():
-        head.weight.copy_(weight)
-        head.bias.copy_(bias)
+def _load_head(path: Path, encoder: nn.Module) -> PooledHead:
+    """Read a head file.
+
+    Either a PooledHead (``fc.*``, ``norm.*``, ``pool`` in the metadata) or a bare linear layer on
+    the cls token (``weight``, ``bias``).
+    """
+    tensors, meta = read_weights(path)
+    dim = int(encoder.embed_dim)
+    if "weight" in tensors and "fc.weight" not in tensors:  # a bare linear head on the cls token
+        tensors = {f"fc.{k}": v for k, v in tensors.items()}
+        meta = {**meta, "pool": "cls"}
+    weight = tensors.get("fc.weight")
+    if weight is None or weight.ndim != 2 or weight.shape[1] != dim or "fc.bias" not in tensors:
+        raise WeightsError(f"{path}: a classifier head file needs fc.weight (classes, {dim}) and fc.bias "
+                           "(a PooledHead of rsmae.tasks.finetune), or weight and bias; found "
+                           f"{sorted(tensors)}")
+    pool = meta.get("pool") or ("avg" if "norm.weight" in tensors else "cls")
+    head = PooledHead(dim, int(weight.shape[0]), pool=pool,
+                      num_prefix_tokens=int(getattr(encoder, "num_prefix_tokens", 1)))
+    try:
+        head.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise WeightsError(f"{path}: does not fit a PooledHead(pool={pool!r}): {err}") from err
     return head
 
 
