@@ -127,28 +127,47 @@ class EigenResult:
 
 def top_eigenvalues(objective: Objective, k: int = 1, *, iters: int = 100, tol: float = 1e-3,
                     seed: int = 0, centre: Mapping[str, Tensor] | None = None,
-                    operator: HessianOperator | None = None) -> EigenResult:
+                    operator: HessianOperator | None = None, method: str = "subspace") -> EigenResult:
     """The ``k`` eigenvalues of largest magnitude of the Hessian at the centre.
 
-    Power iteration on ``(H - sum_j l_j v_j v_j^T) v`` with every iterate orthogonalised against
-    the eigenvectors found before; the estimate is the Rayleigh quotient ``v . H v``.
+    - ``"subspace"`` (default): power iteration on ``k`` vectors at once with Rayleigh-Ritz (block
+      power iteration): each step multiplies the block by ``H``, diagonalises the ``k x k``
+      projection and rotates the block onto its Ritz vectors. Eigenvalues close to each other come
+      out in the right order, which one-at-a-time deflation does not guarantee.
+    - ``"deflation"``: power iteration on ``(H - sum_j l_j v_j v_j^T) v``, one eigenvalue after the
+      other, every iterate orthogonalised against the eigenvectors found before.
 
     Args:
         objective: The loss.
         k: Number of eigenvalues.
-        iters: Largest number of iterations per eigenvalue.
-        tol: Stop when ``|l_t - l_(t-1)| <= tol * |l_(t-1)|``.
+        iters: Largest number of iterations (per eigenvalue for ``"deflation"``).
+        tol: Stop when every estimate changed by at most ``tol`` times its size.
         seed: Seed of the starting vectors.
         centre: Weights (default ``objective.params``).
         operator: A :class:`HessianOperator` of the same objective and centre to reuse.
+        method: ``"subspace"`` or ``"deflation"``.
     """
+    if method not in ("subspace", "deflation"):
+        raise LandscapeError(f"method={method!r}; choose 'subspace' or 'deflation'")
     op = operator or HessianOperator(objective, centre)
     generator = torch.Generator().manual_seed(int(seed))
+    run = _subspace if method == "subspace" else _deflation
+    values, vectors, history, converged = run(op, k, iters, tol, generator)
+    for i, (value, hist, done) in enumerate(zip(values, history, converged, strict=True)):
+        _logger.info("eigenvalue %d: %.6g after %d iterations%s", i + 1, value, len(hist),
+                     "" if done else " (not converged)")
+    return EigenResult(values, history, converged, op.calls, op.loss, vectors)
+
+
+_Eigen = tuple[list[float], list[ParamDict], list[list[float]], list[bool]]
+
+
+def _deflation(op: HessianOperator, k: int, iters: int, tol: float, generator: torch.Generator) -> _Eigen:
     values: list[float] = []
     vectors: list[ParamDict] = []
     history: list[list[float]] = []
     converged: list[bool] = []
-    for i in range(k):
+    for _ in range(k):
         v = _orthonormal(op.like("gaussian", generator), vectors)
         lam, hist, done = 0.0, [], False
         for _ in range(iters):
@@ -166,13 +185,55 @@ def top_eigenvalues(objective: Objective, k: int = 1, *, iters: int = 100, tol: 
                 lam, done = new, True
                 break
             lam = new
-        _logger.info("eigenvalue %d: %.6g after %d iterations%s", i + 1, lam, len(hist),
-                     "" if done else " (not converged)")
         values.append(lam)
         vectors.append(v)
         history.append(hist)
         converged.append(done)
-    return EigenResult(values, history, converged, op.calls, op.loss, vectors)
+    return values, vectors, history, converged
+
+
+def _subspace(op: HessianOperator, k: int, iters: int, tol: float, generator: torch.Generator) -> _Eigen:
+    basis = _orthonormal_block([op.like("gaussian", generator) for _ in range(k)], op, generator)
+    history: list[list[float]] = [[] for _ in range(k)]
+    values: list[float] = []
+    ritz: list[ParamDict] = basis
+    done = False
+    for _ in range(iters):
+        images = [op(v) for v in basis]
+        t = torch.tensor([[_dot(u, w) for w in images] for u in basis], dtype=torch.float64)
+        lam, q = torch.linalg.eigh((t + t.T) / 2)
+        order = lam.abs().argsort(descending=True)
+        lam, q = lam[order], q[:, order]
+        new = [float(v) for v in lam]
+        ritz = [_combine(basis, q[:, i]) for i in range(k)]
+        done = bool(values) and all(abs(a - b) <= tol * abs(b) for a, b in zip(new, values, strict=True))
+        values = new
+        for i, v in enumerate(new):
+            history[i].append(v)
+        if done:
+            break
+        basis = _orthonormal_block([_combine(images, q[:, i]) for i in range(k)], op, generator)
+    return values, ritz, history, [done] * k
+
+
+def _combine(vectors: list[ParamDict], coefs: Tensor) -> ParamDict:
+    """``sum_i coefs[i] * vectors[i]``."""
+    out = _scale(vectors[0], float(coefs[0]))
+    for v, c in zip(vectors[1:], coefs[1:].tolist(), strict=True):
+        out = _axpy(c, v, out)
+    return out
+
+
+def _orthonormal_block(vectors: list[ParamDict], op: HessianOperator, generator: torch.Generator
+                       ) -> list[ParamDict]:
+    """Gram-Schmidt; a vector that vanishes (H of lower rank) is replaced by a fresh random one."""
+    basis: list[ParamDict] = []
+    for v in vectors:
+        u = _orthonormal(v, basis)
+        while not u:
+            u = _orthonormal(op.like("gaussian", generator), basis)
+        basis.append(u)
+    return basis
 
 
 def _orthonormal(v: ParamDict, basis: list[ParamDict]) -> ParamDict:

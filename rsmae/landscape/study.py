@@ -135,7 +135,7 @@ def _measure(obj: Objective, model: str, objective: str, cfg: LandscapeConfig, o
                 ops.append(HessianOperator(obj))
             return ops[0]
 
-        eigen = _cached(cache / f"eigen_{_key(obj, [hs.top_k, hs.iters, hs.tol, hs.seed])}.json",
+        eigen = _cached(cache / f"eigen_{_key(obj, [hs.top_k, hs.iters, hs.tol, hs.seed, 'subspace'])}.json",
                         lambda: top_eigenvalues(obj, hs.top_k, iters=hs.iters, tol=hs.tol, seed=hs.seed,
                                                 operator=op()),
                         lambda d: EigenResult(**d))
