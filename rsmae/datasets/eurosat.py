@@ -12,11 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from rsmae.bands import LAYOUTS, get_sensor
 from rsmae.datasets.scene_folder import SceneFolder
@@ -27,7 +25,7 @@ __all__ = ["EuroSAT"]
 _logger = logging.getLogger(__name__)
 
 
-class EuroSAT(Dataset):
+class EuroSAT(SceneFolder):
     """EuroSAT-MS scenes as dict samples ``{"image", "label", "path"}``.
 
     Args:
@@ -62,13 +60,11 @@ class EuroSAT(Dataset):
         self.root = Path(root)
         self.split = split
         self._verify()
-        self.bands = self.select(bands)
+        classes = sorted({d.name for s in self.splits if (self.root / s).is_dir()
+                          for d in (self.root / s).iterdir() if d.is_dir() and any(d.glob("*.tif"))})
+        super().__init__(self.root / split, sensor=self.sensor, layout="eurosat", bands=self.select(bands),
+                         classes=classes, suffixes=(".tif",))
         self.band_index = [self.all_bands.index(b) for b in self.bands]
-        self.classes = sorted({d.name for s in self.splits if (self.root / s).is_dir()
-                               for d in (self.root / s).iterdir() if d.is_dir() and any(d.glob("*.tif"))})
-        folder = SceneFolder(self.root / split, sensor=self.sensor, layout="eurosat", bands=self.bands,
-                             classes=self.classes, suffixes=(".tif",))
-        self.paths, self.labels, self.images = folder.paths, folder.labels, folder.images
         if (mean is None) != (std is None):
             raise ValueError("pass both mean and std, or neither")
         if mean is not None and std is not None:
@@ -106,13 +102,3 @@ class EuroSAT(Dataset):
                 "(the EuroSAT allBands GeoTIFFs); pass root= the folder holding train/ and test/, e.g. "
                 "../shared/data/eurosat_ms_subset"
             )
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": self.images[index], "label": int(self.labels[index]), "path": str(self.paths[index])}
-
-    def tensors(self) -> tuple[Tensor, Tensor]:
-        """All images ``(N, C, 64, 64)`` and labels ``(N,)`` at once."""
-        return self.images, self.labels
