@@ -65,7 +65,7 @@ def _fmt(row: dict[str, Any] | None, metric: str = "f1") -> str:
 def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, Any],
                         folder: Path, elapsed: float = 0.0) -> list[Path]:
     """Write ``change_<dataset>`` Markdown/CSV tables, the F1-vs-tuned-blocks plot and change maps."""
-    results = read_cells(config, cells)
+    results = read_cells(config, cells, manifest)
     rows = aggregate(results)
     inits = list(dict.fromkeys(c["init"] for c in cells))
     datasets = list(dict.fromkeys(c["dataset"] for c in cells))

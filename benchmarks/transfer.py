@@ -19,7 +19,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer_backbones import build_backbones, load_manifest  # noqa: E402
-from transfer_tables import cell_path, write_tables  # noqa: E402
+from transfer_tables import cell_path, fingerprint, is_done, write_tables  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,25 +71,6 @@ def plan_cells(config: dict[str, Any], inits: Iterable[str]) -> list[dict[str, A
                         cell = {"init": init, "protocol": protocol, axis: str(value), "seed": int(seed)}
                         cells.append(cell)
     return cells
-
-
-def fingerprint(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> str:
-    """What a cell's result depends on: the backbone's bytes, the data and the protocol settings."""
-    from rsmae.evaluation.classification import FINETUNE_RECIPE, FROZEN_PROTOCOLS
-
-    tuned = config.get("task") != "change" and cell["protocol"] not in FROZEN_PROTOCOLS
-    parts = {"cell": cell, "backbone": backbone.get("sha256"), "recipe": FINETUNE_RECIPE if tuned else None,
-             "data": config.get("data", config.get("datasets")),
-             "settings": config.get("finetune", config.get("change", {}))}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def is_done(path: Path, key: str) -> bool:
-    """Whether ``path`` holds a finished result with fingerprint ``key``."""
-    try:
-        return json.loads(path.read_text()).get("fingerprint") == key
-    except (OSError, ValueError):
-        return False
 
 
 def _classification(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -267,8 +247,9 @@ def main(argv: list[str] | None = None, writer: Callable[..., list[Path]] = writ
             build_backbones(config["backbones_dir"], steps=int(config["pretrain_steps"]))
         manifest = load_manifest(config["backbones_dir"])
     manifest = add_external(config, manifest)
-    manifest["fc_siam_diff"] = {"path": None, "sha256": None, "model": "fc-siam-diff", "steps": 0,
-                                "corpus": "none (from scratch)", "images": 0, "scenes": 0}
+    if config.get("task") == "change":  # the from-scratch reference row of change detection
+        manifest["fc_siam_diff"] = {"path": None, "sha256": None, "model": "fc-siam-diff", "steps": 0,
+                                    "corpus": "none (from scratch)", "images": 0, "scenes": 0}
     missing = sorted({c["init"] for c in plan_cells(config, config["inits"])} - set(manifest))
     if missing:
         print(f"error: no backbone for inits {missing} in {config['backbones_dir']}/backbones.json; "

@@ -8,6 +8,7 @@ init, and pretraining steps vs EuroSAT probe accuracy for MAE and RC-MAE.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -60,12 +61,32 @@ def cell_path(cells_dir: str | Path, cell: dict[str, Any]) -> Path:
     return Path(cells_dir) / cell["init"] / f"{cell['protocol']}__{where}__seed{cell['seed']}.json"
 
 
-def read_cells(config: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Results of the finished cells among ``cells``."""
+def fingerprint(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> str:
+    """What a cell's result depends on: the backbone's bytes, the data and the protocol settings."""
+    from rsmae.evaluation.classification import FINETUNE_RECIPE, FROZEN_PROTOCOLS
+
+    tuned = config.get("task") != "change" and cell["protocol"] not in FROZEN_PROTOCOLS
+    parts = {"cell": cell, "backbone": backbone.get("sha256"), "recipe": FINETUNE_RECIPE if tuned else None,
+             "data": config.get("data", config.get("datasets")),
+             "settings": config.get("finetune", config.get("change", {}))}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_done(path: Path, key: str) -> bool:
+    """Whether ``path`` holds a finished result with fingerprint ``key``."""
+    try:
+        return json.loads(path.read_text()).get("fingerprint") == key
+    except (OSError, ValueError):
+        return False
+
+
+def read_cells(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """Results of the finished cells among ``cells`` (stale results of other backbones or recipes skipped)."""
     out = []
     for cell in cells:
         path = cell_path(config["cells_dir"], cell)
-        if path.is_file():
+        if cell["init"] in manifest and is_done(path, fingerprint(cell, manifest[cell["init"]], config)):
             out.append(json.loads(path.read_text()))
     return out
 
@@ -154,7 +175,7 @@ def summary(rows: dict, protocols: list[str]) -> list[str]:
 def write_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]],
                  folder: Path, elapsed: float = 0.0) -> list[Path]:
     """Write the Markdown and CSV tables and the plots; return their paths."""
-    results = read_cells(config, cells)
+    results = read_cells(config, cells, manifest)
     rows = aggregate(results)
     inits = list(config["inits"])
     full_block, *other_blocks = config["grid"]
