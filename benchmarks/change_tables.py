@@ -68,7 +68,8 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
     results = read_cells(config, cells, manifest)
     rows = aggregate(results)
     inits = list(dict.fromkeys(c["init"] for c in cells))
-    datasets = list(dict.fromkeys(c["dataset"] for c in cells))
+    scored = {r["dataset"] for r in results}
+    datasets = [d for d in dict.fromkeys(c["dataset"] for c in cells) if d in scored]
     protocols = list(dict.fromkeys(c["protocol"] for c in cells))
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "change_detection.csv"

@@ -204,7 +204,7 @@ def add_external(config: dict[str, Any], manifest: dict[str, dict[str, Any]]) ->
     from rsmae.evaluation.features import file_digest
     from rsmae.evaluation.interop import import_weights
 
-    data = config["data"]
+    data = config.get("data", {})
     for kind, path in (config.get("external") or {}).items():
         if not path:
             continue
