@@ -146,7 +146,8 @@ def test_study_writes_surfaces_figures_table_and_resumes(tmp_path: Path, model_f
     assert len(csv) == 9 and csv[0].startswith("model,objective,loss,top_eigenvalue")
     table = result.table.read_text()
     assert "| RC-MAE | pretrain |" in table and "## Summary" in table
-    assert any(s.startswith("On the probe loss") for s in result.summary)
+    assert "| MAE -> RC-MAE / recon |" in table  # the straight line's barrier row
+    assert sum(s.startswith("On the probe loss") for s in result.summary) == 3  # every pair of 3 models
     record = json.loads((result.out / "results.json").read_text())
     line = record["lines"]["MAE -> RC-MAE / recon"]
     ends = [line["t"].index(t) for t in (0.0, 1.0)]

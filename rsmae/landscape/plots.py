@@ -23,6 +23,7 @@ __all__ = [
     "plot_comparison",
     "plot_contour",
     "plot_convergence",
+    "plot_lines",
     "plot_noise",
     "plot_slices",
     "plot_surface_3d",
@@ -109,6 +110,30 @@ def plot_slices(curves: Mapping[str, Surface], path: str | Path, *, title: str =
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_lines(curves: Mapping[str, Surface], path: str | Path, *, title: str = "") -> Path:
+    """1D curves side by side, one panel each (own loss scale), with the ends ``t = 0, 1`` marked.
+
+    Args:
+        curves: Label (e.g. the objective) -> 1D surface along a line between two models.
+        path: Output PNG.
+        title: Figure title.
+    """
+    n = len(curves)
+    fig = Figure(figsize=(3.6 * n + 0.5, 3.4), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (label, s) in zip(axes, curves.items(), strict=True):
+        ax.plot(s.xs, s.values, marker=".")
+        for t in (0.0, 1.0):
+            ax.axvline(t, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_title(label)
+        ax.set_xlabel("t")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss")
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

@@ -27,7 +27,7 @@ from rsmae.landscape.hessian import EigenResult, TraceResult
 from rsmae.landscape.noise import NoiseResult
 from rsmae.landscape.surface import Surface
 
-__all__ = ["Measures", "sharpness", "summarise", "table_rows", "write_tables"]
+__all__ = ["Measures", "line_rows", "sharpness", "summarise", "table_rows", "write_tables"]
 
 
 def sharpness(surface: Surface, threshold: float) -> dict[str, Any]:
@@ -163,19 +163,34 @@ def _compare(a: dict[str, Any], b: dict[str, Any], objective: str) -> str:
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[str]:
-    """Sentences, one per objective with two or more models: the flattest against each other model."""
+    """Sentences for every pair of models sharing an objective, the flatter (by mean rise) first."""
     out = []
     for objective in dict.fromkeys(r["objective"] for r in rows):
         group = [r for r in rows if r["objective"] == objective and not math.isnan(r["mean_rise"])]
-        if len(group) < 2:
-            continue
         group.sort(key=lambda r: r["mean_rise"])
-        out.extend(_compare(group[0], other, objective) for other in group[1:])
+        out.extend(_compare(a, b, objective) for i, a in enumerate(group) for b in group[i + 1 :])
+    return out
+
+
+def line_rows(lines: dict[str, dict[str, list[float]]]) -> list[str]:
+    """Markdown rows of straight lines: loss at both ends, the largest loss between them, the barrier.
+
+    Args:
+        lines: ``"a -> b / objective" -> {"t": [...], "loss": [...]}``.
+    """
+    out = ["| line | loss at t=0 | loss at t=1 | max for t in [0, 1] | barrier |", "|---|---|---|---|---|"]
+    for name, line in lines.items():
+        t, loss = np.asarray(line["t"]), np.asarray(line["loss"])
+        inside = loss[(t >= -1e-9) & (t <= 1 + 1e-9)]
+        ends = [float(loss[np.abs(t - v).argmin()]) for v in (0.0, 1.0)]
+        peak = float(inside.max())
+        out.append(f"| {name} | {ends[0]:.4g} | {ends[1]:.4g} | {peak:.4g} | {peak - max(ends):.3g} |")
     return out
 
 
 def write_tables(measures: Sequence[Measures], out_dir: str | Path, *, threshold: float = 0.1,
-                 header: str = "") -> tuple[Path, Path, list[str]]:
+                 header: str = "", lines: dict[str, dict[str, list[float]]] | None = None
+                 ) -> tuple[Path, Path, list[str]]:
     """Write ``flatness.md`` and ``flatness.csv`` to ``out_dir``.
 
     Args:
@@ -183,6 +198,7 @@ def write_tables(measures: Sequence[Measures], out_dir: str | Path, *, threshold
         out_dir: Output folder.
         threshold: Loss rise that ends the basin.
         header: Markdown placed above the table (setup, data, command).
+        lines: Straight lines between models (see :func:`line_rows`), tabulated after the summary.
 
     Returns:
         The Markdown path, the CSV path and the summary sentences.
@@ -194,6 +210,11 @@ def write_tables(measures: Sequence[Measures], out_dir: str | Path, *, threshold
     md = ["# Loss-landscape flatness", "", header.strip(), "", _markdown(rows, threshold), "",
           "## Summary", "", *(f"- {s}" for s in summary or ["Fewer than two models per objective: "
                                                               "nothing to compare."])]
+    if lines:
+        md += ["", "## Straight lines between models", "",
+               "The loss along theta_a + t (theta_b - theta_a) with the objective (masks, probe head) of "
+               "model a; barrier = the largest loss between the ends minus the larger end.", "",
+               *line_rows(lines)]
     md_path = out_dir / "flatness.md"
     md_path.write_text("\n".join(md).replace("\n\n\n", "\n\n") + "\n")
     buf = io.StringIO()

@@ -52,6 +52,7 @@ from rsmae.landscape.plots import (
     plot_comparison,
     plot_contour,
     plot_convergence,
+    plot_lines,
     plot_noise,
     plot_slices,
     plot_surface_3d,
@@ -201,8 +202,8 @@ def _lines(models: dict[str, LoadedModel], cfg: LandscapeConfig, out: Path,
             curves[objective] = line
             record[f"{a} -> {b} / {objective}"] = {"t": ts.tolist(), "loss": line.values.tolist()}
         if curves:
-            paths.append(plot_slices(curves, out / "lines" / f"{_slug(a)}__{_slug(b)}.png",
-                                     title=f"straight line {a} (t=0) -> {b} (t=1)"))
+            paths.append(plot_lines(curves, out / "lines" / f"{_slug(a)}__{_slug(b)}.png",
+                                    title=f"straight line {a} (t=0) -> {b} (t=1)"))
     return paths, record
 
 
@@ -225,7 +226,7 @@ def _map_fn(cfg: LandscapeConfig) -> tuple[MapFn | None, Callable[[], None]]:
     return None, lambda: None
 
 
-def _header(cfg: LandscapeConfig, seconds: float) -> str:
+def _header(cfg: LandscapeConfig, seconds: float, threads: int) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -243,10 +244,11 @@ def _header(cfg: LandscapeConfig, seconds: float) -> str:
         f"images, head fitted with {d.probe_steps} Adam steps",
         f"- grid {g.size} x {g.size} over [{g.lo}, {g.hi}]^2, filter-normalised directions, seeds "
         f"{cfg.directions.seeds}, 1-D parameters {'perturbed' if cfg.directions.include_1d else 'fixed'}",
-        f"- Hessian: top {cfg.hessian.top_k} by power iteration (<= {cfg.hessian.iters} its, tol "
+        f"- Hessian: top {cfg.hessian.top_k} by block power iteration with Rayleigh-Ritz (<= "
+        f"{cfg.hessian.iters} iterations, tol "
         f"{cfg.hessian.tol}), trace from {cfg.hessian.trace_samples} Rademacher vectors; noise: sigmas "
         f"{cfg.noise.sigmas}, {cfg.noise.draws} draws",
-        f"- machine: {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"- machine: {cpu}, {threads} torch threads, torch {torch.__version__}; "
         f"wall time {seconds / 60:.1f} min",
     ])
 
@@ -268,6 +270,7 @@ def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None) -> StudyResu
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    used_threads = torch.get_num_threads()
     try:
         models = {spec.name: load_model(spec) for spec in cfg.models}
         measures = []
@@ -282,8 +285,8 @@ def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None) -> StudyResu
     finally:
         close()
         torch.set_num_threads(threads)
-    md, csv_path, summary = write_tables(measures, out, threshold=cfg.threshold,
-                                         header=_header(cfg, time.perf_counter() - start))
+    md, csv_path, summary = write_tables(measures, out, threshold=cfg.threshold, lines=lines,
+                                         header=_header(cfg, time.perf_counter() - start, used_threads))
     results = {"measures": [_record(m, cfg) for m in measures], "lines": lines, "summary": summary}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return StudyResult(out, measures, md, csv_path, figures + line_figures, summary)
