@@ -248,7 +248,7 @@ def _header(cfg: LandscapeConfig, seconds: float, threads: int) -> str:
         f"{cfg.hessian.iters} iterations, tol "
         f"{cfg.hessian.tol}), trace from {cfg.hessian.trace_samples} Rademacher vectors; noise: sigmas "
         f"{cfg.noise.sigmas}, {cfg.noise.draws} draws",
-        f"- machine: {cpu}, {threads} torch threads, torch {torch.__version__}; "
+        f"- machine: {cpu}, torch threads: {threads}, torch {torch.__version__}; "
         f"wall time {seconds / 60:.1f} min",
     ])
 
