@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import lightning as L
-import pytest
-from mae_helpers import tiles  # noqa: F401  (the model tests' real-EuroSAT fixture)
-
-from rsmae.tiling import TileConfig, tile_scenes
-
 ROOT = Path(__file__).resolve().parents[1]
+# torch.compile's kernel cache lives in the checkout, not in the machine-wide /tmp/torchinductor_<user>:
+# a compile killed half-way there (another process, another checkout) left kernels that aborted this
+# suite. Set before torch is imported (its first cache lookup fixes the folder); subprocesses inherit it.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "torchinductor"))
+
+import json  # noqa: E402
+
+import lightning as L  # noqa: E402
+import pytest  # noqa: E402
+from mae_helpers import tiles  # noqa: E402, F401  (the model tests' real-EuroSAT fixture)
+
+from rsmae.tiling import TileConfig, tile_scenes  # noqa: E402
+
 DATA = Path(os.environ.get("RSMAE_DATA", ROOT.parent / "shared" / "data"))
 OSCD = DATA / "oscd_subset" / "Onera Satellite Change Detection dataset - Images"
 EUROSAT = DATA / "eurosat_ms_subset"
