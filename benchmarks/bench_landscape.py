@@ -50,6 +50,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from rsmae.datasets import EuroSAT
+from rsmae.evaluation.speed import matmul_peak
 from rsmae.landscape import MAEObjective, Objective, ProbeObjective, evaluate_points, random_direction
 from rsmae.models import MaskedAutoencoder, create_encoder, mae_decoder_defaults, set_fused_attention
 
@@ -141,18 +142,6 @@ def one_thread(fn: Callable[..., np.ndarray], *args: object) -> np.ndarray:
         return fn(*args)
     finally:
         torch.set_num_threads(before)
-
-
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """Best fp32 GFLOP/s of an ``n x n`` matmul ``A @ B^T`` (the ``nn.Linear`` layout)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b.t()
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b.t()
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def flops_per_point(case: Case, dirs: list[dict[str, torch.Tensor]], chunk: int) -> tuple[float, float]:
@@ -252,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
-    peak = matmul_peak()
+    peak = matmul_peak(torch.float32, n=2048)
     chunks = [int(c) for c in args.chunks.split(",")]
     cases = []
     for name in args.cases.split(","):

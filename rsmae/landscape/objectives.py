@@ -34,7 +34,7 @@ from torch.func import functional_call, vmap
 from rsmae.errors import LandscapeError
 from rsmae.landscape.directions import ParamDict, fingerprint
 from rsmae.models import RCMAE, MaskedAutoencoder, masked_mse, set_fused_attention
-from rsmae.tasks.probe import fit_linear_probe
+from rsmae.tasks.probe import fit_linear_probe, small_problem_threads
 
 __all__ = [
     "SMALL_WORK",
@@ -154,15 +154,11 @@ class Objective:
     @contextlib.contextmanager
     def threads(self, points: int = 1) -> Iterator[None]:
         """One thread inside when ``auto_threads`` and ``work * points < SMALL_WORK``."""
-        if not self.auto_threads or self.work * points >= SMALL_WORK or torch.get_num_threads() == 1:
+        if not self.auto_threads:
             yield
             return
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with small_problem_threads(self.work * points, limit=SMALL_WORK):
             yield
-        finally:
-            torch.set_num_threads(before)
 
     def many(self, points: Mapping[str, Tensor], *, use_vmap: bool = True) -> Tensor:
         """Losses of ``K`` points ``name -> (K, *shape)`` without gradients: ``(K,)``.
