@@ -1,5 +1,6 @@
 """Datasets with fixed splits, one class per file (bands and splits as class attributes)."""
 
+from rsmae.datasets.bigearthnet import load_bigearthnet
 from rsmae.datasets.bitemporal import IGNORE_INDEX, BitemporalScenes, PairCrops, PairScene
 from rsmae.datasets.eurosat import EuroSAT
 from rsmae.datasets.landsat_cd import LandsatCD
@@ -19,5 +20,6 @@ __all__ = [
     "PairScene",
     "check_no_eval_images",
     "find_eval_images",
+    "load_bigearthnet",
     "match_dataset_bands",
 ]

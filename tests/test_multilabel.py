@@ -1,0 +1,88 @@
+"""BigEarthNet-S2 multi-label transfer through torchgeo's dataset class, on the 6 real sample patches."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA
+
+from rsmae.bands import get_sensor
+from rsmae.datasets.bigearthnet import load_bigearthnet
+from rsmae.errors import InputNotFoundError
+from rsmae.evaluation.multilabel import evaluate_multilabel, multilabel_metrics
+from rsmae.models import BackboneMeta, create_encoder, save_backbone
+
+SAMPLES = DATA / "bigearthnet_s2_samples"
+S2 = list(get_sensor("s2-l1c").names)
+
+
+def _layout(root: Path) -> Path:
+    """torchgeo's BigEarthNet layout over the real samples: 3 train, 1 val, 2 test patches."""
+    patches = sorted(p.name for p in SAMPLES.iterdir() if p.is_dir())
+    (root / "BigEarthNet-v1.0").mkdir(parents=True)
+    for name in patches:
+        (root / "BigEarthNet-v1.0" / name).symlink_to(SAMPLES / name)
+    for split, names in (("train", patches[:3]), ("val", patches[3:4]), ("test", patches[4:])):
+        (root / f"bigearthnet-{split}.csv").write_text("".join(f"{n},S1_{n}\n" for n in names))
+    return root
+
+
+def _backbone(path: Path, patch: int) -> Path:
+    torch.manual_seed(0)
+    enc = create_encoder("vit_test", in_chans=13, img_size=64, patch_size=patch, depth=2)
+    meta = BackboneMeta(preset="vit_test", img_size=64, patch_size=patch, in_chans=13, bands=S2,
+                        sensor="s2-l1c", mean=[1000.0] * 13, std=[500.0] * 13, gsd=10.0,
+                        encoder_kwargs={"depth": 2})
+    return save_backbone(enc, path, meta)
+
+
+def test_samples_load_through_torchgeo_in_the_bigearthnet_band_order(tmp_path: Path) -> None:
+    images, labels, classes = load_bigearthnet(_layout(tmp_path), "train")
+    assert images.shape == (3, 12, 120, 120) and labels.shape == (3, 19) and len(classes) == 19
+    assert labels.sum(1).min() >= 1  # every patch has a label
+    # B09 (water vapour, 60 m) is the 10th band: smooth and bright next to B02 (blue, 10 m)
+    assert images[:, 9].mean() > images[:, 1].mean()
+
+
+@pytest.mark.parametrize("protocol", ["linear", "knn"])
+def test_l1c_backbone_scores_bigearthnet_with_logged_adaptation(tmp_path: Path, protocol: str) -> None:
+    root = _layout(tmp_path / "ben")
+    result = evaluate_multilabel(_backbone(tmp_path / "b.safetensors", 8), protocol, root)
+    assert 0.0 <= result["map"] <= 1.0 and result["n_test"] == 2 and result["n_train"] == 3
+    assert "adapted by band name" in result["adaptation"] and "training split" in result["adaptation"]
+    assert "B10" not in result["bands"] and len(result["bands"]) == 12
+    scored = [v for v in result["per_class_ap"].values() if v is not None]
+    assert len(scored) == result["classes_scored"] and math.isclose(sum(scored) / len(scored), result["map"],
+                                                                      rel_tol=1e-6)
+
+
+def test_patch16_backbone_gets_whole_patches(tmp_path: Path) -> None:
+    root = _layout(tmp_path / "ben")
+    result = evaluate_multilabel(_backbone(tmp_path / "b.safetensors", 16), "knn", root)
+    assert "resized from 120 to 128 px" in result["adaptation"]
+
+
+def test_map_matches_hand_computed_values() -> None:
+    scores = torch.tensor([[0.9, 0.1, 0.3], [0.2, 0.8, 0.4], [0.7, 0.6, 0.2]])
+    target = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 0]])
+    m = multilabel_metrics(scores, target, ["a", "b", "c"])
+    # class a: positive ranked first -> AP 1; class b: positives at ranks 1 and 2 -> AP 1; c has none
+    assert m["classes_scored"] == 2 and m["per_class_ap"]["c"] is None
+    assert math.isclose(m["map"], 1.0)
+    scores, target = torch.tensor([[0.1, 0.5], [0.9, 0.5]]), torch.tensor([[1, 1], [0, 1]])
+    worse = multilabel_metrics(scores, target, ["a", "b"])
+    assert math.isclose(worse["per_class_ap"]["a"], 0.5)  # the positive ranked second: precision 1/2
+    assert math.isclose(worse["map"], 0.75)
+
+
+def test_not_a_bigearthnet_folder_names_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "bigearthnet-train.csv").write_text("x,y\n")
+    with pytest.raises(InputNotFoundError, match="missing bigearthnet-val.csv.*BigEarthNet-v1.0"):
+        load_bigearthnet(tmp_path, "train")
+    root = _layout(tmp_path / "ben")
+    (root / "bigearthnet-test.csv").write_text("S2X_not_there,S1\n")
+    with pytest.raises(InputNotFoundError, match="lists S2X_not_there"):
+        load_bigearthnet(root, "test")
