@@ -6,9 +6,11 @@ from __future__ import annotations
 import functools
 
 import pytest
+import timm
 import torch
 from mae_helpers import S2_GROUPS, bands, make_mae
 
+from rsmae.bands import get_sensor
 from rsmae.errors import BandError
 from rsmae.models import (
     ENCODER_PRESETS,
@@ -100,3 +102,45 @@ def test_input_errors(tiles):
         make_mae(mask_ratio=0.0)
     with pytest.raises(ValueError, match="decoder_dim"):
         make_mae(decoder_dim=30)
+
+
+# ---------------------------------------------------------------- timm registry
+
+
+def test_presets_are_timm_models(tiles, tmp_path):
+    from rsmae.models import BackboneMeta, save_backbone
+
+    names = set(timm.list_models("rsmae_*"))
+    assert {f"rsmae_{p}" for p in ENCODER_PRESETS} | {f"rsmae_mae_{p}" for p in ENCODER_PRESETS} <= names
+    torch.manual_seed(0)
+    enc = create_encoder("vit_test", in_chans=13, img_size=32, patch_size=8)
+    ours = timm.create_model("rsmae_vit_test", in_chans=13, img_size=32, patch_size=8, num_classes=0)
+    assert type(ours) is type(enc) and not ours.pos_embed.requires_grad
+    torch.testing.assert_close(ours.pos_embed, enc.pos_embed)  # the same fixed sin-cos table
+    cfg = timm.data.resolve_data_config({}, model=ours)
+    assert cfg["mean"] == (0.0,) * 13 and cfg["std"] == (1.0,) * 13  # neutral, never raw DN
+    meta = BackboneMeta(preset="vit_test", img_size=32, patch_size=8, in_chans=13,
+                        bands=list(get_sensor("s2-l1c").names), sensor="s2-l1c", mean=[1000.0] * 13,
+                        std=[500.0] * 13, gsd=10.0)
+    path = save_backbone(enc, tmp_path / "b.safetensors", meta)
+    loaded = timm.create_model("rsmae_vit_test", in_chans=13, img_size=32, patch_size=8, pretrained=True,
+                               pretrained_cfg_overlay={"file": str(path)})
+    enc.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(tiles), enc(tiles))
+    assert not torch.allclose(ours.eval()(tiles), enc(tiles))  # the check can fail
+    mae = timm.create_model("rsmae_mae_vit_test", in_chans=13, img_size=32, patch_size=8, pretrained=True,
+                            pretrained_cfg_overlay={"file": str(path)}, mask_ratio=0.5)
+    assert isinstance(mae, MaskedAutoencoder) and mae.mask_ratio == 0.5
+    assert mae.decoder_embed.out_features == mae_decoder_defaults("vit_test")["decoder_dim"]
+    torch.testing.assert_close(mae.encoder.eval()(tiles), enc(tiles))
+
+
+def test_features_only_gives_per_block_maps(tiles):
+    feats = timm.create_model("rsmae_vit_test", in_chans=13, img_size=32, patch_size=8, features_only=True)
+    assert feats.feature_info.channels() == [64, 64] and feats.feature_info.reduction() == [8, 8]
+    maps = feats(tiles)
+    assert [tuple(m.shape) for m in maps] == [(4, 64, 4, 4)] * 2  # one NCHW map per block
+    assert not torch.allclose(maps[0], maps[1])
+    last = timm.create_model("rsmae_vit_small", in_chans=13, img_size=32, features_only=True,
+                             out_indices=(-1,))
+    assert [tuple(m.shape) for m in last(tiles)] == [(4, 384, 2, 2)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -112,7 +113,10 @@ def test_save_load_round_trip(saved13: tuple, tmp_path: Path) -> None:
     assert not torch.allclose(_encoder(13, seed=9)(x), enc(x))  # the check can fail
     assert loaded.rsmae_meta == meta
     assert BackboneMeta.from_json(meta.to_json()) == meta
-    assert loaded.pretrained_cfg["mean"] == tuple(meta.mean)
+    # timm's cfg holds neutral statistics (resolve_data_config reads them as 0-1 RGB ones); the
+    # data statistics are in the metadata only
+    assert loaded.pretrained_cfg["mean"] == (0.0,) * 13 and loaded.pretrained_cfg["std"] == (1.0,) * 13
+    assert timm.data.resolve_data_config({}, model=loaded)["mean"] == (0.0,) * 13
     assert loaded.pretrained_cfg["input_size"] == (13, IMG, IMG)
     with safe_open(str(path), framework="pt") as f:
         assert BackboneMeta.from_json(f.metadata()["rsmae"]) == meta
@@ -347,3 +351,34 @@ def test_torchgeo_vit_round_trip(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     keep = [L1C.index(b) for b in L2A]
     assert_close(_kernel(m12), _kernel(tg)[:, keep] * (13 / 12))
     assert m12.rsmae_meta.mean == [0.0] * 12 and m12.pos_embed.shape == (1, 65, 64)
+
+
+# ---------------------------------------------------------------- format version, GSD settings
+
+
+def test_gsd_settings_and_version_travel(tmp_path: Path) -> None:
+    enc = _encoder(13)
+    meta = _meta(L1C, "s2-l1c", gsd_pos_embed=True, reference_gsd=20.0)
+    loaded = load_backbone(save_backbone(enc, tmp_path / "g.safetensors", meta))
+    assert loaded.rsmae_meta.gsd_pos_embed is True and loaded.rsmae_meta.reference_gsd == 20.0
+    assert loaded.rsmae_meta.format_version == 2
+    with pytest.raises(WeightsError, match="newer"):
+        BackboneMeta.from_json(meta.to_json().replace('"format_version": 2', '"format_version": 99'))
+
+
+def test_old_file_without_version_loads(tmp_path: Path) -> None:
+    """A file written the pre-versioning way (no format_version, no GSD settings) still loads."""
+    enc = _encoder(13)
+    old = {"preset": "vit_test", "img_size": IMG, "patch_size": PATCH, "in_chans": 13, "bands": L1C,
+           "sensor": "s2-l1c", "mean": [1.0] * 13, "std": [2.0] * 13, "gsd": 10.0, "encoder_kwargs": {},
+           "source": "rsmae mae pretraining, student encoder, global step 5"}
+    path = tmp_path / "old.safetensors"
+    state = {k: v.contiguous() for k, v in enc.state_dict().items()}
+    save_file(state, str(path), metadata={"rsmae": json.dumps(old, sort_keys=True), "format": "pt"})
+    loaded = load_backbone(path)
+    x = _x(13)
+    assert torch.equal(loaded(x), enc(x))
+    meta = loaded.rsmae_meta
+    assert (meta.format_version, meta.gsd_pos_embed, meta.reference_gsd) == (1, False, 10.0)
+    again = load_backbone(save_backbone(loaded, tmp_path / "new.safetensors", meta))
+    assert again.rsmae_meta.format_version == 2  # re-saved in today's layout

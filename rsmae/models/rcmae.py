@@ -120,11 +120,9 @@ class RCMAE(nn.Module):
             if callable(getattr(mae, "reshard", None)):  # FSDP2: a root without backward stays gathered
                 mae.reshard()
         student = dict(self.student.named_parameters())
-        pairs = [(t, student[name]) for name, t in self.teacher.named_parameters()]
-        if pairs and momentum < 1.0:
-            t_params = [t for t, _ in pairs]
-            s_params = [s.detach().to(t.dtype) for t, s in pairs]
-            torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
+        if momentum < 1.0:
+            for name, t in self.teacher.named_parameters():
+                t.lerp_(student[name].detach().to(t.dtype), 1.0 - momentum)
         student_buffers = dict(self.student.named_buffers())
         for name, buf in self.teacher.named_buffers():
             buf.copy_(student_buffers[name])

@@ -2,6 +2,19 @@
 
 The 2D sin-cos position embedding is fixed (as in MAE), so other code (timm, torchgeo, Lightning)
 can take the encoder as is.
+
+Every preset of :data:`ENCODER_PRESETS` is a timm-registered model named ``rsmae_<preset>``
+(``rsmae_vit_small``...), registered when :mod:`rsmae.models` is imported, so timm's factory
+builds it::
+
+    timm.create_model("rsmae_vit_small", in_chans=13, img_size=128, patch_size=16)
+    timm.create_model("rsmae_vit_small", in_chans=13, pretrained=True,
+                      pretrained_cfg_overlay=dict(file="backbone.safetensors"))
+    timm.create_model("rsmae_vit_small", in_chans=13, features_only=True)  # per-block NCHW maps
+
+Pretrained files go through :func:`~rsmae.models.adapt.checkpoint_filter_fn` (prefixes, patch and
+position-table resampling). Band mapping needs band names, which a timm state dict lacks: load
+files of other bands with :func:`~rsmae.models.load_backbone` (``bands=``).
 """
 
 from __future__ import annotations
@@ -10,14 +23,18 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import timm
 import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
+from torch import Tensor, nn
 
+from rsmae.errors import WeightsError
 from rsmae.models.patch_embed import GroupedPatchEmbed
 
 __all__ = [
     "ENCODER_PRESETS",
+    "TIMM_PREFIX",
     "create_encoder",
     "fused_attention_pays",
     "set_fused_attention",
@@ -32,6 +49,7 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
     "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
+TIMM_PREFIX = "rsmae_"  # timm name of a preset: rsmae_vit_small...
 
 
 def sincos_pos_embed_2d(
@@ -76,6 +94,111 @@ def sincos_pos_embed_2d(
     return emb.float()
 
 
+def _sincos_vit(**kwargs: Any) -> VisionTransformer:
+    """A ``VisionTransformer`` whose ``pos_embed`` is the fixed sin-cos table (class slot zero)."""
+    model = VisionTransformer(**kwargs)
+    grid_h, grid_w = model.patch_embed.grid_size
+    table = sincos_pos_embed_2d(grid_h, grid_w, model.embed_dim)
+    with torch.no_grad():
+        model.pos_embed.zero_()
+        model.pos_embed[0, model.num_prefix_tokens :] = table
+    model.pos_embed.requires_grad_(False)
+    return model
+
+
+def _pretrained_filter(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+    """The ``pretrained_filter_fn`` of timm: :func:`~rsmae.models.adapt.checkpoint_filter_fn`, no bands."""
+    from rsmae.models.adapt import checkpoint_filter_fn  # adapt imports this module
+
+    try:
+        return checkpoint_filter_fn(state_dict, model)
+    except WeightsError as err:
+        raise WeightsError(
+            f"{err}. timm.create_model cannot map bands (a state dict has no band names): load the "
+            "file with rsmae.models.load_backbone(path, bands=...) or get_weights(name).load(bands=...)"
+        ) from err
+
+
+def _create_rsmae_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """Build a registered preset with timm's ``build_model_with_cfg`` (pretrained file, features_only).
+
+    ``pretrained_cfg`` mean/std are set per input channel to 0 and 1, neutral for timm's
+    ``resolve_data_config``: the pixel statistics of rsmae data are in sensor units (e.g. digital
+    numbers) and travel with the weights' metadata (:class:`~rsmae.models.weights.BackboneMeta`), not
+    in timm's config, which transforms would otherwise read as 0-1 RGB statistics.
+    """
+    chans = int(kwargs.get("in_chans", 13))
+    size = kwargs.get("img_size", 128)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    overlay = {"input_size": (chans, *size), "mean": (0.0,) * chans, "std": (1.0,) * chans}
+    overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    depth = int(kwargs.get("depth", 12))
+    return build_model_with_cfg(
+        _sincos_vit,
+        variant,
+        pretrained,
+        pretrained_cfg_overlay=overlay,
+        pretrained_filter_fn=_pretrained_filter,
+        feature_cfg={"out_indices": kwargs.pop("out_indices", depth), "feature_cls": "getter"},
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    """Default cfg of a preset: 13 bands (Sentinel-2 L1C) at 128 px, no downloadable weights."""
+    return {
+        "url": "",
+        "num_classes": 0,
+        "input_size": (13, 128, 128),
+        "mean": (0.0,) * 13,  # neutral: the real statistics live in the backbone's metadata
+        "std": (1.0,) * 13,
+        "crop_pct": 1.0,  # tiles are used whole
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "fixed_input_size": True,
+        "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"{TIMM_PREFIX}{name}": _cfg() for name in ENCODER_PRESETS})
+
+
+def _preset(name: str, pretrained: bool, kwargs: dict[str, Any]) -> VisionTransformer:
+    args = {**ENCODER_PRESETS[name], "patch_size": 16, **kwargs}
+    return _create_rsmae_vit(f"{TIMM_PREFIX}{name}", pretrained, **args)
+
+
+@register_model
+def rsmae_vit_test(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """Tiny test ViT (64 wide, 2 blocks, 2 heads): for tests only."""
+    return _preset("vit_test", pretrained, kwargs)
+
+
+@register_model
+def rsmae_vit_tiny(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-Ti (192 wide, 12 blocks, 3 heads)."""
+    return _preset("vit_tiny", pretrained, kwargs)
+
+
+@register_model
+def rsmae_vit_small(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-S (384 wide, 12 blocks, 6 heads)."""
+    return _preset("vit_small", pretrained, kwargs)
+
+
+@register_model
+def rsmae_vit_base(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-B (768 wide, 12 blocks, 12 heads)."""
+    return _preset("vit_base", pretrained, kwargs)
+
+
+@register_model
+def rsmae_vit_large(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-L (1024 wide, 24 blocks, 16 heads)."""
+    return _preset("vit_large", pretrained, kwargs)
+
+
 def create_encoder(
     preset: str = "vit_small",
     *,
@@ -87,6 +210,8 @@ def create_encoder(
 ) -> VisionTransformer:
     """Create a timm ViT encoder with a fixed sin-cos position embedding.
 
+    A thin wrapper over ``timm.create_model(f"rsmae_{preset}", ...)``.
+
     Args:
         preset: One of :data:`ENCODER_PRESETS`.
         in_chans: Number of input bands (any count).
@@ -95,7 +220,7 @@ def create_encoder(
         band_groups: Channel indices of spectral band groups; when given, the patch embedding is
             a :class:`~rsmae.models.patch_embed.GroupedPatchEmbed` (one kernel per group).
         **overrides: Any other ``VisionTransformer`` argument (``depth``, ``drop_path_rate``,
-            ``embed_layer``...).
+            ``embed_layer``...) or ``timm.create_model`` option (``features_only``...).
 
     Returns:
         A ``VisionTransformer`` with ``num_classes=0`` (features out), a class token, and a
@@ -103,20 +228,15 @@ def create_encoder(
     """
     if preset not in ENCODER_PRESETS:
         raise ValueError(f"unknown encoder preset {preset!r}; known: {', '.join(ENCODER_PRESETS)}")
-    kwargs: dict[str, Any] = {**ENCODER_PRESETS[preset], "num_classes": 0, **overrides}
+    kwargs: dict[str, Any] = {"num_classes": 0, **overrides}
     if band_groups is not None:
         if "embed_layer" in overrides:
             raise ValueError("pass either band_groups or embed_layer, not both")
         groups = [list(g) for g in band_groups]
         kwargs["embed_layer"] = functools.partial(GroupedPatchEmbed, groups=groups)
-    model = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, **kwargs)
-    grid_h, grid_w = model.patch_embed.grid_size
-    table = sincos_pos_embed_2d(grid_h, grid_w, model.embed_dim)
-    with torch.no_grad():
-        model.pos_embed.zero_()
-        model.pos_embed[0, model.num_prefix_tokens :] = table
-    model.pos_embed.requires_grad_(False)
-    return model
+    return timm.create_model(
+        f"{TIMM_PREFIX}{preset}", in_chans=in_chans, img_size=img_size, patch_size=patch_size, **kwargs
+    )
 
 
 def set_fused_attention(module: nn.Module, enabled: bool) -> int:

@@ -2,7 +2,9 @@
 
 A backbone file is a safetensors file of the encoder's state dict whose metadata holds a
 :class:`BackboneMeta` as JSON under the key ``"rsmae"``: bands, normalisation statistics, patch and
-image size, GSD and the encoder's construction arguments. Loading builds the encoder from that
+image size, GSD, the GSD position-embedding settings the encoder was trained with, the encoder's
+construction arguments and the metadata's ``format_version`` (:data:`FORMAT_VERSION`; files written
+before versioning read as version 1, with the settings' defaults). Loading builds the encoder from that
 metadata, so the file alone is enough. Foreign weights (official MAE, timm, torchgeo) load through
 :mod:`rsmae.models.foreign` and the same filter (:func:`~rsmae.models.adapt.checkpoint_filter_fn`);
 every load reports missing and unexpected keys and fails loudly when the backbone did not load.
@@ -30,11 +32,14 @@ from rsmae.models.adapt import checkpoint_filter_fn, match_bands
 from rsmae.models.keys import load_checked
 from rsmae.models.vit import create_encoder
 
-__all__ = ["BackboneMeta", "load_backbone", "read_weights", "save_backbone"]
+__all__ = ["FORMAT_VERSION", "BackboneMeta", "load_backbone", "read_weights", "save_backbone"]
 
 _logger = logging.getLogger(__name__)
 
 META_KEY = "rsmae"
+# 1: the first files (no version field); 2: adds format_version, gsd_pos_embed and reference_gsd.
+FORMAT_VERSION = 2
+
 @dataclasses.dataclass
 class BackboneMeta:
     """Everything needed to rebuild an encoder and feed it correctly; travels with the weights.
@@ -52,6 +57,10 @@ class BackboneMeta:
         gsd: Metres per pixel of the pretraining tiles (``None`` if unknown).
         encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments (JSON values).
         source: Where the weights came from.
+        gsd_pos_embed: The encoder was trained with position embeddings scaled by each sample's
+            GSD (``MaskedAutoencoder(gsd_pos_embed=True)``); feed it the GSD to keep that meaning.
+        reference_gsd: GSD (metres per pixel) at which the scaled table equals the fixed one.
+        format_version: Version of this metadata layout (:data:`FORMAT_VERSION`).
     """
 
     preset: str
@@ -65,8 +74,16 @@ class BackboneMeta:
     gsd: float | None
     encoder_kwargs: dict = dataclasses.field(default_factory=dict)
     source: str = ""
+    gsd_pos_embed: bool = False
+    reference_gsd: float = 10.0
+    format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.format_version > FORMAT_VERSION:
+            raise WeightsError(
+                f"backbone metadata of format version {self.format_version}, newer than this rsmae "
+                f"reads ({FORMAT_VERSION}); upgrade rsmae"
+            )
         self.bands = list(self.bands)
         if len(self.bands) != self.in_chans:
             raise WeightsError(f"in_chans={self.in_chans} but {len(self.bands)} bands {self.bands}")
@@ -91,8 +108,12 @@ class BackboneMeta:
     def from_json(cls, s: str) -> BackboneMeta:
         """Parse :meth:`to_json` output; unknown keys are ignored with a warning.
 
+        Metadata without ``format_version`` (written before versioning) reads as version 1 with
+        the defaults of the fields added since.
+
         Raises:
-            WeightsError: when the text is not a JSON object or lacks required fields.
+            WeightsError: when the text is not a JSON object, lacks required fields or is of a
+                newer format version.
         """
         try:
             data = json.loads(s)
@@ -100,6 +121,7 @@ class BackboneMeta:
             raise WeightsError(f"backbone metadata is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise WeightsError("backbone metadata is not a JSON object")
+        data.setdefault("format_version", 1)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -179,6 +201,7 @@ def save_backbone(encoder: VisionTransformer, path: str | Path, meta: BackboneMe
     """
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    meta = dataclasses.replace(meta, format_version=FORMAT_VERSION)  # written in today's layout
     _check_meta_builds(meta, state)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -216,17 +239,23 @@ def _check_meta_builds(meta: BackboneMeta, state: Mapping[str, Tensor]) -> None:
 
 
 def _attach_meta(model: VisionTransformer, meta: BackboneMeta) -> VisionTransformer:
-    """Set ``model.rsmae_meta`` and a timm-style ``pretrained_cfg`` (mean/std in data units)."""
+    """Set ``model.rsmae_meta`` and a timm-style ``pretrained_cfg``.
+
+    The cfg's mean/std are neutral (0 and 1 per band): timm's ``resolve_data_config`` reads them as
+    statistics of 0-1 scaled pixels, while the data statistics are in sensor units; those stay in
+    ``rsmae_meta`` (feed ``(x - meta.mean) / meta.std``).
+    """
     model.rsmae_meta = meta
     cfg: dict[str, Any] = {
+        **getattr(model, "pretrained_cfg", {}),
         "input_size": (meta.in_chans, meta.img_size, meta.img_size),
+        "mean": (0.0,) * meta.in_chans,
+        "std": (1.0,) * meta.in_chans,
         "first_conv": "patch_embed.proj",
         "bands": tuple(meta.bands),
         "source": meta.source,
     }
-    if meta.mean is not None and meta.std is not None:
-        cfg.update(mean=tuple(meta.mean), std=tuple(meta.std))
-    model.pretrained_cfg = cfg
+    model.pretrained_cfg = model.default_cfg = cfg
     return model
 
 

@@ -176,6 +176,7 @@ class PretrainTask(L.LightningModule):
             preset=hp.preset, img_size=hp.img_size, patch_size=hp.patch_size, in_chans=hp.in_chans,
             bands=list(info["bands"]), sensor=info.get("sensor"), mean=info.get("mean"),
             std=info.get("std"), gsd=info.get("gsd"), encoder_kwargs=dict(hp.encoder_kwargs or {}),
+            gsd_pos_embed=bool(hp.gsd_pos_embed), reference_gsd=float(hp.reference_gsd),
             source=f"rsmae {hp.method} pretraining, {weights} encoder, global step {self.global_step}"
             + (f", started from {hp.init_backbone}" if hp.get("init_backbone") else ""),
         )
