@@ -12,7 +12,9 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from rsmae.bands import check_bands
+from rsmae.data.batch import TileBatch, batch_tensor
 from rsmae.errors import BandError
+from rsmae.shards import TileReader
 from rsmae.store import TileStore
 
 __all__ = ["ShardDataset", "collate_tiles", "describe_data", "merge_stats", "normalize_images"]
@@ -22,15 +24,19 @@ def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     """``(images - mean) / std`` per band, in float32; images ``(B, C, H, W)`` of any dtype."""
     mean = mean.to(images.device, torch.float32)[:, None, None]
     std = std.to(images.device, torch.float32)[:, None, None]
-    return (images.float() - mean) / std
+    out = images.to(torch.float32, copy=True)  # one new tensor, then in place
+    return out.sub_(mean).div_(std)
 
 
 def collate_tiles(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack ShardDataset samples into a batch dict of tensors.
 
-    Images go through ``default_collate``, which builds the batch in shared memory inside a
-    DataLoader worker (no second copy on the way to the main process).
+    A :class:`~rsmae.data.batch.TileBatch` (what ``ShardDataset.__getitems__`` returns) is already
+    stacked: its tensors are returned as they are. Other samples go through ``default_collate``,
+    which builds the batch in shared memory inside a DataLoader worker.
     """
+    if isinstance(samples, TileBatch):
+        return dict(samples.tensors)
     return {
         "image": default_collate([s["image"] for s in samples]),
         "gsd": torch.stack([s["gsd"] for s in samples]),
@@ -134,11 +140,12 @@ class ShardDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def _arrays(self, k: int) -> Any:
+    def _arrays(self, k: int) -> TileReader:
+        """The tile reader of store ``k``, opened once per process (DataLoader workers reopen)."""
         if self._pid != os.getpid():  # a new DataLoader worker: reopen
             self._images, self._pid = {}, os.getpid()
         if k not in self._images:
-            self._images[k] = TileStore.open(self.paths[k]).tile_reader()
+            self._images[k] = TileReader(Path(self.paths[k]) / "images")
         return self._images[k]
 
     def scene_id(self, i: int) -> str:
@@ -159,28 +166,40 @@ class ShardDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.__getitems__([i])[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """Read several tiles with one read per store."""
-        rows = self.table[np.asarray(indices, dtype=np.int64)]
-        pixels: list[np.ndarray | None] = [None] * len(rows)
-        for k in np.unique(rows[:, 0]):
-            where = np.nonzero(rows[:, 0] == k)[0]
-            reader = self._arrays(int(k))
-            for pos in where:
-                pixels[pos] = reader.read(int(rows[pos, 1]))
-        return [self._sample(int(idx), row, px) for idx, row, px in
-                zip(indices, rows, pixels, strict=True)]
+    def __getitems__(self, indices: Sequence[int]) -> TileBatch:
+        """Read several tiles: one batched read per store, one normalisation of the whole batch.
 
-    def _sample(self, index: int, row: np.ndarray, pixels: np.ndarray) -> dict[str, Any]:
-        if self.native:
-            image = np.ascontiguousarray(pixels)
+        Returns:
+            A :class:`~rsmae.data.batch.TileBatch`: the batch's tensors, already stacked, that is
+            also the sequence of sample dicts (``batch[j]`` is the sample of ``indices[j]``).
+        """
+        index = np.asarray(indices, dtype=np.int64).reshape(-1)
+        rows = self.table[index]
+        stores = np.unique(rows[:, 0]).tolist()
+        first = self._arrays(stores[0] if stores else 0)
+        shape = (len(rows), *first.tile_shape)
+        image, pixels = batch_tensor(shape, first.dtype) if self.native else (None, first.empty(len(rows)))
+        if len(stores) <= 1:
+            first.read(rows[:, 1], out=pixels)
         else:
-            image = pixels.astype(np.float32)
-        if self.normalize and not self.native:
-            image -= self._shift
-            image *= self._scale
-        return {"image": torch.from_numpy(image), "gsd": self._gsd[int(row[0])],
-                "label": int(row[5]), "index": index}
+            for k in stores:
+                where = np.flatnonzero(rows[:, 0] == k)
+                pixels[where] = self._arrays(k).read(rows[where, 1])
+        if image is None:
+            image, out = batch_tensor(shape, np.dtype(np.float32))
+            if self.normalize:
+                np.subtract(pixels, self._shift, out=out)
+                np.multiply(out, self._scale, out=out)
+            else:
+                out[...] = pixels
+        return self._sample(index, rows, image)
+
+    def _sample(self, index: np.ndarray, rows: np.ndarray, image: torch.Tensor) -> TileBatch:
+        """The batch of tiles ``index`` (table ``rows``) with their ``(B, C, H, W)`` images."""
+        gsd = np.asarray(self.gsd, dtype=np.float32)[rows[:, 0]]
+        return TileBatch({"image": image, "gsd": torch.from_numpy(gsd),
+                          "label": torch.from_numpy(np.ascontiguousarray(rows[:, 5])),
+                          "index": torch.from_numpy(index.copy())})
 
 
 def describe_data(dataset: ShardDataset) -> dict[str, Any]:
