@@ -42,11 +42,7 @@ class ShardSampler(Sampler[int]):
         self.rank = rank
         self.epoch = 0
         self.skip = 0
-        keys = [dataset.shard_of(i) for i in range(len(dataset))]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, key in enumerate(keys):
-            groups.setdefault(key, []).append(i)
-        self.shards = [np.asarray(groups[k]) for k in sorted(groups)]
+        self.shards = _shard_groups(dataset)
         self.total = -(-len(dataset) // num_replicas)  # per rank
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,3 +65,16 @@ class ShardSampler(Sampler[int]):
         if len(flat) < self.total:  # pad so that every rank yields the same count
             flat = np.resize(np.concatenate([flat, np.concatenate(self.shards)]), self.total)
         return iter(flat[skip : self.total].tolist())
+
+
+def _shard_groups(dataset: ShardDataset) -> list[np.ndarray]:
+    """Indices of ``dataset`` grouped by (store, shard), groups and indices in ascending order."""
+    table = np.asarray(dataset.table)
+    if not len(table):
+        return []
+    store = table[:, 0]
+    shard = table[:, 1] // np.asarray(dataset.shard_tiles, dtype=np.int64)[store]
+    order = np.lexsort((np.arange(len(table)), shard, store))
+    key_s, key_h = store[order], shard[order]
+    cuts = np.flatnonzero((np.diff(key_s) != 0) | (np.diff(key_h) != 0)) + 1
+    return np.split(order, cuts)
