@@ -19,6 +19,7 @@ __all__ = [
     "StoreConfigError",
     "StoreError",
     "StoreIncompleteError",
+    "StoreLockedError",
     "TilingError",
     "WeightsError",
 ]
@@ -62,6 +63,10 @@ class StoreConfigError(StoreError):
 
 class StoreIncompleteError(StoreError):
     """A store has not been finalised (a tiling run was interrupted)."""
+
+
+class StoreLockedError(StoreError, BlockingIOError):
+    """Another process (named by host and pid) holds the store's write lock."""
 
 
 class WeightsError(RsmaeError, ValueError):
