@@ -7,7 +7,11 @@ Run from the repository root (``make bench`` runs the defaults)::
         --out benchmarks/results --profile
 
 One run measures, on the same real scenes (the Landsat 8 crop in ``<data>/landsat8_scene`` and the
-seven OSCD Sentinel-2 L1C scenes ``<data>/oscd_subset/.../<city>/imgs_1``), tile size 128:
+seven OSCD Sentinel-2 L1C scenes ``<data>/oscd_subset/.../<city>/imgs_1``):
+
+Scene sets (``--sets``): ``rgb8``, the Landsat crop as an 8-bit RGB GeoTIFF (B4, B3, B2 stretched
+to uint8, written to a temporary folder) in 64 px tiles; ``landsat8``, the crop itself (uint16) in
+128 px tiles; ``oscd``, 13 bands uint16 in 128 px tiles; ``oscd64``, the same in 64 px tiles.
 
 1. Tiling: ``tile_scenes`` into a fresh temporary store with ``--workers`` processes and with 1,
    against reading the same pixels with rasterio (every band, the rows of full tiles, windowed
@@ -16,7 +20,7 @@ seven OSCD Sentinel-2 L1C scenes ``<data>/oscd_subset/.../<city>/imgs_1``), tile
    ``tile_scenes``), or in this process for 1. Source files are read once beforehand so that both
    sides see a warm page cache. Target: tiling / read <= 1.5.
 2. Loading: ``ShardDataset`` + ``ShardSampler`` + ``DataLoader(batch_size=32, num_workers=W)``
-   against torchgeo's ``RasterDataset`` + ``RandomGeoSampler(size=128, units=Units.PIXELS)`` +
+   against torchgeo's ``RasterDataset`` + ``RandomGeoSampler(size=tile, units=Units.PIXELS)`` +
    ``DataLoader(batch_size=32, num_workers=W, collate_fn=stack_samples)`` in samples/s. Each
    loader kind runs in its own child process (the two take turns); dataset, sampler, DataLoader
    and workers are new for every measurement. The first batch (worker start-up, file opening) is
@@ -45,13 +49,14 @@ per-sample cost breakdown of the loader, with the DataLoader transport ceiling o
 #   loader_profile.py     ``--profile`` breakdowns
 #   loader_report.py      environment, Markdown and CSV report
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules above, also in children
-from loader_common import BATCH, REPO, scene_sets  # noqa: E402
+from loader_common import BATCH, REPO, SET_NAMES, scene_sets  # noqa: E402
 from loader_profile import profile_codecs, profile_loader_child, profile_tiling  # noqa: E402
 from loader_report import code_snapshot, environment, markdown, write_csv  # noqa: E402
 from loader_throughput import Child, bench_loaders, loader_child, serve  # noqa: E402
@@ -68,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
                    help="folder holding landsat8_scene/ and oscd_subset/")
+    p.add_argument("--sets", default="rgb8,landsat8,oscd",
+                   help=f"comma-separated scene sets, of {', '.join(SET_NAMES)}")
     p.add_argument("--profile", action="store_true",
                    help="add a cProfile breakdown of tiling and of the loader's per-sample costs")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -83,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --workers and --repeats must be >= 1, --samples >= 32, --seconds > 0")
     env = environment()
     before = code_snapshot()
-    sets = scene_sets(args.data.resolve())
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rsmae-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        sets = scene_sets(args.data.resolve(), tmp / "scenes", tuple(args.sets.split(",")))
         stores: dict[str, Path] = {}
         print("tiling vs rasterio reads ...", file=sys.stderr)
         tiling = bench_tiling(sets, args.workers, args.repeats, tmp, stores)
@@ -102,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for s in sets:
                     profile["loader"][s.name] = child.run({"store": str(stores[s.name]),
-                                                           "workers": args.workers})
+                                                           "workers": args.workers, "tile": s.tile})
             finally:
                 child.close()
+    env["load_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     text = markdown(env, tiling, loaders, args, profile)
     text += f"\nFull run: {time.perf_counter() - started:.0f} s.\n"
     after = code_snapshot()

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from loader_common import BATCH, TILE, SceneSet
+from loader_common import BATCH, SceneSet
 from loader_throughput import rsmae_collate
 from loader_tiling import run_tiling
 from rasterio.windows import Window
@@ -51,13 +51,13 @@ def profile_codecs(s: SceneSet) -> list[dict[str, Any]]:
     """Blosc encode/decode cost of one shard of real tiles: the store's codec vs alternatives."""
     from numcodecs import Blosc
 
-    src = s.inputs[0]
+    src, tile = s.inputs[0], s.tile
     with rasterio.open(src) as ds:  # 4 tile rows from the middle of the scene (no collar)
-        top = (ds.height // 2 // TILE - 2) * TILE
-        data = ds.read(window=Window(0, top, (ds.width // TILE) * TILE, 4 * TILE))
+        top = (ds.height // 2 // tile - 2) * tile
+        data = ds.read(window=Window(0, top, (ds.width // tile) * tile, 4 * tile))
     c, h, w = data.shape
-    tiles = data.reshape(c, h // TILE, TILE, w // TILE, TILE).transpose(1, 3, 0, 2, 4)
-    tiles = tiles.reshape(-1, c, TILE, TILE)
+    tiles = data.reshape(c, h // tile, tile, w // tile, tile).transpose(1, 3, 0, 2, 4)
+    tiles = tiles.reshape(-1, c, tile, tile)
     valid = (tiles != 0).any(axis=1).mean(axis=(1, 2)) >= 0.9  # kept tiles only, as in a store
     tiles = np.ascontiguousarray(tiles[valid][:64])
     rows = []
@@ -67,7 +67,8 @@ def profile_codecs(s: SceneSet) -> list[dict[str, Any]]:
         encoded = [codec.encode(t) for t in tiles]
         enc = _timeit(lambda c=codec: [c.encode(t) for t in tiles], 1)
         dec = _timeit(lambda c=codec, e=encoded: [c.decode(x) for x in e], 1)
-        rows.append({"codec": name, "encode_us": enc / len(tiles) * 1e6,
+        rows.append({"codec": name, "tile": f"{c}x{tile}x{tile} {tiles.dtype}",
+                     "encode_us": enc / len(tiles) * 1e6,
                      "decode_us": dec / len(tiles) * 1e6,
                      "ratio": tiles.nbytes / sum(len(e) for e in encoded)})
     return rows
@@ -90,25 +91,41 @@ def profile_loader_child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader, Dataset, default_collate
 
+    from rsmae.data.batch import TileBatch, batch_tensor
     from rsmae.data.dataset import ShardDataset
     from rsmae.data.sampler import ShardSampler
 
     torch.set_num_threads(1)  # as in DataLoader workers
     collate_fn, collate_name = rsmae_collate()
     ds = ShardDataset(spec["store"])
-    order = list(ShardSampler(ds))[: 4 * BATCH]
+    order = np.asarray(list(ShardSampler(ds))[: 8 * BATCH])
     batches = [order[k : k + BATCH] for k in range(0, len(order) - BATCH + 1, BATCH)]
     reader = ds._arrays(0)
-    slots = [int(ds.table[i, 1]) for i in order]
-    n = len(order)
-    read = _timeit(lambda: [reader.read(sl) for sl in slots], 3) / n
-    pixels = reader.read(slots[0])
-    sample = _timeit(lambda: ds._sample(0, ds.table[0], pixels), 200)
+    n = len(batches) * BATCH
+    read = _timeit(lambda: [reader.read(ds.table[b, 1]) for b in batches], 3) / n
+    getitems = _timeit(lambda: [ds.__getitems__(b) for b in batches], 3) / n
     items = [ds.__getitems__(b) for b in batches]
     collate = _timeit(lambda: [collate_fn(x) for x in items], 3) / n
     total = _timeit(lambda: [collate_fn(ds.__getitems__(b)) for b in batches], 3) / n
-    c = len(ds.bands)
+    per_item = _timeit(lambda: [collate_fn([ds[int(i)] for i in b]) for b in batches], 1) / n
+    c, tile = len(ds.bands), spec["tile"]
     real = ds[0]
+    native_dtype = reader.dtype
+
+    class Batched(Dataset):
+        """Zero-cost batches: ``__getitems__`` returns a TileBatch of uninitialised tensors."""
+
+        def __init__(self, dtype: Any) -> None:
+            self.dtype = dtype
+
+        def __len__(self) -> int:
+            return 10**8
+
+        def __getitems__(self, indices: list[int]) -> TileBatch:
+            image, _ = batch_tensor((len(indices), c, tile, tile), self.dtype)
+            zeros = torch.zeros(len(indices), dtype=torch.int64)
+            return TileBatch({"image": image, "gsd": zeros.float(), "label": zeros,
+                              "index": zeros.clone()})
 
     class Constant(Dataset):
         """Zero-cost samples: a copy of a real ShardDataset sample, or its image alone."""
@@ -120,7 +137,7 @@ def profile_loader_child(spec: dict[str, Any]) -> dict[str, Any]:
             return 10**8
 
         def __getitem__(self, i: int) -> dict[str, Any]:
-            image = torch.zeros(c, TILE, TILE, dtype=self.dtype)
+            image = torch.zeros(c, tile, tile, dtype=self.dtype)
             return {**real, "image": image} if self.meta else {"image": image}
 
     def rate(dataset: Any, collate: Callable[[list[Any]], Any]) -> float:
@@ -135,10 +152,16 @@ def profile_loader_child(spec: dict[str, Any]) -> dict[str, Any]:
         return count / (time.perf_counter() - started)
 
     keys = ", ".join(k for k in real if k != "image")
-    ceilings = {f"a real sample's structure (float32 image + {keys}), {collate_name}":
+    ceilings = {"TileBatch of shared-memory float32 images (ShardDataset's batches)":
+                rate(Batched(np.dtype(np.float32)), collate_fn),
+                f"TileBatch of shared-memory {native_dtype} images (native=True)":
+                rate(Batched(native_dtype), collate_fn),
+                f"a real sample's structure (float32 image + {keys}), {collate_name}":
                 rate(Constant(torch.float32, True), collate_fn),
                 "float32 image only": rate(Constant(torch.float32, False), default_collate),
-                "uint16 image only": rate(Constant(torch.uint16, False), default_collate)}
-    return {"read_us": read * 1e6, "sample_us": sample * 1e6, "collate_us": collate * 1e6,
-            "total_us": total * 1e6, "ceilings": ceilings, "channels": c, "collate": collate_name}
+                f"{native_dtype} image only": rate(Constant(torch.from_numpy(np.empty(0, native_dtype)).dtype,
+                                                            False), default_collate)}
+    return {"read_us": read * 1e6, "sample_us": (getitems - read) * 1e6, "collate_us": collate * 1e6,
+            "total_us": total * 1e6, "per_item_us": per_item * 1e6, "ceilings": ceilings,
+            "channels": c, "collate": collate_name}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import rasterio
-from loader_common import BATCH, REPO, TARGET_LOADER, TARGET_TILING, TILE
+from loader_common import BATCH, REPO, TARGET_LOADER, TARGET_TILING
 
 
 def _median(values: Sequence[float]) -> float:
@@ -41,7 +41,7 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-_MEASURED = ("rsmae/tiling", "rsmae/data", "rsmae/store.py", "rsmae/bands.py")
+_MEASURED = ("rsmae/tiling", "rsmae/data", "rsmae/store.py", "rsmae/shards.py", "rsmae/bands.py")
 
 
 def _git_commit() -> str:
@@ -91,10 +91,12 @@ def markdown(env: dict[str, str], tiling: list[dict[str, Any]], loaders: list[di
         "",
         f"- Command: `{env['command']}`",
         f"- Date: {env['date']}",
-        f"- CPU: {env['cpu']}, {env['cores']} cores; load average at start {env['load']} "
-        "(shared machine: compare ratios within this run)",
+        f"- CPU: {env['cpu']}, {env['cores']} cores; load average (1, 5, 15 min) at start "
+        f"{env['load']}, at end {env.get('load_end', '?')} (shared machine: compare ratios within "
+        "this run)",
         f"- Versions: {env['versions']}; rsmae commit {env['commit']}",
-        f"- Tile size {TILE}, batch size {BATCH}, {args.repeats} repeats (median, min-max in "
+        f"- Tile size per scene set (column px), batch size {BATCH}, {args.repeats} repeats (median, "
+        "min-max in "
         f"parentheses), loaders timed for {args.seconds:g} s or {args.samples} samples after one "
         "warm-up batch",
         "",
@@ -119,25 +121,27 @@ def markdown(env: dict[str, str], tiling: list[dict[str, Any]], loaders: list[di
         "",
         f"## 2-3. Loader throughput, MB/s and memory (target rsmae / torchgeo >= {TARGET_LOADER:g}x)",
         "",
-        "| scenes | loader | workers | samples/s | MB/s (float32 images) | peak RSS MB "
-        "(main + workers) | PSS MB (main + workers) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| scenes | px | loader | workers | samples/s | MB/s (float32 images) | us per sample "
+        "(wall) | peak RSS MB (main + workers) | PSS MB (main + workers) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     rss_imports = _median([v for r in loaders if r["loader"] != "ratio" for v in r["rss_imports_mb"]])
     names = {"rsmae": "rsmae ShardDataset + ShardSampler (float32 from workers)",
-             "rsmae-native": "rsmae ShardDataset(native=True) + ShardSampler (uint16 from workers, "
+             "rsmae-native": "rsmae ShardDataset(native=True) + ShardSampler (native dtype from workers, "
                              "normalised to float32 in the main process, timed)",
              "torchgeo": "torchgeo RasterDataset + RandomGeoSampler"}  # + the collate used
     for r in loaders:
         if r["loader"] == "ratio":
             ratio = _median(r["ratio"])
             met = "yes" if ratio >= TARGET_LOADER else f"no ({TARGET_LOADER / ratio:.1f}x short)"
-            lines.append(f"| {r['dataset']} | **{r['of']} / torchgeo** | {r['workers']} | "
-                         f"**{_fmt(r['ratio'], 1)}x** | target met: {met} | | |")
+            lines.append(f"| {r['dataset']} | | **{r['of']} / torchgeo** | {r['workers']} | "
+                         f"**{_fmt(r['ratio'], 1)}x** | target met: {met} | | | |")
             continue
-        lines.append(f"| {r['dataset']} ({r['channels']} bands) | {names[r['loader']]}, "
-                     f"{r['collate']} | "
+        us = [1e6 / v for v in r["samples_per_s"]]
+        lines.append(f"| {r['dataset']} ({r['channels']} bands {r['dtype']}) | {r['tile']} | "
+                     f"{names[r['loader']]}, {r['collate']} | "
                      f"{r['workers']} | {_fmt(r['samples_per_s'], 0)} | {_fmt(r['mb_per_s'], 1)} | "
+                     f"{_fmt(us, 1)} | "
                      f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['pss_mb'], 0)} |")
     lines += [
         "",
@@ -148,8 +152,10 @@ def markdown(env: dict[str, str], tiling: list[dict[str, Any]], loaders: list[di
         "pages and is read at the end of the timed part. "
         f"Importing torch and the loader's library alone takes {rss_imports:.0f} MB RSS in the main "
         "process (median over runs), before any data is read. "
-        "torchgeo samples random 128x128 windows anywhere in the scenes (nodata collar included); "
-        "rsmae reads the kept tiles.",
+        "torchgeo samples random windows of the tile size anywhere in the scenes (nodata collar "
+        "included); rsmae reads the kept tiles. The dtype column is that of the batches the workers "
+        "send. us per sample (wall) = 1e6 / samples/s: the whole pipeline's cost per sample with "
+        "all its processes.",
     ]
     if profile:
         lines += _profile_markdown(profile)
@@ -168,18 +174,20 @@ def _profile_markdown(profile: dict[str, Any]) -> list[str]:
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
     lines.append("| **total tile_scenes** | " + " | ".join(
         f"**{p['total']:.3f}**" for p in profile["tiling"].values()) + " |")
-    lines += ["", "Blosc codecs on 64 kept Landsat tiles (3x128x128 uint16, mid-scene), per tile, "
-              "best of 3:", "",
+    tile = profile["codecs"][0].get("tile", "?") if profile["codecs"] else "?"
+    lines += ["", f"Blosc codecs on up to 64 kept tiles of the first scene set ({tile}, mid-scene), "
+              "per tile, best of 3:", "",
               "| codec | encode us | decode us | compression ratio |", "|---|---:|---:|---:|"]
     for c in profile["codecs"]:
         lines.append(f"| {c['codec']} | {c['encode_us']:.0f} | {c['decode_us']:.0f} | {c['ratio']:.2f} |")
     for name, lp in profile["loader"].items():
         lines += ["", f"ShardDataset per-sample cost in one process, {name} store ({lp['channels']} "
                   "bands, torch 1 thread as in workers, best of 3):", "",
-                  f"- pread + Blosc decode: {lp['read_us']:.0f} us; float32 cast + normalise + dict: "
-                  f"{lp['sample_us']:.0f} us; collate: {lp['collate_us']:.0f} us; "
-                  f"total {lp['total_us']:.0f} us per sample "
-                  f"(= {1e6 / lp['total_us']:.0f} samples/s per worker)",
+                  f"- batched pread + Blosc decode (TileReader.read): {lp['read_us']:.1f} us; "
+                  f"float32 normalisation of the batch + TileBatch: {lp['sample_us']:.1f} us; "
+                  f"collate: {lp['collate_us']:.1f} us; total {lp['total_us']:.1f} us per sample "
+                  f"(= {1e6 / lp['total_us']:.0f} samples/s per worker); one ds[i] per sample then "
+                  f"collate: {lp.get('per_item_us', float('nan')):.1f} us per sample",
                   "- DataLoader transport ceiling with zero-cost samples, same workers: " + "; ".join(
                       f"{k}: {v:.0f} samples/s" for k, v in lp["ceilings"].items())]
     return lines
@@ -209,5 +217,7 @@ def write_csv(path: Path, tiling: list[dict[str, Any]], loaders: list[dict[str, 
             continue
         for metric in ("samples_per_s", "mb_per_s", "peak_rss_mb", "pss_mb"):
             row("loader", r["dataset"], r["loader"], r["workers"], metric, r[metric])
+        row("loader", r["dataset"], r["loader"], r["workers"], "us_per_sample",
+            [1e6 / v for v in r["samples_per_s"]])
     path.write_text("\n".join(out) + "\n")
 

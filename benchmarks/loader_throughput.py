@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from loader_common import BATCH, LANDSAT_FILE, OSCD_DIR, REPO, RSMAE_KINDS, S2_BANDS, TILE, SceneSet
+from loader_common import BATCH, REPO, RSMAE_KINDS, S2_BANDS, SceneSet
 
 ENTRY = Path(__file__).resolve().with_name("bench_loader.py")  # the script the children run
 
@@ -83,17 +83,19 @@ def _child_pids(parent: int) -> list[int]:
     return pids
 
 
-def _torchgeo_dataset(dataset: str, data: Path) -> Any:
+def _torchgeo_dataset(spec: dict[str, Any]) -> Any:
+    """The torchgeo ``RasterDataset`` over a scene set's files (one multi-band file, or band folders)."""
     from torchgeo.datasets import RasterDataset
 
-    if dataset == "landsat8":
-        class Landsat8Crop(RasterDataset):
-            filename_glob = LANDSAT_FILE
+    inputs = spec["inputs"]
+    if spec["bands"] is not None:  # one multi-band file holding exactly these bands
+        class OneFile(RasterDataset):
+            filename_glob = Path(inputs[0]).name
             is_image = True
             separate_files = False
-            all_bands = ("B2", "B3", "B4")
+            all_bands = tuple(spec["bands"])
 
-        return Landsat8Crop([str(data / "landsat8_scene")], bands=["B2", "B3", "B4"])
+        return OneFile([str(Path(inputs[0]).parent)], bands=list(spec["bands"]))
 
     class OSCDScenes(RasterDataset):
         filename_glob = "*_B02.tif"
@@ -102,7 +104,7 @@ def _torchgeo_dataset(dataset: str, data: Path) -> Any:
         separate_files = True
         all_bands = S2_BANDS
 
-    return OSCDScenes(sorted(glob.glob(str(data / OSCD_DIR / "*" / "imgs_1"))), bands=list(S2_BANDS))
+    return OSCDScenes(list(inputs), bands=list(S2_BANDS))
 
 
 def _reset_peak_rss() -> bool:
@@ -137,6 +139,7 @@ def loader_child(spec: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     workers, seconds, max_samples = spec["workers"], spec["seconds"], spec["samples"]
+    tile = spec["tile"]
     import rsmae.data  # noqa: F401  (imports counted in the baseline RSS below)
 
     if spec["loader"] == "torchgeo":
@@ -163,8 +166,8 @@ def loader_child(spec: dict[str, Any]) -> dict[str, Any]:
         from torchgeo.datasets import stack_samples
         from torchgeo.samplers import RandomGeoSampler, Units
 
-        ds = _torchgeo_dataset(spec["dataset"], Path(spec["data"]))
-        sampler = RandomGeoSampler(ds, size=TILE, length=length, units=Units.PIXELS)
+        ds = _torchgeo_dataset(spec)
+        sampler = RandomGeoSampler(ds, size=tile, length=length, units=Units.PIXELS)
         loader = DataLoader(ds, batch_size=BATCH, sampler=sampler, num_workers=workers,
                             collate_fn=stack_samples)
         spec = {**spec, "torchgeo": tg.__version__, "collate": "torchgeo stack_samples"}
@@ -173,8 +176,8 @@ def loader_child(spec: dict[str, Any]) -> dict[str, Any]:
     dtype = str(first.dtype)
     if finish is not None:
         first = finish(first)
-    if tuple(first.shape[-2:]) != (TILE, TILE):
-        raise RuntimeError(f"{spec['loader']}: got {tuple(first.shape)} batches, not {TILE}x{TILE}")
+    if tuple(first.shape[-2:]) != (tile, tile):
+        raise RuntimeError(f"{spec['loader']}: got {tuple(first.shape)} batches, not {tile}x{tile}")
     samples = nbytes = 0
     started = time.perf_counter()
     for batch in it:
@@ -249,7 +252,8 @@ def bench_loaders(sets: Sequence[SceneSet], stores: dict[str, Path], args: argpa
             order = kinds[rep % 3:] + kinds[:rep % 3]
             for loader in order:
                 spec = {"loader": loader, "dataset": s.name,
-                        "store": str(stores[s.name]), "data": str(args.data),
+                        "store": str(stores[s.name]), "inputs": list(s.inputs), "tile": s.tile,
+                        "bands": list(s.bands) if s.band_order else None,
                         "workers": args.workers, "seconds": args.seconds, "samples": args.samples}
                 res = children[loader].run(spec)
                 runs.setdefault((s.name, loader), []).append(res)
@@ -262,7 +266,7 @@ def bench_loaders(sets: Sequence[SceneSet], stores: dict[str, Path], args: argpa
     for s in sets:
         for loader in kinds:
             r = runs[(s.name, loader)]
-            rows.append({"dataset": s.name, "loader": loader, "workers": args.workers,
+            rows.append({"dataset": s.name, "loader": loader, "workers": args.workers, "tile": s.tile,
                          "channels": r[0]["channels"], "dtype": r[0]["dtype"],
                          "collate": r[0]["collate"],
                          **{k: [x[k] for x in r] for k in

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from loader_common import TILE, SceneSet
+from loader_common import SceneSet
 from rasterio.windows import Window
 
 
@@ -34,11 +34,13 @@ class ReadTask:
             to the file's grid.
         rows: Top rows (on the finest grid) of the tile rows to read.
         width: Width of the full-tile columns on the finest grid.
+        tile: Tile size on the finest grid.
     """
 
     files: tuple[tuple[str, tuple[int, ...], float, float], ...]
     rows: tuple[int, ...]
     width: int
+    tile: int
 
 
 def read_plan(scene_set: SceneSet, workers: int) -> list[ReadTask]:
@@ -59,13 +61,14 @@ def read_plan(scene_set: SceneSet, workers: int) -> list[ReadTask]:
             with rasterio.open(path) as ds:
                 shapes[path] = (ds.width, ds.height, abs(ds.transform.a))
         ref_w, ref_h, _ = min(shapes.values(), key=lambda s: s[2])  # the finest grid, as the tiler
-        rows = list(range(0, ref_h - TILE + 1, TILE))
-        width = ((ref_w - TILE) // TILE + 1) * TILE
+        tile = scene_set.tile
+        rows = list(range(0, ref_h - tile + 1, tile))
+        width = ((ref_w - tile) // tile + 1) * tile
         files = tuple((p, tuple(ix), shapes[p][0] / ref_w, shapes[p][1] / ref_h)
                       for p, ix in indexes.items())
         for block in np.array_split(np.asarray(rows), max(1, workers)):
             if len(block):
-                tasks.append(ReadTask(files, tuple(int(r) for r in block), width))
+                tasks.append(ReadTask(files, tuple(int(r) for r in block), width, tile))
     return tasks
 
 
@@ -76,7 +79,7 @@ def read_block(task: ReadTask) -> int:
         with rasterio.open(path) as ds:
             for row in task.rows:
                 top = int(np.floor(row * fy))
-                bottom = min(ds.height, int(np.ceil((row + TILE) * fy)))
+                bottom = min(ds.height, int(np.ceil((row + task.tile) * fy)))
                 window = Window(0, top, min(ds.width, int(np.ceil(task.width * fx))), bottom - top)
                 nbytes += ds.read(list(indexes), window=window).nbytes
     return nbytes
