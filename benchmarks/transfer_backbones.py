@@ -157,8 +157,9 @@ def build_natural_store(out: Path, images: int, data: Path = DATA) -> Path:
 
 def store_summary(store: Path) -> dict[str, Any]:
     """Tiles, scenes, bands and sensor of a finished store."""
-    attrs = TileStore.open(store).attrs
-    return {"store": str(store), "images": int(attrs["tiles"]), "scenes": len(attrs["scenes"]),
+    opened = TileStore.open(store)
+    attrs = opened.attrs
+    return {"store": str(store), "images": int(attrs["tiles"]), "scenes": opened.n_scenes,
             "bands": [b["name"] for b in attrs["bands"]], "sensor": attrs["sensor"]}
 
 

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         a = store.attrs
         c = a["config"]
         print(f"\n{path}: {a['tiles']} tiles of {len(a['bands'])}x{c['tile_size']}x"
-              f"{c['tile_size']} {a['dtype']}, {len(a['scenes'])} scenes, sensor {a['sensor']}, "
+              f"{c['tile_size']} {a['dtype']}, {store.n_scenes} scenes, sensor {a['sensor']}, "
               f"{store.nbytes_stored() / 1e6:.1f} MB")
         if a.get("classes"):
             print(f"  classes: {', '.join(a['classes'])}")

@@ -1,8 +1,9 @@
 """The tile store: the one place that knows the Zarr v3 layout.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
-    STORE.zarr/                      group; attributes hold config, bands, scenes, stats, state
+    STORE.zarr/                      group; attributes hold config, bands, stats, state: a
+                                     constant size, nothing per scene
       images   (slots, C, T, T)      native dtype; one chunk = one tile; one shard = ``shard_tiles``
                                      tiles; Blosc (lz4 or zstd) with bit-shuffle in shards
       scene    (slots,) int32        scene index of each slot, -1 where no tile was kept
@@ -10,16 +11,25 @@ Layout (format version 1)::
       valid    (slots,) float32      fraction of valid (not nodata / NaN) pixels
       transform (slots, 6) float64   affine transform of each tile (GDAL order a, b, c, d, e, f
                                      as in ``affine.Affine``); the CRS is the scene's
-      index    (tiles,) int64        slots holding a tile, in order (written when finalising)
+      index    (tiles,) int64        slots holding a tile, in order (appended when finalising)
       unit_done (units,) uint8       1 when a unit of work (one shard) has been fully written
       unit_count (units, 2) int64    tiles kept and dropped by each unit
       unit_hist (units, C, bins)     per-band value histograms of valid pixels (exact statistics)
       unit_moments (units, C, 3)     per-band count, sum, sum of squares (float64)
+      batches  (runs, 4) int64       scenes ``first:last`` and units ``start:stop`` each run added
+      stats_hist (2, C, bins) int64  running totals of ``unit_hist`` over the finished units, in
+      stats_moments (2, C, 3)        two buffers: the committed one and the one a run writes
+      scenes/                        the scene table, one row per scene (``rsmae/scene_table.py``)
 
 Work is cut into *units* of ``shard_tiles`` consecutive windows; unit ``u`` owns shard ``u`` and
 chunk ``u`` of every per-slot array, so parallel writers never touch the same file and the output
 does not depend on how many workers ran. A store is usable only once ``complete`` is true; that
-attribute is written last.
+attribute is written last. The root attribute ``committed`` holds the counts of the last finished
+state (scenes, batches, units, tiles, statistics buffer), so an append never rewrites what is
+per scene and a failed append can be undone.
+
+Stores of format 1 (scene records as JSON in the root attributes) still open for reading; tiling
+more scenes into one needs a new store (``--overwrite``).
 """
 
 from __future__ import annotations
@@ -36,10 +46,12 @@ from numcodecs import blosc
 from zarr.codecs import BloscCodec
 
 from rsmae.errors import StoreConfigError, StoreError, StoreIncompleteError
+from rsmae.scene_table import SceneTable, columns_from_records
 
 __all__ = ["CODECS", "FORMAT_VERSION", "ShardReader", "TileStore", "hist_bins", "remove_store"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE = (1, 2)  # format 1: scene records in the root attributes (read-only here)
 # Tile codecs. lz4 decodes about 2x faster than zstd (data loading) and encodes about 4x faster
 # (tiling) for 10 % larger files; zstd for archives.
 CODECS = {
@@ -62,10 +74,13 @@ class TileStore:
     layout go through this class.
     """
 
-    def __init__(self, path: str | Path, group: zarr.Group) -> None:
+    def __init__(self, path: str | Path, group: zarr.Group | None, *,
+                 shard_tiles: int | None = None) -> None:
         self.path = Path(path)
         self._group = group
         self._arrays: dict[str, zarr.Array] = {}
+        self._shard_tiles = shard_tiles
+        self._table: SceneTable | None = None
 
     # ---------------------------------------------------------------- creation and opening
     @classmethod
@@ -115,12 +130,23 @@ class TileStore:
                            dtype="int64", fill_value=0, compressors=stats_codec)
         group.create_array("unit_moments", shape=(0, n_bands, 3), chunks=(1, n_bands, 3),
                            dtype="float64", fill_value=0.0)
+        group.create_array("batches", shape=(0, 4), chunks=(4096, 4), dtype="int64", fill_value=0)
+        group.create_array("stats_hist", shape=(2, n_bands, bins), chunks=(1, n_bands, bins),
+                           dtype="int64", fill_value=0, compressors=stats_codec)
+        group.create_array("stats_moments", shape=(2, n_bands, 3), chunks=(1, n_bands, 3),
+                           dtype="float64", fill_value=0.0)
+        SceneTable.create(group)
         group.attrs.update({
             "rsmae_format": FORMAT_VERSION, "complete": False, "config": config,
             "bands": list(bands), "dtype": dtype, "shard_tiles": shard_tiles,
-            "scenes": [], "batches": [], "n_units": 0, "tiles": 0, **(attrs or {}),
+            "n_scenes": 0, "n_batches": 0, "n_units": 0, "tiles": 0, **(attrs or {}),
         })
         return cls(path, group)
+
+    @classmethod
+    def writer(cls, path: str | Path, *, shard_tiles: int) -> TileStore:
+        """The arrays a unit of work writes, opened one by one (the root group is not read)."""
+        return cls(path, None, shard_tiles=shard_tiles)
 
     @classmethod
     def open(cls, path: str | Path, *, mode: str = "r", require_complete: bool = True) -> TileStore:
@@ -139,10 +165,16 @@ class TileStore:
             group = zarr.open_group(path, mode=mode, zarr_format=3)
         except Exception as err:  # zarr raises several types for damaged metadata
             raise StoreError(f"{path}: cannot open as a Zarr v3 group ({err})") from err
-        if group.attrs.get("rsmae_format") != FORMAT_VERSION:
+        found = group.attrs.get("rsmae_format")
+        if found not in _READABLE:
             raise StoreError(
-                f"{path}: not an rsmae tile store of format {FORMAT_VERSION} "
-                f"(found {group.attrs.get('rsmae_format')!r})"
+                f"{path}: not an rsmae tile store of format {FORMAT_VERSION} (found {found!r}); "
+                "tile the scenes again with pipelines/tile.py"
+            )
+        if found != FORMAT_VERSION and mode != "r":
+            raise StoreConfigError(
+                f"{path}: written by an older rsmae (store format {found}, scene records in JSON) "
+                "and read-only here; tile the scenes again into a new store, or pass --overwrite"
             )
         store = cls(path, group)
         if require_complete and not store.complete:
@@ -176,7 +208,21 @@ class TileStore:
     @property
     def shard_tiles(self) -> int:
         """Tiles per shard and per unit of work."""
-        return int(self._group.attrs["shard_tiles"])
+        if self._shard_tiles is None:
+            self._shard_tiles = int(self._group.attrs["shard_tiles"])
+        return self._shard_tiles
+
+    @property
+    def format(self) -> int:
+        """Store format version (1: scene records as JSON, read-only; 2: the scene table)."""
+        return int(self._group.attrs["rsmae_format"])
+
+    @property
+    def n_scenes(self) -> int:
+        """Scenes registered in the store."""
+        if self.format == 1:
+            return len(self._group.attrs["scenes"])
+        return int(self._group.attrs["n_scenes"])
 
     def update_attrs(self, **values: Any) -> None:
         """Write root attributes (one metadata write)."""
@@ -198,8 +244,86 @@ class TileStore:
     def array(self, name: str) -> zarr.Array:
         """One array of the layout by name (opened once, then cached)."""
         if name not in self._arrays:
-            self._arrays[name] = self._group[name]
+            if self._group is None:
+                self._arrays[name] = zarr.open_array(self.path / name, mode="r+", zarr_format=3)
+            else:
+                self._arrays[name] = self._group[name]
         return self._arrays[name]
+
+    # ---------------------------------------------------------------- scenes
+    def scenes(self, columns: Sequence[str] | None = None, *, start: int = 0,
+               stop: int | None = None) -> dict[str, np.ndarray]:
+        """Columns of the scene table (see ``rsmae/scene_table.py``), rows ``start:stop``.
+
+        Args:
+            columns: Names among ``id``, ``sensor``, ``date``, ``label``, ``split``, ``crs``,
+                ``transform``, ``width``, ``height``, ``nodata``, ``files``, ``n_tiles``
+                (default: all). Read only what you need: each is one array read.
+            start: First scene.
+            stop: End scene (default: every registered scene).
+
+        Returns:
+            ``{name: array}`` in scene order; strings are "" where unknown, ``nodata`` NaN
+            where none, ``files`` an object array of tuples of paths.
+        """
+        stop = self.n_scenes if stop is None else min(stop, self.n_scenes)
+        if self.format == 1:
+            cols = columns_from_records(self._group.attrs["scenes"][start:stop])
+            if "n_tiles" in (columns or cols):
+                per = self._group.attrs.get("tiles_per_scene") or [0] * self.n_scenes
+                cols["n_tiles"] = np.asarray(per[start:stop], dtype=np.int64)
+            return {k: cols[k] for k in columns or cols}
+        return self._scene_table().read(columns, start, stop)
+
+    def _scene_table(self) -> SceneTable:
+        if self._table is None:
+            self._table = SceneTable(self._group["scenes"])
+        return self._table
+
+    def write_scenes(self, first: int, rows: dict[str, Any]) -> int:
+        """Write scene rows at ``first`` (see :meth:`SceneTable.write`); ``n_scenes`` is the caller's."""
+        return self._scene_table().write(first, rows)
+
+    def write_scene_tiles(self, first: int, counts: np.ndarray) -> None:
+        """Record the tiles kept per scene for scenes ``first:first + len(counts)``."""
+        self._scene_table().write_tiles(first, counts)
+
+    def batches(self) -> np.ndarray:
+        """``(runs, 4)`` scenes ``first, last`` and units ``start, stop`` each run registered."""
+        if self.format == 1:
+            return np.asarray(self._group.attrs["batches"], dtype=np.int64).reshape(-1, 4)
+        return self.array("batches")[: int(self._group.attrs["n_batches"])]
+
+    def write_batch(self, i: int, batch: Sequence[int]) -> None:
+        """Write batch ``i`` (resizing the batch array to end there)."""
+        arr = self.array("batches")
+        arr.resize((i + 1, 4))
+        arr[i] = np.asarray(batch, dtype=np.int64)
+
+    def truncate(self, n_scenes: int, n_batches: int) -> None:
+        """Drop scenes and batches past the given counts (undoing an unfinished run)."""
+        self._scene_table().truncate(n_scenes)
+        self.array("batches").resize((n_batches, 4))
+
+    # ---------------------------------------------------------------- statistics
+    def stats_totals(self, buffer: int) -> tuple[np.ndarray, np.ndarray]:
+        """Running histogram ``(C, bins)`` and moments ``(C, 3)`` kept in ``buffer`` (0 or 1)."""
+        return self.array("stats_hist")[buffer], self.array("stats_moments")[buffer]
+
+    def write_stats_totals(self, buffer: int, hist: np.ndarray, moments: np.ndarray) -> None:
+        """Write running totals into ``buffer``; the other one keeps the committed totals."""
+        self.array("stats_hist")[buffer] = hist
+        self.array("stats_moments")[buffer] = moments
+
+    def unit_stats(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sums over units ``start:stop`` of histograms, moments (in unit order) and counts."""
+        hist = np.zeros(self.array("unit_hist").shape[1:], dtype=np.int64)
+        moments = np.zeros(self.array("unit_moments").shape[1:], dtype=np.float64)
+        for unit in range(start, stop):  # fixed order: independent of the worker count
+            hist += self.array("unit_hist")[unit]
+            moments += self.array("unit_moments")[unit]
+        counts = self.array("unit_count")[start:stop].sum(axis=0) if stop > start else np.zeros(2)
+        return hist, moments, counts.astype(np.int64)
 
     def resize_units(self, n_units: int) -> None:
         """Grow (or shrink) every array to hold ``n_units`` units of ``shard_tiles`` slots."""
@@ -212,7 +336,10 @@ class TileStore:
         for name in ("unit_done", "unit_count", "unit_hist", "unit_moments"):
             arr = self.array(name)
             arr.resize((n_units, *arr.shape[1:]))
-        self._group.attrs["n_units"] = n_units
+
+    def units_allocated(self) -> int:
+        """Units the per-unit arrays hold (more than ``n_units`` after a killed registration)."""
+        return int(self.array("unit_done").shape[0])
 
     def units_done(self) -> np.ndarray:
         """Boolean array: which units are fully written."""
@@ -263,19 +390,19 @@ class TileStore:
         scene = int(self.array("scene")[slot])
         if scene < 0:
             raise StoreError(f"{self.path}: slot {slot} holds no tile")
-        record = self._group.attrs["scenes"][scene]
+        record = self.scenes(["id", "crs", "date"], start=scene, stop=scene + 1)
         row, col = int(self.array("row")[slot]), int(self.array("col")[slot])
         size = int(self.config["tile_size"])
-        return {"scene": record["id"], "window": (row, col, size, size),
+        return {"scene": str(record["id"][0]), "window": (row, col, size, size),
                 "transform": tuple(float(v) for v in self.array("transform")[slot]),
-                "crs": record["grid"]["crs"], "date": record["date"]}
+                "crs": str(record["crs"][0]), "date": str(record["date"][0]) or None}
 
-    def write_index(self, slots: np.ndarray) -> None:
-        """Write the slots that hold tiles, in order."""
+    def write_index(self, slots: np.ndarray, *, start: int = 0) -> None:
+        """Write the slots that hold tiles, in order, from position ``start`` (earlier ones kept)."""
         index = self.array("index")
-        index.resize((len(slots),))
+        index.resize((start + len(slots),))
         if len(slots):
-            index[:] = slots.astype(np.int64)
+            index[start:] = slots.astype(np.int64)
 
     def index(self) -> np.ndarray:
         """Slots that hold tiles, in order."""

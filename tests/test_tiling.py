@@ -28,7 +28,18 @@ def _content(path: Path) -> dict:
     attrs = {k: v for k, v in store.attrs.items() if k not in ("command", "committed")}
     arrays = {name: store.array(name)[:] for name in
               ("images", "scene", "row", "col", "valid", "index", "unit_count", "unit_hist")}
-    return {"attrs": json.dumps(attrs, sort_keys=True), **arrays}
+    scenes = {f"scenes/{k}": v for k, v in store.scenes().items() if k not in ("crs", "files")}
+    files = json.dumps([list(f) for f in store.scenes(["files"])["files"]])
+    return {"attrs": json.dumps(attrs, sort_keys=True) + files, **arrays, **scenes}
+
+
+def _record(store: TileStore, i: int) -> dict:
+    """Scene ``i`` of the scene table as a dict (the shape of the former JSON records)."""
+    c = {k: v[0] for k, v in store.scenes(start=i, stop=i + 1).items()}
+    return {"id": str(c["id"]), "files": list(c["files"]), "date": str(c["date"]) or None,
+            "label": str(c["label"]) or None, "split": str(c["split"]) or None,
+            "grid": {"crs": c["crs"], "transform": c["transform"].tolist(),
+                     "width": int(c["width"]), "height": int(c["height"])}}
 
 
 def _assert_same(a: Path, b: Path) -> None:
@@ -43,7 +54,7 @@ def test_bigearthnet_mixed_resolution_aligned(bigearthnet_store: Path) -> None:
     store = TileStore.open(bigearthnet_store)
     assert store.band_names[0] == "B01" and "B10" not in store.band_names
     assert store.attrs["tiles"] == 24  # 6 patches of 120x120 at 10 m, 60-px tiles
-    scene = store.attrs["scenes"][0]
+    scene = _record(store, 0)
     folder = BIGEARTHNET / scene["id"].split("/", 1)[1]
     assert scene["id"].startswith("bigearthnet_s2_samples/")
     first = store.read_tiles(store.index()[:1])[0]
@@ -76,7 +87,7 @@ def test_eurosat_band_layout_and_labels(eurosat_store: Path) -> None:
     b8a = store.band_names.index("B8A")
     assert b8a == 8  # canonical position, although EuroSAT files keep B8A last
     k = 5
-    record = attrs["scenes"][store.array("scene")[store.index()[k]]]
+    record = _record(store, int(store.array("scene")[store.index()[k]]))
     path = Path(record["files"][0])
     assert path.is_relative_to(EUROSAT) and record["id"] == f"{path.parent.name}/{path.stem}"
     with rasterio.open(path) as src:
@@ -92,7 +103,7 @@ def test_oscd_geographic_crs_and_dates(tmp_path: Path) -> None:
     out = tmp_path / "pisa.zarr"
     summary = tile_scenes([str(OSCD / "pisa" / "imgs_1")], out, TileConfig(tile_size=128))
     store = TileStore.open(out)
-    scene = store.attrs["scenes"][0]
+    scene = _record(store, 0)
     assert scene["date"] == "2015-07-04"  # from dates.txt, not the processing date in names
     with rasterio.open(next((OSCD / "pisa" / "imgs_1").glob("*_B02.tif"))) as src:
         width, height = src.width, src.height  # the 10 m grid is the reference
@@ -109,7 +120,7 @@ def test_oscd_geographic_crs_and_dates(tmp_path: Path) -> None:
     # --resolution 20 in a geographic CRS: translated through the 10 m band's native GSD
     out20 = tmp_path / "pisa20.zarr"
     tile_scenes([str(OSCD / "pisa" / "imgs_1")], out20, TileConfig(tile_size=64, resolution=20))
-    grid20 = TileStore.open(out20).attrs["scenes"][0]["grid"]
+    grid20 = _record(TileStore.open(out20), 0)["grid"]
     assert (grid20["width"], grid20["height"]) == (width // 2, height // 2)
 
 
@@ -248,6 +259,6 @@ def test_l1c_and_l2a_share_a_store_by_band_names(tmp_path: Path) -> None:
                           TileConfig(tile_size=60, sensor="s2-l2a", bands=tuple(l2a.split(","))))
     store = TileStore.open(out)
     assert summary.new_scenes == 6 and store.band_names == l2a.split(",")
-    assert {s["sensor"] for s in store.attrs["scenes"]} == {"s2-l1c", "s2-l2a"}
+    assert set(store.scenes(["sensor"])["sensor"].tolist()) == {"s2-l1c", "s2-l2a"}
     with pytest.raises(Exception, match="another configuration"):
         tile_scenes([str(OSCD / "saclay_e" / "imgs_1")], out, TileConfig(tile_size=60))  # 13 bands

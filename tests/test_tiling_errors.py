@@ -193,4 +193,4 @@ def test_failed_append_rolls_back(tmp_path, capsys):
     assert "_B03.tif" in err
     from rsmae.store import TileStore
     store = TileStore.open(out)  # still the finished one-scene store
-    assert len(store.attrs["scenes"]) == 1 and store.complete
+    assert store.n_scenes == 1 and store.complete

@@ -93,7 +93,7 @@ def test_tinyimagenet_prepare_tiles_hold_the_images(tmp_path: Path) -> None:
     assert (images[chosen[8]] == 0).all(-1).mean() > 0.1  # black areas are kept, not nodata
     store = TileStore.open(out)
     assert store.band_names == ["R", "G", "B"] and store.attrs["tiles"] == 10
-    ids = [s["id"] for s in store.attrs["scenes"]]
+    ids = store.scenes(["id"])["id"].tolist()
     table = store.slot_table()
     slots = store.index()
     tiles = store.read_tiles(slots)

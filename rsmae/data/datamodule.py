@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader
 
 from rsmae.data.dataset import ShardDataset, collate_tiles, describe_data
@@ -17,16 +18,30 @@ from rsmae.data.sampler import ShardSampler
 __all__ = ["TileDataModule", "split_scenes"]
 
 
-def split_scenes(records: Sequence[dict], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def split_scenes(
+    scenes: Mapping[str, np.ndarray] | Sequence[Mapping[str, Any]], val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
     """Split scene ids into train and val (no tile of a scene is in both: no spatial leakage).
 
     Scenes whose path names a ``val``/``test`` split go to val; otherwise a scene goes to val when
     a hash of (seed, id) falls below ``val_fraction`` — stable when scenes are added.
+
+    Args:
+        scenes: ``id`` and ``split`` columns (as :meth:`~rsmae.store.TileStore.scenes` gives), or
+            one dict per scene with those keys.
+        val_fraction: Fraction of scenes held out when no split is named.
+        seed: Seed of the hash.
     """
-    ids = [r["id"] for r in records]
-    named = [r["id"] for r in records if r.get("split") in ("val", "test")]
+    if isinstance(scenes, Mapping):
+        ids = [str(i) for i in np.asarray(scenes["id"]).tolist()]
+        splits = [str(s or "") for s in np.asarray(scenes["split"]).tolist()]
+    else:
+        ids = [str(r["id"]) for r in scenes]
+        splits = [str(r.get("split") or "") for r in scenes]
+    named = [i for i, s in zip(ids, splits, strict=True) if s in ("val", "test")]
     if named:
-        return [i for i in ids if i not in set(named)], named
+        held = set(named)
+        return [i for i in ids if i not in held], named
 
     def unit(scene_id: str) -> float:
         digest = hashlib.sha256(f"{seed}:{scene_id}".encode()).digest()
@@ -35,7 +50,8 @@ def split_scenes(records: Sequence[dict], val_fraction: float, seed: int) -> tup
     val = [i for i in ids if unit(i) < val_fraction]
     if not val and val_fraction > 0 and len(ids) > 1:
         val = [min(ids, key=unit)]
-    return [i for i in ids if i not in set(val)], val
+    held = set(val)
+    return [i for i in ids if i not in held], val
 
 
 class TileDataModule(L.LightningDataModule):
@@ -77,8 +93,8 @@ class TileDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Open the stores and split their scenes."""
         full = ShardDataset(self.stores)
-        records = [r for recs in full.scene_records for r in recs]
-        train, val = split_scenes(records, self.hparams.val_fraction, self.hparams.seed)
+        columns = {key: np.concatenate([t[key] for t in full.scene_tables]) for key in ("id", "split")}
+        train, val = split_scenes(columns, self.hparams.val_fraction, self.hparams.seed)
         native = self.hparams.native
         self.full = full
         self.train_set = ShardDataset(self.stores, scenes=train, native=native)

@@ -113,25 +113,29 @@ class ShardDataset(Dataset):
         self.shard_tiles = [s.shard_tiles for s in opened]
         self.gsd = [_store_gsd(a) for a in attrs]
         self._gsd = [torch.tensor(g, dtype=torch.float32) for g in self.gsd]
-        self.scene_records = [a["scenes"] for a in attrs]
+        self.scene_tables = [s.scenes(["id", "label", "split"]) for s in opened]
+        """Per store: ``id``, ``label``, ``split`` columns of its scene table (NumPy arrays)."""
         self._build_table(opened, set(scenes) if scenes is not None else None)
         self._images: dict[int, Any] = {}
         self._pid = -1
 
     def _build_table(self, opened: list[TileStore], keep: set[str] | None) -> None:
+        """Rows ``(store, slot, scene, row, col, label)`` of every tile, from the scene tables."""
         parts = []
         label_of = {c: i for i, c in enumerate(self.classes)}
         for k, store in enumerate(opened):
             slots = store.index()
             table = store.slot_table()
             scene = table["scene"][slots]
-            labels = np.array([label_of.get(r["label"], -1) for r in self.scene_records[k]]
-                              + [-1], dtype=np.int64)
+            names, inverse = np.unique(self.scene_tables[k]["label"], return_inverse=True)
+            codes = np.array([label_of.get(n, -1) for n in names.tolist()], dtype=np.int64)
+            labels = codes[inverse.reshape(-1)]
             part = np.stack([np.full(len(slots), k), slots, scene, table["row"][slots],
                              table["col"][slots], labels[scene]], axis=1).astype(np.int64)
             if keep is not None:
-                ids = np.array([r["id"] in keep for r in self.scene_records[k]] + [False])
-                part = part[ids[scene]]
+                ids = self.scene_tables[k]["id"].tolist()
+                wanted = np.fromiter((i in keep for i in ids), dtype=bool, count=len(ids))
+                part = part[wanted[scene]]
             parts.append(part)
         self.table = np.concatenate(parts) if parts else np.zeros((0, 6), np.int64)
         if keep is not None and not len(self.table):
@@ -151,7 +155,7 @@ class ShardDataset(Dataset):
     def scene_id(self, i: int) -> str:
         """Scene id of tile ``i``."""
         store, _, scene = self.table[i, :3]
-        return self.scene_records[store][scene]["id"]
+        return str(self.scene_tables[store]["id"][scene])
 
     def georef(self, i: int) -> dict[str, Any]:
         """Georeferencing of tile ``i``: scene id, window, affine transform, CRS, date."""

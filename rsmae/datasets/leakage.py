@@ -2,8 +2,8 @@
 
 The evaluation datasets' split files are the one source of truth: a dataset class lists the images
 it scores on (e.g. ``EuroSAT(root, "test").paths``), and :func:`check_no_eval_images` compares them
-with the files every scene of the pretraining stores was read from (``attrs["scenes"][i]["files"]``
-of a :class:`~rsmae.store.TileStore`). Files match when their resolved paths are equal (symlinks and
+with the files every scene of the pretraining stores was read from (the ``files`` column of
+:meth:`~rsmae.store.TileStore.scenes`). Files match when their resolved paths are equal (symlinks and
 relative paths followed) or, for files of equal size, when their bytes are (a copy under another name).
 """
 
@@ -39,8 +39,9 @@ class EvalImageInStore:
 
 def scene_files(store: str | Path) -> list[tuple[str, Path]]:
     """``(scene id, resolved file)`` for every file the scenes of a finished store were read from."""
-    scenes = TileStore.open(store).attrs["scenes"]
-    return [(s["id"], Path(f).resolve()) for s in scenes for f in s["files"]]
+    scenes = TileStore.open(store).scenes(["id", "files"])
+    return [(str(i), Path(f).resolve()) for i, files in zip(scenes["id"], scenes["files"], strict=True)
+            for f in files]
 
 
 def _sha256(path: Path) -> str:

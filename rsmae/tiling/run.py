@@ -140,10 +140,22 @@ def _plan_one(scene: Scene, sensor: Sensor, config: TileConfig) -> _Planned:
     return _Planned(scene, grid, dtype, declared if declared is not None else config.nodata)
 
 
-def _scene_record(p: _Planned, sensor: str) -> dict[str, Any]:
-    return {"id": p.scene.scene_id, "sensor": sensor, "files": p.scene.files, "date": p.scene.date,
-            "label": p.scene.label, "split": p.scene.split, "grid": p.grid.to_dict(),
-            "nodata": p.nodata}
+def _scene_rows(planned: Sequence[_Planned], sensor: str) -> dict[str, Any]:
+    """Scene-table rows (columns) of planned scenes."""
+    def text(values: list[str | None]) -> np.ndarray:
+        return np.array([v or "" for v in values], dtype=np.dtypes.StringDType())
+
+    scenes = [p.scene for p in planned]
+    return {
+        "id": text([s.scene_id for s in scenes]), "sensor": text([sensor] * len(scenes)),
+        "date": text([s.date for s in scenes]), "label": text([s.label for s in scenes]),
+        "split": text([s.split for s in scenes]), "crs": [p.grid.crs or "" for p in planned],
+        "transform": np.array([p.grid.transform for p in planned], np.float64).reshape(-1, 6),
+        "width": np.array([p.grid.width for p in planned], np.int64),
+        "height": np.array([p.grid.height for p in planned], np.int64),
+        "nodata": np.array([np.nan if p.nodata is None else p.nodata for p in planned], np.float64),
+        "files": [s.files for s in scenes],
+    }
 
 
 def _check_out(path: Path) -> None:
@@ -204,7 +216,7 @@ def tile_scenes(
     try:
         execute(tasks, workers=workers, dask=dask,
                 on_result=lambda r: (done.append(r), on_unit and on_unit(r, len(tasks))))
-        _finalise(store)
+        _finalise(store, snapshot)
     except RsmaeError:  # bad input: undo; an interrupt keeps the progress for a resume
         _rollback(store, snapshot)
         raise
@@ -213,9 +225,9 @@ def tile_scenes(
 
 def _summary(store: TileStore, out: Path, new: int, units_run: int, started: float) -> TileSummary:
     attrs = store.attrs
-    kept, dropped = (int(x) for x in store.array("unit_count")[:].sum(axis=0))
-    return TileSummary(str(out), len(attrs["scenes"]), new, units_run, kept, dropped,
-                       store.nbytes_stored(), time.perf_counter() - started, attrs["stats"])
+    return TileSummary(str(out), int(attrs["n_scenes"]), new, units_run, int(attrs["tiles"]),
+                       int(attrs["dropped"]), store.nbytes_stored(), time.perf_counter() - started,
+                       attrs["stats"])
 
 
 def _open_or_create(
@@ -234,32 +246,41 @@ def _open_or_create(
         bands = [{"name": b.name, "wavelength_nm": b.wavelength_nm, "gsd_m": b.gsd_m}
                  for b in (sensor.band(n) for n in config.band_names())]
         store = _create(out, config=wanted, bands=bands, dtype=planned[0].dtype,
-                                 shard_tiles=config.shard_tiles, codec=config.codec,
-                                 attrs={"sensor": config.sensor, "rsmae_version": rsmae.__version__,
-                                        "command": command, "committed": None})
+                        shard_tiles=config.shard_tiles, codec=config.codec,
+                        attrs={"sensor": config.sensor, "rsmae_version": rsmae.__version__,
+                               "command": command, "committed": None})
+    snapshot = store.attrs.get("committed")
+    return store, snapshot, _register(store, planned, config)
+
+
+def _register(store: TileStore, planned: list[_Planned], config: TileConfig) -> int:
+    """Append the scenes the store does not hold yet (one batch); returns their number.
+
+    The scene rows, the batch and the unit arrays are written first; the counts in the root
+    attributes last, so a registration killed half-way is redone by the next run.
+    """
     attrs = store.attrs
-    snapshot = attrs.get("committed")
-    known = {s["id"] for s in attrs["scenes"]}
-    fresh = [p for p in planned if p.scene.scene_id not in known]
-    if not store.complete and fresh and attrs["batches"] and _unfinished(store):
-        raise StoreConfigError(
-            f"{out}: an unfinished run over other inputs is in this store; rerun that command "
-            "to finish it, or pass --overwrite"
-        )
-    if fresh:
-        store.update_attrs(complete=False)
-        first = len(attrs["scenes"])
-        scene_windows = [(first + i, windows(p.grid, config.tile_size, wanted["stride"]))
-                         for i, p in enumerate(fresh)]
-        n_units = attrs["n_units"] + len(plan_units(scene_windows, config.shard_tiles))
-        store.update_attrs(scenes=attrs["scenes"] + [_scene_record(p, config.sensor) for p in fresh],
-                           batches=attrs["batches"] + [[first, first + len(fresh),
-                                                        attrs["n_units"], n_units]])
+    n, n_batches, n_units = attrs["n_scenes"], attrs["n_batches"], attrs["n_units"]
+    if store.units_allocated() != n_units:  # killed while registering: back to the last state
         store.resize_units(n_units)
-    batches = store.attrs["batches"]
-    if batches and store.attrs["n_units"] != batches[-1][3]:  # killed while registering
-        store.resize_units(batches[-1][3])
-    return store, snapshot, len(fresh)
+    known = set(store.scenes(["id"])["id"].tolist())
+    fresh = [p for p in planned if p.scene.scene_id not in known]
+    if not fresh:
+        return 0
+    if not store.complete and n_batches and _unfinished(store):
+        raise StoreConfigError(
+            f"{store.path}: an unfinished run over other inputs is in this store; rerun that "
+            "command to finish it, or pass --overwrite"
+        )
+    store.update_attrs(complete=False)
+    stride = attrs["config"]["stride"]
+    scene_windows = [(n + i, windows(p.grid, config.tile_size, stride)) for i, p in enumerate(fresh)]
+    stop = n_units + len(plan_units(scene_windows, config.shard_tiles))
+    store.write_scenes(n, _scene_rows(fresh, config.sensor))
+    store.write_batch(n_batches, (n, n + len(fresh), n_units, stop))
+    store.resize_units(stop)
+    store.update_attrs(n_scenes=n + len(fresh), n_batches=n_batches + 1, n_units=stop)
+    return len(fresh)
 
 
 def _create(out: Path, **kwargs: Any) -> TileStore:
@@ -276,17 +297,24 @@ def _unfinished(store: TileStore) -> bool:
 
 
 def _pending_tasks(store: TileStore, planned: list[_Planned], config: TileConfig) -> list[UnitTask]:
-    """Tasks for every unit not yet written (the plan is rebuilt from the stored batches)."""
-    attrs = store.attrs
+    """Tasks for every unit not yet written (the plan is rebuilt from the stored batches).
+
+    Only batches with an unfinished unit are read from the scene table.
+    """
     by_id = {p.scene.scene_id: p for p in planned}
     done = store.units_done()
-    stride = attrs["config"]["stride"]
+    attrs = store.attrs
+    stride, n_bands = attrs["config"]["stride"], len(attrs["bands"])
     tasks = []
-    for first, last, unit_start, _ in attrs["batches"]:
-        records = attrs["scenes"][first:last]
-        grids = {first + i: Grid(r["grid"]["crs"], tuple(r["grid"]["transform"]),
-                                 r["grid"]["width"], r["grid"]["height"])
-                 for i, r in enumerate(records)}
+    for first, last, unit_start, unit_stop in store.batches().tolist():
+        if done[unit_start:unit_stop].all():
+            continue
+        cols = store.scenes(["id", "crs", "transform", "width", "height", "nodata"],
+                            start=first, stop=last)
+        grids = {first + i: Grid(crs, tuple(t), w, h) for i, (crs, t, w, h) in enumerate(zip(
+            cols["crs"], cols["transform"].tolist(), cols["width"].tolist(),
+            cols["height"].tolist(), strict=True))}
+        ids, nodata = cols["id"].tolist(), cols["nodata"].tolist()
         scene_windows = [(i, windows(g, config.tile_size, stride)) for i, g in grids.items()]
         for offset, unit_windows in enumerate(plan_units(scene_windows, store.shard_tiles)):
             unit = unit_start + offset
@@ -294,42 +322,63 @@ def _pending_tasks(store: TileStore, planned: list[_Planned], config: TileConfig
                 continue
             scenes = {}
             for idx in sorted({w[0] for w in unit_windows}):
-                record = attrs["scenes"][idx]
-                if record["id"] not in by_id:
+                if ids[idx - first] not in by_id:
                     raise StoreConfigError(
-                        f"{store.path}: scene {record['id']} of an unfinished run is not among "
-                        "the inputs; rerun the same command to finish it, or pass --overwrite")
-                scenes[idx] = (by_id[record["id"]].scene, grids[idx], record["nodata"])
+                        f"{store.path}: scene {ids[idx - first]} of an unfinished run is not "
+                        "among the inputs; rerun the same command to finish it, or pass --overwrite")
+                scenes[idx] = (by_id[ids[idx - first]].scene, grids[idx], nodata[idx - first])
             tasks.append(UnitTask(str(store.path), unit, unit_windows, scenes, attrs["dtype"],
-                                  config.tile_size, config.max_nodata))
+                                  config.tile_size, config.max_nodata, n_bands, store.shard_tiles))
     return tasks
 
 
-def _finalise(store: TileStore) -> None:
-    """Index, statistics, per-scene checks; mark complete (last)."""
+_EMPTY = {"n_scenes": 0, "n_batches": 0, "n_units": 0, "tiles": 0, "dropped": 0,
+          "stats_buffer": 1, "classes": []}
+
+
+def _finalise(store: TileStore, snapshot: dict[str, Any] | None) -> None:
+    """Index, statistics, per-scene checks of the units added since ``snapshot``; mark complete.
+
+    Only the new units are read: their statistics are added to the running totals of the last
+    finished state (kept in one buffer; the sum goes to the other, so a finalise killed half-way
+    is redone from the same totals).
+    """
     attrs = store.attrs
-    table = store.slot_table()
-    slots = np.nonzero(table["scene"] >= 0)[0]
-    per_scene = np.bincount(table["scene"][slots], minlength=len(attrs["scenes"]))
-    empty = [attrs["scenes"][i]["files"][0] for i in np.nonzero(per_scene == 0)[0]]
-    if empty:
-        raise TilingError(
-            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}: no tile with at most "
-            f"{attrs['config']['max_nodata']:.0%} nodata (all-nodata or NaN scene); leave it "
-            "out or raise --max-nodata"
-        )
-    hist = np.zeros(store.array("unit_hist").shape[1:], dtype=np.int64)
-    moments = np.zeros(store.array("unit_moments").shape[1:], dtype=np.float64)
-    for unit in range(attrs["n_units"]):  # fixed order: independent of the worker count
-        hist += store.array("unit_hist")[unit]
-        moments += store.array("unit_moments")[unit]
+    base = snapshot or _EMPTY
+    first, st = base["n_scenes"], store.shard_tiles
+    scene = store.array("scene")[base["n_units"] * st : attrs["n_units"] * st]
+    kept = np.nonzero(scene >= 0)[0]
+    per_scene = np.bincount(scene[kept] - first, minlength=attrs["n_scenes"] - first)
+    _check_empty(store, first, per_scene, attrs["config"]["max_nodata"])
+    hist, moments, counts = store.unit_stats(base["n_units"], attrs["n_units"])
+    if snapshot is not None:
+        old_hist, old_moments = store.stats_totals(base["stats_buffer"])
+        hist, moments = old_hist + hist, old_moments + moments
+    buffer = 1 - base["stats_buffer"]
+    store.write_stats_totals(buffer, hist, moments)
     stats = dict(zip(store.band_names, summarise(hist, moments, attrs["dtype"]), strict=True))
-    store.write_index(slots)
-    labels = sorted({s["label"] for s in attrs["scenes"] if s["label"] is not None})
-    committed = {k: v for k, v in attrs.items() if k not in ("committed", "complete")}
-    store.update_attrs(stats=stats, tiles=len(slots), classes=labels,
-                       tiles_per_scene=per_scene.tolist(), committed=committed)
+    store.write_index(kept + base["n_units"] * st, start=base["tiles"])
+    store.write_scene_tiles(first, per_scene)
+    labels = np.unique(store.scenes(["label"], start=first)["label"]).tolist()
+    committed = {"n_scenes": attrs["n_scenes"], "n_batches": attrs["n_batches"],
+                 "n_units": attrs["n_units"], "tiles": base["tiles"] + len(kept),
+                 "dropped": base["dropped"] + int(counts[1]), "stats_buffer": buffer,
+                 "stats": stats, "classes": sorted(set(base["classes"]) | set(labels) - {""})}
+    store.update_attrs(**committed, committed=committed)
     store.update_attrs(complete=True)
+
+
+def _check_empty(store: TileStore, first: int, per_scene: np.ndarray, max_nodata: float) -> None:
+    """Raise :class:`TilingError` naming the new scenes that kept no tile."""
+    empty = np.nonzero(per_scene == 0)[0]
+    if not len(empty):
+        return
+    files = store.scenes(["files"], start=first)["files"]
+    names = [files[i][0] for i in empty[:5]]
+    raise TilingError(
+        f"{', '.join(names)}{' ...' if len(empty) > 5 else ''}: no tile with at most "
+        f"{max_nodata:.0%} nodata (all-nodata or NaN scene); leave it out or raise --max-nodata"
+    )
 
 
 def _rollback(store: TileStore, snapshot: dict[str, Any] | None) -> None:
@@ -339,8 +388,9 @@ def _rollback(store: TileStore, snapshot: dict[str, Any] | None) -> None:
                     store.path)
         remove_store(store.path)
         return
+    store.truncate(snapshot["n_scenes"], snapshot["n_batches"])
     store.resize_units(snapshot["n_units"])
-    store.write_index(store.index()[: snapshot["tiles"]])
+    store.write_index(np.zeros(0, dtype=np.int64), start=snapshot["tiles"])
     store.update_attrs(**snapshot, committed=snapshot)
     store.update_attrs(complete=True)
 

@@ -23,15 +23,29 @@ __all__ = ["UnitResult", "UnitTask", "plan_units", "run_unit", "valid_mask", "wi
 
 @dataclass(frozen=True)
 class UnitTask:
-    """Everything a worker needs to write one unit."""
+    """Everything a worker needs to write one unit: it never reads the store's attributes.
+
+    Attributes:
+        store: Store path.
+        unit: Unit index (owns shard ``unit``).
+        windows: ``(scene index, row, col)`` of each window, in order.
+        scenes: Scene index -> scene, grid and nodata value (``None`` or NaN: none).
+        dtype: Pixel dtype of the store.
+        tile_size: Tile side in pixels.
+        max_nodata: Largest nodata fraction of a kept tile.
+        n_bands: Bands of the store.
+        shard_tiles: Tiles per shard (and unit).
+    """
 
     store: str
     unit: int
-    windows: tuple[tuple[int, int, int], ...]  # (scene index, row, col)
-    scenes: dict[int, tuple[Scene, Grid, float | None]]  # index -> scene, grid, nodata
+    windows: tuple[tuple[int, int, int], ...]
+    scenes: dict[int, tuple[Scene, Grid, float | None]]
     dtype: str
     tile_size: int
     max_nodata: float
+    n_bands: int
+    shard_tiles: int
 
 
 @dataclass(frozen=True)
@@ -72,8 +86,8 @@ def run_unit(task: UnitTask) -> UnitResult:
     """Read, filter and write one unit; returns its counts. Safe to run twice."""
     with gdal_env():
         tiles, masks, meta, dropped = _read_unit(task)
-    store = TileStore.open(task.store, mode="r+", require_complete=False)
-    n_bands = len(store.band_names)
+    store = TileStore.writer(task.store, shard_tiles=task.shard_tiles)
+    n_bands = task.n_bands
     bins = hist_bins(task.dtype)
     hist = np.zeros((n_bands, bins), dtype=np.int64)
     moments = np.zeros((n_bands, 3), dtype=np.float64)
