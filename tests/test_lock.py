@@ -88,3 +88,8 @@ def test_lock_released_when_the_run_fails(tmp_path):
         assert lock_path(store).is_file()
         raise ValueError("boom")
     assert not lock_path(store).exists()
+
+
+def test_lock_in_a_folder_that_denies_writing(tmp_path):
+    with pytest.raises(StoreError, match="cannot create the store lock"), store_lock("/proc/rsmae.zarr"):
+        pass

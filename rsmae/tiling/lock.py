@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rsmae.errors import StoreLockedError
+from rsmae.errors import StoreError, StoreLockedError
 
 try:
     import fcntl
@@ -73,9 +73,17 @@ def store_lock(store: str | Path, *, break_lock: bool = False) -> Iterator[dict[
     Raises:
         StoreLockedError: another live process holds the lock (naming its host and pid, the
             lock file and the fix).
+        StoreError: the lock file cannot be created (folder not writable).
     """
     path = lock_path(store)
-    fd, me = _acquire(path, break_lock)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, me = _acquire(path, break_lock)
+    except StoreError:
+        raise
+    except OSError as err:
+        raise StoreError(f"{path}: cannot create the store lock ({err.strerror}); choose a "
+                         "writable --out") from err
     try:
         yield me
     finally:
