@@ -28,7 +28,10 @@ to uint8, written to a temporary folder) in 64 px tiles; ``landsat8``, the crop 
    first. The samplers chain epochs so that no epoch boundary drains the pipeline. Target: >= 20x.
    rsmae is measured twice: float32 samples from the workers (``ShardDataset()``), and uint16
    samples from the workers normalised to float32 by the consumer, timed (``native=True``, what
-   training does: the normalisation then runs on the GPU).
+   training does: the normalisation then runs on the GPU), the consumer with
+   ``--consumer-threads`` torch threads (default 1: with 2 workers on 2 cores, more threads in the
+   consumer only contend with them; torch's default of one thread per core made the consumer's
+   normalisation 15x slower on the 2-core test machine).
 3. MB/s of delivered ``image`` tensors (float32 for both loaders) and memory: the sum of the peak
    RSS (``VmHWM``) of the main process and of each DataLoader worker, and the PSS of the same
    processes at the end of the timed part (PSS splits pages shared between the forked workers).
@@ -73,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
                    help="folder holding landsat8_scene/ and oscd_subset/")
+    p.add_argument("--consumer-threads", type=int, default=1,
+                   help="torch threads of the main process (the consumer normalises native batches): "
+                        "1 leaves the cores to the DataLoader workers")
     p.add_argument("--sets", default="rgb8,landsat8,oscd",
                    help=f"comma-separated scene sets, of {', '.join(SET_NAMES)}")
     p.add_argument("--profile", action="store_true",

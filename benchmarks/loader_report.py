@@ -96,9 +96,8 @@ def markdown(env: dict[str, str], tiling: list[dict[str, Any]], loaders: list[di
         "this run)",
         f"- Versions: {env['versions']}; rsmae commit {env['commit']}",
         f"- Tile size per scene set (column px), batch size {BATCH}, {args.repeats} repeats (median, "
-        "min-max in "
-        f"parentheses), loaders timed for {args.seconds:g} s or {args.samples} samples after one "
-        "warm-up batch",
+        f"min-max in parentheses), main process with {args.consumer_threads} torch thread(s), "
+        f"loaders timed for {args.seconds:g} s or {args.samples} samples after one warm-up batch",
         "",
         f"## 1. Tiling vs reading the same pixels with rasterio (target <= {TARGET_TILING:g}x)",
         "",

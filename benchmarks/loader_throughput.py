@@ -140,6 +140,7 @@ def loader_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     workers, seconds, max_samples = spec["workers"], spec["seconds"], spec["samples"]
     tile = spec["tile"]
+    torch.set_num_threads(spec["consumer_threads"])  # the main process; workers use 1 anyway
     import rsmae.data  # noqa: F401  (imports counted in the baseline RSS below)
 
     if spec["loader"] == "torchgeo":
@@ -254,7 +255,8 @@ def bench_loaders(sets: Sequence[SceneSet], stores: dict[str, Path], args: argpa
                 spec = {"loader": loader, "dataset": s.name,
                         "store": str(stores[s.name]), "inputs": list(s.inputs), "tile": s.tile,
                         "bands": list(s.bands) if s.band_order else None,
-                        "workers": args.workers, "seconds": args.seconds, "samples": args.samples}
+                        "workers": args.workers, "seconds": args.seconds, "samples": args.samples,
+                        "consumer_threads": args.consumer_threads}
                 res = children[loader].run(spec)
                 runs.setdefault((s.name, loader), []).append(res)
                 print(f"  loader {s.name} {loader} repeat {rep + 1}: {res['samples_per_s']:.0f} "

@@ -112,11 +112,12 @@ class TileReader:
 
     Args:
         images: The ``images`` array folder of a tile store (``TileStore.path / "images"``).
-        max_gap: Chunks of a shard closer than this many bytes are read with one ``pread``
-            (reading the gap costs less than another system call).
+        max_gap: Chunks of a shard at most this many bytes apart are read with one ``pread``;
+            the default 0 joins only contiguous chunks (on a 2-core EPYC, reading 4-64 KiB gaps
+            from the page cache cost more than the system calls they save).
     """
 
-    def __init__(self, images: str | Path, *, max_gap: int = 1 << 16) -> None:
+    def __init__(self, images: str | Path, *, max_gap: int = 0) -> None:
         self.images = Path(images)
         meta_path = self.images / "zarr.json"
         try:
