@@ -20,9 +20,12 @@ __all__ = [
     "Band",
     "Sensor",
     "band_from_filename",
+    "band_resolution_from_path",
     "check_bands",
     "get_layout",
     "get_sensor",
+    "pick_band_files",
+    "raster_kind",
     "rgb_indices",
 ]
 
@@ -207,19 +210,104 @@ def _looks_like_band(text: str) -> bool:
 _BAND_IN_NAME = re.compile(r"(?:^|[_\-.])((?:SR_)?B\d{1,2}A?)(?=[_\-.]|$)", re.IGNORECASE)
 
 
+# Product rasters that are not spectral bands although they sit beside the band files: Sentinel-2
+# true-colour image, scene classification, aerosol, water vapour, preview and masks; Landsat
+# Collection quality, saturation, angle and surface-temperature auxiliaries.
+_NOT_BANDS = re.compile(
+    r"(?:^|[_\-.])(TCI|SCL|AOT|WVP|PVI|CLD|SNW|MSK_[A-Z]+|QA_[A-Z]+|BQA|SR_QA_[A-Z]+|ST_QA|ST_TRAD|"
+    r"ST_URAD|ST_DRAD|ST_ATRAN|ST_EMIS|ST_EMSD|ST_CDIST|SAA|SZA|VAA|VZA|ANG)(?=[_\-.]|$)",
+    re.IGNORECASE,
+)
+_RESOLUTION_IN_NAME = re.compile(r"(?:^|[_\-.])(\d+(?:\.\d+)?)m$", re.IGNORECASE)
+_RESOLUTION_FOLDER = re.compile(r"R(\d+(?:\.\d+)?)m", re.IGNORECASE)
+
+
 def band_from_filename(path: str | Path, sensor: Sensor) -> str | None:
     """Find the band a single-band file holds from its name (``..._B8A.tif`` -> ``"B8A"``).
+
+    Product rasters that only mention a band (Sentinel-2 masks ``MSK_DETFOO_B01.jp2``) and
+    non-band rasters (``TCI``, ``SCL``, ``QA_PIXEL``, see :func:`raster_kind`) hold no band.
 
     Returns:
         The canonical band name, or ``None`` when the name carries no band of ``sensor``.
     """
     stem = Path(path).name.rsplit(".", 1)[0]
+    if _NOT_BANDS.search(stem):
+        return None
     for match in reversed(_BAND_IN_NAME.findall(stem)):
         try:
             return sensor.band(match).name
         except BandError:
             continue
     return None
+
+
+def raster_kind(path: str | Path) -> str:
+    """A short name for what a non-band raster is, for log lines (``"TCI"``, ``"QA_PIXEL"``).
+
+    Returns:
+        The product token found in the name (upper case), or the file suffix-less name's last
+        ``_`` part when the name carries no known token.
+    """
+    stem = Path(path).name.rsplit(".", 1)[0]
+    found = _NOT_BANDS.search(stem)
+    return found.group(1).upper() if found else stem.rsplit("_", 1)[-1]
+
+
+def band_resolution_from_path(path: str | Path) -> float | None:
+    """Pixel size in metres a band file's name or folder declares, if any.
+
+    Sentinel-2 L2A names it twice (``R20m/T32TPP_..._B05_20m.jp2``); resampled copies beside a
+    Landsat band are often named ``..._B2_60m.TIF``.
+
+    Returns:
+        The resolution in metres, or ``None`` when neither the name nor the folder says.
+    """
+    path = Path(path)
+    found = _RESOLUTION_IN_NAME.search(path.name.rsplit(".", 1)[0])
+    if found:
+        return float(found.group(1))
+    folder = _RESOLUTION_FOLDER.fullmatch(path.parent.name)
+    return float(folder.group(1)) if folder else None
+
+
+def pick_band_files(
+    files: Sequence[Path], sensor: Sensor
+) -> tuple[dict[str, Path], list[Path], list[tuple[str, Path, Path]]]:
+    """Choose one file per band of ``sensor`` among a product folder's rasters.
+
+    A band present at several resolutions is taken at its native one (the registry's GSD; a
+    file whose name and folder declare no resolution counts as native); failing that, the finest
+    copy. Files naming no band of the sensor (``TCI``, ``SCL``, ``QA_PIXEL``, ``B10`` for
+    Sentinel-2 L2A, ...) and the other-resolution copies are returned as skipped.
+
+    Args:
+        files: Raster files of one folder (or one product's band folders).
+        sensor: The sensor whose bands are looked for.
+
+    Returns:
+        ``(chosen, skipped, clashes)``: band name -> file; files not used; and
+        ``(band, file, other)`` for bands with two native files (two scenes in one folder).
+    """
+    candidates: dict[str, list[tuple[float | None, Path]]] = {}
+    skipped: list[Path] = []
+    for f in files:
+        band = band_from_filename(f, sensor)
+        if band is None:
+            skipped.append(f)
+        else:
+            candidates.setdefault(band, []).append((band_resolution_from_path(f), f))
+    chosen: dict[str, Path] = {}
+    clashes: list[tuple[str, Path, Path]] = []
+    for band, found in candidates.items():
+        native_gsd = sensor.band(band).gsd_m
+        native = [f for res, f in found if res is None or res == native_gsd]
+        if len(native) > 1:
+            clashes.append((band, native[0], native[1]))
+        pick = native[0] if native else min(found, key=lambda rf: rf[0] or 0.0)[1]
+        chosen[band] = pick
+        skipped.extend(f for _, f in found if f != pick)
+    return chosen, skipped, clashes
 
 
 def check_bands(expected: Sequence[str], actual: Sequence[str], where: str) -> None:

@@ -2,7 +2,11 @@
 
 Every band is read onto the scene's target grid: bands already on it are read directly with a
 window; the others (20 m / 60 m Sentinel-2 bands, other resolutions) through a ``WarpedVRT`` with
-bilinear resampling, so reads stay windowed and never load a whole scene.
+bilinear resampling, so reads stay windowed and never load a whole scene. The warp is told the
+nodata value (the file's, else the run's ``--nodata``), so fill pixels at swath edges are left
+out of the bilinear kernel instead of being blended into valid neighbours. Radiometric offsets
+a product declares (Sentinel-2 baseline >= 04.00) are applied on read
+(:func:`rsmae.tiling.products.apply_offset`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from rasterio.windows import Window
 
 from rsmae.bands import Sensor
 from rsmae.errors import BandError, GridError, RasterReadError
+from rsmae.tiling.products import apply_offset
 from rsmae.tiling.scenes import Scene
 
 __all__ = ["SUPPORTED_DTYPES", "Grid", "SceneReader", "check_footprints", "gdal_env", "scene_grid"]
@@ -179,20 +184,32 @@ def _target_grid(ref: _Header, sensor: Sensor, band: str, resolution: float | No
 
 
 class SceneReader:
-    """Reads windows of a scene's bands on its target grid. Use as a context manager."""
+    """Reads windows of a scene's bands on its target grid. Use as a context manager.
 
-    def __init__(self, scene: Scene, grid: Grid, dtype: str) -> None:
+    Args:
+        scene: The scene.
+        grid: Its target grid (:func:`scene_grid`).
+        dtype: Pixel dtype of the output.
+        nodata: Nodata value for files that declare none (the run's ``--nodata``): passed to the
+            warp of resampled bands so fill pixels never blend into valid ones, and kept out of
+            the radiometric offset. ``None``: only declared nodata values are used (and 0, the
+            Sentinel-2 fill value, for bands with an offset).
+    """
+
+    def __init__(self, scene: Scene, grid: Grid, dtype: str, *, nodata: float | None = None) -> None:
         self.scene = scene
         self.grid = grid
         self.dtype = dtype
+        self.nodata = nodata
         self._stack = ExitStack()
-        self._readers: list[tuple[str, tuple[object, list[int], list[int]]]] = []
+        self._readers: list[tuple[str, tuple[object, list[int], list[int], float | None]]] = []
 
     def __enter__(self) -> SceneReader:
-        groups: dict[str, tuple[object, list[int], list[int]]] = {}
+        groups: dict[str, tuple[object, list[int], list[int], float | None]] = {}
         for pos, src in enumerate(self.scene.sources):
             if src.path not in groups:
-                groups[src.path] = (self._open(src.path), [], [])
+                ds, fill = self._open(src.path)
+                groups[src.path] = (ds, [], [], fill)
             groups[src.path][1].append(src.index)
             groups[src.path][2].append(pos)
         self._readers = list(groups.items())
@@ -201,30 +218,37 @@ class SceneReader:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def _open(self, path: str) -> object:
+    def _open(self, path: str) -> tuple[object, float | None]:
+        """The dataset (warped onto the grid when needed) and its nodata value."""
         try:
             ds = self._stack.enter_context(rasterio.open(path))
         except RasterioIOError as err:
             raise RasterReadError(f"{path}: not a readable raster ({err})") from err
+        fill = ds.nodata if ds.nodata is not None else self.nodata
         g = self.grid
         same = (ds.width, ds.height) == (g.width, g.height) and np.allclose(
             tuple(ds.transform)[:6], g.transform, rtol=0, atol=abs(g.transform[0]) * 1e-3)
         if same:
-            return ds
+            return ds, fill
         return self._stack.enter_context(WarpedVRT(
             ds, crs=ds.crs, transform=g.affine, width=g.width, height=g.height,
-            resampling=Resampling.bilinear, src_nodata=ds.nodata, nodata=ds.nodata))
+            resampling=Resampling.bilinear, src_nodata=fill, nodata=fill)), fill
 
     def read(self, row: int, col: int, height: int, width: int) -> np.ndarray:
         """Read ``(C, height, width)`` at pixel offset (row, col) of the target grid.
 
-        Bands stored in one file are read in one call (one decode of pixel-interleaved blocks).
+        Bands stored in one file are read in one call (one decode of pixel-interleaved blocks);
+        the scene's radiometric offsets, if any, are applied.
         """
         out = np.empty((len(self.scene.sources), height, width), dtype=self.dtype)
         window = Window(col, row, width, height)
-        for path, (ds, indexes, positions) in self._readers:
+        offsets = self.scene.offset
+        for path, (ds, indexes, positions, fill) in self._readers:
             try:
-                out[positions] = ds.read(indexes, window=window)  # type: ignore[attr-defined]
+                block = ds.read(indexes, window=window)  # type: ignore[attr-defined]
             except RasterioIOError as err:
                 raise RasterReadError(f"{path}: read failed, the file is damaged ({err})") from err
+            if any(offsets[p] for p in positions):
+                apply_offset(block, [offsets[p] for p in positions], 0 if fill is None else fill)
+            out[positions] = block
         return out

@@ -1,25 +1,38 @@
 """Scene discovery: turn input paths into scenes whose bands are known by name.
 
 A scene is either one multi-band raster (bands named by a layout) or a folder of single-band
-rasters (Sentinel-2 style, band name in each file name, mixed resolutions allowed).
+rasters (Sentinel-2 style, band name in each file name, mixed resolutions allowed). Products as
+delivered are folders too (:mod:`rsmae.tiling.products`): a ``.SAFE`` granule (L2A's ``R10m``/
+``R20m``/``R60m`` folders form one scene, each band at its native resolution) or a Landsat
+Collection folder; rasters in them that are not bands (TCI, SCL, QA_PIXEL, angles, band copies
+at another resolution) are skipped and listed in one log line.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsmae.bands import Sensor, band_from_filename, get_layout
+from rsmae.bands import Sensor, band_from_filename, get_layout, pick_band_files, raster_kind
 from rsmae.errors import BandError, InputNotFoundError
+from rsmae.tiling.products import (
+    check_product_levels,
+    is_resolution_folder,
+    product_info,
+    product_scene_name,
+    prune_product_folders,
+)
 
 __all__ = ["RASTER_SUFFIXES", "BandSource", "Scene", "discover_scenes"]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".png")
 _SPLITS = ("train", "val", "validation", "test")
+log = logging.getLogger(__name__)
 _DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
 
 
@@ -31,11 +44,14 @@ class BandSource:
         band: Canonical band name.
         path: Raster file.
         index: 1-based band index inside the file.
+        offset: Additive radiometric offset the product declares for this band (``-1000`` for
+            Sentinel-2 baseline >= 04.00); applied when the band is read.
     """
 
     band: str
     path: str
     index: int
+    offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,9 @@ class Scene:
         date: Acquisition date ``YYYY-MM-DD`` when known.
         label: Class name (the parent folder) when labels are taken from folders.
         split: ``train``/``val``/``test`` when the path holds such a folder.
+        product_level: Sentinel-2 ``"L1C"``/``"L2A"`` from the product metadata or names, else
+            ``None``.
+        baseline: Processing baseline from the product metadata (``"04.00"``), else ``None``.
     """
 
     scene_id: str
@@ -55,11 +74,23 @@ class Scene:
     date: str | None = None
     label: str | None = None
     split: str | None = None
+    product_level: str | None = None
+    baseline: str | None = None
 
     @property
     def files(self) -> list[str]:
         """Distinct files of the scene, in band order."""
         return list(dict.fromkeys(s.path for s in self.sources))
+
+    @property
+    def offset(self) -> tuple[float, ...]:
+        """Additive radiometric offset per band (store band order); all 0 when none declared."""
+        return tuple(s.offset for s in self.sources)
+
+    @property
+    def has_offset(self) -> bool:
+        """Whether any band carries a radiometric offset."""
+        return any(s.offset for s in self.sources)
 
 
 def _is_raster(path: Path) -> bool:
@@ -80,6 +111,8 @@ def _expand(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
             out.extend((Path(m), Path(m).parent) for m in matches)
         else:
             path = Path(item)
+            if path.is_symlink() and not path.exists():
+                _check_link(path)
             if not path.exists():
                 raise InputNotFoundError(f"{item}: no such file or folder")
             out.append((path, path.parent))
@@ -103,39 +136,83 @@ def _date_of(path: Path) -> str | None:
 
 
 def _split_of(path: Path, root: Path) -> str | None:
-    for part in path.relative_to(root).parts[:-1]:
+    try:
+        parts = path.relative_to(root).parts[:-1]
+    except ValueError:  # a product folder above the input (an IMG_DATA folder given directly)
+        return None
+    for part in parts:
         if part.lower() in _SPLITS:
             return "val" if part.lower() == "validation" else part.lower()
     return None
 
 
 def _scene_id(path: Path) -> str:
-    """``parent/name`` (suffix dropped): stable whichever way the inputs were named."""
-    path = path.resolve()
+    """``parent/name`` (suffix dropped) of the path as given: stable whichever way it was named.
+
+    The path is made absolute (``.`` and ``..`` removed) without following symlinks: in DVC and
+    git-annex symlink farms the link name is the scene's name (two links to one file are two
+    scenes; an annexed file is not named by its content hash). Pixels are still read from the
+    link's target.
+    """
+    path = Path(os.path.abspath(path))
     name = path.stem if path.is_file() else path.name
     return f"{path.parent.name}/{name}"
 
 
-def _band_folder(folder: Path, files: list[Path], sensor: Sensor) -> dict[str, Path] | None:
-    """Map bands to files when every raster in ``folder`` names one distinct band."""
-    mapping: dict[str, Path] = {}
-    for f in files:
-        band = band_from_filename(f, sensor)
-        if band is None or band in mapping:
-            return None
-        mapping[band] = f
-    return mapping if len(mapping) > 1 else None
+def _band_folder(
+    folder: Path, files: list[Path], sensor: Sensor
+) -> tuple[dict[str, Path], list[Path]] | None:
+    """Map bands to files when the folder's rasters name at least two bands of the sensor.
+
+    Returns:
+        ``(band -> file, skipped files)``, or ``None`` for a folder of multi-band files.
+
+    Raises:
+        BandError: two files hold one band at its native resolution (two scenes in one folder).
+    """
+    chosen, skipped, clashes = pick_band_files(files, sensor)
+    if len(chosen) < 2:
+        return None
+    if clashes:
+        band, first, second = clashes[0]
+        raise BandError(
+            f"{folder}: two files hold band {band} at its native resolution ({first.name}, "
+            f"{second.name}); keep each scene's band files in a folder of its own"
+        )
+    return chosen, skipped
 
 
 def _walk(path: Path) -> list[tuple[Path, list[Path]]]:
-    """Folders under ``path`` (itself included) with the raster files directly inside them."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(path):
+    """Folders under ``path`` (itself included) with the raster files directly inside them.
+
+    Symlinked folders are followed (not into a loop); a product's mask and banner folders are
+    left out, and ``R10m``/``R20m``/``R60m`` folders count as their parent's.
+
+    Raises:
+        InputNotFoundError: a raster is a symlink to a missing file (content not fetched).
+    """
+    found: dict[Path, list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+        here = Path(dirpath)
         dirnames.sort()
-        rasters = sorted(Path(dirpath) / f for f in filenames if _is_raster(Path(dirpath) / f))
+        prune_product_folders(here, dirnames)
+        real = os.path.realpath(here) + os.sep
+        dirnames[:] = [d for d in dirnames if not (
+            os.path.islink(here / d) and real.startswith(os.path.realpath(here / d) + os.sep))]
+        rasters = sorted(here / f for f in filenames if _is_raster(here / f))
+        for f in rasters:
+            _check_link(f)
         if rasters:
-            found.append((Path(dirpath), rasters))
-    return found
+            found.setdefault(here.parent if is_resolution_folder(here) else here, []).extend(rasters)
+    return list(found.items())
+
+
+def _check_link(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise InputNotFoundError(
+            f"{path}: symlink to a missing file ({os.readlink(path)}); fetch the content first "
+            "(git annex get, dvc pull) or leave the file out"
+        )
 
 
 def discover_scenes(
@@ -145,8 +222,9 @@ def discover_scenes(
     *,
     band_order: Sequence[str] | str | None = None,
     label_from_dir: bool = False,
+    mix_product_levels: bool = False,
 ) -> list[Scene]:
-    """Find scenes in files, folders and globs.
+    """Find scenes in files, folders, product folders (``.SAFE``, Landsat) and globs.
 
     Args:
         inputs: Files, folders or glob patterns.
@@ -155,6 +233,7 @@ def discover_scenes(
         band_order: Band order inside multi-band files (a layout name or names); default: the
             sensor's canonical order.
         label_from_dir: Take each scene's class label from its parent folder name.
+        mix_product_levels: Accept Sentinel-2 L1C and L2A scenes together.
 
     Returns:
         Scenes sorted by id.
@@ -162,33 +241,54 @@ def discover_scenes(
     Raises:
         InputNotFoundError: a path is missing, a glob matches nothing, or no raster was found.
         BandError: a scene lacks one of ``bands``, or ids collide.
+        TilingError: L1C and L2A scenes are mixed and ``mix_product_levels`` is false.
     """
     order = _resolve_order(band_order, sensor)
     scenes: dict[str, Scene] = {}
+    skipped: list[Path] = []
     for path, root in _expand(inputs):
-        if path.is_file():
-            entries = [(path.parent, [path])]
-            single = True
-        else:
-            entries = _walk(path)
-            single = False
-            if not entries:
-                raise InputNotFoundError(
-                    f"{path}: no raster files ({', '.join(RASTER_SUFFIXES)}) in this folder"
-                )
-        for folder, files in entries:
-            per_band = None if single else _band_folder(folder, files, sensor)
-            if per_band is not None:
-                made = [_folder_scene(folder, root, per_band, bands, label_from_dir)]
-            else:
-                made = [_file_scene(f, root, order, bands, label_from_dir) for f in files]
-            for scene in made:
-                if scene.scene_id in scenes and scenes[scene.scene_id] != scene:
-                    raise BandError(
-                        f"{scene.files[0]}: scene id {scene.scene_id!r} (parent/name) is taken by "
-                        f"{scenes[scene.scene_id].files[0]}; rename one or tile them separately")
-                scenes[scene.scene_id] = scene
+        for scene in _scenes_in(path, root, sensor, order, bands, label_from_dir, skipped):
+            if scene.scene_id in scenes and scenes[scene.scene_id] != scene:
+                raise BandError(
+                    f"{scene.files[0]}: scene id {scene.scene_id!r} (parent/name) is taken by "
+                    f"{scenes[scene.scene_id].files[0]}; rename one or tile them separately")
+            scenes[scene.scene_id] = scene
+    _log_skipped(skipped, sensor)
+    check_product_levels({s.files[0]: s.product_level for s in scenes.values()},
+                         allow_mixed=mix_product_levels)
     return [scenes[k] for k in sorted(scenes)]
+
+
+def _scenes_in(path: Path, root: Path, sensor: Sensor, order: tuple[str, ...], bands: Sequence[str],
+               label_from_dir: bool, skipped: list[Path]) -> list[Scene]:
+    """The scenes of one input path; non-band rasters of band folders are added to ``skipped``."""
+    if path.is_file():
+        return [_file_scene(path, root, order, bands, sensor, label_from_dir)]
+    entries = _walk(path)
+    if not entries:
+        raise InputNotFoundError(f"{path}: no raster files ({', '.join(RASTER_SUFFIXES)}) in this folder")
+    made = []
+    for folder, files in entries:
+        found = _band_folder(folder, files, sensor)
+        if found is None:
+            made.extend(_file_scene(f, root, order, bands, sensor, label_from_dir) for f in files)
+        else:
+            made.append(_folder_scene(folder, root, found[0], bands, sensor, label_from_dir))
+            skipped.extend(found[1])
+    return made
+
+
+def _log_skipped(skipped: list[Path], sensor: Sensor) -> None:
+    """One line for every raster of the band folders that is not a band at its native resolution."""
+    if not skipped:
+        return
+    kinds: dict[str, int] = {}
+    for f in skipped:
+        kind = "band copies at another resolution" if band_from_filename(f, sensor) else raster_kind(f)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    log.warning("skipped %d raster(s) that are not bands of %s at their native resolution: %s "
+                "(e.g. %s)", len(skipped), sensor.name,
+                ", ".join(f"{k} ({n})" for k, n in sorted(kinds.items())), skipped[0])
 
 
 def _resolve_order(band_order: Sequence[str] | str | None, sensor: Sensor) -> tuple[str, ...]:
@@ -199,20 +299,28 @@ def _resolve_order(band_order: Sequence[str] | str | None, sensor: Sensor) -> tu
     return sensor.resolve(band_order)
 
 
+
+
 def _folder_scene(folder: Path, root: Path, per_band: dict[str, Path], bands: Sequence[str],
-                  label_from_dir: bool) -> Scene:
+                  sensor: Sensor, label_from_dir: bool) -> Scene:
     missing = [b for b in bands if b not in per_band]
     if missing:
         raise BandError(
             f"{folder}: scene has no file for band(s) {', '.join(missing)} (found "
             f"{', '.join(sorted(per_band))}); add the files or select fewer bands with --bands"
         )
-    sources = tuple(BandSource(b, str(per_band[b]), 1) for b in bands)
-    return Scene(_scene_id(folder), sources, _date_of(folder),
-                 folder.parent.name if label_from_dir else None, _split_of(folder, root))
+    info = product_info(folder, sensor, per_band[bands[0]] if bands else None)
+    named = product_scene_name(folder)
+    if named is not None:  # a .SAFE granule: <product>/<granule>, dated and labelled by the product
+        scene_id, anchor = "/".join(named), folder.parents[2]
+    else:
+        scene_id, anchor = _scene_id(folder), folder
+    sources = tuple(BandSource(b, str(per_band[b]), 1, info.offsets.get(b, 0.0)) for b in bands)
+    return Scene(scene_id, sources, _date_of(anchor), anchor.parent.name if label_from_dir else None,
+                 _split_of(anchor, root), info.level, info.baseline)
 
 
-def _file_scene(path: Path, root: Path, order: Sequence[str], bands: Sequence[str],
+def _file_scene(path: Path, root: Path, order: Sequence[str], bands: Sequence[str], sensor: Sensor,
                 label_from_dir: bool) -> Scene:
     missing = [b for b in bands if b not in order]
     if missing:
@@ -220,6 +328,9 @@ def _file_scene(path: Path, root: Path, order: Sequence[str], bands: Sequence[st
             f"{path}: the band order {list(order)} has no band(s) {', '.join(missing)}; pass "
             "--band-order naming the file's bands or select fewer bands with --bands"
         )
-    sources = tuple(BandSource(b, str(path), order.index(b) + 1) for b in bands)
+    info = product_info(path.parent, sensor, path)
+    sources = tuple(BandSource(b, str(path), order.index(b) + 1, info.offsets.get(b, 0.0))
+                    for b in bands)
     return Scene(_scene_id(path), sources, _date_of(path),
-                 path.parent.name if label_from_dir else None, _split_of(path, root))
+                 path.parent.name if label_from_dir else None, _split_of(path, root), info.level,
+                 info.baseline)
