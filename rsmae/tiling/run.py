@@ -203,13 +203,14 @@ def tile_scenes(
     out = Path(out)
     scenes = discover_scenes(inputs, get_sensor(config.sensor), config.band_names(),
                              band_order=config.band_order, label_from_dir=config.label_from_dir)
-    planned = _plan_scenes(scenes, config)
     _check_out(out)
+    known = _known_ids(out) if not overwrite else set()
+    planned = _plan_scenes([s for s in scenes if s.scene_id not in known], config)
     if overwrite and (out / "zarr.json").is_file():
         TileStore.open(out, require_complete=False)  # refuse to delete what is not a tile store
         remove_store(out)
     store, snapshot, new = _open_or_create(out, planned, config, command)
-    tasks = _pending_tasks(store, planned, config)
+    tasks = _pending_tasks(store, scenes, config)
     if store.complete and not tasks:  # finished, nothing new: write nothing (readers may be using it)
         return _summary(store, out, 0, 0, started)
     done: list[UnitResult] = []
@@ -221,6 +222,13 @@ def tile_scenes(
         _rollback(store, snapshot)
         raise
     return _summary(store, out, new, len(tasks), started)
+
+
+def _known_ids(out: Path) -> set[str]:
+    """Ids of the scenes an existing store holds (only new scenes are read and planned)."""
+    if not (out / "zarr.json").is_file():
+        return set()
+    return set(TileStore.open(out, require_complete=False).scenes(["id"])["id"].tolist())
 
 
 def _summary(store: TileStore, out: Path, new: int, units_run: int, started: float) -> TileSummary:
@@ -238,7 +246,7 @@ def _open_or_create(
     if (out / "zarr.json").is_file():
         store = TileStore.open(out, mode="r+", require_complete=False)
         store.check_config(wanted)
-        if store.attrs["dtype"] != planned[0].dtype:
+        if planned and store.attrs["dtype"] != planned[0].dtype:
             raise StoreConfigError(f"{out}: holds {store.attrs['dtype']} pixels, the inputs "
                                    f"are {planned[0].dtype}; use another --out")
     else:
@@ -296,12 +304,12 @@ def _unfinished(store: TileStore) -> bool:
     return not bool(store.units_done().all())
 
 
-def _pending_tasks(store: TileStore, planned: list[_Planned], config: TileConfig) -> list[UnitTask]:
+def _pending_tasks(store: TileStore, inputs: list[Scene], config: TileConfig) -> list[UnitTask]:
     """Tasks for every unit not yet written (the plan is rebuilt from the stored batches).
 
-    Only batches with an unfinished unit are read from the scene table.
+    Only batches with an unfinished unit are read from the scene table; grids come from it.
     """
-    by_id = {p.scene.scene_id: p for p in planned}
+    by_id = {s.scene_id: s for s in inputs}
     done = store.units_done()
     attrs = store.attrs
     stride, n_bands = attrs["config"]["stride"], len(attrs["bands"])
@@ -326,7 +334,7 @@ def _pending_tasks(store: TileStore, planned: list[_Planned], config: TileConfig
                     raise StoreConfigError(
                         f"{store.path}: scene {ids[idx - first]} of an unfinished run is not "
                         "among the inputs; rerun the same command to finish it, or pass --overwrite")
-                scenes[idx] = (by_id[ids[idx - first]].scene, grids[idx], nodata[idx - first])
+                scenes[idx] = (by_id[ids[idx - first]], grids[idx], nodata[idx - first])
             tasks.append(UnitTask(str(store.path), unit, unit_windows, scenes, attrs["dtype"],
                                   config.tile_size, config.max_nodata, n_bands, store.shard_tiles))
     return tasks
