@@ -210,3 +210,42 @@ def test_datamodule_native_batches_equal_float_batches_after_the_task(eurosat_st
     bare = PretrainTask(preset="vit_test", patch_size=8, img_size=64, in_chans=13)
     with pytest.raises(ValueError, match="data_info"):
         bare.on_after_batch_transfer(raw, 0)
+
+
+def test_getitems_is_a_collated_batch_and_a_sequence_of_samples(eurosat_store: Path) -> None:
+    from torch.utils.data import default_collate
+
+    from rsmae.data.batch import TileBatch
+
+    ds = ShardDataset(eurosat_store)
+    picks = [7, 250, 3, 7]  # several shards, a repeat
+    batch = ds.__getitems__(picks)
+    assert isinstance(batch, TileBatch) and len(batch) == 4 and len(batch[1:3]) == 2
+    stacked = collate_tiles(batch)  # passed through, already stacked
+    assert stacked["image"].shape == (4, 13, 64, 64) and stacked["index"].tolist() == picks
+    one_by_one = [ds[i] for i in picks]
+    torch.testing.assert_close(stacked["image"], torch.stack([s["image"] for s in one_by_one]))
+    assert batch[2]["label"] == one_by_one[2]["label"] and float(batch[2]["gsd"]) == 10.0
+    plain = default_collate(list(batch))  # any collate function still works on the samples
+    torch.testing.assert_close(plain["image"], stacked["image"])
+    assert torch.equal(collate_tiles(one_by_one)["label"], stacked["label"])
+    raw = ShardDataset(eurosat_store, normalize=False).__getitems__(picks)
+    native = ShardDataset(eurosat_store, native=True).__getitems__(picks)
+    assert raw.tensors["image"].dtype == torch.float32
+    assert torch.equal(raw.tensors["image"], native.tensors["image"].float())
+    store = TileStore.open(eurosat_store)
+    expected = store.read_tiles(ds.table[picks, 1]).astype(np.float32)
+    np.testing.assert_array_equal(raw.tensors["image"].numpy(), expected)  # the tiles zarr reads
+
+
+def test_batches_across_stores_equal_single_reads(eurosat_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "second.zarr"
+    shutil.copytree(eurosat_store, copy)
+    both = ShardDataset([eurosat_store, copy], native=True)
+    picks = [3, 270 + 3, 100, 270 + 269]  # store 0, store 1, store 0, store 1
+    batch = collate_tiles(both.__getitems__(picks))
+    single = ShardDataset(eurosat_store, native=True)
+    expected = collate_tiles(single.__getitems__([3, 3, 100, 269]))["image"]
+    assert torch.equal(batch["image"], expected) and batch["index"].tolist() == picks
