@@ -240,6 +240,8 @@ def test_nodata_reaches_the_warp_of_resampled_bands(tmp_path):
     with SceneReader(scene, grid, dtype) as reader:  # the warp knows no nodata: fill blends in
         blended = reader.read(0, 0, SIDE_10M, SIDE_10M)[1]
     assert ((blended > 0) & (blended < 0.9 * low)).any()
+    with SceneReader(scene, grid, dtype, nodata=float("nan")) as reader:  # NaN = none for uint16
+        np.testing.assert_array_equal(reader.read(0, 0, SIDE_10M, SIDE_10M)[1], blended)
     with SceneReader(scene, grid, dtype, nodata=0) as reader:
         clean = reader.read(0, 0, SIDE_10M, SIDE_10M)[1]
     assert not ((clean > 0) & (clean < low)).any()  # each pixel is fill or a valid blend

@@ -194,3 +194,28 @@ def test_failed_append_rolls_back(tmp_path, capsys):
     from rsmae.store import TileStore
     store = TileStore.open(out)  # still the finished one-scene store
     assert store.n_scenes == 1 and store.complete
+
+
+def test_symlink_to_missing_content(tmp_path, capsys):
+    farm = tmp_path / "farm"
+    farm.mkdir()
+    (farm / "scene_1.tif").symlink_to(tmp_path / ".git" / "annex" / "objects" / "SHA256E-s1--ab.tif")
+    err = _run([str(farm), "--sensor", "rgb", "--tile-size", "32"], tmp_path / "o.zarr", capsys)
+    assert "scene_1.tif: symlink to a missing file" in err and "git annex get" in err
+    err = _run([str(farm / "scene_1.tif"), "--sensor", "rgb"], tmp_path / "o.zarr", capsys)
+    assert "scene_1.tif: symlink to a missing file" in err and not (tmp_path / "o.zarr").exists()
+
+
+def test_l1c_and_l2a_inputs_in_one_run(tmp_path, capsys):
+    l2a = "B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B11,B12"
+    err = _run([str(OSCD / "pisa" / "imgs_1"), str(PATCH), "--sensor", "s2-l2a", "--bands", l2a,
+                "--tile-size", "60"], tmp_path / "o.zarr", capsys)
+    assert "L1C (e.g." in err and "L2A (e.g." in err and "--mix-product-levels" in err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_one_band_twice_at_its_native_resolution(tmp_path, capsys):
+    folder = _copy_patch(tmp_path)
+    shutil.copy(next(folder.glob("*_B02.tif")), folder / "another_scene_B02.tif")
+    err = _run([str(folder), "--sensor", "s2-l2a", "--tile-size", "60"], tmp_path / "o.zarr", capsys)
+    assert "two files hold band B02 at its native resolution" in err

@@ -192,15 +192,17 @@ class SceneReader:
         dtype: Pixel dtype of the output.
         nodata: Nodata value for files that declare none (the run's ``--nodata``): passed to the
             warp of resampled bands so fill pixels never blend into valid ones, and kept out of
-            the radiometric offset. ``None``: only declared nodata values are used (and 0, the
-            Sentinel-2 fill value, for bands with an offset).
+            the radiometric offset. ``None`` (or NaN for integer pixels): only declared nodata
+            values are used (and 0, the Sentinel-2 fill value, for bands with an offset).
     """
 
     def __init__(self, scene: Scene, grid: Grid, dtype: str, *, nodata: float | None = None) -> None:
         self.scene = scene
         self.grid = grid
         self.dtype = dtype
-        self.nodata = nodata
+        # NaN means "none" for integer pixels (the scene table stores a missing nodata as NaN)
+        no_value = nodata is None or (math.isnan(nodata) and np.dtype(dtype).kind != "f")
+        self.nodata = None if no_value else nodata
         self._stack = ExitStack()
         self._readers: list[tuple[str, tuple[object, list[int], list[int], float | None]]] = []
 
