@@ -143,3 +143,27 @@ def test_store_of_format_1_reads_and_refuses_appends(stores: dict[str, Path], tm
     assert v1.georef(int(v1.index()[3]))["scene"] == str(table["id"][3])
     with pytest.raises(StoreConfigError, match="older rsmae.*--overwrite"):
         tile_scenes(_files(20), old, CONFIG)
+
+
+def test_registration_killed_before_its_counts_is_redone(stores: dict[str, Path], tmp_path: Path) -> None:
+    """Scene rows and unit arrays written past the registered counts are overwritten by a re-run."""
+    out = tmp_path / "killed.zarr"
+    files = _files(60)
+    first = TileStore.open(stores["appended"]).scenes(start=20)
+    tile_scenes(files[:20], out, CONFIG)
+    store = TileStore.open(out, mode="r+")
+    rows = {k: v[:5] for k, v in first.items() if k != "n_tiles"}
+    rows["crs"] = rows["crs"].tolist()
+    store.write_scenes(20, rows)  # what a run killed after writing its rows leaves
+    store.resize_units(9)
+    assert store.n_scenes == 20 and TileStore.open(out).scenes(["id"])["id"].tolist() == files_ids(files[:20])
+    tile_scenes(files, out, CONFIG)
+    done, appended = TileStore.open(out), TileStore.open(stores["appended"])
+    for key, column in appended.scenes().items():
+        assert np.asarray(done.scenes([key])[key]).tolist() == np.asarray(column).tolist(), key
+    assert done.attrs["stats"] == appended.attrs["stats"] and done.units_done().all()
+
+
+def files_ids(files: list[str]) -> list[str]:
+    """Scene ids (``class/name``) of EuroSAT files."""
+    return [f"{Path(f).parent.name}/{Path(f).stem}" for f in files]
