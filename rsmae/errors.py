@@ -9,10 +9,12 @@ from __future__ import annotations
 
 __all__ = [
     "BandError",
+    "CheckpointError",
     "EvaluationLeakError",
     "GridError",
     "InputNotFoundError",
     "LandscapeError",
+    "ModelConfigError",
     "NonFiniteLossError",
     "RasterReadError",
     "RsmaeError",
@@ -79,3 +81,11 @@ class NonFiniteLossError(RsmaeError, ArithmeticError):
 
 class LandscapeError(RsmaeError, ValueError):
     """A loss-landscape input is inconsistent (directions and weights differ, bad grid or config)."""
+
+
+class CheckpointError(WeightsError):
+    """A training checkpoint is missing, unreadable, of another kind or of another model."""
+
+
+class ModelConfigError(RsmaeError, ValueError):
+    """A model option is invalid (unknown preset or method)."""
