@@ -168,6 +168,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, machine:
         "# Tile store scale (`benchmarks/bench_store_scale.py`)", "",
         f"Machine: {machine}. Commit {git_commit()}; {args.workers} tiling worker(s); "
         f"{minutes:.1f} min in all.", "",
+        f"Command: `python benchmarks/bench_store_scale.py {' '.join(args.argv)}`", "",
         "64x64 13-band uint16 EuroSAT patches (real files hard-linked under new names), "
         "`TileConfig(tile_size=64, band_order='eurosat', label_from_dir=True)`, 64 tiles per "
         "shard. *fresh*: a new store tiled in one call; *append*: one store grown by one call per "
@@ -237,9 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--from-csv", type=Path, default=None,
+                   help="rewrite the report and plot from an earlier run's CSV (no tiling)")
+    p.add_argument("--minutes", type=float, default=0.0, help="with --from-csv: that run's length")
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     machine = f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"{machine}; load average {os.getloadavg()[0]:.1f}")
+    if args.from_csv is not None:
+        with open(args.from_csv) as fh:
+            rows = [{k: v if k == "kind" else float(v) if "." in v else int(v) for k, v in r.items()}
+                    for r in csv.DictReader(fh)]
+        write_results(rows, args, machine, args.minutes)
+        return 0
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="store_scale_"))
     try:
