@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None, writer: Callable[..., list[Path]] = writ
                  dask=args.dask)
     if args.cell_index is None:
         paths = writer(config, plan_cells(config, config["inits"]), manifest, Path(args.results),
-                             elapsed=time.perf_counter() - start)
+                        elapsed=0.0 if args.tables_only else time.perf_counter() - start)
         print("\n".join(f"wrote {p}" for p in paths))
     return 0
 

@@ -192,8 +192,13 @@ def write_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: 
                              f"{r['images_per_s']:.1f}" if r["images_per_s"] else "",
                              f"{r['mfu']:.4f}" if r["mfu"] else "", r["adaptation"]])
     leak = next(iter(manifest.values())).get("leak_check", {})
+    cell_s = sum(float(r.get("wall_s") or 0.0) for r in results)
+    workers = max(1, int(config.get("workers") or 1))
+    this_run = f"grid time this run {elapsed / 60:.1f} min; " if elapsed else ""
     md = [f"# Transfer: EuroSAT-MS scene classification ({len(results)} of {len(cells)} cells done)", "",
-          f"- machine: {_cpu()}, {os.cpu_count()} cores; grid time this run {elapsed / 60:.1f} min; "
+          f"- machine: {_cpu()}, {os.cpu_count()} cores; {this_run}cell "
+          f"time of all {len(results)} cells {cell_s / 60:.1f} min, i.e. {cell_s / 60 / workers:.1f} min on "
+          f"{workers} worker(s) (pretraining the backbones: see Backbones); "
           f"config `{config['config_path']}`; command `python benchmarks/transfer.py --config "
           f"{config['config_path']}`",
           f"- data: train `{config['data']['train_root']}` (a validation split held out, seed 0), test "
