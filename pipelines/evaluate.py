@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rsmae.errors import RsmaeError
 from rsmae.evaluation.classification import PROTOCOLS, evaluate_classification
+from rsmae.models import read_backbone_meta
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: pass --root, or both --train-root and --test-root", file=sys.stderr)
         return 2
     try:
+        read_backbone_meta(args.backbone)  # a checkpoint or foreign file fails here, named, with the fix
         result = evaluate_classification(
             args.backbone, args.protocol, train, test, fraction=args.fraction, seed=args.seed,
             cache_dir=args.cache_dir or None, out_dir=args.out, sensor=args.sensor, layout=args.band_order,

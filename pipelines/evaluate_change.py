@@ -21,6 +21,7 @@ import sys
 
 from rsmae.errors import RsmaeError
 from rsmae.evaluation.change import CHANGE_DATASETS, ChangeConfig, evaluate_change, format_scene, summary
+from rsmae.models import read_backbone_meta
 
 
 def _names(text: str) -> list[str]:
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ChangeConfig setting, repeatable: steps=300, crop_size=96, precision=bf16-mixed ...")
     args = p.parse_args(argv)
     try:
+        if args.backbone:
+            read_backbone_meta(args.backbone)  # a checkpoint or foreign file fails here, named
         result = evaluate_change(
             args.backbone, args.protocol, test_root=args.test_root, train_root=args.train_root,
             dataset=args.task, seed=args.seed, out_dir=args.out, model=args.model,

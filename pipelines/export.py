@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         path = export_backbone(args.checkpoint, args.out, args.weights)
-    except (RsmaeError, FileNotFoundError) as err:
+    except RsmaeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{path}: {args.weights} encoder")

@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rsmae.data import TileDataModule
 from rsmae.errors import RsmaeError
 from rsmae.tasks import AutoPrecisionTrainer, PretrainTask
+from rsmae.tasks.init import check_resume
 
 
 def _in_chans(info: dict[str, Any]) -> int:
@@ -34,6 +35,10 @@ class PretrainCLI(LightningCLI):
         """Link the model's data-dependent arguments to the instantiated datamodule."""
         for target, fn in (("data_info", None), ("in_chans", _in_chans), ("img_size", _img_size)):
             parser.link_arguments("data.data_info", f"model.{target}", compute_fn=fn, apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        """Refuse a --ckpt_path that is missing or of another model, naming it, before Lightning loads it."""
+        check_resume(self.config[self.subcommand].get("ckpt_path"), self.model.hparams)
 
 
 def main(args: list[str] | None = None) -> int:

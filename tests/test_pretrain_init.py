@@ -99,3 +99,49 @@ def test_cli_run_starts_from_the_backbone(tmp_path: Path, eurosat_store: Path) -
     task = PretrainTask.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt",
                                              map_location="cpu")
     assert task.hparams.init_backbone is None
+
+
+# ---------------------------------------------------------------- foreign starts (no download)
+
+
+def _foreign_state(in_chans: int, patch: int, seed: int) -> dict[str, torch.Tensor]:
+    """A vit_test-sized ViT state dict in timm names, random everywhere (as foreign files hold)."""
+    enc = create_encoder("vit_test", in_chans=in_chans, img_size=32, patch_size=patch)
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in enc.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["mae", "timm", "torchgeo"])
+def test_starts_from_foreign_weights(tmp_path: Path, kind: str) -> None:
+    """Official MAE .pth (patch 16, decoder keys), timm RGB weights and torchgeo's 13-band weights
+    start a 13-band, patch-8 task through the band adaptation; the loaders give the same tensors."""
+    from rsmae.models import load_official_mae, load_timm_weights, load_torchgeo_vit
+    from rsmae.tasks.init import backbone_kind
+
+    path = tmp_path / f"{kind}.pth"
+    if kind == "mae":
+        state = _foreign_state(3, 16, seed=1)
+        torch.save({"model": {**state, "decoder_embed.weight": torch.randn(32, 64),
+                              "mask_token": torch.zeros(1, 1, 32)}, "epoch": 799}, path)
+        expected = load_official_mae(path, in_chans=13, bands=L1C, img_size=64, patch_size=8)
+    elif kind == "timm":
+        torch.save({**_foreign_state(3, 8, seed=2), "head.weight": torch.randn(10, 64)}, path)
+        expected = load_timm_weights(path, bands=L1C, img_size=64, patch_size=8)
+    else:
+        torch.save(_foreign_state(13, 16, seed=3), path)
+        expected = load_torchgeo_vit(path, img_size=64, patch_size=8)
+    assert backbone_kind(path) == kind
+    task = _task(init_backbone=str(path))
+    state = task.encoder("student").state_dict()
+    for key, value in expected.state_dict().items():
+        assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    fresh = _task().encoder("student").state_dict()
+    assert not torch.equal(state["blocks.0.attn.qkv.weight"], fresh["blocks.0.attn.qkv.weight"])
+
+
+def test_refuses_a_training_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.encoder.{k}": v for k, v in _foreign_state(13, 8, 0).items()},
+                "hyper_parameters": {"method": "mae"}}, path)
+    with pytest.raises(WeightsError, match="last.ckpt.*export"):
+        _task(init_backbone=str(path))

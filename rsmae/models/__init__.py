@@ -21,7 +21,7 @@ from rsmae.models.vit import (
     set_fused_attention,
     sincos_pos_embed_2d,
 )
-from rsmae.models.weights import BackboneMeta, load_backbone, save_backbone
+from rsmae.models.weights import BackboneMeta, load_backbone, read_backbone_meta, save_backbone
 
 __all__ = [
     "BackboneMeta",
@@ -32,6 +32,7 @@ __all__ = [
     "load_timm_weights",
     "load_torchgeo_vit",
     "match_bands",
+    "read_backbone_meta",
     "save_backbone",
     "ENCODER_PRESETS",
     "MAE_DECODER_PRESETS",

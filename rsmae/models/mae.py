@@ -29,7 +29,7 @@ from timm.models import checkpoint_seq, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from rsmae.errors import BandError
+from rsmae.errors import BandError, ModelConfigError
 from rsmae.models.patch_embed import embed_patch_tokens, patchify, unpatchify
 from rsmae.models.vit import TIMM_PREFIX, sincos_pos_embed_2d
 
@@ -90,7 +90,7 @@ def mae_decoder_defaults(preset: str) -> dict[str, int]:
     """
     if preset not in MAE_DECODER_PRESETS:
         known = ", ".join(MAE_DECODER_PRESETS)
-        raise ValueError(f"no decoder defaults for preset {preset!r}; known: {known}")
+        raise ModelConfigError(f"no decoder defaults for preset {preset!r}; choose one of {known}")
     return dict(MAE_DECODER_PRESETS[preset])
 
 

@@ -29,7 +29,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from rsmae.errors import WeightsError
+from rsmae.errors import ModelConfigError, WeightsError
 from rsmae.models.patch_embed import GroupedPatchEmbed
 
 __all__ = [
@@ -227,7 +227,10 @@ def create_encoder(
         non-trainable ``pos_embed`` holding the sin-cos table (class token slot zero).
     """
     if preset not in ENCODER_PRESETS:
-        raise ValueError(f"unknown encoder preset {preset!r}; known: {', '.join(ENCODER_PRESETS)}")
+        raise ModelConfigError(
+            f"unknown encoder preset {preset!r}; choose one of {', '.join(ENCODER_PRESETS)} "
+            "(model.preset in a pretraining config)"
+        )
     kwargs: dict[str, Any] = {"num_classes": 0, **overrides}
     if band_groups is not None:
         if "embed_layer" in overrides:

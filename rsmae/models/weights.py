@@ -32,7 +32,14 @@ from rsmae.models.adapt import checkpoint_filter_fn, match_bands
 from rsmae.models.keys import load_checked
 from rsmae.models.vit import create_encoder
 
-__all__ = ["FORMAT_VERSION", "BackboneMeta", "load_backbone", "read_weights", "save_backbone"]
+__all__ = [
+    "FORMAT_VERSION",
+    "BackboneMeta",
+    "load_backbone",
+    "read_backbone_meta",
+    "read_weights",
+    "save_backbone",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -193,6 +200,38 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     )
 
 
+def read_backbone_meta(path: str | Path) -> BackboneMeta:
+    """The :class:`BackboneMeta` of a backbone file, read from its header (no tensors loaded).
+
+    Raises:
+        WeightsError: naming ``path`` when it is missing, not a safetensors file or not a backbone
+            (a Lightning checkpoint, foreign weights), with the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file; check the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            file_meta = dict(f.metadata() or {})
+    except Exception as err:
+        hint = (" A pretraining checkpoint? Export its encoder with pipelines/export.py CKPT --out "
+                "backbone.safetensors" if path.suffix == ".ckpt" else "")
+        raise WeightsError(f"{path}: not a backbone file (not safetensors: {err}).{hint}") from err
+    return _parse_meta(path, file_meta)
+
+
+def _parse_meta(path: Path, file_meta: Mapping[str, str]) -> BackboneMeta:
+    if META_KEY not in file_meta:
+        raise WeightsError(
+            f"{path}: no rsmae metadata; it was not written by save_backbone. Use "
+            "load_official_mae, load_timm_weights or load_torchgeo_vit for foreign weights"
+        )
+    try:
+        return BackboneMeta.from_json(file_meta[META_KEY])
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from err
+
+
 def save_backbone(encoder: VisionTransformer, path: str | Path, meta: BackboneMeta) -> Path:
     """Write ``encoder`` and ``meta`` to a safetensors file, atomically (temp file, then rename).
 
@@ -203,13 +242,16 @@ def save_backbone(encoder: VisionTransformer, path: str | Path, meta: BackboneMe
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     meta = dataclasses.replace(meta, format_version=FORMAT_VERSION)  # written in today's layout
     _check_meta_builds(meta, state)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(tmp), metadata={META_KEY: meta.to_json(), "format": "pt"})
         os.replace(tmp, path)
+    except OSError as err:
+        raise WeightsError(f"{path}: cannot write the backbone there ({err}); choose another --out") from err
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():
+            tmp.unlink()
     _logger.info("saved backbone %s (bands %s) to %s", meta.preset, meta.bands, path)
     return path
 
@@ -338,15 +380,7 @@ def load_backbone(
     """
     path = Path(path)
     state, file_meta = read_weights(path)
-    if META_KEY not in file_meta:
-        raise WeightsError(
-            f"{path}: no rsmae metadata; it was not written by save_backbone. Use "
-            "load_official_mae, load_timm_weights or load_torchgeo_vit for foreign weights"
-        )
-    try:
-        meta = BackboneMeta.from_json(file_meta[META_KEY])
-    except WeightsError as err:
-        raise WeightsError(f"{path}: {err}") from err
+    meta = _parse_meta(path, file_meta)
     dst = retarget(meta, bands, sensor)
     if img_size is not None:
         dst = dataclasses.replace(dst, img_size=img_size)

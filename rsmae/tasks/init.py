@@ -1,26 +1,78 @@
-"""Start a pretraining from an existing backbone (continued pretraining): load its encoder weights.
+"""Start a pretraining from an existing backbone (continued pretraining) or check a checkpoint to resume.
 
-The backbone file is read with :func:`~rsmae.models.load_backbone` for the bands, sensor and input
-size of the pretraining data, so its patch kernels are mapped by band name (an RGB backbone onto
+The backbone file is an rsmae backbone (:func:`~rsmae.models.load_backbone`), an official MAE
+``.pth`` (:func:`~rsmae.models.load_official_mae`), timm ViT weights (R, G, B;
+:func:`~rsmae.models.load_timm_weights`) or torchgeo's Sentinel-2 ViT weights (13 L1C bands;
+:func:`~rsmae.models.load_torchgeo_vit`), told apart by :func:`backbone_kind`. It is read for the
+bands, sensor, input size and patch size of the pretraining data, so its patch kernels are mapped
+by band name (an RGB backbone onto
 Sentinel-2: R, G, B kernels to B04, B03, B02, the other bands from their mean, all scaled by
 ``C_src / C_dst``; see :func:`~rsmae.models.adapt_patch_embed`) and its position table fitted to the
 tile size. Only the encoder is loaded; the MAE decoder starts from scratch.
+
+:func:`checkpoint_hparams` reads a training checkpoint's hyper-parameters without building the
+model, so exporting or resuming a checkpoint of another kind fails with its path and the fix
+(:func:`check_resume`) instead of a state-dict traceback.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from rsmae.errors import WeightsError
-from rsmae.models import load_backbone
+from rsmae.errors import CheckpointError, WeightsError
+from rsmae.models import load_backbone, load_official_mae, load_timm_weights, load_torchgeo_vit
+from rsmae.models.keys import PATCH_KEY, strip_prefixes
+from rsmae.models.weights import META_KEY, read_weights
 
-__all__ = ["init_encoder"]
+__all__ = ["backbone_kind", "check_resume", "checkpoint_hparams", "init_encoder", "load_init_backbone"]
+
+# Hyper-parameters that fix the model's tensors: a checkpoint resumes only into the same ones.
+ARCHITECTURE = ("method", "preset", "patch_size", "img_size", "in_chans", "encoder_kwargs", "decoder_dim",
+                "decoder_depth", "decoder_heads")
+# ckpt_path values Lightning resolves itself.
+_KEYWORDS = ("last", "best", "hpc", "registry")
 
 _logger = logging.getLogger(__name__)
+
+
+def backbone_kind(path: str | Path) -> str:
+    """The kind of a weights file: ``"rsmae"``, ``"mae"`` (official), ``"timm"`` or ``"torchgeo"``.
+
+    Raises:
+        WeightsError: naming ``path`` when it is none of these (a Lightning checkpoint, another band count).
+    """
+    state, file_meta = read_weights(path)
+    if META_KEY in file_meta:
+        return "rsmae"
+    if str(path).endswith(".ckpt") or any(k.startswith("model.") for k in state):  # PretrainTask's
+        raise WeightsError(f"{path}: a training checkpoint, not a backbone; export its encoder first "
+                           "(pipelines/export.py CKPT --out B.safetensors) or resume it with --ckpt_path")
+    kernel = strip_prefixes(state).get(PATCH_KEY)
+    chans = None if kernel is None else int(kernel.shape[1])
+    if chans == 3:
+        return "mae" if any("decoder" in k for k in state) else "timm"
+    if chans == 13:
+        return "torchgeo"
+    raise WeightsError(f"{path}: not an rsmae backbone, and its patch embedding takes {chans} bands "
+                       "(foreign weights must be RGB or torchgeo's 13 Sentinel-2 bands); load it with "
+                       "load_timm_weights(src_bands=...) and save it with save_backbone first")
+
+
+def load_init_backbone(path: str | Path, bands: list[str], sensor: str | None, *, patch_size: int,
+                       img_size: int) -> VisionTransformer:
+    """Load any supported backbone file (:func:`backbone_kind`) adapted to ``bands`` and the task's sizes."""
+    kind = backbone_kind(path)
+    if kind == "rsmae":
+        return load_backbone(path, bands=bands, sensor=sensor, img_size=img_size)
+    loader = {"mae": load_official_mae, "timm": load_timm_weights, "torchgeo": load_torchgeo_vit}[kind]
+    kwargs: dict[str, Any] = {"in_chans": len(bands)} if kind == "mae" else {}
+    return loader(path, bands=bands, sensor=sensor, img_size=img_size, patch_size=patch_size, **kwargs)
 
 
 def init_encoder(encoder: VisionTransformer, path: str | Path, data_info: dict[str, Any] | None, *,
@@ -29,10 +81,11 @@ def init_encoder(encoder: VisionTransformer, path: str | Path, data_info: dict[s
 
     Args:
         encoder: The freshly built encoder of the task.
-        path: A backbone file written by :func:`~rsmae.models.save_backbone`.
+        path: A backbone file: rsmae, official MAE, timm or torchgeo weights (:func:`backbone_kind`).
         data_info: The pretraining data's ``bands`` and ``sensor`` (what the CLI links).
         preset: The task's encoder preset; the backbone must have the same.
-        patch_size: The task's patch size; the backbone must have the same.
+        patch_size: The task's patch size; an rsmae backbone must have the same (foreign kernels
+            are resampled to it).
         img_size: The task's input size (the position table is fitted to it).
 
     Raises:
@@ -43,8 +96,8 @@ def init_encoder(encoder: VisionTransformer, path: str | Path, data_info: dict[s
     if not data_info or not data_info.get("bands"):
         raise WeightsError(f"{path}: init_backbone needs the pretraining data's bands (data_info) to "
                            "adapt the backbone; build the task with its data (the CLI links data_info)")
-    source = load_backbone(path, bands=list(data_info["bands"]), sensor=data_info.get("sensor"),
-                           img_size=img_size)
+    source = load_init_backbone(path, list(data_info["bands"]), data_info.get("sensor"),
+                                patch_size=patch_size, img_size=img_size)
     meta = source.rsmae_meta
     if meta.preset != preset or meta.patch_size != patch_size:
         raise WeightsError(f"{path}: a {meta.preset} backbone with {meta.patch_size}-px patches cannot start "
@@ -55,3 +108,48 @@ def init_encoder(encoder: VisionTransformer, path: str | Path, data_info: dict[s
         raise WeightsError(f"{path}: the backbone does not fit the task's encoder ({err}); build the task "
                            "with the backbone's encoder_kwargs") from err
     _logger.info("encoder initialised from %s: %s (decoder from scratch)", path, meta.source)
+
+
+def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
+    """The hyper-parameters of a ``PretrainTask`` checkpoint, read memory-mapped (tensors not loaded).
+
+    Raises:
+        CheckpointError: naming ``path`` when it is missing, not a Lightning checkpoint, or not one
+            of ``pipelines/pretrain.py``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; pass a checkpoint of pipelines/pretrain.py "
+                              "(e.g. runs/mae_tiny/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable Lightning checkpoint ({type(err).__name__}: {err}); "
+                              "pass a checkpoint of pipelines/pretrain.py (a backbone .safetensors is "
+                              "already exported: load it with rsmae.models.load_backbone)") from err
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
+    if not isinstance(hp, Mapping) or "method" not in hp or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a pretraining checkpoint (no PretrainTask hyper-parameters); "
+                              "pass a checkpoint written by pipelines/pretrain.py")
+    return dict(hp)
+
+
+def check_resume(ckpt_path: str | Path | None, hparams: Mapping[str, Any]) -> None:
+    """Refuse to resume from a checkpoint of another model than the one ``hparams`` builds.
+
+    Args:
+        ckpt_path: The ``--ckpt_path`` given (``None`` and Lightning's keywords such as ``"last"``
+            are left to Lightning).
+        hparams: The hyper-parameters of the task the config builds.
+
+    Raises:
+        CheckpointError: naming the file and the differing settings.
+    """
+    if ckpt_path is None or str(ckpt_path) in _KEYWORDS:
+        return
+    saved = checkpoint_hparams(ckpt_path)
+    diff = [f"{k}={saved.get(k)!r} (config: {hparams.get(k)!r})" for k in ARCHITECTURE
+            if (saved.get(k) or None) != (hparams.get(k) or None)]
+    if diff:
+        raise CheckpointError(f"{ckpt_path}: made by another model: {', '.join(diff)}; resume with the "
+                              "config of that run (config.yaml in its log folder)")

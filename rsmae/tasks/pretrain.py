@@ -31,7 +31,7 @@ from torch import Tensor
 
 from rsmae.augment import RSAugment
 from rsmae.data import describe_data, normalize_images
-from rsmae.errors import BandError, NonFiniteLossError, WeightsError
+from rsmae.errors import BandError, CheckpointError, ModelConfigError, NonFiniteLossError, WeightsError
 from rsmae.models import (
     RCMAE,
     MAEOutput,
@@ -43,7 +43,7 @@ from rsmae.models import (
 )
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
-from rsmae.tasks.init import init_encoder
+from rsmae.tasks.init import checkpoint_hparams, init_encoder
 from rsmae.tasks.optim import WarmupCosine, fused_adamw_available, param_groups
 
 __all__ = ["PretrainTask", "export_backbone"]
@@ -128,7 +128,7 @@ class PretrainTask(L.LightningModule):
     ) -> None:
         super().__init__()
         if method not in ("mae", "rcmae"):
-            raise ValueError(f"method={method!r}; choose 'mae' or 'rcmae'")
+            raise ModelConfigError(f"method={method!r}; choose 'mae' or 'rcmae'")
         self.save_hyperparameters()
         encoder = create_encoder(preset, in_chans=in_chans, img_size=img_size, patch_size=patch_size,
                                  **(encoder_kwargs or {}))
@@ -381,7 +381,16 @@ def export_backbone(checkpoint: str | Path, out: str | Path,
 
     Returns:
         The written path.
+
+    Raises:
+        CheckpointError: naming ``checkpoint`` when it is not a pretraining checkpoint, or
+            ``weights="teacher"`` for an MAE (only RC-MAE has a teacher).
+        WeightsError: when ``out`` cannot be written.
     """
+    hp = checkpoint_hparams(checkpoint)
+    if weights == "teacher" and hp["method"] != "rcmae":
+        raise CheckpointError(f"{checkpoint}: a method={hp['method']} checkpoint has no teacher (only RC-MAE "
+                              "has one); export its student (--weights student)")
     task = PretrainTask.load_from_checkpoint(checkpoint, map_location="cpu")
     meta = task.backbone_meta(weights)
     meta.source += f" ({Path(checkpoint).name})"
