@@ -40,7 +40,7 @@ from rsmae.models import (
     load_backbone,
     set_fused_attention,
 )
-from rsmae.tasks.optim import WarmupCosine, param_groups
+from rsmae.tasks.optim import param_groups, scheduled
 
 __all__ = ["ChangeTask", "augment_pair", "load_change_model", "save_change_model"]
 
@@ -243,8 +243,7 @@ class ChangeTask(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = hp.warmup_steps if hp.warmup_steps is not None else round(0.05 * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled(optimizer, warmup, total)
 
 
 def save_change_model(task: ChangeTask, path: str | Path, extra: dict[str, Any] | None = None) -> Path:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from rsmae.augment import RSAugment
 from rsmae.evaluation.trainable import Tune, configure_trainable, count_trainable, freeze_eval, parse_tune
-from rsmae.tasks.optim import WarmupCosine
+from rsmae.tasks.optim import scheduled
 
 __all__ = ["FinetuneTask", "PooledHead"]
 
@@ -169,9 +169,7 @@ class FinetuneTask(L.LightningModule):
             groups.append({"params": list(self.head.norm.parameters()), "lr": hp.lr, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = WarmupCosine(round(hp.warmup_fraction * total), total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled(optimizer, round(hp.warmup_fraction * total), total)
 
     @torch.no_grad()
     def predict_logits(self, images: Tensor, batch_size: int = 256) -> Tensor:

@@ -1,4 +1,4 @@
-"""Optimisation pieces of pretraining: AdamW parameter groups, warmup + cosine schedule."""
+"""Optimisation pieces of the tasks: AdamW parameter groups, warmup + cosine schedule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["NO_DECAY_NAMES", "WarmupCosine", "fused_adamw_available", "param_groups"]
+__all__ = ["NO_DECAY_NAMES", "WarmupCosine", "fused_adamw_available", "param_groups", "scheduled"]
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
 
@@ -54,3 +54,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             skip = param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
             (no_decay if skip else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def scheduled(optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0) -> dict:
+    """Lightning's ``configure_optimizers`` value: ``optimizer`` under :class:`WarmupCosine`, per step."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, floor))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
