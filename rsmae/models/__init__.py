@@ -14,6 +14,7 @@ from rsmae.models.mae import (
 )
 from rsmae.models.patch_embed import GroupedPatchEmbed, embed_patch_tokens, extract_patches
 from rsmae.models.rcmae import RCMAE, teacher_momentum
+from rsmae.models.registry import Weights, get_weights, list_weights, register_backbone, register_weights
 from rsmae.models.vit import (
     ENCODER_PRESETS,
     create_encoder,
@@ -25,6 +26,7 @@ from rsmae.models.weights import BackboneMeta, load_backbone, read_backbone_meta
 
 __all__ = [
     "BackboneMeta",
+    "Weights",
     "adapt_patch_embed",
     "checkpoint_filter_fn",
     "load_backbone",
@@ -33,6 +35,8 @@ __all__ = [
     "load_torchgeo_vit",
     "match_bands",
     "read_backbone_meta",
+    "register_backbone",
+    "register_weights",
     "save_backbone",
     "ENCODER_PRESETS",
     "MAE_DECODER_PRESETS",
@@ -44,6 +48,8 @@ __all__ = [
     "embed_patch_tokens",
     "extract_patches",
     "fused_attention_pays",
+    "get_weights",
+    "list_weights",
     "mae_decoder_defaults",
     "masked_mse",
     "patchify",

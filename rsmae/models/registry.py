@@ -1,0 +1,167 @@
+"""Named backbone weights, in the spirit of torchgeo's ``WeightsEnum``: file, hash, bands, statistics.
+
+An entry (:class:`Weights`) names a weights file (a local path, or a URL that rsmae never fetches:
+download it yourself and register the local copy), its SHA-256, the encoder preset, the bands in
+input-channel order, their statistics and the transforms a user applies before the encoder. Entries
+are registered by name (:func:`register_weights`, or :func:`register_backbone` for a
+``backbone.safetensors`` written by :func:`~rsmae.models.save_backbone`, whose metadata fills the
+entry) and loaded by name (``get_weights(name).load(bands=...)``), which checks the hash first::
+
+    register_backbone("runs/mae_tiny/logs/version_0/backbone.safetensors", name="mae-tiny-s2")
+    encoder = get_weights("mae-tiny-s2").load(bands=["B04", "B03", "B02"])
+
+The registry is a plain dict of this module, filled only by explicit calls (nothing at import).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from timm.models.vision_transformer import VisionTransformer
+
+from rsmae.errors import WeightsError
+from rsmae.models.foreign import load_official_mae, load_timm_weights, load_torchgeo_vit
+from rsmae.models.weights import load_backbone, read_backbone_meta
+
+__all__ = ["Weights", "get_weights", "list_weights", "register_backbone", "register_weights", "sha256_file"]
+
+_logger = logging.getLogger(__name__)
+_REGISTRY: dict[str, Weights] = {}
+FORMATS = ("rsmae", "mae", "timm", "torchgeo")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """One named weights file and what feeding it needs.
+
+    Attributes:
+        name: Registry name.
+        file: Local path, or a URL (never fetched: download it and register the local file).
+        sha256: Hex SHA-256 of the file; checked on every load (``None``: not checked, logged).
+        preset: Encoder preset.
+        bands: Band names in input-channel order.
+        sensor: Sensor of ``bands`` (``None`` if unknown).
+        mean: Per-band mean in the units of the pixel values (``None`` if unknown).
+        std: Per-band standard deviation, same units.
+        transforms: What to apply before the encoder, e.g. ``{"normalize": "(x - mean) / std"}``.
+        format: ``"rsmae"`` (a backbone file) or a foreign layout: ``"mae"``, ``"timm"``, ``"torchgeo"``.
+    """
+
+    name: str
+    file: str
+    sha256: str | None
+    preset: str
+    bands: tuple[str, ...]
+    sensor: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    transforms: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    format: str = "rsmae"
+
+    def path(self) -> Path:
+        """The local file, its hash checked.
+
+        Raises:
+            WeightsError: naming the file when it is a URL, missing, or its hash differs.
+        """
+        if "://" in self.file:
+            raise WeightsError(f"weights {self.name!r}: {self.file} is a URL and rsmae never downloads; "
+                               "fetch it yourself and register the local file (file=PATH)")
+        path = Path(self.file)
+        if not path.is_file():
+            raise WeightsError(f"weights {self.name!r}: {path}: no such file; fix the path it was "
+                               "registered with")
+        if self.sha256 is None:
+            _logger.warning("weights %r: no sha256 registered; %s is not checked", self.name, path)
+            return path
+        actual = sha256_file(path)
+        if actual != self.sha256.lower():
+            raise WeightsError(f"weights {self.name!r}: {path} has sha256 {actual}, expected {self.sha256}; "
+                               "the file changed or is corrupt: fetch it again, or register its new hash")
+        return path
+
+    def load(self, *, bands: Sequence[str] | None = None, sensor: str | None = None,
+             img_size: int | None = None, strict: bool = True) -> VisionTransformer:
+        """Load the encoder (hash checked), adapted by band name to ``bands`` when given."""
+        path = self.path()
+        if self.format == "rsmae":
+            return load_backbone(path, bands=bands, sensor=sensor, img_size=img_size, strict=strict)
+        size = {"img_size": img_size} if img_size is not None else {}
+        common: dict[str, Any] = {"bands": bands, "sensor": sensor, "preset": self.preset, "strict": strict,
+                                  **size}
+        if self.format == "mae":
+            return load_official_mae(path, in_chans=len(bands) if bands else 3, **common)
+        loader = load_timm_weights if self.format == "timm" else load_torchgeo_vit
+        return loader(path, src_bands=self.bands, src_sensor=self.sensor, **common)
+
+
+def register_weights(name: str, file: str | Path, *, sha256: str | None, preset: str, bands: Sequence[str],
+                     sensor: str | None = None, mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None, transforms: Mapping[str, Any] | None = None,
+                     format: str = "rsmae", overwrite: bool = False) -> Weights:
+    """Register weights under ``name`` (a :class:`Weights` entry) and return the entry.
+
+    Raises:
+        WeightsError: when ``name`` is taken (pass ``overwrite=True``) or ``format`` is unknown.
+    """
+    if format not in FORMATS:
+        raise WeightsError(f"weights {name!r}: unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if name in _REGISTRY and not overwrite:
+        raise WeightsError(f"weights {name!r} are already registered ({_REGISTRY[name].file}); pass "
+                           "overwrite=True or another name")
+    entry = Weights(name=name, file=str(file), sha256=sha256, preset=preset, bands=tuple(bands),
+                    sensor=sensor, mean=tuple(mean) if mean is not None else None,
+                    std=tuple(std) if std is not None else None, transforms=dict(transforms or {}),
+                    format=format)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def register_backbone(path: str | Path, name: str | None = None, *, sha256: str | None = None,
+                      overwrite: bool = False) -> Weights:
+    """Register a backbone file written by :func:`~rsmae.models.save_backbone`; its metadata fills the entry.
+
+    Args:
+        path: The ``backbone.safetensors``.
+        name: Registry name (default: the file's stem).
+        sha256: Expected hash (default: computed from the file now, so later changes are caught).
+        overwrite: Replace an entry of the same name.
+    """
+    meta = read_backbone_meta(path)
+    transforms = {"normalize": "(x - mean) / std", "gsd_pos_embed": meta.gsd_pos_embed,
+                  "reference_gsd": meta.reference_gsd}
+    return register_weights(name or Path(path).stem, path, sha256=sha256 or sha256_file(path),
+                            preset=meta.preset, bands=meta.bands, sensor=meta.sensor, mean=meta.mean,
+                            std=meta.std, transforms=transforms, overwrite=overwrite)
+
+
+def get_weights(name: str) -> Weights:
+    """The registered entry ``name``.
+
+    Raises:
+        WeightsError: listing the registered names when ``name`` is not one.
+    """
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none yet"
+        raise WeightsError(f"no weights named {name!r} (registered: {known}); register them with "
+                           "register_weights or register_backbone")
+    return _REGISTRY[name]
+
+
+def list_weights() -> list[str]:
+    """Registered names, sorted."""
+    return sorted(_REGISTRY)
