@@ -12,6 +12,9 @@ Layout (format version 2)::
       transform (slots, 6) float64   affine transform of each tile (GDAL order a, b, c, d, e, f
                                      as in ``affine.Affine``); the CRS is the scene's
       index    (tiles,) int64        slots holding a tile, in order (appended when finalising)
+      index_scene, index_row, index_col (tiles,) int32
+                                     ``scene``, ``row``, ``col`` of those slots: a dataset reads
+                                     its tile table from a few large chunks, not one per unit
       unit_done (units,) uint8       1 when a unit of work (one shard) has been fully written
       unit_count (units, 2) int64    tiles kept and dropped by each unit
       unit_hist (units, C, bins)     per-band value histograms of valid pixels (exact statistics)
@@ -51,6 +54,8 @@ from rsmae.scene_table import SceneTable, columns_from_records
 __all__ = ["CODECS", "FORMAT_VERSION", "ShardReader", "TileStore", "hist_bins", "remove_store"]
 
 FORMAT_VERSION = 2
+_INDEX_ARRAYS = {"index": "int64", "index_scene": "int32", "index_row": "int32",
+                 "index_col": "int32"}
 _READABLE = (1, 2)  # format 1: scene records in the root attributes (read-only here)
 # Tile codecs. lz4 decodes about 2x faster than zstd (data loading) and encodes about 4x faster
 # (tiling) for 10 % larger files; zstd for archives.
@@ -121,7 +126,8 @@ class TileStore:
                                fill_value=fill)
         group.create_array("transform", shape=(0, 6), chunks=(shard_tiles, 6), dtype="float64",
                            fill_value=0.0)
-        group.create_array("index", shape=(0,), chunks=(65536,), dtype="int64", fill_value=0)
+        for name, dt in _INDEX_ARRAYS.items():
+            group.create_array(name, shape=(0,), chunks=(65536,), dtype=dt, fill_value=0)
         group.create_array("unit_done", shape=(0,), chunks=(1,), dtype="uint8", fill_value=0)
         group.create_array("unit_count", shape=(0, 2), chunks=(1, 2), dtype="int64",
                            fill_value=0)
@@ -399,14 +405,29 @@ class TileStore:
 
     def write_index(self, slots: np.ndarray, *, start: int = 0) -> None:
         """Write the slots that hold tiles, in order, from position ``start`` (earlier ones kept)."""
-        index = self.array("index")
-        index.resize((start + len(slots),))
-        if len(slots):
-            index[start:] = slots.astype(np.int64)
+        slots = np.asarray(slots, dtype=np.int64)
+        values = {"index": slots}
+        if self.format > 1:
+            for name in ("scene", "row", "col"):
+                values[f"index_{name}"] = (self.array(name).get_orthogonal_selection((slots,))
+                                           if len(slots) else np.zeros(0, np.int32))
+        for name, column in values.items():
+            arr = self.array(name)
+            arr.resize((start + len(slots),))
+            if len(slots):
+                arr[start:] = column
 
     def index(self) -> np.ndarray:
         """Slots that hold tiles, in order."""
         return self.array("index")[:]
+
+    def tile_table(self) -> dict[str, np.ndarray]:
+        """``slot``, ``scene``, ``row``, ``col`` of every tile, in index order (a few reads)."""
+        slots = self.index()
+        if self.format == 1:
+            table = self.slot_table()
+            return {"slot": slots, **{k: table[k][slots] for k in ("scene", "row", "col")}}
+        return {"slot": slots, **{k: self.array(f"index_{k}")[:] for k in ("scene", "row", "col")}}
 
     def read_tiles(self, slots: np.ndarray) -> np.ndarray:
         """Read tiles at the given slots (any order) through zarr: ``(k, C, T, T)``."""

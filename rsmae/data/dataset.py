@@ -124,14 +124,13 @@ class ShardDataset(Dataset):
         parts = []
         label_of = {c: i for i, c in enumerate(self.classes)}
         for k, store in enumerate(opened):
-            slots = store.index()
-            table = store.slot_table()
-            scene = table["scene"][slots]
+            table = store.tile_table()
+            slots, scene = table["slot"], table["scene"]
             names, inverse = np.unique(self.scene_tables[k]["label"], return_inverse=True)
             codes = np.array([label_of.get(n, -1) for n in names.tolist()], dtype=np.int64)
             labels = codes[inverse.reshape(-1)]
-            part = np.stack([np.full(len(slots), k), slots, scene, table["row"][slots],
-                             table["col"][slots], labels[scene]], axis=1).astype(np.int64)
+            part = np.stack([np.full(len(slots), k), slots, scene, table["row"], table["col"],
+                             labels[scene]], axis=1).astype(np.int64)
             if keep is not None:
                 ids = self.scene_tables[k]["id"].tolist()
                 wanted = np.fromiter((i in keep for i in ids), dtype=bool, count=len(ids))
