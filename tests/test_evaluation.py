@@ -111,6 +111,8 @@ def test_label_fractions_are_stratified_and_reproducible() -> None:
     assert torch.bincount(labels[held]).tolist() == [5] * 4 and not set(keep.tolist()) & set(held.tolist())
     with pytest.raises(ValueError, match="label fraction"):
         label_subset(labels, "150%", 0)
+    with pytest.raises(ValueError, match="'abc': give a share in"):
+        label_subset(labels, "abc", 0)
 
 
 def test_metrics_against_hand_computed_values(tmp_path: Path) -> None:

@@ -86,3 +86,27 @@ def test_not_a_bigearthnet_folder_names_what_is_missing(tmp_path: Path) -> None:
     (root / "bigearthnet-test.csv").write_text("S2X_not_there,S1\n")
     with pytest.raises(InputNotFoundError, match="lists S2X_not_there"):
         load_bigearthnet(root, "test")
+
+
+def test_pipeline_scores_bigearthnet_and_names_a_bad_root(tmp_path: Path, capsys) -> None:
+    import json
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    from evaluate import main
+
+    backbone = str(_backbone(tmp_path / "b.safetensors", 8))
+    root = _layout(tmp_path / "ben")
+    assert main(["--task", "bigearthnet", "--backbone", backbone, "--protocol", "knn", "--root", str(root),
+                 "--cache-dir", ""]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["task"] == "bigearthnet" and 0 <= json.loads(last)["map"] <= 1
+    base = ["--task", "bigearthnet", "--backbone", backbone, "--protocol"]
+    assert main([*base, "knn"]) == 2
+    assert "needs --root" in capsys.readouterr().err
+    assert main([*base, "full", "--root", str(root)]) == 2
+    assert "choose one of knn, linear" in capsys.readouterr().err
+    assert main([*base, "knn", "--root", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a BigEarthNet-S2 v1.0 folder" in capsys.readouterr().err

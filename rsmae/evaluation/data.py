@@ -23,7 +23,7 @@ from torch import Tensor
 from rsmae.bands import get_layout, get_sensor
 from rsmae.datasets.scene_folder import SUFFIXES, SceneFolder
 from rsmae.errors import BandError, InputNotFoundError, RasterReadError
-from rsmae.models.weights import BackboneMeta, load_backbone, read_weights
+from rsmae.models.weights import BackboneMeta, load_backbone, read_backbone_meta
 
 __all__ = [
     "ClassificationData",
@@ -65,9 +65,12 @@ class ClassificationData:
 
 
 def backbone_meta(path: str | Path) -> BackboneMeta:
-    """The :class:`~rsmae.models.weights.BackboneMeta` stored in a backbone file."""
-    _, file_meta = read_weights(path)
-    return BackboneMeta.from_json(file_meta["rsmae"])
+    """The :class:`~rsmae.models.weights.BackboneMeta` stored in a backbone file.
+
+    Raises:
+        WeightsError: naming ``path`` when it is missing or not a backbone file, with the fix.
+    """
+    return read_backbone_meta(path)
 
 
 def task_bands(sensor: str, layout: str) -> tuple[str, ...]:
@@ -167,7 +170,10 @@ def label_subset(labels: Tensor, fraction: str | float, seed: int) -> Tensor:
     if text.endswith("-shot"):
         per_class = lambda n: min(n, int(text[:-5]))  # noqa: E731
     else:
-        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        try:
+            share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            share = -1.0  # reported below with the accepted forms
         if not 0 < share <= 1:
             raise ValueError(f"label fraction {fraction!r}: give a share in (0, 1], 'P%' or 'K-shot'")
         per_class = lambda n: max(1, math.ceil(share * n)) if share < 1 else n  # noqa: E731
