@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from timm.models.vision_transformer import VisionTransformer
+from timm.optim import Lamb
 from torch import Tensor
 
 from rsmae.augment import RSAugment
@@ -71,6 +72,9 @@ class PretrainTask(L.LightningModule):
         reference_gsd: GSD at which the scaled embedding equals the fixed one.
         consistency_weight: RC-MAE weight of the teacher-consistency term.
         teacher_momentum: RC-MAE EMA momentum at step 0 (cosine to 1 over the run).
+        optimizer: ``"adamw"`` (MAE's), ``"sgd"`` (with ``momentum``; weight decay as L2) or ``"lamb"``
+            (timm's LAMB); the optimizer sweep of the loss-landscape study compares them.
+        momentum: SGD momentum.
         base_lr: Learning rate per 256 samples: ``lr = base_lr * batch * accumulate * world / 256``.
         min_lr: Learning rate at the end of the cosine.
         weight_decay: AdamW weight decay (not applied to norms, biases, position embeddings, tokens).
@@ -110,6 +114,8 @@ class PretrainTask(L.LightningModule):
         reference_gsd: float = 10.0,
         consistency_weight: float = 1.0,
         teacher_momentum: float = 0.996,
+        optimizer: str = "adamw",
+        momentum: float = 0.9,
         base_lr: float = 1.5e-4,
         min_lr: float = 0.0,
         weight_decay: float = 0.05,
@@ -129,6 +135,8 @@ class PretrainTask(L.LightningModule):
         super().__init__()
         if method not in ("mae", "rcmae"):
             raise ModelConfigError(f"method={method!r}; choose 'mae' or 'rcmae'")
+        if optimizer not in OPTIMIZERS:
+            raise ModelConfigError(f"optimizer={optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.save_hyperparameters()
         encoder = create_encoder(preset, in_chans=in_chans, img_size=img_size, patch_size=patch_size,
                                  **(encoder_kwargs or {}))
@@ -361,12 +369,12 @@ class PretrainTask(L.LightningModule):
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
         fused = fused_adamw_available(self.device) and not (scaled and self.trainer.gradient_clip_val)
         fast = {"fused": True} if fused else {"foreach": True}
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **fast)
+        optimizer = _optimizer(hp.get("optimizer", "adamw"), groups, lr, hp, fast)
         warmup = hp.warmup_steps if hp.warmup_steps is not None else round(0.05 * self._total_steps)
         schedule = WarmupCosine(warmup, self._total_steps, hp.min_lr / lr if lr > 0 else 0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        _logger.info("lr %.3g (base %.3g x %d / 256), %d steps, warmup %d, %s", lr, hp.base_lr, effective,
-                     self._total_steps, warmup, next(iter(fast)))
+        _logger.info("%s lr %.3g (base %.3g x %d / 256), %d steps, warmup %d, %s", type(optimizer).__name__,
+                     lr, hp.base_lr, effective, self._total_steps, warmup, next(iter(fast)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -395,3 +403,16 @@ def export_backbone(checkpoint: str | Path, out: str | Path,
     meta = task.backbone_meta(weights)
     meta.source += f" ({Path(checkpoint).name})"
     return save_backbone(task.encoder(weights), out, meta)
+
+
+OPTIMIZERS = ("adamw", "sgd", "lamb")
+
+
+def _optimizer(name: str, groups: list[dict], lr: float, hp: Any, fast: dict[str, bool]
+               ) -> torch.optim.Optimizer:
+    """AdamW (MAE's), SGD with momentum (weight decay as L2) or LAMB (timm's, layer-wise trust ratio)."""
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=hp.get("momentum", 0.9), foreach=True)
+    if name == "lamb":
+        return Lamb(groups, lr=lr, betas=tuple(hp.betas))
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **fast)
