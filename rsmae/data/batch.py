@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-__all__ = ["TileBatch", "batch_tensor"]
+__all__ = ["TileBatch", "batch_tensor", "batch_tensors"]
 
 
 def batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> tuple[torch.Tensor, np.ndarray]:
@@ -31,6 +31,32 @@ def batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> tuple[torch.Tensor,
     if get_worker_info() is not None:  # sent to the main process: allocate it where it is sent from
         tensor.share_memory_()
     return tensor, tensor.numpy()
+
+
+def batch_tensors(n: int, tile_shape: tuple[int, ...], dtype: np.dtype) -> dict[str, torch.Tensor]:
+    """Uninitialised ``image``, ``gsd``, ``label``, ``index`` tensors of a batch, views of one storage.
+
+    Inside a DataLoader worker the storage is in shared memory. One storage per batch is one
+    transfer to the main process instead of one per tensor: each shared storage is passed as its
+    own file descriptor, and with four of them the transport alone halved the samples/s of
+    64 px uint8 batches (measured on a 2-core EPYC).
+
+    Args:
+        n: Batch size.
+        tile_shape: ``(C, H, W)``.
+        dtype: NumPy dtype of the images.
+    """
+    dtype = np.dtype(dtype)
+    image_bytes = n * int(np.prod(tile_shape)) * dtype.itemsize
+    gsd_at = -(-image_bytes // 8) * 8  # 8-byte aligned views after the images
+    label_at = gsd_at + -(-4 * n // 8) * 8
+    index_at = label_at + 8 * n
+    buffer, _ = batch_tensor((index_at + 8 * n,), np.dtype(np.uint8))
+    image_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    return {"image": buffer[:image_bytes].view(image_dtype).view(n, *tile_shape),
+            "gsd": buffer[gsd_at : gsd_at + 4 * n].view(torch.float32),
+            "label": buffer[label_at:index_at].view(torch.int64),
+            "index": buffer[index_at:].view(torch.int64)}
 
 
 class TileBatch(Sequence[dict[str, Any]]):

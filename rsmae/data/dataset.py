@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from rsmae.bands import check_bands
-from rsmae.data.batch import TileBatch, batch_tensor
+from rsmae.data.batch import TileBatch, batch_tensors
 from rsmae.errors import BandError
 from rsmae.shards import TileReader
 from rsmae.store import TileStore
@@ -180,29 +180,30 @@ class ShardDataset(Dataset):
         rows = self.table[index]
         stores = np.unique(rows[:, 0]).tolist()
         first = self._arrays(stores[0] if stores else 0)
-        shape = (len(rows), *first.tile_shape)
-        image, pixels = batch_tensor(shape, first.dtype) if self.native else (None, first.empty(len(rows)))
+        tensors = batch_tensors(len(rows), first.tile_shape,
+                                first.dtype if self.native else np.dtype(np.float32))
+        out = tensors["image"].numpy()
+        pixels = out if self.native else first.empty(len(rows))
         if len(stores) <= 1:
             first.read(rows[:, 1], out=pixels)
         else:
             for k in stores:
                 where = np.flatnonzero(rows[:, 0] == k)
                 pixels[where] = self._arrays(k).read(rows[where, 1])
-        if image is None:
-            image, out = batch_tensor(shape, np.dtype(np.float32))
-            if self.normalize:
-                np.subtract(pixels, self._shift, out=out)
-                np.multiply(out, self._scale, out=out)
-            else:
-                out[...] = pixels
-        return self._sample(index, rows, image)
+        if not self.native and self.normalize:
+            np.subtract(pixels, self._shift, out=out)
+            np.multiply(out, self._scale, out=out)
+        elif not self.native:
+            out[...] = pixels
+        return self._sample(index, rows, tensors)
 
-    def _sample(self, index: np.ndarray, rows: np.ndarray, image: torch.Tensor) -> TileBatch:
-        """The batch of tiles ``index`` (table ``rows``) with their ``(B, C, H, W)`` images."""
-        gsd = np.asarray(self.gsd, dtype=np.float32)[rows[:, 0]]
-        return TileBatch({"image": image, "gsd": torch.from_numpy(gsd),
-                          "label": torch.from_numpy(np.ascontiguousarray(rows[:, 5])),
-                          "index": torch.from_numpy(index.copy())})
+    def _sample(self, index: np.ndarray, rows: np.ndarray, tensors: dict[str, torch.Tensor]
+                ) -> TileBatch:
+        """Fill the ``gsd``, ``label``, ``index`` of a batch whose images are read; wrap it."""
+        tensors["gsd"].numpy()[:] = np.asarray(self.gsd, dtype=np.float32)[rows[:, 0]]
+        tensors["label"].numpy()[:] = rows[:, 5]
+        tensors["index"].numpy()[:] = index
+        return TileBatch(tensors)
 
 
 def describe_data(dataset: ShardDataset) -> dict[str, Any]:
