@@ -91,7 +91,7 @@ def profile_loader_child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader, Dataset, default_collate
 
-    from rsmae.data.batch import TileBatch, batch_tensor
+    from rsmae.data.batch import TileBatch, batch_tensors
     from rsmae.data.dataset import ShardDataset
     from rsmae.data.sampler import ShardSampler
 
@@ -113,7 +113,7 @@ def profile_loader_child(spec: dict[str, Any]) -> dict[str, Any]:
     native_dtype = reader.dtype
 
     class Batched(Dataset):
-        """Zero-cost batches: ``__getitems__`` returns a TileBatch of uninitialised tensors."""
+        """Zero-cost batches: ``__getitems__`` returns a TileBatch of uninitialised tensors (one storage)."""
 
         def __init__(self, dtype: Any) -> None:
             self.dtype = dtype
@@ -122,10 +122,7 @@ def profile_loader_child(spec: dict[str, Any]) -> dict[str, Any]:
             return 10**8
 
         def __getitems__(self, indices: list[int]) -> TileBatch:
-            image, _ = batch_tensor((len(indices), c, tile, tile), self.dtype)
-            zeros = torch.zeros(len(indices), dtype=torch.int64)
-            return TileBatch({"image": image, "gsd": zeros.float(), "label": zeros,
-                              "index": zeros.clone()})
+            return TileBatch(batch_tensors(len(indices), (c, tile, tile), self.dtype))
 
     class Constant(Dataset):
         """Zero-cost samples: a copy of a real ShardDataset sample, or its image alone."""
