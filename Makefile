@@ -40,8 +40,8 @@ demo: $(STAMP)
 	@echo "scenes (25 Sentinel-2 L1C scenes, about 1330 tiles of 64 px; no EuroSAT or oscd_subset image, so"
 	@echo "the EuroSAT probe scores unseen images): a small corpus that shows the pipeline and a learning"
 	@echo "signal, not a useful backbone. Point --data.stores at your own stores."
-	$(BIN)/python pipelines/pretrain.py fit --config configs/pretrain/mae_tiny.yaml \
-		--data.stores '[$(OUT)/s2_l1c.zarr]'
+	$(BIN)/python pipelines/pretrain.py fit --config configs/pretrain/base.yaml \
+		--config configs/pretrain/mae_tiny.yaml --data.stores '[$(OUT)/s2_l1c.zarr]'
 	$(BIN)/python pipelines/report.py runs/mae_tiny
 	@echo "Transfer to EuroSAT (scored on its test split): the demo MAE against a random init of the same ViT"
 	$(BIN)/python benchmarks/transfer.py --config configs/bench/demo.yaml --results $(OUT)/transfer

@@ -11,28 +11,44 @@ from conftest import EUROSAT, ROOT
 
 from rsmae.data import TileDataModule
 
+PRETRAIN = ROOT / "configs" / "pretrain"
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """``override`` over ``base`` as LightningCLI merges two ``--config``: key by key, lists replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merged(base[key], value) if both else value
+    return out
+
+
+def shipped_config(name: str) -> dict:
+    """``configs/pretrain/base.yaml`` with the override ``configs/pretrain/<name>.yaml``, unresolved."""
+    base = yaml.safe_load((PRETRAIN / "base.yaml").read_text())
+    return _merged(base, yaml.safe_load((PRETRAIN / f"{name}.yaml").read_text()))
+
 
 def _config(tmp: Path, store: Path, method: str = "mae", *, steps: int = 4, every: int = 2,
             batch_size: int = 8, probe: bool = False, callbacks: list[dict] | None = None,
             trainer_args: dict | None = None, workers: int = 0, **model: Any) -> Path:
     """The shipped tiny config with a smaller model and run, writing under ``tmp``.
 
-    ``every``: steps between checkpoints, reconstruction images and validations (1 batch).
+    ``every``: steps between checkpoints, reconstruction images and validations (1 batch). The run
+    folder is only set as ``trainer.default_root_dir``: the loggers and checkpoints follow it.
     """
-    cfg = yaml.safe_load((ROOT / "configs" / "pretrain" / f"{method}_tiny.yaml").read_text())
+    cfg = shipped_config(f"{method}_tiny")
     trainer = cfg["trainer"]
     trainer.update({"max_steps": steps, "log_every_n_steps": 1, "val_check_interval": every,
                     "check_val_every_n_epoch": 1, "limit_val_batches": 1, "enable_progress_bar": False,
                     "enable_model_summary": False, "default_root_dir": str(tmp), **(trainer_args or {})})
     if not probe:
         trainer["callbacks"] = [c for c in trainer["callbacks"] if "ProbeCallback" not in c["class_path"]]
-    for logger in trainer["logger"]:
-        logger["init_args"]["save_dir"] = str(tmp)
     for cb in trainer["callbacks"]:
         args = cb.setdefault("init_args", {})
         name = cb["class_path"].rsplit(".", 1)[-1]
         if name == "ModelCheckpoint":
-            args.update(dirpath=str(tmp / "checkpoints"), every_n_train_steps=every)
+            args.update(every_n_train_steps=every)
         elif name == "ReconstructionImages":
             args.update(every_n_steps=every, num_images=4)
         elif name == "ProbeCallback":

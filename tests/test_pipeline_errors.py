@@ -86,8 +86,9 @@ def test_export_bad_checkpoints(capsys, checkpoints, tmp_path):
 
 
 def _fit(store: Path, tmp: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(ROOT / "configs" / "pretrain" / "mae_tiny.yaml"), "--data.stores",
-            f"[{store}]", "--data.num_workers", "0", "--trainer.max_steps", "1",
+    configs = ROOT / "configs" / "pretrain"
+    return ["fit", "--config", str(configs / "base.yaml"), "--config", str(configs / "mae_tiny.yaml"),
+            "--data.stores", f"[{store}]", "--data.num_workers", "0", "--trainer.max_steps", "1",
             "--trainer.default_root_dir", str(tmp), *extra]
 
 

@@ -86,7 +86,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     path = Path(spec.path)
     if not path.is_file():
         raise InputNotFoundError(f"model {spec.name!r}: {path} not found; train it first (e.g. "
-                                 "python pipelines/pretrain.py fit --config configs/pretrain/mae_tiny.yaml)")
+                                 "python pipelines/pretrain.py fit --config configs/pretrain/base.yaml "
+                                 "--config configs/pretrain/mae_tiny.yaml)")
     if spec.kind == "pretrain":
         return _load_pretrain(spec, path)
     encoder = load_backbone(path)
