@@ -1,5 +1,9 @@
 """Tile multispectral scenes into a sharded Zarr v3 store.
 
+Exit status: 0 done; 2 bad input or options (error: ...; nothing changed); 3 done, but some scenes
+were skipped (unreadable, wrong bands, no kept tile: listed, and recorded in the store; rerun after
+fixing or removing their files to complete it; --strict fails instead).
+
 Example:
     python pipelines/tile.py ../shared/data/bigearthnet_s2_samples --sensor s2-l2a \
         --tile-size 60 --out stores/bigearthnet.zarr
@@ -20,7 +24,8 @@ from rsmae.tiling import TileConfig, tile_scenes
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("Example:")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="raster files, folders or globs")
     p.add_argument("--out", required=True, help="store path (STORE.zarr)")
     p.add_argument("--tile-size", type=int, default=128)
@@ -40,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dask", nargs="?", const=True, default=None, metavar="ADDRESS",
                    help="run on Dask: a LocalCluster, or the scheduler at ADDRESS")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--strict", action="store_true", help="a bad scene fails the run (exit 2)")
+    p.add_argument("--mix-product-levels", action="store_true", help="allow S2 L1C with L2A")
+    p.add_argument("--break-lock", action="store_true", help="take over another host's lock")
     return p.parse_args(argv)
 
 
@@ -52,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         bands=tuple(args.bands.split(",")) if args.bands else None, band_order=args.band_order,
         resolution=args.resolution, max_nodata=args.max_nodata, nodata=args.nodata,
         shard_tiles=args.shard_tiles, codec=args.codec, label_from_dir=args.label_from_dir,
-    )
+        mix_product_levels=args.mix_product_levels, strict=args.strict)
     bar = tqdm(unit="shard", desc="tiling", disable=None)
 
     def progress(result: object, total: int) -> None:
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["pipelines/tile.py", *(argv if argv is not None else sys.argv[1:])])
     try:
         s = tile_scenes(args.inputs, args.out, config, workers=args.workers, dask=args.dask,
-                        overwrite=args.overwrite, command=command, on_unit=progress)
+                        overwrite=args.overwrite, command=command, on_unit=progress,
+                        break_lock=args.break_lock)
     except RsmaeError as err:
         bar.close()
         print(f"error: {err}", file=sys.stderr)
@@ -73,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'band':>5} {'mean':>10} {'std':>10} {'p01':>8} {'p99':>8}")
     for band, st in s.stats.items():
         print(f"{band:>5} {st['mean']:10.4g} {st['std']:10.4g} {st['p01']:8.4g} {st['p99']:8.4g}")
-    return 0
+    for skip in s.skipped:
+        print(f"skipped {skip.scene_id}: {skip.reason}", file=sys.stderr)
+    if s.skipped:
+        print(f"{len(s.skipped)} scene(s) skipped (recorded in {s.store}); fix or remove their "
+              "files and rerun to complete the store", file=sys.stderr)
+    return 3 if s.skipped else 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,15 @@ Layout (group ``scenes`` of a tile store of format 2)::
       file_end    (scenes,) int64      end of the scene's files in ``files`` (cumulative count)
       files       (files,) string      source files of every scene, in scene order
       n_tiles     (scenes,) int64      tiles kept per scene (written when the run finishes)
+      product_level (scenes,) string   Sentinel-2 ``L1C``/``L2A`` from the product, "" when unknown
+      baseline    (scenes,) string     processing baseline (``04.00``), "" when unknown
+      offset      (scenes,) float64    radiometric offset applied on read (``-1000`` for baseline
+                                       >= 04.00, 0 when none; NaN when the bands differ)
+
+Stores written before ``product_level``, ``baseline`` and ``offset`` existed lack those arrays:
+they read as "", "" and 0, and the arrays are created (earlier rows filled so) on the next append.
+A row whose ``id`` is "" belongs to a scene a run registered but skipped (unreadable band, no
+kept tile): it holds no tile, and the store's ``skipped`` table names it (``rsmae/store.py``).
 
 Rows are appended: a run resizes the columns and writes only its new rows. The store's
 ``n_scenes`` attribute counts the valid rows; rows past it (a registration killed before that
@@ -40,9 +49,11 @@ _ARRAYS: dict[str, tuple[Any, Any, tuple[int, ...]]] = {
     "split": (str, "", ()), "crs": ("int32", -1, ()), "transform": ("float64", 0.0, (6,)),
     "width": ("int64", 0, ()), "height": ("int64", 0, ()), "nodata": ("float64", np.nan, ()),
     "file_end": ("int64", 0, ()), "n_tiles": ("int64", 0, ()),
+    "product_level": (str, "", ()), "baseline": (str, "", ()), "offset": ("float64", 0.0, ()),
 }
+_ADDED = ("product_level", "baseline", "offset")  # absent from the first format-2 stores
 COLUMNS = ("id", "sensor", "date", "label", "split", "crs", "transform", "width", "height",
-           "nodata", "files", "n_tiles")
+           "nodata", "files", "n_tiles", "product_level", "baseline", "offset")
 """Columns :meth:`SceneTable.read` returns (``crs`` decoded to strings, ``files`` as tuples)."""
 
 
@@ -63,6 +74,8 @@ def columns_from_records(records: Sequence[dict[str, Any]]) -> dict[str, np.ndar
                            dtype=np.float64),
         "files": _tuples([tuple(r["files"]) for r in records]),
         "n_tiles": np.zeros(len(records), dtype=np.int64),
+        "product_level": text("product_level"), "baseline": text("baseline"),
+        "offset": np.zeros(len(records), dtype=np.float64),
     }
 
 
@@ -95,6 +108,27 @@ class SceneTable:
             self._arrays[name] = self._group[name]
         return self._arrays[name]
 
+    def _has(self, name: str) -> bool:
+        return name in self._arrays or name in self._group
+
+    def _fill(self, name: str, n: int) -> np.ndarray:
+        """Column ``name`` of ``n`` rows at its fill value (a column an older store lacks)."""
+        dtype, fill, tail = _ARRAYS[name]
+        if dtype is str:
+            return np.full((n, *tail), fill, dtype=np.dtypes.StringDType())
+        return np.full((n, *tail), fill, dtype=dtype)
+
+    def _added_array(self, name: str, rows: int) -> zarr.Array:
+        """A column of :data:`_ADDED`, created with ``rows`` filled rows when the store lacks it."""
+        if not self._has(name):
+            dtype, fill, tail = _ARRAYS[name]
+            arr = self._group.create_array(name, shape=(rows, *tail), chunks=(_CHUNK, *tail),
+                                           dtype=dtype, fill_value=fill)
+            if rows:
+                arr[:] = self._fill(name, rows)
+            self._arrays[name] = arr
+        return self._array(name)
+
     def read(self, columns: Sequence[str] | None, start: int, stop: int) -> dict[str, np.ndarray]:
         """Columns of rows ``start:stop``.
 
@@ -114,6 +148,8 @@ class SceneTable:
                 out[name] = values[self._array("crs")[start:stop]]
             elif name == "files":
                 out[name] = self._files(start, stop)
+            elif name in _ADDED and not self._has(name):
+                out[name] = self._fill(name, max(stop - start, 0))
             elif name in _ARRAYS and name != "file_end":
                 out[name] = self._array(name)[start:stop]
             else:
@@ -134,7 +170,8 @@ class SceneTable:
         Args:
             first: Row of the first new scene (the number of valid rows).
             rows: Every column of :data:`COLUMNS` but ``n_tiles``; ``crs`` as strings and
-                ``files`` as sequences of paths, one per scene.
+                ``files`` as sequences of paths, one per scene. Columns of :data:`_ADDED` may
+                be left out (written at their fill value).
         """
         k = len(rows["id"])
         stop = first + k
@@ -144,8 +181,10 @@ class SceneTable:
         values = {**{n: rows[n] for n in _ARRAYS if n in rows and n != "crs"},
                   "crs": self._crs_codes(rows["crs"]), "file_end": ends,
                   "n_tiles": np.zeros(k, dtype=np.int64)}
+        for name in _ADDED:
+            values.setdefault(name, self._fill(name, k))
         for name, column in values.items():
-            arr = self._array(name)
+            arr = self._added_array(name, first) if name in _ADDED else self._array(name)
             arr.resize((stop, *arr.shape[1:]))
             if k:
                 arr[first:stop] = np.asarray(column)
@@ -173,9 +212,16 @@ class SceneTable:
         if len(counts):
             self._array("n_tiles")[first : first + len(counts)] = counts.astype(np.int64)
 
+    def clear_ids(self, rows: Sequence[int]) -> None:
+        """Set the ``id`` of ``rows`` to "" (scenes a run registered but skipped)."""
+        arr = self._array("id")
+        for row in rows:
+            arr[int(row)] = ""
+
     def truncate(self, n: int) -> None:
         """Keep the first ``n`` rows (and their files)."""
         end = int(self._array("file_end")[n - 1]) if n else 0
         for name, (_, _, tail) in _ARRAYS.items():
-            self._array(name).resize((n, *tail))
+            if self._has(name):
+                self._array(name).resize((n, *tail))
         self._array("files").resize((end,))

@@ -19,10 +19,17 @@ Layout (format version 2)::
       unit_count (units, 2) int64    tiles kept and dropped by each unit
       unit_hist (units, C, bins)     per-band value histograms of valid pixels (exact statistics)
       unit_moments (units, C, 3)     per-band count, sum, sum of squares (float64)
+      unit_skip (units,) string      JSON ``{scene index: reason}`` of the scenes a unit left out
+                                     (their files failed to read), "" when none
       batches  (runs, 4) int64       scenes ``first:last`` and units ``start:stop`` each run added
       stats_hist (2, C, bins) int64  running totals of ``unit_hist`` over the finished units, in
       stats_moments (2, C, 3)        two buffers: the committed one and the one a run writes
       scenes/                        the scene table, one row per scene (``rsmae/scene_table.py``)
+      skipped/                       scenes the store does not hold because they failed (an
+        id, file, reason (n,) string unreadable or damaged file, no kept tile): scene id, its
+        batch, row (n,) int64        first file, the error, the run that last tried it, its row
+                                     in the scene table (-1: never registered); rewritten by
+                                     each run (a scene tiled later leaves it)
 
 Work is cut into *units* of ``shard_tiles`` consecutive windows; unit ``u`` owns shard ``u`` and
 chunk ``u`` of every per-slot array, so parallel writers never touch the same file and the output
@@ -31,12 +38,14 @@ attribute is written last. The root attribute ``committed`` holds the counts of 
 state (scenes, batches, units, tiles, statistics buffer), so an append never rewrites what is
 per scene and a failed append can be undone.
 
-Stores of format 1 (scene records as JSON in the root attributes) still open for reading; tiling
-more scenes into one needs a new store (``--overwrite``).
+The first format-2 stores lack ``unit_skip`` and ``skipped``: they read as empty and are
+created on the next append. Stores of format 1 (scene records as JSON in the root attributes)
+still open for reading; tiling more scenes into one needs a new store (``--overwrite``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -129,6 +138,7 @@ class TileStore:
         for name, dt in _INDEX_ARRAYS.items():
             group.create_array(name, shape=(0,), chunks=(65536,), dtype=dt, fill_value=0)
         group.create_array("unit_done", shape=(0,), chunks=(1,), dtype="uint8", fill_value=0)
+        group.create_array("unit_skip", shape=(0,), chunks=(1,), dtype=str, fill_value="")
         group.create_array("unit_count", shape=(0, 2), chunks=(1, 2), dtype="int64",
                            fill_value=0)
         bins = hist_bins(dtype)
@@ -263,8 +273,9 @@ class TileStore:
 
         Args:
             columns: Names among ``id``, ``sensor``, ``date``, ``label``, ``split``, ``crs``,
-                ``transform``, ``width``, ``height``, ``nodata``, ``files``, ``n_tiles``
-                (default: all). Read only what you need: each is one array read.
+                ``transform``, ``width``, ``height``, ``nodata``, ``files``, ``n_tiles``,
+                ``product_level``, ``baseline``, ``offset`` (default: all). Read only what
+                you need: each is one array read.
             start: First scene.
             stop: End scene (default: every registered scene).
 
@@ -333,6 +344,10 @@ class TileStore:
 
     def resize_units(self, n_units: int) -> None:
         """Grow (or shrink) every array to hold ``n_units`` units of ``shard_tiles`` slots."""
+        if "unit_skip" not in self._group:  # a store made before skipped scenes were recorded
+            self._group.create_array("unit_skip", shape=(0,), chunks=(1,), dtype=str,
+                                     fill_value="")
+        self.array("unit_skip").resize((n_units,))
         slots = n_units * self.shard_tiles
         images = self.array("images")
         images.resize((slots, *images.shape[1:]))
@@ -347,9 +362,49 @@ class TileStore:
         """Units the per-unit arrays hold (more than ``n_units`` after a killed registration)."""
         return int(self.array("unit_done").shape[0])
 
-    def units_done(self) -> np.ndarray:
-        """Boolean array: which units are fully written."""
-        return self.array("unit_done")[:].astype(bool)
+    def unit_skips(self, start: int, stop: int) -> dict[int, str]:
+        """Scenes left out by units ``start:stop`` (scene index -> reason), in unit order."""
+        if stop <= start or "unit_skip" not in self._group:
+            return {}
+        out: dict[int, str] = {}
+        for text in self.array("unit_skip")[start:stop].tolist():
+            if text:
+                for scene, reason in json.loads(text).items():
+                    out.setdefault(int(scene), reason)
+        return out
+
+    def skipped(self) -> dict[str, np.ndarray]:
+        """The ``skipped`` table: ``id``, ``file``, ``reason`` (strings), ``batch``, ``row``."""
+        if self.format < 2 or "skipped" not in self._group:
+            text = np.zeros(0, dtype=np.dtypes.StringDType())
+            return {"id": text, "file": text, "reason": text,
+                    "batch": np.zeros(0, np.int64), "row": np.zeros(0, np.int64)}
+        group = self._group["skipped"]
+        return {name: group[name][:] for name in ("id", "file", "reason", "batch", "row")}
+
+    def write_skipped(self, table: dict[str, Sequence[Any]]) -> None:
+        """Replace the ``skipped`` table (columns as :meth:`skipped` returns)."""
+        if "skipped" not in self._group:
+            group = self._group.create_group("skipped")
+            for name in ("id", "file", "reason"):
+                group.create_array(name, shape=(0,), chunks=(4096,), dtype=str, fill_value="")
+            for name in ("batch", "row"):
+                group.create_array(name, shape=(0,), chunks=(4096,), dtype="int64", fill_value=-1)
+        group = self._group["skipped"]
+        for name in ("id", "file", "reason", "batch", "row"):
+            values = np.asarray(table[name], dtype=np.dtypes.StringDType()
+                                if name in ("id", "file", "reason") else np.int64)
+            group[name].resize((len(values),))
+            if len(values):
+                group[name][:] = values
+
+    def clear_scene_ids(self, rows: Sequence[int]) -> None:
+        """Mark scene-table rows as skipped scenes (their ``id`` becomes "")."""
+        self._scene_table().clear_ids(rows)
+
+    def units_done(self, start: int = 0) -> np.ndarray:
+        """Boolean array: which units ``start:`` are fully written (index 0 is unit ``start``)."""
+        return self.array("unit_done")[start:].astype(bool)
 
     def write_unit(
         self,
@@ -359,6 +414,8 @@ class TileStore:
         counts: tuple[int, int],
         hist: np.ndarray,
         moments: np.ndarray,
+        *,
+        skipped: dict[int, str] | None = None,
     ) -> None:
         """Write one unit's tiles, slot metadata and statistics; mark it done last.
 
@@ -370,6 +427,7 @@ class TileStore:
             counts: Tiles kept and dropped.
             hist: ``(C, bins)`` histogram of valid pixels.
             moments: ``(C, 3)`` count, sum, sum of squares of valid pixels.
+            skipped: Scenes the unit left out (index -> reason).
         """
         start = unit * self.shard_tiles
         k = len(tiles)
@@ -385,6 +443,8 @@ class TileStore:
         self.array("unit_count")[unit] = np.asarray(counts, dtype=np.int64)
         self.array("unit_hist")[unit] = hist
         self.array("unit_moments")[unit] = moments
+        self.array("unit_skip")[unit] = json.dumps({str(k): v for k, v in sorted(
+            (skipped or {}).items())}) if skipped else ""
         self.array("unit_done")[unit] = 1
 
     def slot_table(self) -> dict[str, np.ndarray]:

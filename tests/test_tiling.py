@@ -255,10 +255,15 @@ def test_l1c_and_l2a_share_a_store_by_band_names(tmp_path: Path) -> None:
     l2a = "B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B11,B12"
     tile_scenes([str(OSCD / "pisa" / "imgs_1")], out,
                 TileConfig(tile_size=60, sensor="s2-l1c", bands=tuple(l2a.split(","))))
+    with pytest.raises(Exception, match="mix Sentinel-2 product levels.*--mix-product-levels"):
+        tile_scenes([str(BIGEARTHNET)], out,
+                    TileConfig(tile_size=60, sensor="s2-l2a", bands=tuple(l2a.split(","))))
     summary = tile_scenes([str(BIGEARTHNET)], out,
-                          TileConfig(tile_size=60, sensor="s2-l2a", bands=tuple(l2a.split(","))))
+                          TileConfig(tile_size=60, sensor="s2-l2a", bands=tuple(l2a.split(",")),
+                                     mix_product_levels=True))
     store = TileStore.open(out)
     assert summary.new_scenes == 6 and store.band_names == l2a.split(",")
     assert set(store.scenes(["sensor"])["sensor"].tolist()) == {"s2-l1c", "s2-l2a"}
+    assert set(store.scenes(["product_level"])["product_level"].tolist()) == {"L1C", "L2A"}
     with pytest.raises(Exception, match="another configuration"):
         tile_scenes([str(OSCD / "saclay_e" / "imgs_1")], out, TileConfig(tile_size=60))  # 13 bands

@@ -180,7 +180,7 @@ def test_unknown_sensor_and_band(tmp_path, capsys):
     assert "no band 'B99'" in err
 
 
-def test_failed_append_rolls_back(tmp_path, capsys):
+def test_failed_append_rolls_back_when_strict_else_skips(tmp_path, capsys):
     out = tmp_path / "s.zarr"
     good = OSCD / "pisa" / "imgs_1"
     assert tile.main([str(good), "--tile-size", "64", "--out", str(out)]) == 0
@@ -188,12 +188,18 @@ def test_failed_append_rolls_back(tmp_path, capsys):
     bad = tmp_path / "bad" / "imgs_1"
     shutil.copytree(OSCD / "saclay_e" / "imgs_1", bad)
     victim = next(bad.glob("*_B03.tif"))
-    victim.write_bytes(victim.read_bytes()[:-200000])
-    err = _run([str(good), str(bad), "--tile-size", "64"], out, capsys)
+    victim.write_bytes(victim.read_bytes()[:-200000])  # the header is intact: fails while reading
+    err = _run([str(good), str(bad), "--tile-size", "64", "--strict"], out, capsys)
     assert "_B03.tif" in err
     from rsmae.store import TileStore
     store = TileStore.open(out)  # still the finished one-scene store
     assert store.n_scenes == 1 and store.complete
+    tiles = store.attrs["tiles"]
+    assert tile.main([str(good), str(bad), "--tile-size", "64", "--out", str(out)]) == 3
+    assert "skipped bad/imgs_1: " in capsys.readouterr().err
+    store = TileStore.open(out)  # the damaged scene left no tile; it is recorded
+    assert store.complete and store.attrs["tiles"] == tiles
+    assert store.skipped()["id"].tolist() == ["bad/imgs_1"] and "_B03.tif" in store.skipped()["reason"][0]
 
 
 def test_symlink_to_missing_content(tmp_path, capsys):

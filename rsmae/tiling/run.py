@@ -16,13 +16,15 @@ import rsmae
 from rsmae.bands import Sensor, get_sensor
 from rsmae.errors import RsmaeError, StoreConfigError, StoreError, TilingError
 from rsmae.store import CODECS, TileStore, remove_store
-from rsmae.tiling.executor import execute
+from rsmae.tiling.finalise import RunContext, finalise, rollback, unit_tasks
 from rsmae.tiling.grid import Grid, gdal_env, scene_grid
+from rsmae.tiling.lock import store_lock
+from rsmae.tiling.products import check_product_levels
 from rsmae.tiling.scenes import Scene, discover_scenes
-from rsmae.tiling.stats import summarise
-from rsmae.tiling.units import UnitResult, UnitTask, plan_units, windows
+from rsmae.tiling.skips import SkippedScene, no_scene_error, record_skipped
+from rsmae.tiling.units import UnitResult, plan_units, windows
 
-__all__ = ["TileConfig", "TileSummary", "tile_scenes"]
+__all__ = ["SkippedScene", "TileConfig", "TileSummary", "tile_scenes"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ class TileConfig:
         shard_tiles: Tiles per shard file.
         codec: Tile compression: ``lz4`` (fast) or ``zstd`` (smaller).
         label_from_dir: Take each scene's class label from its parent folder.
+        mix_product_levels: Accept Sentinel-2 L1C and L2A scenes in one store.
+        strict: All or nothing: a scene that fails (unreadable, wrong bands, no kept tile) fails
+            the run and rolls it back, instead of being skipped and recorded.
     """
 
     tile_size: int = 128
@@ -56,6 +61,8 @@ class TileConfig:
     shard_tiles: int = 64
     codec: str = "lz4"
     label_from_dir: bool = False
+    mix_product_levels: bool = False
+    strict: bool = False
 
     def validate(self) -> None:
         """Raise :class:`TilingError` on impossible numbers."""
@@ -92,7 +99,7 @@ class TileConfig:
 
 @dataclass
 class TileSummary:
-    """What a tiling run did."""
+    """What a tiling run did; ``skipped``: the scenes it left out (none when strict)."""
 
     store: str
     scenes: int
@@ -103,6 +110,7 @@ class TileSummary:
     bytes_written: int
     seconds: float
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    skipped: list[SkippedScene] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -113,12 +121,20 @@ class _Planned:
     nodata: float | None
 
 
-def _plan_scenes(scenes: Sequence[Scene], config: TileConfig) -> list[_Planned]:
+def _plan_scenes(
+    scenes: Sequence[Scene], config: TileConfig
+) -> tuple[list[_Planned], list[tuple[Scene, RsmaeError]]]:
+    """Grids of the scenes; scenes whose files fail are returned apart (raised when strict)."""
     sensor = get_sensor(config.sensor)
-    planned = []
+    planned, failed = [], []
     with gdal_env():
         for scene in scenes:
-            planned.append(_plan_one(scene, sensor, config))
+            try:
+                planned.append(_plan_one(scene, sensor, config))
+            except RsmaeError as err:
+                if config.strict:
+                    raise
+                failed.append((scene, err))
     dtypes = sorted({p.dtype for p in planned})
     if len(dtypes) > 1:
         raise TilingError(f"scenes mix dtypes {dtypes}; tile them into separate stores")
@@ -126,7 +142,7 @@ def _plan_scenes(scenes: Sequence[Scene], config: TileConfig) -> list[_Planned]:
     if plain:
         log.warning("%d scene(s) have no georeferencing (e.g. %s): their tiles keep pixel "
                     "coordinates (identity transform, no CRS)", len(plain), plain[0])
-    return planned
+    return planned, failed
 
 
 def _plan_one(scene: Scene, sensor: Sensor, config: TileConfig) -> _Planned:
@@ -155,7 +171,16 @@ def _scene_rows(planned: Sequence[_Planned], sensor: str) -> dict[str, Any]:
         "height": np.array([p.grid.height for p in planned], np.int64),
         "nodata": np.array([np.nan if p.nodata is None else p.nodata for p in planned], np.float64),
         "files": [s.files for s in scenes],
+        "product_level": text([s.product_level for s in scenes]),
+        "baseline": text([s.baseline for s in scenes]),
+        "offset": np.array([_offset(s) for s in scenes], np.float64),
     }
+
+
+def _offset(scene: Scene) -> float:
+    """The radiometric offset applied to the scene's bands (NaN when the bands differ)."""
+    values = set(scene.offset)
+    return float(values.pop()) if len(values) == 1 else float("nan")
 
 
 def _check_out(path: Path) -> None:
@@ -180,13 +205,17 @@ def tile_scenes(
     overwrite: bool = False,
     command: str = "",
     on_unit: Callable[[UnitResult, int], None] | None = None,
+    break_lock: bool = False,
 ) -> TileSummary:
     """Tile scenes into a store; resume or append when it exists.
 
-    Every input is checked (headers, bands, grids, sizes) before the store is touched. Units
-    already written are skipped, so re-running a killed command finishes the job; a finished
-    store with no new scenes is left as it is. On an error the store is rolled back to its last
-    finished state (or removed if it never had one).
+    Every input is found and checked before the store is touched. Units already written are
+    skipped, so re-running a killed command finishes the job; a finished store with no new scenes
+    is left as it is. A scene whose files fail (or that keeps no tile) is skipped: the others are
+    committed, the skipped ones listed in :attr:`TileSummary.skipped` and in the store's
+    ``skipped`` table, and a later run retries them. With ``config.strict``, or when no scene at
+    all could be tiled, the error is raised and the store rolled back to its last finished state
+    (or removed if it never had one). The store is locked for the run (``<out>.lock``).
 
     Args:
         inputs: Files, folders or globs.
@@ -197,45 +226,64 @@ def tile_scenes(
         overwrite: Replace an existing store made with another configuration.
         command: Command line recorded in the store.
         on_unit: Progress callback ``(result, total_units)``.
+        break_lock: Take the store lock over even when another host holds it.
+
+    Raises:
+        StoreLockedError: another run holds the store lock.
     """
     started = time.perf_counter()
     config.validate()
     out = Path(out)
     scenes = discover_scenes(inputs, get_sensor(config.sensor), config.band_names(),
-                             band_order=config.band_order, label_from_dir=config.label_from_dir)
+                             band_order=config.band_order, label_from_dir=config.label_from_dir,
+                             mix_product_levels=config.mix_product_levels)
     _check_out(out)
+    run = RunContext(scenes, config, workers, dask, on_unit)
+    with store_lock(out, break_lock=break_lock):
+        return _tile_locked(run, out, overwrite, command, started)
+
+
+def _tile_locked(run: RunContext, out: Path, overwrite: bool, command: str,
+                 started: float) -> TileSummary:
     known = _known_ids(out) if not overwrite else set()
-    planned = _plan_scenes([s for s in scenes if s.scene_id not in known], config)
+    fresh = [s for s in run.inputs if s.scene_id not in known]
+    planned, failed = _plan_scenes(fresh, run.config)
+    run.tried = {s.scene_id for s in fresh}
+    run.unplanned = [SkippedScene(s.scene_id, s.files[0], str(e)) for s, e in failed]
     if overwrite and (out / "zarr.json").is_file():
         TileStore.open(out, require_complete=False)  # refuse to delete what is not a tile store
         remove_store(out)
-    store, snapshot, new = _open_or_create(out, planned, config, command)
-    tasks = _pending_tasks(store, scenes, config)
-    if store.complete and not tasks:  # finished, nothing new: write nothing (readers may be using it)
-        return _summary(store, out, 0, 0, started)
-    done: list[UnitResult] = []
+    if not planned and not (out / "zarr.json").is_file():  # every scene failed: no store
+        raise failed[0][1] if len(failed) == 1 else no_scene_error([str(e) for _, e in failed])
+    store, snapshot, new = _open_or_create(out, planned, run.config, command)
+    run.batch = int(store.attrs["n_batches"]) - (1 if new else 0)
+    start = int(snapshot["n_units"]) if snapshot else 0
+    tasks = unit_tasks(store, run, start=start)
+    if store.complete and not tasks:  # finished, nothing new: write nothing but the failures
+        skipped = record_skipped(store, {}, run.unplanned, run.tried, run.batch) if failed else []
+        return _summary(store, out, 0, 0, started, skipped)
     try:
-        execute(tasks, workers=workers, dask=dask,
-                on_result=lambda r: (done.append(r), on_unit and on_unit(r, len(tasks))))
-        _finalise(store, snapshot)
+        run.execute(tasks)
+        skipped = finalise(store, snapshot, run)
     except RsmaeError:  # bad input: undo; an interrupt keeps the progress for a resume
-        _rollback(store, snapshot)
+        rollback(store, snapshot)
         raise
-    return _summary(store, out, new, len(tasks), started)
+    return _summary(store, out, new, len(tasks), started, skipped)
 
 
 def _known_ids(out: Path) -> set[str]:
     """Ids of the scenes an existing store holds (only new scenes are read and planned)."""
     if not (out / "zarr.json").is_file():
         return set()
-    return set(TileStore.open(out, require_complete=False).scenes(["id"])["id"].tolist())
+    return set(TileStore.open(out, require_complete=False).scenes(["id"])["id"].tolist()) - {""}
 
 
-def _summary(store: TileStore, out: Path, new: int, units_run: int, started: float) -> TileSummary:
+def _summary(store: TileStore, out: Path, new: int, units_run: int, started: float,
+             skipped: list[SkippedScene]) -> TileSummary:
     attrs = store.attrs
     return TileSummary(str(out), int(attrs["n_scenes"]), new, units_run, int(attrs["tiles"]),
                        int(attrs["dropped"]), store.nbytes_stored(), time.perf_counter() - started,
-                       attrs["stats"])
+                       attrs["stats"], skipped)
 
 
 def _open_or_create(
@@ -249,6 +297,7 @@ def _open_or_create(
         if planned and store.attrs["dtype"] != planned[0].dtype:
             raise StoreConfigError(f"{out}: holds {store.attrs['dtype']} pixels, the inputs "
                                    f"are {planned[0].dtype}; use another --out")
+        _check_levels(store, planned, config, out)
     else:
         sensor = get_sensor(config.sensor)
         bands = [{"name": b.name, "wavelength_nm": b.wavelength_nm, "gsd_m": b.gsd_m}
@@ -259,6 +308,19 @@ def _open_or_create(
                                "command": command, "committed": None})
     snapshot = store.attrs.get("committed")
     return store, snapshot, _register(store, planned, config)
+
+
+def _check_levels(store: TileStore, planned: list[_Planned], config: TileConfig, out: Path) -> None:
+    """Refuse new scenes of another Sentinel-2 product level than the stored ones."""
+    if not planned:
+        return
+    stored = store.scenes(["id", "product_level"])
+    levels: dict[str, str | None] = {}
+    for level in sorted(set(stored["product_level"].tolist()) - {""}):
+        levels[str(stored["id"][stored["product_level"] == level][0])] = level
+    levels.update({p.scene.scene_id: p.scene.product_level for p in planned})
+    check_product_levels(levels, allow_mixed=config.mix_product_levels,
+                         where=f"{out} and the new inputs")
 
 
 def _register(store: TileStore, planned: list[_Planned], config: TileConfig) -> int:
@@ -301,106 +363,8 @@ def _create(out: Path, **kwargs: Any) -> TileStore:
 
 
 def _unfinished(store: TileStore) -> bool:
-    return not bool(store.units_done().all())
-
-
-def _pending_tasks(store: TileStore, inputs: list[Scene], config: TileConfig) -> list[UnitTask]:
-    """Tasks for every unit not yet written (the plan is rebuilt from the stored batches).
-
-    Only batches with an unfinished unit are read from the scene table; grids come from it.
-    """
-    by_id = {s.scene_id: s for s in inputs}
-    done = store.units_done()
-    attrs = store.attrs
-    stride, n_bands = attrs["config"]["stride"], len(attrs["bands"])
-    tasks = []
-    for first, last, unit_start, unit_stop in store.batches().tolist():
-        if done[unit_start:unit_stop].all():
-            continue
-        cols = store.scenes(["id", "crs", "transform", "width", "height", "nodata"],
-                            start=first, stop=last)
-        grids = {first + i: Grid(crs, tuple(t), w, h) for i, (crs, t, w, h) in enumerate(zip(
-            cols["crs"], cols["transform"].tolist(), cols["width"].tolist(),
-            cols["height"].tolist(), strict=True))}
-        ids, nodata = cols["id"].tolist(), cols["nodata"].tolist()
-        scene_windows = [(i, windows(g, config.tile_size, stride)) for i, g in grids.items()]
-        for offset, unit_windows in enumerate(plan_units(scene_windows, store.shard_tiles)):
-            unit = unit_start + offset
-            if done[unit]:
-                continue
-            scenes = {}
-            for idx in sorted({w[0] for w in unit_windows}):
-                if ids[idx - first] not in by_id:
-                    raise StoreConfigError(
-                        f"{store.path}: scene {ids[idx - first]} of an unfinished run is not "
-                        "among the inputs; rerun the same command to finish it, or pass --overwrite")
-                scenes[idx] = (by_id[ids[idx - first]], grids[idx], nodata[idx - first])
-            tasks.append(UnitTask(str(store.path), unit, unit_windows, scenes, attrs["dtype"],
-                                  config.tile_size, config.max_nodata, n_bands, store.shard_tiles))
-    return tasks
-
-
-_EMPTY = {"n_scenes": 0, "n_batches": 0, "n_units": 0, "tiles": 0, "dropped": 0,
-          "stats_buffer": 1, "classes": []}
-
-
-def _finalise(store: TileStore, snapshot: dict[str, Any] | None) -> None:
-    """Index, statistics, per-scene checks of the units added since ``snapshot``; mark complete.
-
-    Only the new units are read: their statistics are added to the running totals of the last
-    finished state (kept in one buffer; the sum goes to the other, so a finalise killed half-way
-    is redone from the same totals).
-    """
-    attrs = store.attrs
-    base = snapshot or _EMPTY
-    first, st = base["n_scenes"], store.shard_tiles
-    scene = store.array("scene")[base["n_units"] * st : attrs["n_units"] * st]
-    kept = np.nonzero(scene >= 0)[0]
-    per_scene = np.bincount(scene[kept] - first, minlength=attrs["n_scenes"] - first)
-    _check_empty(store, first, per_scene, attrs["config"]["max_nodata"])
-    hist, moments, counts = store.unit_stats(base["n_units"], attrs["n_units"])
-    if snapshot is not None:
-        old_hist, old_moments = store.stats_totals(base["stats_buffer"])
-        hist, moments = old_hist + hist, old_moments + moments
-    buffer = 1 - base["stats_buffer"]
-    store.write_stats_totals(buffer, hist, moments)
-    stats = dict(zip(store.band_names, summarise(hist, moments, attrs["dtype"]), strict=True))
-    store.write_index(kept + base["n_units"] * st, start=base["tiles"])
-    store.write_scene_tiles(first, per_scene)
-    labels = np.unique(store.scenes(["label"], start=first)["label"]).tolist()
-    committed = {"n_scenes": attrs["n_scenes"], "n_batches": attrs["n_batches"],
-                 "n_units": attrs["n_units"], "tiles": base["tiles"] + len(kept),
-                 "dropped": base["dropped"] + int(counts[1]), "stats_buffer": buffer,
-                 "stats": stats, "classes": sorted(set(base["classes"]) | set(labels) - {""})}
-    store.update_attrs(**committed, committed=committed)
-    store.update_attrs(complete=True)
-
-
-def _check_empty(store: TileStore, first: int, per_scene: np.ndarray, max_nodata: float) -> None:
-    """Raise :class:`TilingError` naming the new scenes that kept no tile."""
-    empty = np.nonzero(per_scene == 0)[0]
-    if not len(empty):
-        return
-    files = store.scenes(["files"], start=first)["files"]
-    names = [files[i][0] for i in empty[:5]]
-    raise TilingError(
-        f"{', '.join(names)}{' ...' if len(empty) > 5 else ''}: no tile with at most "
-        f"{max_nodata:.0%} nodata (all-nodata or NaN scene); leave it out or raise --max-nodata"
-    )
-
-
-def _rollback(store: TileStore, snapshot: dict[str, Any] | None) -> None:
-    """Undo an unfinished run: back to the last finished state, or remove the store."""
-    if snapshot is None:
-        log.warning("removing %s: the run did not finish and no earlier finished state exists",
-                    store.path)
-        remove_store(store.path)
-        return
-    store.truncate(snapshot["n_scenes"], snapshot["n_batches"])
-    store.resize_units(snapshot["n_units"])
-    store.write_index(np.zeros(0, dtype=np.int64), start=snapshot["tiles"])
-    store.update_attrs(**snapshot, committed=snapshot)
-    store.update_attrs(complete=True)
+    committed = store.attrs.get("committed")
+    return not bool(store.units_done(int(committed["n_units"]) if committed else 0).all())
 
 
 def summary_dict(summary: TileSummary) -> dict[str, Any]:
