@@ -168,15 +168,25 @@ def test_tile_py_on_a_safe_folder_applies_the_offset(products, tmp_path, capsys)
     b02 = store.band_names.index("B02")
     np.testing.assert_array_equal(first[b02], np.maximum(raw[0, :60, :60].astype(int) - 1000, 1))
     assert store.attrs["stats"]["B02"]["mean"] < raw.mean() - 900  # statistics on the old scale
+    recorded = store.scenes(["product_level", "baseline", "offset"])
+    assert (recorded["product_level"].tolist(), recorded["baseline"].tolist(),
+            recorded["offset"].tolist()) == (["L2A"], ["04.00"], [-1000.0])
 
 
-def test_l1c_and_l2a_are_not_mixed_unless_asked(products):
+def test_l1c_and_l2a_are_not_mixed_unless_asked(products, tmp_path, capsys):
     s2 = get_sensor("s2-l2a")
     both = [str(products["l1c"]), str(products["l2a"])]
     with pytest.raises(TilingError, match=r"L1C \(e\.g\. .*L2A \(e\.g\. .*--mix-product-levels"):
         discover_scenes(both, s2, s2.names)
     scenes = discover_scenes(both, s2, s2.names, mix_product_levels=True)
     assert sorted(s.product_level for s in scenes) == ["L1C", "L2A"]
+    out = tmp_path / "l1c.zarr"  # an L2A run appending to an L1C store: refused, or asked for
+    assert tile.main([both[0], "--sensor", "s2-l2a", "--tile-size", "60", "--out", str(out)]) == 0
+    assert tile.main([both[1], "--sensor", "s2-l2a", "--tile-size", "60", "--out", str(out)]) == 2
+    assert "and the new inputs mix Sentinel-2 product levels" in capsys.readouterr().err
+    assert tile.main([both[1], "--sensor", "s2-l2a", "--tile-size", "60", "--out", str(out),
+                      "--mix-product-levels"]) == 0
+    assert TileStore.open(out).scenes(["product_level"])["product_level"].tolist() == ["L1C", "L2A"]
     with pytest.raises(TilingError, match="mix Sentinel-2 product levels"):  # by names alone too
         discover_scenes([str(PISA), str(BIGEARTHNET / "S2A_MSIL2A_20170613T101031_87_48")], s2,
                         s2.names)

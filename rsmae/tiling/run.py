@@ -259,8 +259,8 @@ def _tile_locked(run: RunContext, out: Path, overwrite: bool, command: str,
     run.batch = int(store.attrs["n_batches"]) - (1 if new else 0)
     start = int(snapshot["n_units"]) if snapshot else 0
     tasks = unit_tasks(store, run, start=start)
-    if store.complete and not tasks:  # finished, nothing new: write nothing but the failures
-        skipped = record_skipped(store, {}, run.unplanned, run.tried, run.batch) if failed else []
+    if store.complete and not tasks:  # finished, nothing new: write nothing but skipped scenes
+        skipped = record_skipped(store, {}, run.unplanned, run.tried, run.batch)
         return _summary(store, out, 0, 0, started, skipped)
     try:
         run.execute(tasks)

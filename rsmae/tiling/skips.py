@@ -11,6 +11,7 @@ the run back.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -73,7 +74,7 @@ def record_skipped(
     """Write the ``skipped`` table and clear the ids of skipped scene-table rows.
 
     Entries of earlier runs stay unless this run tried their scene again (then its outcome
-    replaces them: gone when tiled, updated when it failed again).
+    replaces them: gone when tiled, updated when it failed again) or their file was removed.
 
     Args:
         store: The store (open for writing).
@@ -93,13 +94,15 @@ def record_skipped(
     now.sort(key=lambda item: item[0].scene_id)
     old = store.skipped()
     fresh = {s.scene_id for s, _ in now}
-    keep = [i for i, sid in enumerate(old["id"].tolist()) if sid not in tried and sid not in fresh]
+    keep = [i for i, (sid, file) in enumerate(zip(old["id"].tolist(), old["file"].tolist(),
+                                                  strict=True))
+            if sid not in tried and sid not in fresh and os.path.lexists(file)]
     table = {k: [old[k][i] for i in keep] for k in old}
     for scene, row in now:
         for key, value in zip(table, (scene.scene_id, scene.file, scene.reason, batch, row),
                               strict=True):
             table[key].append(value)
-    if keep or now or len(old["id"]):
+    if len(keep) != len(old["id"]) or now:  # written only when it changes
         store.write_skipped(table)
     store.clear_scene_ids(rows)
     for scene, _ in now:
