@@ -221,6 +221,8 @@ def test_getitems_is_a_collated_batch_and_a_sequence_of_samples(eurosat_store: P
     picks = [7, 250, 3, 7]  # several shards, a repeat
     batch = ds.__getitems__(picks)
     assert isinstance(batch, TileBatch) and len(batch) == 4 and len(batch[1:3]) == 2
+    storages = {t.untyped_storage().data_ptr() for t in batch.tensors.values()}
+    assert len(storages) == 1  # one storage: one transfer per batch from a DataLoader worker
     stacked = collate_tiles(batch)  # passed through, already stacked
     assert stacked["image"].shape == (4, 13, 64, 64) and stacked["index"].tolist() == picks
     one_by_one = [ds[i] for i in picks]
