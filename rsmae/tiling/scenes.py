@@ -93,11 +93,12 @@ class Scene:
         return any(s.offset for s in self.sources)
 
 
-def _is_raster(path: Path) -> bool:
+def _is_raster(path: Path | str) -> bool:
     """A raster by suffix, or a raw ENVI file (a ``.hdr`` header beside it)."""
-    if path.suffix.lower() in RASTER_SUFFIXES:
+    suffix = os.path.splitext(path)[1]
+    if suffix.lower() in RASTER_SUFFIXES:
         return True
-    return not path.suffix and any(path.with_name(path.name + h).is_file() for h in (".hdr", ".HDR"))
+    return not suffix and any(os.path.isfile(f"{path}{h}") for h in (".hdr", ".HDR"))
 
 
 def _expand(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
@@ -119,9 +120,9 @@ def _expand(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
     return out
 
 
-def _date_of(path: Path) -> str | None:
+def _date_of(path: Path, *, is_file: bool | None = None) -> str | None:
     """Acquisition date: a ``dates.txt`` beside an ``imgs_N`` folder (OSCD), else the name."""
-    folder = path if path.is_dir() else path.parent
+    folder = path.parent if (path.is_file() if is_file is None else is_file) else path
     match = re.fullmatch(r"imgs_(\d+)", folder.name)
     dates = folder.parent / "dates.txt"
     if match and dates.is_file():
@@ -146,7 +147,7 @@ def _split_of(path: Path, root: Path) -> str | None:
     return None
 
 
-def _scene_id(path: Path) -> str:
+def _scene_id(path: Path, *, is_file: bool | None = None) -> str:
     """``parent/name`` (suffix dropped) of the path as given: stable whichever way it was named.
 
     The path is made absolute (``.`` and ``..`` removed) without following symlinks: in DVC and
@@ -154,9 +155,11 @@ def _scene_id(path: Path) -> str:
     scenes; an annexed file is not named by its content hash). Pixels are still read from the
     link's target.
     """
-    path = Path(os.path.abspath(path))
-    name = path.stem if path.is_file() else path.name
-    return f"{path.parent.name}/{name}"
+    parent, name = os.path.split(os.path.abspath(path))
+    if path.is_file() if is_file is None else is_file:
+        stem, suffix = os.path.splitext(name)
+        name = stem if suffix and stem else name
+    return f"{os.path.basename(parent)}/{name}"
 
 
 def _band_folder(
@@ -199,7 +202,7 @@ def _walk(path: Path) -> list[tuple[Path, list[Path]]]:
         real = os.path.realpath(here) + os.sep
         dirnames[:] = [d for d in dirnames if not (
             os.path.islink(here / d) and real.startswith(os.path.realpath(here / d) + os.sep))]
-        rasters = sorted(here / f for f in filenames if _is_raster(here / f))
+        rasters = [here / f for f in sorted(filenames) if _is_raster(os.path.join(dirpath, f))]
         for f in rasters:
             _check_link(f)
         if rasters:
@@ -331,6 +334,6 @@ def _file_scene(path: Path, root: Path, order: Sequence[str], bands: Sequence[st
     info = product_info(path.parent, sensor, path)
     sources = tuple(BandSource(b, str(path), order.index(b) + 1, info.offsets.get(b, 0.0))
                     for b in bands)
-    return Scene(_scene_id(path), sources, _date_of(path),
+    return Scene(_scene_id(path, is_file=True), sources, _date_of(path, is_file=True),
                  path.parent.name if label_from_dir else None, _split_of(path, root), info.level,
                  info.baseline)
