@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,22 +39,12 @@ from rsmae.datasets import OSCD, PairCrops
 from rsmae.datasets.bitemporal import band_statistics
 from rsmae.evaluation.change_model import change_loss
 from rsmae.evaluation.sliding import sliding_window_logits, window_starts
-from rsmae.evaluation.speed import count_flops, matmul_peak
+from rsmae.evaluation.speed import count_flops, cpu_name, matmul_peak
 from rsmae.models import set_fused_attention
 from rsmae.tasks.change import ChangeTask
 from rsmae.tasks.precision import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (else ``platform.processor()``)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float]:

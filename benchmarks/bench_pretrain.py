@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_mae import OfficialMAE, OfficialRCMAE  # noqa: E402
 
+from rsmae.evaluation.speed import cpu_name, matmul_peak  # noqa: E402
 from rsmae.models import (  # noqa: E402
     RCMAE,
     MaskedAutoencoder,
@@ -60,6 +60,7 @@ from rsmae.models import (  # noqa: E402
     set_fused_attention,
     teacher_momentum,
 )
+from rsmae.tasks.precision import cpu_flags  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -85,14 +86,7 @@ class Variant:
 
 
 def cpu_info() -> dict[str, str]:
-    model, flags = platform.processor() or "unknown", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+    model, flags = cpu_name(), cpu_flags()
     native = sorted(flags & {"avx512_bf16", "amx_bf16"})
     return {
         "cpu": model,
@@ -103,22 +97,6 @@ def cpu_info() -> dict[str, str]:
         "oneDNN bf16 supported": str(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "load average at start (1, 5, 15 min)": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-
-
-def matmul_peak(dtype: torch.dtype, n: int, reps: int) -> float:
-    """Best GFLOP/s of an ``n x n`` matmul ``A @ B^T`` (the ``nn.Linear`` layout) over ``reps``.
-
-    ``A @ B^T`` is used because without native bf16 the plain ``A @ B`` bf16 kernel is ~30x slower
-    here (it would take minutes); in fp32 both layouts run at the same speed.
-    """
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b.t()
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b.t()
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def build_model(impl: str, method: str, img: int, bands: int) -> nn.Module:
@@ -341,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(f"{k}: {v}" for k, v in info.items()), flush=True)
     precisions = args.precisions.split(",")
     peaks = {
-        p: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16}[p], args.peak_size, 10)
+        p: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16}[p], n=args.peak_size, reps=10)
         for p in precisions
     }
     print("matmul peaks (GFLOP/s):", {k: round(v, 1) for k, v in peaks.items()}, flush=True)

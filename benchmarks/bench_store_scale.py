@@ -41,17 +41,6 @@ TARGET_OPEN = 2.0
 PIXEL_BYTES = 13 * 64 * 64 * 2
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (else ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def git_commit() -> str:
     """Short commit of the checkout, flagged when the measured code has uncommitted changes."""
     measured = ["rsmae/store.py", "rsmae/scene_table.py", "rsmae/tiling", "rsmae/data"]
@@ -243,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=0.0, help="with --from-csv: that run's length")
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
+    from rsmae.evaluation.speed import cpu_name
+
     machine = f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"{machine}; load average {os.getloadavg()[0]:.1f}")
     if args.from_csv is not None:

@@ -27,7 +27,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transfer  # noqa: E402
-from transfer_tables import LABELS, _cpu, cell_path, read_cells  # noqa: E402
+from transfer_tables import LABELS, cell_path, read_cells  # noqa: E402
+
+from rsmae.evaluation.speed import cpu_name  # noqa: E402
 
 CD_LABELS = {**LABELS, "fc_siam_diff": "FC-Siam-diff U-Net (from scratch)"}
 METRICS = ("f1", "iou", "precision", "recall", "accuracy")
@@ -81,7 +83,7 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
             stats = [f"{r[k]:.2f}" if r[k] is not None else "" for m in METRICS for k in (m, f"{m}_std")]
             writer.writerow([d, init, p, r["n"], *stats, f"{r['wall_s']:.0f}"])
     md = [f"# Change detection ({len(results)} of {len(cells)} cells done)", "",
-          f"- machine: {_cpu()}; grid time this run {elapsed / 60:.1f} min; command `python "
+          f"- machine: {cpu_name()}; grid time this run {elapsed / 60:.1f} min; command `python "
           f"benchmarks/change_tables.py --config {config['config_path']}`",
           "- F1 / IoU / precision / recall of the change class in %, mean ± std over seeds (n), pooled over "
           "whole test scenes scored by overlapping sliding windows with blended logits (not a centre crop), "

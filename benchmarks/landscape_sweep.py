@@ -29,9 +29,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer_backbones import _call, run_results, store_summary  # noqa: E402
-from transfer_tables import _cpu  # noqa: E402
 
 from rsmae.errors import RsmaeError  # noqa: E402
+from rsmae.evaluation.speed import cpu_name  # noqa: E402
 from rsmae.landscape.config import LandscapeConfig  # noqa: E402
 from rsmae.landscape.study import StudyResult, run_study  # noqa: E402
 
@@ -125,7 +125,7 @@ def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Pa
         writer.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
     noise = [k for k in keys if k.startswith("noise_") and not k.endswith("_std")]
     md = ["# Loss landscape vs pretraining batch size and optimizer", "",
-          f"- machine: {_cpu()}, {os.cpu_count()} cores; sweep time this run {seconds / 60:.1f} min "
+          f"- machine: {cpu_name()}, {os.cpu_count()} cores; sweep time this run {seconds / 60:.1f} min "
           f"(pretraining threads: {cfg.get('threads') or 'default'}); command `python "
           f"benchmarks/landscape_sweep.py --config {config_path}`",
           f"- every run: MAE, recipe `{cfg['pretrain_config']}`, {cfg['samples']} training samples on "

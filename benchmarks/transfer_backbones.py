@@ -31,12 +31,10 @@ an idle one should need about 3-5 minutes per pretraining with the default threa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -52,6 +50,7 @@ import yaml
 from rsmae.data import ShardDataset
 from rsmae.data.dataset import describe_data
 from rsmae.errors import RsmaeError, StoreError
+from rsmae.evaluation.speed import cpu_name
 from rsmae.models import create_encoder, save_backbone
 from rsmae.models.weights import BackboneMeta
 from rsmae.store import TileStore
@@ -343,11 +342,7 @@ def table(manifest: dict[str, dict[str, Any]]) -> str:
 def write_results(manifest: dict[str, dict[str, Any]], folder: Path, command: str) -> Path:
     """``transfer_backbones.md`` and ``.csv`` in ``folder``: machine, command, the table."""
     folder.mkdir(parents=True, exist_ok=True)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
+    cpu = cpu_name()
     threads = sorted({str(s.get("threads") or "torch default") for e in manifest.values()
                       for s in e.get("stages", [])})
     machine = (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; pretraining threads: "

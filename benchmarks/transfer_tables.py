@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import sys
@@ -28,6 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer_backbones import table as backbone_table  # noqa: E402
 
+from rsmae.evaluation.speed import cpu_name  # noqa: E402
+
 LABELS = {"random": "random init", "natural_mae": "natural-image MAE (Tiny-ImageNet)",
           "natural_rs_mae": "natural MAE -> in-domain MAE", "rs_mae": "our MAE (Sentinel-2)",
           "rs_rcmae": "our RC-MAE (Sentinel-2)", "demo_mae": "demo MAE (make demo)",
@@ -42,16 +43,6 @@ PUBLISHED = [
     ("MAE ViT-B, last block only / its MLP only", "ImageNet partial fine-tune", "81.0 % / 79.1 %"),
     ("RC-MAE ViT-S vs MAE ViT-S", "ImageNet fine-tune", "82.0 % vs 81.8 %"),
 ]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cell_path(cells_dir: str | Path, cell: dict[str, Any]) -> Path:
@@ -196,7 +187,7 @@ def write_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: 
     workers = max(1, int(config.get("workers") or 1))
     this_run = f"grid time this run {elapsed / 60:.1f} min; " if elapsed else ""
     md = [f"# Transfer: EuroSAT-MS scene classification ({len(results)} of {len(cells)} cells done)", "",
-          f"- machine: {_cpu()}, {os.cpu_count()} cores; {this_run}cell "
+          f"- machine: {cpu_name()}, {os.cpu_count()} cores; {this_run}cell "
           f"time of all {len(results)} cells {cell_s / 60:.1f} min, i.e. {cell_s / 60 / workers:.1f} min on "
           f"{workers} worker(s) (pretraining the backbones: see Backbones); "
           f"config `{config['config_path']}`; command `python benchmarks/transfer.py --config "

@@ -8,13 +8,26 @@ process and precision.
 from __future__ import annotations
 
 import functools
+import platform
 import time
 from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_flops", "matmul_peak"]
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name from ``cpuinfo`` (else ``platform.processor()``), to name benchmark machines."""
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+__all__ = ["count_flops", "cpu_name", "matmul_peak"]
 
 
 @functools.lru_cache(maxsize=4)
