@@ -128,7 +128,8 @@ class TileReader:
         self.max_gap = max_gap
         self.shape = tuple(int(n) for n in meta["shape"])
         self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-        self.fill_value = meta.get("fill_value", 0) or 0
+        fill = meta.get("fill_value", 0)  # Zarr v3 JSON writes NaN and infinities as strings
+        self.fill_value = float(fill) if isinstance(fill, str) else (fill or 0)
         self.reason = layout_mismatch(meta)
         self.fast = self.reason is None
         self.shard_tiles = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]) if self.fast else 0

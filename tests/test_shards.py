@@ -152,3 +152,16 @@ def test_layout_check_names_the_difference(landsat_store: Path, path: tuple, val
         shutil.copytree(landsat_store / "images", copied)
         (copied / "zarr.json").write_text(json.dumps(changed))
         assert not TileReader(copied).fast
+
+
+def test_missing_chunks_take_a_nan_fill_value(tmp_path: Path) -> None:
+    """Edge case (synthetic): a float array whose fill value Zarr writes as the string "NaN"."""
+    images = zarr.create_array(tmp_path / "images", shape=(8, 2, 4, 4), chunks=(1, 2, 4, 4),
+                               shards=(4, 2, 4, 4), dtype="float32", fill_value=float("nan"),
+                               compressors=zarr.codecs.BloscCodec(cname="lz4", shuffle="bitshuffle"),
+                               zarr_format=3)
+    images[0] = 1.5
+    reader = TileReader(tmp_path / "images")
+    assert reader.fast
+    got = reader.read([0, 1, 6])  # written, missing chunk, missing shard
+    assert (got[0] == 1.5).all() and np.isnan(got[1:]).all()
