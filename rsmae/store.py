@@ -46,21 +46,22 @@ still open for reading; tiling more scenes into one needs a new store (``--overw
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from numcodecs import blosc
 from zarr.codecs import BloscCodec
 
 from rsmae.errors import StoreConfigError, StoreError, StoreIncompleteError
 from rsmae.scene_table import SceneTable, columns_from_records
 
-__all__ = ["CODECS", "FORMAT_VERSION", "ShardReader", "TileStore", "hist_bins", "remove_store"]
+if TYPE_CHECKING:
+    from rsmae.shards import TileReader
+
+__all__ = ["CODECS", "FORMAT_VERSION", "TileStore", "hist_bins", "remove_store"]
 
 FORMAT_VERSION = 2
 _INDEX_ARRAYS = {"index": "int64", "index_scene": "int32", "index_row": "int32",
@@ -497,77 +498,15 @@ class TileStore:
             return np.zeros((0, *shape), dtype=self.array("images").dtype)
         return self.array("images").get_orthogonal_selection((slots,))
 
-    def tile_reader(self) -> ShardReader:
-        """A fast reader of tiles for data loading (see :class:`ShardReader`)."""
-        images = self.array("images")
-        return ShardReader(self.path / "images", images.shape[1:], str(images.dtype),
-                           self.shard_tiles)
+    def tile_reader(self) -> TileReader:
+        """The fast reader of tiles for data loading (:class:`rsmae.shards.TileReader`)."""
+        from rsmae.shards import TileReader  # the reader checks this store's layout itself
+
+        return TileReader(self.path / "images")
 
     def nbytes_stored(self) -> int:
         """Bytes on disk under the store directory."""
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-
-
-class ShardReader:
-    """Reads tiles straight from the shard files of a local store.
-
-    zarr-python's general read path costs milliseconds per call; data loading reads one tile at a
-    time, so this reader uses the layout directly: it caches each shard's index (the table of
-    chunk offsets at the end of the shard file), reads a chunk with one ``pread`` and decodes it
-    with Blosc. Results are identical to reading through zarr (a test checks it).
-    """
-
-    _INDEX_ENTRY = 16  # two uint64 per chunk: offset, length
-    _MISSING = np.iinfo(np.uint64).max
-
-    def __init__(self, images: Path, tile_shape: tuple[int, ...], dtype: str, shard_tiles: int) -> None:
-        self.images = images
-        self.tile_shape = tuple(tile_shape)
-        self.dtype = np.dtype(dtype)
-        self.shard_tiles = shard_tiles
-        self._index: dict[int, np.ndarray] = {}
-        self._fds: dict[int, int] = {}
-
-    def _fd(self, shard: int) -> int:
-        if shard not in self._fds:
-            if len(self._fds) >= 64:
-                for fd in self._fds.values():
-                    os.close(fd)
-                self._fds.clear()
-            self._fds[shard] = os.open(self.images / "c" / str(shard) / "0" / "0" / "0", os.O_RDONLY)
-        return self._fds[shard]
-
-    def _shard_index(self, shard: int) -> np.ndarray:
-        if shard not in self._index:
-            fd = self._fd(shard)
-            size = os.fstat(fd).st_size
-            n = self.shard_tiles * self._INDEX_ENTRY
-            raw = os.pread(fd, n, size - n - 4)  # index, then a 4-byte crc32c
-            self._index[shard] = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
-        return self._index[shard]
-
-    def read(self, slot: int) -> np.ndarray:
-        """One tile ``(C, T, T)``; a slot never written reads as zeros (the fill value)."""
-        shard, pos = divmod(int(slot), self.shard_tiles)
-        offset, length = self._shard_index(shard)[pos]
-        if offset == self._MISSING:
-            return np.zeros(self.tile_shape, dtype=self.dtype)
-        raw = os.pread(self._fd(shard), int(length), int(offset))
-        tile = np.empty(self.tile_shape, dtype=self.dtype.newbyteorder("<"))  # writable, no extra copy
-        blosc.decompress(raw, tile)
-        return tile
-
-    def close(self) -> None:
-        """Close open shard files."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_index": {}, "_fds": {}}
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def remove_store(path: str | Path) -> None:

@@ -44,7 +44,8 @@ def test_fast_reader_equals_zarr(eurosat_store: Path) -> None:
     store = TileStore.open(eurosat_store)
     slots = store.index()[::7]
     reader = store.tile_reader()
-    np.testing.assert_array_equal(np.stack([reader.read(s) for s in slots]), store.read_tiles(slots))
+    np.testing.assert_array_equal(reader.read(slots), store.read_tiles(slots))
+    np.testing.assert_array_equal(reader.read(slots[::-1]), store.read_tiles(slots[::-1]))  # any order
 
 
 def test_getitems_matches_getitem(bigearthnet_store: Path) -> None:
@@ -251,3 +252,15 @@ def test_batches_across_stores_equal_single_reads(eurosat_store: Path, tmp_path:
     single = ShardDataset(eurosat_store, native=True)
     expected = collate_tiles(single.__getitems__([3, 3, 100, 269]))["image"]
     assert torch.equal(batch["image"], expected) and batch["index"].tolist() == picks
+
+
+def test_one_normalisation_for_batches_pairs_and_single_images(eurosat_store: Path) -> None:
+    ds = ShardDataset(eurosat_store, normalize=False)
+    image = ds[0]["image"]  # (C, H, W) digital numbers
+    expected = (image - torch.tensor(ds.mean, dtype=torch.float32)[:, None, None]) / torch.tensor(
+        ds.std, dtype=torch.float32)[:, None, None]
+    torch.testing.assert_close(normalize_images(image, list(ds.mean), list(ds.std)), expected)
+    pair = torch.stack([image, image])[None]  # (1, 2 dates, C, H, W)
+    torch.testing.assert_close(normalize_images(pair, ds.mean, ds.std)[0, 1], expected)
+    with pytest.raises(ValueError, match="12 means / 12 stds for images of 13 bands"):
+        normalize_images(image, ds.mean[:12], ds.std[:12])

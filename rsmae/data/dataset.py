@@ -20,10 +20,27 @@ from rsmae.store import TileStore
 __all__ = ["ShardDataset", "collate_tiles", "describe_data", "merge_stats", "normalize_images"]
 
 
-def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``(images - mean) / std`` per band, in float32; images ``(B, C, H, W)`` of any dtype."""
-    mean = mean.to(images.device, torch.float32)[:, None, None]
-    std = std.to(images.device, torch.float32)[:, None, None]
+def normalize_images(
+    images: torch.Tensor, mean: torch.Tensor | Sequence[float], std: torch.Tensor | Sequence[float]
+) -> torch.Tensor:
+    """``(images - mean) / std`` per band, in float32: the one normalisation of rsmae.
+
+    Every model input is normalised here, with per-band statistics in the units of the stored pixels
+    (a store's ``stats``, which ``describe_data`` passes on as ``data_info`` and backbone files keep).
+
+    Args:
+        images: ``(..., C, H, W)`` of any dtype (a batch, a pair of dates, one image).
+        mean: ``C`` means (tensor or sequence).
+        std: ``C`` standard deviations.
+
+    Returns:
+        A new float32 tensor on ``images``' device.
+    """
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device)[:, None, None]
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device)[:, None, None]
+    if mean.shape[0] != images.shape[-3] or std.shape[0] != images.shape[-3]:
+        raise ValueError(f"{mean.shape[0]} means / {std.shape[0]} stds for images of "
+                         f"{images.shape[-3]} bands")
     out = images.to(torch.float32, copy=True)  # one new tensor, then in place
     return out.sub_(mean).div_(std)
 

@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import torch
-
 from rsmae.bands import LAYOUTS, get_sensor
+from rsmae.data import normalize_images
 from rsmae.datasets.scene_folder import SceneFolder
 from rsmae.errors import BandError, InputNotFoundError
 
@@ -70,9 +69,7 @@ class EuroSAT(SceneFolder):
         if mean is not None and std is not None:
             if len(mean) != len(self.bands) or len(std) != len(self.bands):
                 raise BandError(f"{len(mean)} means and {len(std)} stds for {len(self.bands)} bands")
-            shift = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-            scale = torch.tensor(std, dtype=torch.float32)[:, None, None]
-            self.images = (self.images - shift) / scale
+            self.images = normalize_images(self.images, mean, std)
         _logger.info("EuroSAT %s: %d images, %d classes, bands %s", split, len(self), len(self.classes),
                      self.bands)
 

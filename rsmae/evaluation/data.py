@@ -21,6 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from rsmae.bands import get_layout, get_sensor
+from rsmae.data import normalize_images
 from rsmae.datasets.scene_folder import SUFFIXES, SceneFolder
 from rsmae.errors import BandError, InputNotFoundError, RasterReadError
 from rsmae.models.weights import BackboneMeta, load_backbone, read_backbone_meta
@@ -221,11 +222,8 @@ def load_classification(
         mean, std = _stats(x[rest])
         note = "normalisation statistics computed from the training split (the backbone has none)"
         _logger.warning("%s", note)
-    shift = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    scale = torch.tensor(std, dtype=torch.float32)[:, None, None]
-
     def norm(images: Tensor) -> Tensor:
-        return (images - shift) / scale
+        return normalize_images(images, mean, std)
 
     tx, ty = test_set.tensors()
     return ClassificationData(

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.classification import multilabel_average_precision, multilabel_f1_score
 
 from rsmae.bands import get_layout, get_sensor
+from rsmae.data import normalize_images
 from rsmae.datasets.bigearthnet import load_bigearthnet
 from rsmae.evaluation.data import backbone_meta, load_for_task
 from rsmae.evaluation.features import cached_features, file_digest
@@ -165,7 +166,7 @@ def evaluate_multilabel(
         note = "; ".join(filter(None, [note, "normalisation statistics from the training split"]))
         _logger.warning("%s: normalisation statistics computed from the BigEarthNet training split", backbone)
     digest = file_digest(backbone)
-    feats = {s: cached_features(encoder, (x - mean[:, None, None]) / std[:, None, None],
+    feats = {s: cached_features(encoder, normalize_images(x, mean, std),
                                 backbone_digest=digest, cache_dir=cache_dir) for s, x in xs.items()}
     ys = {s: y for s, (_, y, _) in splits.items()}
     chosen: dict[str, Any] = {"k": k}

@@ -211,10 +211,11 @@ class BackboneExport(L.Callback):
 
 def _channels(raw: Tensor, sources: list[int | None], mean: Tensor, std: Tensor) -> Tensor:
     """``(N, len(sources), H, W)``: channel ``j`` is ``raw[:, sources[j]]`` normalised, zeros for ``None``."""
-    out = raw.new_zeros(raw.shape[0], len(sources), *raw.shape[2:])
+    normalised = normalize_images(raw, mean, std)
+    out = normalised.new_zeros(raw.shape[0], len(sources), *raw.shape[2:])
     for j, i in enumerate(sources):
         if i is not None:
-            out[:, j] = ((raw[:, i] - mean[i]) / std[i]).float()
+            out[:, j] = normalised[:, i]
     return out
 
 

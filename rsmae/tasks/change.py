@@ -30,6 +30,7 @@ from torch import Tensor
 from torchmetrics.classification import BinaryF1Score
 
 from rsmae.augment import d4_transform
+from rsmae.data import normalize_images
 from rsmae.errors import BandError, WeightsError
 from rsmae.evaluation.change_model import FCSiamDiff, SiameseViT, change_loss
 from rsmae.evaluation.trainable import configure_trainable, freeze_eval
@@ -173,10 +174,7 @@ class ChangeTask(L.LightningModule):
         if hp.mean is None or hp.std is None:
             raise ValueError("ChangeTask has no mean/std: pass them, use a backbone with statistics, or "
                              "call set_statistics with the training split's")
-        shape = (len(hp.mean), 1, 1)
-        mean = torch.tensor(hp.mean, dtype=torch.float32, device=image.device).reshape(shape)
-        std = torch.tensor(hp.std, dtype=torch.float32, device=image.device).reshape(shape)
-        return (image.float() - mean) / std
+        return normalize_images(image, hp.mean, hp.std)
 
     def _generator(self, index: int) -> torch.Generator:
         state = np.random.SeedSequence([self.hparams.seed, index]).generate_state(2, np.uint32)
