@@ -26,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         a = store.attrs
         c = a["config"]
+        scenes = int((store.scenes(["id"])["id"] != "").sum())  # a skipped scene's row has no id
+        skipped = len(store.skipped()["id"])
         print(f"\n{path}: {a['tiles']} tiles of {len(a['bands'])}x{c['tile_size']}x"
-              f"{c['tile_size']} {a['dtype']}, {store.n_scenes} scenes, sensor {a['sensor']}, "
-              f"{store.nbytes_stored() / 1e6:.1f} MB")
+              f"{c['tile_size']} {a['dtype']}, {scenes} scenes"
+              f"{f' ({skipped} skipped: rerun tile.py after fixing them)' if skipped else ''}, "
+              f"sensor {a['sensor']}, {store.nbytes_stored() / 1e6:.1f} MB")
         if a.get("classes"):
             print(f"  classes: {', '.join(a['classes'])}")
         print(f"  {'band':>5} {'nm':>7} {'gsd':>4} {'mean':>9} {'std':>9} {'p01':>8} {'p99':>8}")

@@ -25,6 +25,7 @@ from rsmae.tiling import TileConfig, tile_scenes
 from rsmae.tiling.lock import lock_path, store_lock
 
 sys.path.insert(0, str(ROOT / "pipelines"))
+import inspect_store  # noqa: E402
 import tile  # noqa: E402  (the pipeline script)
 
 CTX = mp.get_context("fork")  # the child only takes the file lock
@@ -65,6 +66,8 @@ def test_bad_scenes_skipped_recorded_then_completed(patches, tmp_path, capsys):
     assert "has 12 band(s)" in reasons[f"patches/{wrong.stem}"]
     ids = store.scenes(["id"])["id"].tolist()  # the registered, skipped one has lost its id
     assert sorted(ids) == ["", *sorted(f"patches/{p.stem}" for p in good)]
+    assert inspect_store.main([str(out)]) == 0  # counts tiled scenes only, and says what was skipped
+    assert f"{len(good)} scenes (2 skipped: rerun tile.py" in capsys.readouterr().out
     shutil.copy(EUROSAT.rglob(truncated.name).__next__(), truncated)  # fixed
     assert tile.main([str(folder), *ARGS, "--out", str(out)]) == 3  # the other one is still bad
     capsys.readouterr()
