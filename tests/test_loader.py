@@ -264,3 +264,11 @@ def test_one_normalisation_for_batches_pairs_and_single_images(eurosat_store: Pa
     torch.testing.assert_close(normalize_images(pair, ds.mean, ds.std)[0, 1], expected)
     with pytest.raises(ValueError, match="12 means / 12 stds for images of 13 bands"):
         normalize_images(image, ds.mean[:12], ds.std[:12])
+
+
+def test_split_ignores_the_rows_of_skipped_scenes() -> None:
+    columns = {"id": np.array(["a", "", "b", "c"]), "split": np.array(["", "", "", "val"])}
+    train, val = split_scenes(columns, 0.5, seed=0)
+    assert (train, val) == (["a", "b"], ["c"])
+    train, val = split_scenes({"id": np.array(["", "x"]), "split": np.array(["", ""])}, 0.0, seed=0)
+    assert (train, val) == (["x"], [])

@@ -38,6 +38,8 @@ def split_scenes(
     else:
         ids = [str(r["id"]) for r in scenes]
         splits = [str(r.get("split") or "") for r in scenes]
+    kept = [k for k, i in enumerate(ids) if i]  # the row of a skipped scene has no id and no tile
+    ids, splits = [ids[k] for k in kept], [splits[k] for k in kept]
     named = [i for i, s in zip(ids, splits, strict=True) if s in ("val", "test")]
     if named:
         held = set(named)
