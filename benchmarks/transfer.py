@@ -111,9 +111,10 @@ def run_cell(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, A
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")  # frozen parts, on purpose
     if threads:
         torch.set_num_threads(threads)
+    key = fingerprint(cell, backbone, config)  # first: a failing import costs nothing, not a whole cell
     evaluate = _change if config.get("task") == "change" else _classification
     result = evaluate(cell, backbone, config)
-    result.update(cell, fingerprint=fingerprint(cell, backbone, config), threads=torch.get_num_threads())
+    result.update(cell, fingerprint=key, threads=torch.get_num_threads())
     path = cell_path(config["cells_dir"], cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -130,8 +131,12 @@ def _local(jobs: list[tuple], workers: int) -> Iterable[Any]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(run_cell, *job, threads) for job in jobs]
-        for future in as_completed(futures):
-            yield future.result()
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:  # a failed cell stops the grid now, not after every other cell ran
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _dask(jobs: list[tuple], address: str) -> Iterable[Any]:

@@ -87,3 +87,18 @@ def test_backbones_given_by_path_and_a_derived_random_init(tmp_path: Path, monke
     config["backbones"] = {"demo_mae": "runs/none*/backbone.safetensors"}
     with pytest.raises(FileNotFoundError, match="pretrain first"):
         transfer.manifest_from_paths(config)
+
+
+def test_a_cell_fails_before_its_work_when_its_key_cannot_be_made(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    ran = []
+    monkeypatch.setattr(transfer, "_classification", lambda *a: ran.append(a) or {})
+
+    def broken(*_):
+        raise ImportError("cannot import name 'X' (a module edited under a running grid)")
+
+    monkeypatch.setattr(transfer, "fingerprint", broken)
+    cell = {"init": "random", "protocol": "knn", "fraction": "100%", "seed": 0}
+    with pytest.raises(ImportError, match="cannot import name"):
+        transfer.run_cell(cell, {"path": None}, {"cells_dir": str(tmp_path)})
+    assert ran == [] and not list(tmp_path.iterdir())  # nothing evaluated, nothing written
