@@ -13,6 +13,7 @@ Examples::
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import statistics
 import sys
@@ -82,9 +83,13 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
         for (init, p, d), r in sorted(rows.items()):
             stats = [f"{r[k]:.2f}" if r[k] is not None else "" for m in METRICS for k in (m, f"{m}_std")]
             writer.writerow([d, init, p, r["n"], *stats, f"{r['wall_s']:.0f}"])
+    cell_s = sum(float(r.get("wall_s") or 0.0) for r in results)
+    workers = max(1, int(config.get("workers") or 1))
+    this_run = f"grid time this run {elapsed / 60:.1f} min; " if elapsed else ""
     md = [f"# Change detection ({len(results)} of {len(cells)} cells done)", "",
-          f"- machine: {cpu_name()}; grid time this run {elapsed / 60:.1f} min; command `python "
-          f"benchmarks/change_tables.py --config {config['config_path']}`",
+          f"- machine: {cpu_name()}, {os.cpu_count()} cores; {this_run}cell time of the {len(results)} "
+          f"cells {cell_s / 60:.1f} min, i.e. {cell_s / 60 / workers:.1f} min on {workers} worker(s); "
+          f"command `python benchmarks/change_tables.py --config {config['config_path']}`",
           "- F1 / IoU / precision / recall of the change class in %, mean ± std over seeds (n), pooled over "
           "whole test scenes scored by overlapping sliding windows with blended logits (not a centre crop), "
           "at the threshold chosen on a validation part of the training scenes",
