@@ -35,9 +35,7 @@ import argparse
 import copy
 import csv
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -49,8 +47,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402
+
 from rsmae.datasets import EuroSAT
-from rsmae.evaluation.speed import matmul_peak
+from rsmae.evaluation.speed import cpu_name, matmul_peak
 from rsmae.landscape import MAEObjective, Objective, ProbeObjective, evaluate_points, random_direction
 from rsmae.models import MaskedAutoencoder, create_encoder, mae_decoder_defaults, set_fused_attention
 
@@ -154,25 +155,6 @@ def flops_per_point(case: Case, dirs: list[dict[str, torch.Tensor]], chunk: int)
     return loop, counter.get_total_flops() / 1e9 / chunk
 
 
-def cpu_name() -> str:
-    """The CPU's model name (lscpu), else platform's."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    """Short commit of the checkout (``unknown`` outside git)."""
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def measure(case: Case, points: int, chunks: list[int], rounds: int) -> None:

@@ -26,12 +26,13 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from provenance import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 PART = 250
@@ -39,19 +40,8 @@ TARGET_100K = 1.2
 TARGET_16K = 1.15
 TARGET_OPEN = 2.0
 PIXEL_BYTES = 13 * 64 * 64 * 2
+MEASURED = ("rsmae/store.py", "rsmae/scene_table.py", "rsmae/tiling", "rsmae/data")
 
-
-def git_commit() -> str:
-    """Short commit of the checkout, flagged when the measured code has uncommitted changes."""
-    measured = ["rsmae/store.py", "rsmae/scene_table.py", "rsmae/tiling", "rsmae/data"]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *measured], cwd=REPO,
-                               check=True, capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head} + uncommitted changes" if dirty else head
 
 
 def make_farm(data: Path, root: Path, n: int) -> list[Path]:
@@ -155,7 +145,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, machine:
     sizes = sorted({r["zarr_json_bytes"] for r in rows})
     lines = [
         "# Tile store scale (`benchmarks/bench_store_scale.py`)", "",
-        f"Machine: {machine}. Commit {git_commit()}; {args.workers} tiling worker(s); "
+        f"Machine: {machine}. Commit {git_commit(MEASURED)}; {args.workers} tiling worker(s); "
         f"{minutes:.1f} min in all.", "",
         f"Command: `python benchmarks/bench_store_scale.py {' '.join(args.argv)}`", "",
         "64x64 13-band uint16 EuroSAT patches (real files hard-linked under new names), "

@@ -7,7 +7,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -17,21 +16,14 @@ from typing import Any
 
 import rasterio
 from loader_common import BATCH, REPO, TARGET_LOADER, TARGET_TILING
+from provenance import git_commit
+
+from rsmae.evaluation.speed import cpu_name
 
 
 def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _version(dist: str) -> str:
@@ -43,17 +35,6 @@ def _version(dist: str) -> str:
 
 _MEASURED = ("rsmae/tiling", "rsmae/data", "rsmae/store.py", "rsmae/shards.py", "rsmae/bands.py")
 
-
-def _git_commit() -> str:
-    """Commit of the repository (read-only git calls), flagged when the measured code has changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=REPO, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *_MEASURED], capture_output=True,
-                               text=True, cwd=REPO, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head} + uncommitted changes in {', '.join(_MEASURED)}" if dirty else head
 
 
 def code_snapshot() -> dict[str, float]:
@@ -71,9 +52,9 @@ def environment() -> dict[str, str]:
     versions["GDAL"] = rasterio.__gdal_version__
     versions["python"] = platform.python_version()
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "cpu": _cpu_model(), "cores": f"{os.cpu_count()} logical, {affinity} usable",
+            "cpu": cpu_name(), "cores": f"{os.cpu_count()} logical, {affinity} usable",
             "load": load, "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
-            "commit": _git_commit(),
+            "commit": git_commit(_MEASURED),
             "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))}
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -52,6 +51,7 @@ from rsmae.data.dataset import describe_data
 from rsmae.errors import RsmaeError, StoreError
 from rsmae.evaluation.speed import cpu_name
 from rsmae.models import create_encoder, save_backbone
+from rsmae.models.registry import sha256_file
 from rsmae.models.weights import BackboneMeta
 from rsmae.store import TileStore
 from rsmae.tasks.report import read_metrics
@@ -104,15 +104,6 @@ def _call(cmd: Sequence[Any], threads: int | None = None) -> float:
     if done.returncode:
         raise RsmaeError(f"{cmd[1]} failed with exit code {done.returncode}; see the output above")
     return time.perf_counter() - started
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _complete(store: Path) -> bool:
@@ -189,7 +180,7 @@ def _fingerprint(run: Run, stores: dict[str, Path], out: Path) -> dict[str, Any]
     init = out / run.init_from / "backbone.safetensors" if run.init_from else None
     return {"steps": run.steps, "config": [str(CONFIGS / "base.yaml"), str(CONFIGS / run.override)],
             **store_summary(stores[run.store]), "init_backbone": str(init) if init else None,
-            "init_sha256": sha256(init) if init else None}
+            "init_sha256": sha256_file(init) if init else None}
 
 
 def pretrain(run: Run, stores: dict[str, Path], out: Path, data: Path = DATA,
@@ -245,7 +236,7 @@ def _init_entry(out: Path, runs: Sequence[str], records: dict[str, dict[str, Any
     stages = [{"run": r, **{k: records[r].get(k) for k in _STAGE_KEYS}} for r in runs]
     last = records[runs[-1]]
     path = out / runs[-1] / "backbone.safetensors"
-    return {"path": str(path), "sha256": sha256(path), "steps": sum(s["steps"] for s in stages),
+    return {"path": str(path), "sha256": sha256_file(path), "steps": sum(s["steps"] for s in stages),
             "corpus": " -> ".join(STORES[Path(s["store"]).stem] for s in stages),
             "images": sum(s["images"] for s in stages), "scenes": sum(s["scenes"] for s in stages),
             "bands": last["bands"], "sensor": last["sensor"], "probe_start": last.get("probe_start"),
@@ -257,7 +248,7 @@ def manifest_entries(out: Path, stores: dict[str, Path], records: dict[str, dict
     """``{init: {path, sha256, steps, corpus, images, scenes, bands, sensor, ...}}`` of the five inits."""
     rs = store_summary(stores["s2_l1c"])
     path = out / "random" / "backbone.safetensors"
-    manifest = {"random": {"path": str(path), "sha256": sha256(path), "steps": 0,
+    manifest = {"random": {"path": str(path), "sha256": sha256_file(path), "steps": 0,
                            "corpus": f"none (statistics of {STORES['s2_l1c']})", "images": 0, "scenes": 0,
                            "bands": rs["bands"], "sensor": rs["sensor"]}}
     manifest.update({init: _init_entry(out, runs, records) for init, runs in INITS.items() if runs})

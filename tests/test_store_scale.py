@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import rasterio
 from conftest import EUROSAT
+from store_helpers import assert_exact_statistics
 
 from rsmae.data import ShardDataset, split_scenes
 from rsmae.errors import StoreConfigError
 from rsmae.store import TileStore
 from rsmae.tiling import TileConfig, tile_scenes
-from rsmae.tiling.units import valid_mask
 
 CONFIG = TileConfig(tile_size=64, band_order="eurosat", label_from_dir=True, shard_tiles=8)
 
@@ -87,14 +87,7 @@ def test_append_equals_one_run(stores: dict[str, Path]) -> None:
 
 def test_merged_statistics_equal_a_computation_from_the_pixels(stores: dict[str, Path]) -> None:
     store = TileStore.open(stores["appended"])
-    tiles = store.read_tiles(store.index())
-    for c, band in enumerate(store.band_names):
-        values = np.concatenate([t[c][valid_mask(t, 0)] for t in tiles]).astype(np.float64)
-        got = store.attrs["stats"][band]
-        assert got["count"] == values.size
-        assert got["mean"] == pytest.approx(values.mean(), rel=1e-12)
-        assert got["std"] == pytest.approx(values.std(), rel=1e-9)
-        assert got["p99"] == pytest.approx(np.percentile(values, 99), rel=1e-12)
+    tiles = assert_exact_statistics(store)
     hist, _ = store.stats_totals(store.attrs["stats_buffer"])
     assert int(hist.sum()) == tiles.size  # EuroSAT patches have no nodata pixel
 

@@ -14,10 +14,10 @@ import pytest
 import rasterio
 import zarr
 from conftest import BIGEARTHNET, EUROSAT, LANDSAT, OSCD, ROOT
+from store_helpers import assert_exact_statistics
 
 from rsmae.store import TileStore
 from rsmae.tiling import TileConfig, tile_scenes
-from rsmae.tiling.units import valid_mask
 
 TWO_CITIES = [str(OSCD / "pisa" / "imgs_1"), str(OSCD / "saclay_e" / "imgs_1")]
 
@@ -68,16 +68,7 @@ def test_bigearthnet_mixed_resolution_aligned(bigearthnet_store: Path) -> None:
 
 
 def test_statistics_exact(bigearthnet_store: Path) -> None:
-    store = TileStore.open(bigearthnet_store)
-    tiles = store.read_tiles(store.index())
-    for c, band in enumerate(store.band_names):
-        values = np.concatenate([t[c][valid_mask(t, 0)] for t in tiles]).astype(np.float64)
-        got = store.attrs["stats"][band]
-        assert got["count"] == values.size
-        assert got["mean"] == pytest.approx(values.mean(), rel=1e-12)
-        assert got["std"] == pytest.approx(values.std(), rel=1e-9)
-        assert got["p01"] == pytest.approx(np.percentile(values, 1), rel=1e-12)
-        assert got["p99"] == pytest.approx(np.percentile(values, 99), rel=1e-12)
+    assert_exact_statistics(TileStore.open(bigearthnet_store))
 
 
 def test_eurosat_band_layout_and_labels(eurosat_store: Path) -> None:

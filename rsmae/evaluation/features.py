@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from rsmae.models.registry import sha256_file
 from rsmae.tasks.probe import extract_features
 
 __all__ = ["cached_features", "file_digest", "tensor_digest"]
@@ -23,12 +24,8 @@ _logger = logging.getLogger(__name__)
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a file's bytes (hex): :func:`rsmae.models.registry.sha256_file`."""
+    return sha256_file(path)
 
 
 def tensor_digest(tensor: Tensor) -> str:
