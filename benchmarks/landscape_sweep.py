@@ -125,8 +125,9 @@ def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Pa
         writer.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
     noise = [k for k in keys if k.startswith("noise_") and not k.endswith("_std")]
     md = ["# Loss landscape vs pretraining batch size and optimizer", "",
-          f"- machine: {cpu_name()}, {os.cpu_count()} cores; sweep time this run {seconds / 60:.1f} min "
-          f"(pretraining threads: {cfg.get('threads') or 'default'}); command `python "
+          f"- machine: {cpu_name()}, {os.cpu_count()} cores; this run {seconds / 60:.1f} min (finished "
+          "pretrainings and landscape measures are reused; each pretraining's minutes are in the table, "
+          f"threads: {cfg.get('threads') or 'default'}); command `python "
           f"benchmarks/landscape_sweep.py --config {config_path}`",
           f"- every run: MAE, recipe `{cfg['pretrain_config']}`, {cfg['samples']} training samples on "
           f"`{cfg['store']}` (no evaluation image), lr = base_lr x batch / 256, warmup "
@@ -135,7 +136,10 @@ def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Pa
           "- measures at each run's final weights (study table and figures in `study/`): top Hessian "
           "eigenvalue, Hutchinson trace ± its standard error, mean loss rise under filter-normalised "
           "Gaussian weight noise (mean over draws), mean rise over the 2D surface (mean ± std over direction "
-          "seeds); lower is flatter", ""]
+          "seeds); lower is flatter",
+          "- same budget, not same loss: a larger batch takes fewer steps and ends at a higher loss (the "
+          "`loss` column), nearer its initialisation, so a flatter landscape there is partly an earlier "
+          "point of training; compare runs of equal loss before crediting the optimizer or batch size", ""]
     for objective in dict.fromkeys(r["objective"] for r in rows):
         md += [f"## Objective: {objective}", "",
                "| run | steps | lr | min | final loss | loss | top eig | trace | "
