@@ -160,3 +160,20 @@ def test_registration_killed_before_its_counts_is_redone(stores: dict[str, Path]
 def files_ids(files: list[str]) -> list[str]:
     """Scene ids (``class/name``) of EuroSAT files."""
     return [f"{Path(f).parent.name}/{Path(f).stem}" for f in files]
+
+
+def test_a_rerun_with_more_inputs_parses_only_the_new_files(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import rsmae.tiling.scenes as scenes_module
+
+    files = _files(12)
+    out = tmp_path / "s.zarr"
+    tile_scenes(files[:8], out, CONFIG)
+    parsed: list[str] = []
+    real = scenes_module._file_scene
+    monkeypatch.setattr(scenes_module, "_file_scene",
+                        lambda path, *a: parsed.append(str(path)) or real(path, *a))
+    summary = tile_scenes(files, out, CONFIG)  # every earlier input passed again, 4 new ones
+    assert sorted(parsed) == sorted(files[8:]) and summary.new_scenes == 4
+    ids = TileStore.open(out).scenes(["id"])["id"].tolist()
+    assert sorted(ids) == sorted(f"{Path(f).parent.name}/{Path(f).stem}" for f in files)

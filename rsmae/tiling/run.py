@@ -236,7 +236,8 @@ def tile_scenes(
     out = Path(out)
     scenes = discover_scenes(inputs, get_sensor(config.sensor), config.band_names(),
                              band_order=config.band_order, label_from_dir=config.label_from_dir,
-                             mix_product_levels=config.mix_product_levels)
+                             mix_product_levels=config.mix_product_levels,
+                             known_files=frozenset() if overwrite else _known_files(out))
     _check_out(out)
     run = RunContext(scenes, config, workers, dask, on_unit)
     with store_lock(out, break_lock=break_lock):
@@ -276,6 +277,21 @@ def _known_ids(out: Path) -> set[str]:
     if not (out / "zarr.json").is_file():
         return set()
     return set(TileStore.open(out, require_complete=False).scenes(["id"])["id"].tolist()) - {""}
+
+
+def _known_files(out: Path) -> frozenset[str]:
+    """Files of the single-file scenes a store holds, left out of discovery.
+
+    Read before the lock: only an optimisation; the ids read under the lock decide what is new.
+    """
+    if not (out / "zarr.json").is_file():
+        return frozenset()
+    try:
+        table = TileStore.open(out, require_complete=False).scenes(["id", "files"])
+    except RsmaeError:  # not a store, or an old one: discovery parses every input as before
+        return frozenset()
+    return frozenset(f[0] for i, f in zip(table["id"].tolist(), table["files"], strict=True)
+                     if i and len(f) == 1)
 
 
 def _summary(store: TileStore, out: Path, new: int, units_run: int, started: float,

@@ -14,7 +14,7 @@ import glob
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,6 +226,7 @@ def discover_scenes(
     band_order: Sequence[str] | str | None = None,
     label_from_dir: bool = False,
     mix_product_levels: bool = False,
+    known_files: Container[str] = frozenset(),
 ) -> list[Scene]:
     """Find scenes in files, folders, product folders (``.SAFE``, Landsat) and globs.
 
@@ -237,6 +238,8 @@ def discover_scenes(
             sensor's canonical order.
         label_from_dir: Take each scene's class label from its parent folder name.
         mix_product_levels: Accept Sentinel-2 L1C and L2A scenes together.
+        known_files: Single-file scenes a store already holds (paths as given): left out without
+            being parsed, so a re-run that passes every earlier input again costs only the walk.
 
     Returns:
         Scenes sorted by id.
@@ -250,7 +253,7 @@ def discover_scenes(
     scenes: dict[str, Scene] = {}
     skipped: list[Path] = []
     for path, root in _expand(inputs):
-        for scene in _scenes_in(path, root, sensor, order, bands, label_from_dir, skipped):
+        for scene in _scenes_in(path, root, sensor, order, bands, label_from_dir, skipped, known_files):
             if scene.scene_id in scenes and scenes[scene.scene_id] != scene:
                 raise BandError(
                     f"{scene.files[0]}: scene id {scene.scene_id!r} (parent/name) is taken by "
@@ -263,10 +266,11 @@ def discover_scenes(
 
 
 def _scenes_in(path: Path, root: Path, sensor: Sensor, order: tuple[str, ...], bands: Sequence[str],
-               label_from_dir: bool, skipped: list[Path]) -> list[Scene]:
+               label_from_dir: bool, skipped: list[Path], known_files: Container[str]) -> list[Scene]:
     """The scenes of one input path; non-band rasters of band folders are added to ``skipped``."""
     if path.is_file():
-        return [_file_scene(path, root, order, bands, sensor, label_from_dir)]
+        return [] if str(path) in known_files else [_file_scene(path, root, order, bands, sensor,
+                                                                label_from_dir)]
     entries = _walk(path)
     if not entries:
         raise InputNotFoundError(f"{path}: no raster files ({', '.join(RASTER_SUFFIXES)}) in this folder")
@@ -274,7 +278,8 @@ def _scenes_in(path: Path, root: Path, sensor: Sensor, order: tuple[str, ...], b
     for folder, files in entries:
         found = _band_folder(folder, files, sensor)
         if found is None:
-            made.extend(_file_scene(f, root, order, bands, sensor, label_from_dir) for f in files)
+            made.extend(_file_scene(f, root, order, bands, sensor, label_from_dir) for f in files
+                        if str(f) not in known_files)
         else:
             made.append(_folder_scene(folder, root, found[0], bands, sensor, label_from_dir))
             skipped.extend(found[1])
