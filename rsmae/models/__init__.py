@@ -1,5 +1,6 @@
 """Models: the timm ViT encoder, MAE and RC-MAE wrappers, weight loading."""
 
+import rsmae.models.mae_zoo  # noqa: F401  (registers the rsmae_mae_* timm models)
 from rsmae.models.adapt import adapt_patch_embed, checkpoint_filter_fn, match_bands
 from rsmae.models.foreign import load_official_mae, load_timm_weights, load_torchgeo_vit
 from rsmae.models.mae import (

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.optim import Lamb
 from torch import nn
 
-__all__ = ["NO_DECAY_NAMES", "WarmupCosine", "fused_adamw_available", "param_groups", "scheduled"]
+__all__ = ["NO_DECAY_NAMES", "OPTIMIZERS", "WarmupCosine", "fused_adamw_available", "make_optimizer",
+           "param_groups", "scheduled"]
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
 
@@ -60,3 +62,16 @@ def scheduled(optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: 
     """Lightning's ``configure_optimizers`` value: ``optimizer`` under :class:`WarmupCosine`, per step."""
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, floor))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+OPTIMIZERS = ("adamw", "sgd", "lamb")
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float, float], momentum: float,
+                   fast: dict[str, bool]) -> torch.optim.Optimizer:
+    """AdamW (MAE's), SGD with momentum (weight decay as L2) or LAMB (timm's, layer-wise trust ratio)."""
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, foreach=True)
+    if name == "lamb":
+        return Lamb(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, **fast)

@@ -11,9 +11,7 @@ from a generator seeded by ``(seed, rank, n)``, validation masks by ``(seed, ran
 batch counter is saved in checkpoints. Together with the resumable loader
 (:class:`~rsmae.data.ResumableDataLoader`) a resumed run reproduces the uninterrupted one.
 
-Batches of integer images (``TileDataModule(native=True)``: the stores' dtype, half the bytes of
-float32 between processes) are normalised on the device with the ``mean``/``std`` of ``data_info``
-before anything else sees them, in training and validation alike.
+Integer batches (``TileDataModule(native=True)``) are normalised on the device with ``data_info``.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from timm.models.vision_transformer import VisionTransformer
-from timm.optim import Lamb
 from torch import Tensor
 
 from rsmae.augment import RSAugment
@@ -45,7 +42,7 @@ from rsmae.models import (
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
 from rsmae.tasks.init import checkpoint_hparams, init_encoder
-from rsmae.tasks.optim import WarmupCosine, fused_adamw_available, param_groups
+from rsmae.tasks.optim import OPTIMIZERS, fused_adamw_available, make_optimizer, param_groups, scheduled
 
 __all__ = ["PretrainTask", "export_backbone"]
 
@@ -72,8 +69,7 @@ class PretrainTask(L.LightningModule):
         reference_gsd: GSD at which the scaled embedding equals the fixed one.
         consistency_weight: RC-MAE weight of the teacher-consistency term.
         teacher_momentum: RC-MAE EMA momentum at step 0 (cosine to 1 over the run).
-        optimizer: ``"adamw"`` (MAE's), ``"sgd"`` (with ``momentum``; weight decay as L2) or ``"lamb"``
-            (timm's LAMB); the optimizer sweep of the loss-landscape study compares them.
+        optimizer: ``"adamw"`` (MAE's), ``"sgd"`` (with ``momentum``) or ``"lamb"`` (timm's LAMB).
         momentum: SGD momentum.
         base_lr: Learning rate per 256 samples: ``lr = base_lr * batch * accumulate * world / 256``.
         min_lr: Learning rate at the end of the cosine.
@@ -369,13 +365,12 @@ class PretrainTask(L.LightningModule):
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
         fused = fused_adamw_available(self.device) and not (scaled and self.trainer.gradient_clip_val)
         fast = {"fused": True} if fused else {"foreach": True}
-        optimizer = _optimizer(hp.get("optimizer", "adamw"), groups, lr, hp, fast)
+        optimizer = make_optimizer(hp.get("optimizer", "adamw"), groups, lr, tuple(hp.betas),
+                                   hp.get("momentum", 0.9), fast)
         warmup = hp.warmup_steps if hp.warmup_steps is not None else round(0.05 * self._total_steps)
-        schedule = WarmupCosine(warmup, self._total_steps, hp.min_lr / lr if lr > 0 else 0.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         _logger.info("%s lr %.3g (base %.3g x %d / 256), %d steps, warmup %d, %s", type(optimizer).__name__,
                      lr, hp.base_lr, effective, self._total_steps, warmup, next(iter(fast)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled(optimizer, warmup, self._total_steps, hp.min_lr / lr if lr > 0 else 0.0)
 
 
 def export_backbone(checkpoint: str | Path, out: str | Path,
@@ -403,16 +398,3 @@ def export_backbone(checkpoint: str | Path, out: str | Path,
     meta = task.backbone_meta(weights)
     meta.source += f" ({Path(checkpoint).name})"
     return save_backbone(task.encoder(weights), out, meta)
-
-
-OPTIMIZERS = ("adamw", "sgd", "lamb")
-
-
-def _optimizer(name: str, groups: list[dict], lr: float, hp: Any, fast: dict[str, bool]
-               ) -> torch.optim.Optimizer:
-    """AdamW (MAE's), SGD with momentum (weight decay as L2) or LAMB (timm's, layer-wise trust ratio)."""
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=hp.get("momentum", 0.9), foreach=True)
-    if name == "lamb":
-        return Lamb(groups, lr=lr, betas=tuple(hp.betas))
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **fast)
