@@ -40,7 +40,7 @@ TARGET_100K = 1.2
 TARGET_16K = 1.15
 TARGET_OPEN = 2.0
 PIXEL_BYTES = 13 * 64 * 64 * 2
-MEASURED = ("rsmae/store.py", "rsmae/scene_table.py", "rsmae/tiling", "rsmae/data")
+MEASURED = ("rsmae/store", "rsmae/tiling", "rsmae/data")
 
 
 

@@ -24,7 +24,7 @@ _TILING_PARTS = (
     ("read windows (SceneReader.read)", "rsmae/tiling/grid.py", "read"),
     ("nodata masks (valid_mask)", "rsmae/tiling/units.py", "valid_mask"),
     ("statistics (accumulate)", "rsmae/tiling/stats.py", "accumulate"),
-    ("write_unit (zarr + Blosc encode)", "rsmae/store.py", "write_unit"),
+    ("write_unit (zarr + Blosc encode)", "rsmae/store/tile_store.py", "write_unit"),
     ("finalise (index, stats)", "rsmae/tiling/run.py", "_finalise"),
 )
 

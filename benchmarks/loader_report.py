@@ -33,7 +33,7 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-_MEASURED = ("rsmae/tiling", "rsmae/data", "rsmae/store.py", "rsmae/shards.py", "rsmae/bands.py")
+_MEASURED = ("rsmae/tiling", "rsmae/data", "rsmae/store", "rsmae/bands.py")
 
 
 

@@ -14,10 +14,10 @@ import pytest
 import zarr
 from conftest import LANDSAT
 
-import rsmae.shards
+import rsmae.store.shards
 from rsmae.errors import StoreError
-from rsmae.shards import TileReader, layout_mismatch
 from rsmae.store import TileStore
+from rsmae.store.shards import TileReader, layout_mismatch
 from rsmae.tiling import TileConfig, tile_scenes
 
 
@@ -39,7 +39,7 @@ def _count_preads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         sizes.append(n)
         return original(fd, n, offset)
 
-    monkeypatch.setattr(rsmae.shards.os, "pread", pread)
+    monkeypatch.setattr(rsmae.store.shards.os, "pread", pread)
     return sizes
 
 
@@ -111,7 +111,7 @@ def test_other_layout_falls_back_to_zarr(landsat_store: Path, tmp_path: Path,
     copied = tmp_path / "other.zarr"
     zarr.create_array(copied, data=tiles, chunks=(1, 3, 64, 64), shards=(16, 3, 64, 64),
                       compressors=zarr.codecs.ZstdCodec(level=1), zarr_format=3)
-    with caplog.at_level(logging.INFO, logger="rsmae.shards"):
+    with caplog.at_level(logging.INFO, logger="rsmae.store.shards"):
         reader = TileReader(copied)
     assert not reader.fast and "inner codecs" in reader.reason
     assert sum("reading tiles through zarr" in r.message for r in caplog.records) == 1

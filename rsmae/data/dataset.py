@@ -14,8 +14,8 @@ from torch.utils.data import Dataset, default_collate
 from rsmae.bands import check_bands
 from rsmae.data.batch import TileBatch, batch_tensors
 from rsmae.errors import BandError
-from rsmae.shards import TileReader
 from rsmae.store import TileStore
+from rsmae.store.shards import TileReader
 
 __all__ = ["ShardDataset", "collate_tiles", "describe_data", "merge_stats", "normalize_images"]
 

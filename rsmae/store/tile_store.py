@@ -1,51 +1,7 @@
-"""The tile store: the one place that knows the Zarr v3 layout.
-
-Layout (format version 2)::
-
-    STORE.zarr/                      group; attributes hold config, bands, stats, state: a
-                                     constant size, nothing per scene
-      images   (slots, C, T, T)      native dtype; one chunk = one tile; one shard = ``shard_tiles``
-                                     tiles; Blosc (lz4 or zstd) with bit-shuffle in shards
-      scene    (slots,) int32        scene index of each slot, -1 where no tile was kept
-      row, col (slots,) int32        window offset of the tile in its scene's grid (pixels)
-      valid    (slots,) float32      fraction of valid (not nodata / NaN) pixels
-      transform (slots, 6) float64   affine transform of each tile (GDAL order a, b, c, d, e, f
-                                     as in ``affine.Affine``); the CRS is the scene's
-      index    (tiles,) int64        slots holding a tile, in order (appended when finalising)
-      index_scene, index_row, index_col (tiles,) int32
-                                     ``scene``, ``row``, ``col`` of those slots: a dataset reads
-                                     its tile table from a few large chunks, not one per unit
-      unit_done (units,) uint8       1 when a unit of work (one shard) has been fully written
-      unit_count (units, 2) int64    tiles kept and dropped by each unit
-      unit_hist (units, C, bins)     per-band value histograms of valid pixels (exact statistics)
-      unit_moments (units, C, 3)     per-band count, sum, sum of squares (float64)
-      unit_skip (units,) string      JSON ``{scene index: reason}`` of the scenes a unit left out
-                                     (their files failed to read), "" when none
-      batches  (runs, 4) int64       scenes ``first:last`` and units ``start:stop`` each run added
-      stats_hist (2, C, bins) int64  running totals of ``unit_hist`` over the finished units, in
-      stats_moments (2, C, 3)        two buffers: the committed one and the one a run writes
-      scenes/                        the scene table, one row per scene (``rsmae/scene_table.py``)
-      skipped/                       scenes the store does not hold because they failed (an
-        id, file, reason (n,) string unreadable or damaged file, no kept tile): scene id, its
-        batch, row (n,) int64        first file, the error, the run that last tried it, its row
-                                     in the scene table (-1: never registered); rewritten by
-                                     each run (a scene tiled later leaves it)
-
-Work is cut into *units* of ``shard_tiles`` consecutive windows; unit ``u`` owns shard ``u`` and
-chunk ``u`` of every per-slot array, so parallel writers never touch the same file and the output
-does not depend on how many workers ran. A store is usable only once ``complete`` is true; that
-attribute is written last. The root attribute ``committed`` holds the counts of the last finished
-state (scenes, batches, units, tiles, statistics buffer), so an append never rewrites what is
-per scene and a failed append can be undone.
-
-The first format-2 stores lack ``unit_skip`` and ``skipped``: they read as empty and are
-created on the next append. Stores of format 1 (scene records as JSON in the root attributes)
-still open for reading; tiling more scenes into one needs a new store (``--overwrite``).
-"""
+"""The tile store: every read and write of the Zarr layout (``layout.py``) goes through :class:`TileStore`."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,33 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
 from rsmae.errors import StoreConfigError, StoreError, StoreIncompleteError
-from rsmae.scene_table import SceneTable, columns_from_records
+from rsmae.store import skipped as skipped_table
+from rsmae.store.layout import FORMAT_VERSION, READABLE, SLOT_ARRAYS, create_layout
+from rsmae.store.scene_table import SceneTable, columns_from_records
 
 if TYPE_CHECKING:
-    from rsmae.shards import TileReader
+    from rsmae.store.shards import TileReader
 
-__all__ = ["CODECS", "FORMAT_VERSION", "TileStore", "hist_bins", "remove_store"]
-
-FORMAT_VERSION = 2
-_INDEX_ARRAYS = {"index": "int64", "index_scene": "int32", "index_row": "int32",
-                 "index_col": "int32"}
-_READABLE = (1, 2)  # format 1: scene records in the root attributes (read-only here)
-# Tile codecs. lz4 decodes about 2x faster than zstd (data loading) and encodes about 4x faster
-# (tiling) for 10 % larger files; zstd for archives.
-CODECS = {
-    "lz4": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
-    "zstd": {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"},
-}
-_SLOT_ARRAYS = {"scene": ("int32", -1), "row": ("int32", 0), "col": ("int32", 0),
-                "valid": ("float32", 0.0)}
-
-
-def hist_bins(dtype: str) -> int:
-    """Number of histogram bins used for the statistics of ``dtype`` data."""
-    return 256 if np.dtype(dtype).itemsize == 1 else 65536
+__all__ = ["TileStore", "remove_store"]
 
 
 class TileStore:
@@ -99,17 +38,8 @@ class TileStore:
 
     # ---------------------------------------------------------------- creation and opening
     @classmethod
-    def create(
-        cls,
-        path: str | Path,
-        *,
-        config: dict[str, Any],
-        bands: Sequence[dict[str, Any]],
-        dtype: str,
-        shard_tiles: int,
-        codec: str = "lz4",
-        attrs: dict[str, Any] | None = None,
-    ) -> TileStore:
+    def create(cls, path: str | Path, *, config: dict[str, Any], bands: Sequence[dict[str, Any]], dtype: str,
+               shard_tiles: int, codec: str = "lz4", attrs: dict[str, Any] | None = None) -> TileStore:
         """Create an empty store (no slots yet) at ``path``.
 
         Args:
@@ -118,41 +48,13 @@ class TileStore:
             bands: Band metadata dicts (``name``, ``wavelength_nm``, ``gsd_m``) in store order.
             dtype: Pixel dtype (kept from the source).
             shard_tiles: Tiles per shard (and per unit of work).
-            codec: Tile compression, a key of :data:`CODECS`.
+            codec: Tile compression, a key of :data:`~rsmae.store.layout.CODECS`.
             attrs: Extra root attributes (version, command line).
         """
         path = Path(path)
-        tile = int(config["tile_size"])
-        n_bands = len(bands)
         group = zarr.open_group(path, mode="w-", zarr_format=3)
-        tile_codec = BloscCodec(**CODECS[codec])
-        stats_codec = BloscCodec(**CODECS["lz4"])
-        group.create_array("images", shape=(0, n_bands, tile, tile), dtype=dtype,
-                           chunks=(1, n_bands, tile, tile),
-                           shards=(shard_tiles, n_bands, tile, tile), compressors=tile_codec,
-                           fill_value=0, dimension_names=("tile", "band", "y", "x"))
-        for name, (dt, fill) in _SLOT_ARRAYS.items():
-            group.create_array(name, shape=(0,), chunks=(shard_tiles,), dtype=dt,
-                               fill_value=fill)
-        group.create_array("transform", shape=(0, 6), chunks=(shard_tiles, 6), dtype="float64",
-                           fill_value=0.0)
-        for name, dt in _INDEX_ARRAYS.items():
-            group.create_array(name, shape=(0,), chunks=(65536,), dtype=dt, fill_value=0)
-        group.create_array("unit_done", shape=(0,), chunks=(1,), dtype="uint8", fill_value=0)
-        group.create_array("unit_skip", shape=(0,), chunks=(1,), dtype=str, fill_value="")
-        group.create_array("unit_count", shape=(0, 2), chunks=(1, 2), dtype="int64",
-                           fill_value=0)
-        bins = hist_bins(dtype)
-        group.create_array("unit_hist", shape=(0, n_bands, bins), chunks=(1, n_bands, bins),
-                           dtype="int64", fill_value=0, compressors=stats_codec)
-        group.create_array("unit_moments", shape=(0, n_bands, 3), chunks=(1, n_bands, 3),
-                           dtype="float64", fill_value=0.0)
-        group.create_array("batches", shape=(0, 4), chunks=(4096, 4), dtype="int64", fill_value=0)
-        group.create_array("stats_hist", shape=(2, n_bands, bins), chunks=(1, n_bands, bins),
-                           dtype="int64", fill_value=0, compressors=stats_codec)
-        group.create_array("stats_moments", shape=(2, n_bands, 3), chunks=(1, n_bands, 3),
-                           dtype="float64", fill_value=0.0)
-        SceneTable.create(group)
+        create_layout(group, bands=bands, dtype=dtype, tile=int(config["tile_size"]), shard_tiles=shard_tiles,
+                      codec=codec)
         group.attrs.update({
             "rsmae_format": FORMAT_VERSION, "complete": False, "config": config,
             "bands": list(bands), "dtype": dtype, "shard_tiles": shard_tiles,
@@ -183,7 +85,7 @@ class TileStore:
         except Exception as err:  # zarr raises several types for damaged metadata
             raise StoreError(f"{path}: cannot open as a Zarr v3 group ({err})") from err
         found = group.attrs.get("rsmae_format")
-        if found not in _READABLE:
+        if found not in READABLE:
             raise StoreError(
                 f"{path}: not an rsmae tile store of format {FORMAT_VERSION} (found {found!r}); "
                 "tile the scenes again with pipelines/tile.py"
@@ -270,7 +172,7 @@ class TileStore:
     # ---------------------------------------------------------------- scenes
     def scenes(self, columns: Sequence[str] | None = None, *, start: int = 0,
                stop: int | None = None) -> dict[str, np.ndarray]:
-        """Columns of the scene table (see ``rsmae/scene_table.py``), rows ``start:stop``.
+        """Columns of the scene table (see ``scene_table.py``), rows ``start:stop``.
 
         Args:
             columns: Names among ``id``, ``sensor``, ``date``, ``label``, ``split``, ``crs``,
@@ -352,7 +254,7 @@ class TileStore:
         slots = n_units * self.shard_tiles
         images = self.array("images")
         images.resize((slots, *images.shape[1:]))
-        for name in _SLOT_ARRAYS:
+        for name in SLOT_ARRAYS:
             self.array(name).resize((slots,))
         self.array("transform").resize((slots, 6))
         for name in ("unit_done", "unit_count", "unit_hist", "unit_moments"):
@@ -367,37 +269,15 @@ class TileStore:
         """Scenes left out by units ``start:stop`` (scene index -> reason), in unit order."""
         if stop <= start or "unit_skip" not in self._group:
             return {}
-        out: dict[int, str] = {}
-        for text in self.array("unit_skip")[start:stop].tolist():
-            if text:
-                for scene, reason in json.loads(text).items():
-                    out.setdefault(int(scene), reason)
-        return out
+        return skipped_table.read_unit_skips(self.array("unit_skip")[start:stop].tolist())
 
     def skipped(self) -> dict[str, np.ndarray]:
-        """The ``skipped`` table: ``id``, ``file``, ``reason`` (strings), ``batch``, ``row``."""
-        if self.format < 2 or "skipped" not in self._group:
-            text = np.zeros(0, dtype=np.dtypes.StringDType())
-            return {"id": text, "file": text, "reason": text,
-                    "batch": np.zeros(0, np.int64), "row": np.zeros(0, np.int64)}
-        group = self._group["skipped"]
-        return {name: group[name][:] for name in ("id", "file", "reason", "batch", "row")}
+        """The ``skipped`` table (``skipped.py``): ``id``, ``file``, ``reason``, ``batch``, ``row``."""
+        return skipped_table.read_skipped(self._group if self.format >= 2 else None)
 
     def write_skipped(self, table: dict[str, Sequence[Any]]) -> None:
         """Replace the ``skipped`` table (columns as :meth:`skipped` returns)."""
-        if "skipped" not in self._group:
-            group = self._group.create_group("skipped")
-            for name in ("id", "file", "reason"):
-                group.create_array(name, shape=(0,), chunks=(4096,), dtype=str, fill_value="")
-            for name in ("batch", "row"):
-                group.create_array(name, shape=(0,), chunks=(4096,), dtype="int64", fill_value=-1)
-        group = self._group["skipped"]
-        for name in ("id", "file", "reason", "batch", "row"):
-            values = np.asarray(table[name], dtype=np.dtypes.StringDType()
-                                if name in ("id", "file", "reason") else np.int64)
-            group[name].resize((len(values),))
-            if len(values):
-                group[name][:] = values
+        skipped_table.write_skipped(self._group, table)
 
     def clear_scene_ids(self, rows: Sequence[int]) -> None:
         """Mark scene-table rows as skipped scenes (their ``id`` becomes "")."""
@@ -434,7 +314,7 @@ class TileStore:
         k = len(tiles)
         if k:
             self.array("images")[start : start + k] = tiles
-        for name, (dt, fill) in _SLOT_ARRAYS.items():
+        for name, (dt, fill) in SLOT_ARRAYS.items():
             column = np.full(self.shard_tiles, fill, dtype=dt)
             column[:k] = meta[name]
             self.array(name)[start : start + self.shard_tiles] = column
@@ -444,13 +324,12 @@ class TileStore:
         self.array("unit_count")[unit] = np.asarray(counts, dtype=np.int64)
         self.array("unit_hist")[unit] = hist
         self.array("unit_moments")[unit] = moments
-        self.array("unit_skip")[unit] = json.dumps({str(k): v for k, v in sorted(
-            (skipped or {}).items())}) if skipped else ""
+        self.array("unit_skip")[unit] = skipped_table.unit_skip_record(skipped)
         self.array("unit_done")[unit] = 1
 
     def slot_table(self) -> dict[str, np.ndarray]:
         """Per-slot metadata arrays (``scene``, ``row``, ``col``, ``valid``) in memory."""
-        return {name: self.array(name)[:] for name in _SLOT_ARRAYS}
+        return {name: self.array(name)[:] for name in SLOT_ARRAYS}
 
     def georef(self, slot: int) -> dict[str, Any]:
         """Georeferencing of the tile at ``slot``: scene id, window, transform, CRS, date."""
@@ -499,8 +378,8 @@ class TileStore:
         return self.array("images").get_orthogonal_selection((slots,))
 
     def tile_reader(self) -> TileReader:
-        """The fast reader of tiles for data loading (:class:`rsmae.shards.TileReader`)."""
-        from rsmae.shards import TileReader  # the reader checks this store's layout itself
+        """The fast reader of tiles for data loading (:class:`rsmae.store.shards.TileReader`)."""
+        from rsmae.store.shards import TileReader  # the reader checks this store's layout itself
 
         return TileReader(self.path / "images")
 

@@ -24,7 +24,7 @@ Layout (group ``scenes`` of a tile store of format 2)::
 Stores written before ``product_level``, ``baseline`` and ``offset`` existed lack those arrays:
 they read as "", "" and 0, and the arrays are created (earlier rows filled so) on the next append.
 A row whose ``id`` is "" belongs to a scene a run registered but skipped (unreadable band, no
-kept tile): it holds no tile, and the store's ``skipped`` table names it (``rsmae/store.py``).
+kept tile): it holds no tile, and the store's ``skipped`` table names it (``skipped.py``).
 
 Rows are appended: a run resizes the columns and writes only its new rows. The store's
 ``n_scenes`` attribute counts the valid rows; rows past it (a registration killed before that
