@@ -8,6 +8,11 @@ Examples::
 
     python benchmarks/change_tables.py --config configs/bench/cd-cpu-small.yaml
     python benchmarks/change_tables.py --config configs/bench/cd-cpu-small.yaml --tables-only
+    python benchmarks/change_tables.py --config configs/bench/cd-oscd-loco.yaml   # leave one city out
+
+A config names its output files with ``results_name`` (default ``change_detection``). Datasets with a
+``held_out`` key are folds of a leave-cities-out split: they get one table, a column per held-out
+city and the mean over cities, instead of a section each.
 """
 
 from __future__ import annotations
@@ -67,15 +72,17 @@ def _fmt(row: dict[str, Any] | None, metric: str = "f1") -> str:
 
 def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, Any],
                         folder: Path, elapsed: float = 0.0) -> list[Path]:
-    """Write ``change_<dataset>`` Markdown/CSV tables, the F1-vs-tuned-blocks plot and change maps."""
+    """Write ``<results_name>.md``/``.csv``, the F1-vs-tuned-blocks plot and change maps into ``folder``."""
     results = read_cells(config, cells, manifest)
     rows = aggregate(results)
     inits = list(dict.fromkeys(c["init"] for c in cells))
     scored = {r["dataset"] for r in results}
     datasets = [d for d in dict.fromkeys(c["dataset"] for c in cells) if d in scored]
+    folds = [d for d in datasets if "held_out" in config["datasets"][d]]
     protocols = list(dict.fromkeys(c["protocol"] for c in cells))
+    name = config.get("results_name", "change_detection")
     folder.mkdir(parents=True, exist_ok=True)
-    csv_path = folder / "change_detection.csv"
+    csv_path = folder / f"{name}.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["dataset", "init", "protocol", "seeds",
@@ -85,6 +92,8 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
             writer.writerow([d, init, p, r["n"], *stats, f"{r['wall_s']:.0f}"])
     cell_s = sum(float(r.get("wall_s") or 0.0) for r in results)
     workers = max(1, int(config.get("workers") or 1))
+    splits = [f"{d}: train {config['datasets'][d].get('train_note', 'dataset split')}"
+              for d in datasets if d not in folds]
     this_run = f"grid time this run {elapsed / 60:.1f} min; " if elapsed else ""
     md = [f"# Change detection ({len(results)} of {len(cells)} cells done)", "",
           f"- machine: {cpu_name()}, {os.cpu_count()} cores; {this_run}cell time of the {len(results)} "
@@ -93,9 +102,9 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
           "- F1 / IoU / precision / recall of the change class in %, mean ± std over seeds (n), pooled over "
           "whole test scenes scored by overlapping sliding windows with blended logits (not a centre crop), "
           "at the threshold chosen on a validation part of the training scenes",
-          "- splits: " + "; ".join(f"{d}: train {config['datasets'][d].get('train_note', 'dataset split')}"
-                                   for d in datasets), ""]
-    for d in datasets:
+          *([f"- splits: {'; '.join(splits)}"] if splits else []), ""]
+    md += _folds_table(config, rows, inits, protocols, folds)
+    for d in (d for d in datasets if d not in folds):
         md += [f"## {d}: F1 of the change class", "", "| init | " + " | ".join(protocols) + " |",
                "|---|" + "---|" * len(protocols)]
         for init in inits:
@@ -113,14 +122,43 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
            *[f"| {m} | {d} | {v} |" for m, d, v in PUBLISHED],
            "", "torchgeo's OSCD datamodule centre-crops validation and test cities to one patch by default; "
            "the numbers above were scored on whole scenes.", ""]
-    md_path = folder / "change_detection.md"
+    md_path = folder / f"{name}.md"
     md_path.write_text("\n".join(md))
     print("\n".join(md))
-    return [md_path, csv_path, _plot(rows, inits, protocols, datasets, folder),
-            *_copy_maps(config, results, folder)]
+    plotted = [d for d in datasets if d not in folds]
+    plot = [folder / f"{name}_f1_vs_tuned_blocks.png"] if plotted else []
+    for path in plot:
+        _plot(rows, inits, protocols, plotted, path)
+    return [md_path, csv_path, *plot, *_copy_maps(config, results, folder)]
 
 
-def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str], folder: Path) -> Path:
+def _folds_table(config: dict[str, Any], rows: dict, inits: list[str], protocols: list[str],
+                 folds: list[str]) -> list[str]:
+    """Markdown of a leave-cities-out split: F1 per held-out city and the mean ± std over cities."""
+    if not folds:
+        return []
+    data = config["datasets"]
+    cities = [str(data[d]["held_out"]) for d in folds]
+    md = ["## Leave one city out: F1 of the change class on the held-out city", "",
+          f"Each column trains on the other {len(folds) - 1} cities "
+          f"({data[folds[0]].get('train_note', 'the remaining cities')}) and scores the whole held-out city; "
+          "the last column is the mean ± std over cities (the spread between cities, not between seeds).", "",
+          "| init | protocol | " + " | ".join(cities) + " | mean over cities |",
+          "|---|---|" + "---|" * (len(cities) + 1)]
+    for init in inits:
+        for p in protocols:
+            scores = [rows.get((init, p, d)) for d in folds]
+            if all(r is None for r in scores):
+                continue
+            f1 = [r["f1"] for r in scores if r is not None and r["f1"] is not None]
+            spread = statistics.stdev(f1) if len(f1) > 1 else 0.0
+            mean = f"{statistics.fmean(f1):.1f} ± {spread:.1f} ({len(f1)} cities)" if f1 else "—"
+            cols = " | ".join("—" if r is None or r["f1"] is None else f"{r['f1']:.1f}" for r in scores)
+            md.append(f"| {CD_LABELS.get(init, init)} | {p} | {cols} | {mean} |")
+    return [*md, ""]
+
+
+def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str], path: Path) -> Path:
     order = {"frozen": 0.0, "mlp": 0.5, "full": 12.0}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
     for ax, d in zip(axes[0], datasets, strict=True):
@@ -134,7 +172,6 @@ def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str
         ax.set(title=d, xlabel="tuned encoder blocks (0 = frozen)", ylabel="F1 change class %")
         ax.legend(fontsize=6)
     fig.tight_layout()
-    path = folder / "change_f1_vs_tuned_blocks.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

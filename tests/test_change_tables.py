@@ -1,0 +1,79 @@
+"""The change-detection table writer: per-dataset sections, and one table for leave-cities-out folds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import change_tables  # noqa: E402
+import transfer  # noqa: E402
+from transfer_tables import cell_path, fingerprint  # noqa: E402
+
+MANIFEST = {"random": {"sha256": "a"}, "rs_mae": {"sha256": "b"}}
+
+
+def _write_cell(config: dict, cell: dict, f1: float) -> None:
+    """A finished cell as the grid writes it (the fingerprint makes it count as done)."""
+    path = cell_path(config["cells_dir"], cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {**cell, "f1": f1, "iou": f1 / 2, "precision": f1, "recall": f1, "accuracy": 0.9,
+              "wall_s": 60.0, "fingerprint": fingerprint(cell, MANIFEST[cell["init"]], config)}
+    path.write_text(json.dumps(result))
+
+
+def _config(tmp: Path, cities: list[str]) -> dict:
+    datasets = {f"oscd-{c}": {"task": "oscd", "test_root": "x", "held_out": c,
+                              "settings": {"test_cities": [c]}} for c in cities}
+    return {"config_path": "loco.yaml", "task": "change", "results_name": "change_loco", "seeds": [0],
+            "inits": ["random", "rs_mae"], "datasets": datasets, "cells_dir": str(tmp / "cells"),
+            "grid": [{"protocols": ["frozen"], "datasets": list(datasets)}]}
+
+
+def test_folds_get_one_table_with_a_column_per_city_and_the_mean_over_cities(tmp_path: Path) -> None:
+    config = _config(tmp_path, ["pisa", "beihai", "mumbai"])
+    cells = transfer.plan_cells(config, config["inits"])
+    scores = {"pisa": 0.2, "beihai": 0.4, "mumbai": 0.6}
+    for cell in cells:
+        if not (cell["init"] == "rs_mae" and cell["dataset"] == "oscd-mumbai"):  # one fold unfinished
+            _write_cell(config, cell, scores[cell["dataset"][5:]] + (0.1 if cell["init"] == "rs_mae" else 0))
+    paths = change_tables.write_change_tables(config, cells, MANIFEST, tmp_path / "results")
+    md = (tmp_path / "results" / "change_loco.md").read_text()
+    assert "5 of 6 cells done" in md and "## Leave one city out" in md
+    assert "| init | protocol | pisa | beihai | mumbai | mean over cities |" in md
+    assert "| random init | frozen | 20.0 | 40.0 | 60.0 | 40.0 ± 20.0 (3 cities) |" in md
+    assert "| our MAE (Sentinel-2) | frozen | 30.0 | 50.0 | — | 40.0 ± 14.1 (2 cities) |" in md
+    assert "## oscd-pisa" not in md and "- splits:" not in md  # folds are not listed as datasets
+    assert not any(p.suffix == ".png" for p in paths)  # no tuned-blocks plot of frozen-only folds
+    rows = (tmp_path / "results" / "change_loco.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5 and rows[0].startswith("dataset,init,protocol,seeds,f1_mean")
+
+
+def test_plain_datasets_get_sections_and_a_plot(tmp_path: Path) -> None:
+    config = _config(tmp_path, ["pisa"])
+    config["datasets"] = {"oscd": {"task": "oscd", "test_root": "x", "train_note": "5 cities"}}
+    config["grid"] = [{"protocols": ["frozen", "full"], "datasets": ["oscd"]}]
+    config.pop("results_name")
+    cells = transfer.plan_cells(config, config["inits"])
+    for cell in cells:
+        _write_cell(config, cell, 0.3)
+    paths = change_tables.write_change_tables(config, cells, MANIFEST, tmp_path / "results")
+    md = (tmp_path / "results" / "change_detection.md").read_text()
+    assert "## oscd: F1 of the change class" in md and "- splits: oscd: train 5 cities" in md
+    assert "| random init | 30.0 ± 0.0 (1) | 30.0 ± 0.0 (1) |" in md and "Leave one city out" not in md
+    assert (tmp_path / "results" / "change_detection_f1_vs_tuned_blocks.png") in paths
+
+
+@pytest.mark.parametrize("name", ["cd-cpu-small.yaml", "cd-oscd-loco.yaml"])
+def test_change_configs_plan_their_cells(name: str) -> None:
+    config = transfer.load_config(ROOT / "configs" / "bench" / name)
+    cells = transfer.plan_cells(config, config["inits"])
+    assert len(cells) == {"cd-cpu-small.yaml": 90, "cd-oscd-loco.yaml": 42}[name]
+    for data in config["datasets"].values():
+        if "held_out" in data:  # a fold: the held-out city is never among its training cities
+            train, test = data["settings"]["train_cities"], data["settings"]["test_cities"]
+            assert test == [data["held_out"]] and data["held_out"] not in train and len(train) == 6
