@@ -169,6 +169,9 @@ def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str
             if pts:
                 ax.errorbar([x for x, _ in pts], [r["f1"] for _, r in pts], [r["f1_std"] for _, r in pts],
                             marker="o", capsize=3, label=CD_LABELS.get(init, init))
+            if (init, "scratch", d) in rows:  # a model without encoder blocks: a reference line
+                ax.axhline(rows[(init, "scratch", d)]["f1"], color="0.4", linestyle="--",
+                           label=CD_LABELS.get(init, init))
         ax.set(title=d, xlabel="tuned encoder blocks (0 = frozen)", ylabel="F1 change class %")
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -178,9 +181,14 @@ def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str
 
 
 def _copy_maps(config: dict[str, Any], results: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """Change maps of the best seed-0 cell of each dataset (every test scene) into ``folder``."""
+    """Change maps of the best seed-0 cell of each dataset (every test scene) into ``folder``.
+
+    Maps a dataset's earlier best cell left there are removed first.
+    """
     out = []
     for d in {r["dataset"] for r in results}:
+        for stale in (folder / "change_maps").glob(f"{d}_*.png"):
+            stale.unlink()
         best = max((r for r in results if r["dataset"] == d and r["seed"] == 0), key=lambda r: r["f1"],
                    default=None)
         maps = cell_path(config["cells_dir"], best).with_suffix("") / "maps" if best else None

@@ -61,7 +61,11 @@ def test_plain_datasets_get_sections_and_a_plot(tmp_path: Path) -> None:
     cells = transfer.plan_cells(config, config["inits"])
     for cell in cells:
         _write_cell(config, cell, 0.3)
+    stale = tmp_path / "results" / "change_maps" / "oscd_rs_mae_frozen_pisa.png"  # an earlier best cell's
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"png")
     paths = change_tables.write_change_tables(config, cells, MANIFEST, tmp_path / "results")
+    assert not stale.exists()
     md = (tmp_path / "results" / "change_detection.md").read_text()
     assert "## oscd: F1 of the change class" in md and "- splits: oscd: train 5 cities" in md
     assert "| random init | 30.0 ± 0.0 (1) | 30.0 ± 0.0 (1) |" in md and "Leave one city out" not in md
