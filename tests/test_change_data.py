@@ -133,6 +133,14 @@ def test_a_missing_folder_names_root_and_the_fix(cls: type, name: str, tmp_path:
     assert isinstance(err.value, FileNotFoundError)
 
 
+def test_the_images_folder_as_root_finds_the_labels_beside_it() -> None:
+    images = OSCD_ROOT / OSCD.images_folder
+    ds = OSCD(images, cities=["pisa"], bands=RGB, window=(0, 0, 64, 64))
+    same = OSCD(OSCD_ROOT, cities=["pisa"], bands=RGB, window=(0, 0, 64, 64))
+    assert ds.scenes[0].label_path == same.scenes[0].label_path
+    assert "hongkong" in ds._names() and len(ds._names()) == 7
+
+
 def test_unknown_city_and_split_are_refused() -> None:
     with pytest.raises(InputNotFoundError, match="no labelled scene"):
         OSCD(OSCD_ROOT, cities=["atlantis"])

@@ -77,7 +77,7 @@ class OSCD(BitemporalScenes):
             )
 
     def _label(self, city: str) -> Path | None:
-        base = self.images.parent if self.images != self.root else self.root
+        base = self.images.parent  # the labels folders sit beside the images folder, whichever is root
         for folder in (*(base / f for f in self.label_folders), self.images):
             path = folder / city / "cm" / f"{city}-cm.tif"
             if path.is_file():
