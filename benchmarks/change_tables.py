@@ -142,19 +142,26 @@ def _folds_table(config: dict[str, Any], rows: dict, inits: list[str], protocols
     md = ["## Leave one city out: F1 of the change class on the held-out city", "",
           f"Each column trains on the other {len(folds) - 1} cities "
           f"({data[folds[0]].get('train_note', 'the remaining cities')}) and scores the whole held-out city; "
-          "the last column is the mean ± std over cities (the spread between cities, not between seeds).", "",
-          "| init | protocol | " + " | ".join(cities) + " | mean over cities |",
-          "|---|---|" + "---|" * (len(cities) + 1)]
+          "then the mean ± std over cities (the spread between cities, not between seeds), and the "
+          f"difference to {CD_LABELS['random']} paired by city: mean ± standard error, cities better / "
+          "worse.", "",
+          "| init | protocol | " + " | ".join(cities) + " | mean over cities | vs random init, paired |",
+          "|---|---|" + "---|" * (len(cities) + 2)]
+    random_f1 = {d: rows[key]["f1"] for d in folds if (key := ("random", "frozen", d)) in rows}
     for init in inits:
         for p in protocols:
-            scores = [rows.get((init, p, d)) for d in folds]
-            if all(r is None for r in scores):
+            scores = {d: rows[(init, p, d)]["f1"] for d in folds if (init, p, d) in rows}
+            if not scores:
                 continue
-            f1 = [r["f1"] for r in scores if r is not None and r["f1"] is not None]
+            f1 = list(scores.values())
             spread = statistics.stdev(f1) if len(f1) > 1 else 0.0
-            mean = f"{statistics.fmean(f1):.1f} ± {spread:.1f} ({len(f1)} cities)" if f1 else "—"
-            cols = " | ".join("—" if r is None or r["f1"] is None else f"{r['f1']:.1f}" for r in scores)
-            md.append(f"| {CD_LABELS.get(init, init)} | {p} | {cols} | {mean} |")
+            cols = " | ".join(f"{scores[d]:.1f}" if d in scores else "—" for d in folds)
+            diff = [scores[d] - random_f1[d] for d in scores if d in random_f1]
+            paired = "—" if init == "random" or len(diff) < 2 else (
+                f"{statistics.fmean(diff):+.1f} ± {statistics.stdev(diff) / len(diff) ** 0.5:.1f}, "
+                f"{sum(x > 0 for x in diff)} / {sum(x < 0 for x in diff)}")
+            mean = f"{statistics.fmean(f1):.1f} ± {spread:.1f} ({len(f1)} cities)"
+            md.append(f"| {CD_LABELS.get(init, init)} | {p} | {cols} | {mean} | {paired} |")
     return [*md, ""]
 
 

@@ -44,9 +44,11 @@ def test_folds_get_one_table_with_a_column_per_city_and_the_mean_over_cities(tmp
     paths = change_tables.write_change_tables(config, cells, MANIFEST, tmp_path / "results")
     md = (tmp_path / "results" / "change_loco.md").read_text()
     assert "5 of 6 cells done" in md and "## Leave one city out" in md
-    assert "| init | protocol | pisa | beihai | mumbai | mean over cities |" in md
-    assert "| random init | frozen | 20.0 | 40.0 | 60.0 | 40.0 ± 20.0 (3 cities) |" in md
-    assert "| our MAE (Sentinel-2) | frozen | 30.0 | 50.0 | — | 40.0 ± 14.1 (2 cities) |" in md
+    assert "| init | protocol | pisa | beihai | mumbai | mean over cities | vs random init, paired |" in md
+    assert "| random init | frozen | 20.0 | 40.0 | 60.0 | 40.0 ± 20.0 (3 cities) | — |" in md
+    # paired by city with random init: +10 in both cities it has, none worse
+    row = "| our MAE (Sentinel-2) | frozen | 30.0 | 50.0 | — | 40.0 ± 14.1 (2 cities) | +10.0 ± 0.0, 2 / 0 |"
+    assert row in md
     assert "## oscd-pisa" not in md and "- splits:" not in md  # folds are not listed as datasets
     assert not any(p.suffix == ".png" for p in paths)  # no tuned-blocks plot of frozen-only folds
     rows = (tmp_path / "results" / "change_loco.csv").read_text().splitlines()
