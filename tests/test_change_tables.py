@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import DATA, ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import change_tables  # noqa: E402
@@ -83,3 +83,22 @@ def test_change_configs_plan_their_cells(name: str) -> None:
         if "held_out" in data:  # a fold: the held-out city is never among its training cities
             train, test = data["settings"]["train_cities"], data["settings"]["test_cities"]
             assert test == [data["held_out"]] and data["held_out"] not in train and len(train) == 6
+
+
+def test_the_change_grid_resumes_without_recomputing_finished_cells(tmp_path: Path) -> None:
+    levir = {"task": "levircd", "test_root": str(DATA / "levircd_samples"),
+             "settings": {"test_cities": ["test_2_0000_0000"]}}
+    config = {"config_path": "cd.yaml", "task": "change", "inits": ["fc_siam_diff"], "seeds": [0, 1],
+              "datasets": {"levircd": levir}, "grid": [{"protocols": ["scratch"], "datasets": ["levircd"]}],
+              "change": {"steps": 2, "batch_size": 2, "crop_size": 32, "overlap": 8, "maps": False},
+              "cells_dir": str(tmp_path / "cells")}
+    manifest = {"fc_siam_diff": {"path": None, "sha256": None, "model": "fc-siam-diff"}}
+    cells = transfer.plan_cells(config, config["inits"])
+    assert transfer.run_grid(config, cells[:1], manifest, log=lambda s: None) == 1  # "killed" after one cell
+    first = cell_path(config["cells_dir"], cells[0])
+    mtime = first.stat().st_mtime_ns
+    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == 1  # only the missing cell runs
+    assert first.stat().st_mtime_ns == mtime
+    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == 0
+    result = json.loads(cell_path(config["cells_dir"], cells[1]).read_text())
+    assert result["model"] == "fc-siam-diff" and 0.0 <= result["f1"] <= 1.0 and result["seed"] == 1
