@@ -79,6 +79,7 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
     scored = {r["dataset"] for r in results}
     datasets = [d for d in dict.fromkeys(c["dataset"] for c in cells) if d in scored]
     folds = [d for d in datasets if "held_out" in config["datasets"][d]]
+    plain = [d for d in datasets if d not in folds]  # a section and a plot each
     protocols = list(dict.fromkeys(c["protocol"] for c in cells))
     name = config.get("results_name", "change_detection")
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,7 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
     cell_s = sum(float(r.get("wall_s") or 0.0) for r in results)
     workers = max(1, int(config.get("workers") or 1))
     splits = [f"{d}: train {config['datasets'][d].get('train_note', 'dataset split')}"
-              for d in datasets if d not in folds]
+              for d in plain]
     this_run = f"grid time this run {elapsed / 60:.1f} min; " if elapsed else ""
     md = [f"# Change detection ({len(results)} of {len(cells)} cells done)", "",
           f"- machine: {cpu_name()}, {os.cpu_count()} cores; {this_run}cell time of the {len(results)} "
@@ -104,7 +105,7 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
           "at the threshold chosen on a validation part of the training scenes",
           *([f"- splits: {'; '.join(splits)}"] if splits else []), ""]
     md += _folds_table(config, rows, inits, protocols, folds)
-    for d in (d for d in datasets if d not in folds):
+    for d in plain:
         md += [f"## {d}: F1 of the change class", "", "| init | " + " | ".join(protocols) + " |",
                "|---|" + "---|" * len(protocols)]
         for init in inits:
@@ -125,10 +126,7 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
     md_path = folder / f"{name}.md"
     md_path.write_text("\n".join(md))
     print("\n".join(md))
-    plotted = [d for d in datasets if d not in folds]
-    plot = [folder / f"{name}_f1_vs_tuned_blocks.png"] if plotted else []
-    for path in plot:
-        _plot(rows, inits, protocols, plotted, path)
+    plot = [_plot(rows, inits, protocols, plain, folder / f"{name}_f1_vs_tuned_blocks.png")] if plain else []
     return [md_path, csv_path, *plot, *_copy_maps(config, results, folder)]
 
 

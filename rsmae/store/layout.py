@@ -51,6 +51,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from rsmae.store.scene_table import SceneTable
+from rsmae.store.skipped import create_unit_skip
 
 __all__ = ["CODECS", "FORMAT_VERSION", "INDEX_ARRAYS", "READABLE", "SLOT_ARRAYS", "create_layout",
            "hist_bins"]
@@ -96,7 +97,7 @@ def create_layout(group: zarr.Group, *, bands: Sequence[dict[str, Any]], dtype: 
     for name, dt in INDEX_ARRAYS.items():
         group.create_array(name, shape=(0,), chunks=(65536,), dtype=dt, fill_value=0)
     group.create_array("unit_done", shape=(0,), chunks=(1,), dtype="uint8", fill_value=0)
-    group.create_array("unit_skip", shape=(0,), chunks=(1,), dtype=str, fill_value="")
+    create_unit_skip(group)
     group.create_array("unit_count", shape=(0, 2), chunks=(1, 2), dtype="int64", fill_value=0)
     bins = hist_bins(dtype)
     group.create_array("unit_hist", shape=(0, n_bands, bins), chunks=(1, n_bands, bins), dtype="int64",

@@ -25,18 +25,27 @@ from typing import Any
 import numpy as np
 import zarr
 
-__all__ = ["COLUMNS", "read_skipped", "read_unit_skips", "unit_skip_record", "write_skipped"]
+__all__ = ["COLUMNS", "create_unit_skip", "read_skipped", "read_unit_skips", "unit_skip_record",
+           "write_skipped"]
 
 COLUMNS = ("id", "file", "reason", "batch", "row")
-_TEXT = ("id", "file", "reason")
+_TEXT = ("id", "file", "reason")  # the other columns are int64
+
+
+def _dtype(name: str) -> np.dtype:
+    return np.dtypes.StringDType() if name in _TEXT else np.dtype(np.int64)
+
+
+def create_unit_skip(group: zarr.Group) -> None:
+    """Create the empty ``unit_skip`` array in ``group`` unless it has one (stores made before it)."""
+    if "unit_skip" not in group:
+        group.create_array("unit_skip", shape=(0,), chunks=(1,), dtype=str, fill_value="")
 
 
 def read_skipped(group: zarr.Group | None) -> dict[str, np.ndarray]:
     """The ``skipped`` table of the store ``group``: its :data:`COLUMNS` (empty when it has none)."""
     if group is None or "skipped" not in group:
-        text = np.zeros(0, dtype=np.dtypes.StringDType())
-        return {"id": text, "file": text, "reason": text,
-                "batch": np.zeros(0, np.int64), "row": np.zeros(0, np.int64)}
+        return {name: np.zeros(0, dtype=_dtype(name)) for name in COLUMNS}
     table = group["skipped"]
     return {name: table[name][:] for name in COLUMNS}
 
@@ -45,13 +54,13 @@ def write_skipped(group: zarr.Group, table: dict[str, Sequence[Any]]) -> None:
     """Replace the ``skipped`` table of ``group`` by ``table`` (columns as :func:`read_skipped` gives)."""
     if "skipped" not in group:
         created = group.create_group("skipped")
-        for name in _TEXT:
-            created.create_array(name, shape=(0,), chunks=(4096,), dtype=str, fill_value="")
-        for name in ("batch", "row"):
-            created.create_array(name, shape=(0,), chunks=(4096,), dtype="int64", fill_value=-1)
+        for name in COLUMNS:
+            text = name in _TEXT
+            created.create_array(name, shape=(0,), chunks=(4096,), dtype=str if text else "int64",
+                                 fill_value="" if text else -1)
     skipped = group["skipped"]
     for name in COLUMNS:
-        values = np.asarray(table[name], dtype=np.dtypes.StringDType() if name in _TEXT else np.int64)
+        values = np.asarray(table[name], dtype=_dtype(name))
         skipped[name].resize((len(values),))
         if len(values):
             skipped[name][:] = values

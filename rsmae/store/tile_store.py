@@ -247,9 +247,7 @@ class TileStore:
 
     def resize_units(self, n_units: int) -> None:
         """Grow (or shrink) every array to hold ``n_units`` units of ``shard_tiles`` slots."""
-        if "unit_skip" not in self._group:  # a store made before skipped scenes were recorded
-            self._group.create_array("unit_skip", shape=(0,), chunks=(1,), dtype=str,
-                                     fill_value="")
+        skipped_table.create_unit_skip(self._group)  # a store made before skipped scenes were recorded
         self.array("unit_skip").resize((n_units,))
         slots = n_units * self.shard_tiles
         images = self.array("images")
