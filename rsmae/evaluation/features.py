@@ -1,24 +1,32 @@
-"""Frozen features computed once and cached on disk, keyed by the backbone file and the data.
+"""Frozen features computed once and cached on disk, keyed by everything that decides them.
 
-The key hashes the backbone file's bytes (so a changed file never reuses old features), the exact
-input tensor, the pooling and the input size. A cache entry is written atomically (temp file, then
-rename), so an interrupted run never leaves a half-written entry behind.
+The key (:func:`feature_key`) hashes the backbone file's bytes (so a changed file never reuses old
+features), the exact input tensor, the pooling, the precision the features are computed in (the
+encoder's dtype and device type), the rsmae version and :data:`CACHE_VERSION`, bumped whenever the
+extraction changes. An entry is written with :func:`rsmae.files.atomic_path`, so an interrupted run
+never leaves a half-written entry behind, and an unreadable one is recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+import rsmae
+from rsmae.files import atomic_path
 from rsmae.models.registry import sha256_file
 from rsmae.tasks.probe import extract_features
 
-__all__ = ["cached_features", "file_digest", "tensor_digest"]
+__all__ = ["CACHE_VERSION", "cached_features", "feature_key", "file_digest", "tensor_digest"]
+
+# Bump when the computation of cached features changes (pooling, extraction, resizing): every entry
+# made before is then recomputed.
+CACHE_VERSION = 2
 
 _logger = logging.getLogger(__name__)
 
@@ -34,6 +42,20 @@ def tensor_digest(tensor: Tensor) -> str:
     digest = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def feature_key(encoder: nn.Module, images: Tensor, *, backbone_digest: str, pool: str) -> str:
+    """The cache key of ``encoder``'s ``pool`` features of ``images`` (hex, 32 characters).
+
+    Made of the backbone file's digest, the images' digest, the pooling, the resolved precision (the
+    encoder's parameter dtype and device type: :func:`~rsmae.tasks.probe.extract_features` runs
+    without autocast), ``rsmae.__version__`` and :data:`CACHE_VERSION`.
+    """
+    param = next(encoder.parameters(), None)
+    precision = "float32 cpu" if param is None else f"{param.dtype} {param.device.type}"
+    parts = {"backbone": backbone_digest, "images": tensor_digest(images), "pool": pool,
+             "precision": precision, "rsmae": rsmae.__version__, "cache_version": CACHE_VERSION}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def cached_features(
@@ -60,7 +82,7 @@ def cached_features(
     """
     if cache_dir is None:
         return extract_features(encoder, images, batch_size=batch_size, pool=pool)
-    key = hashlib.sha256(f"{backbone_digest}:{tensor_digest(images)}:{pool}".encode()).hexdigest()[:32]
+    key = feature_key(encoder, images, backbone_digest=backbone_digest, pool=pool)
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
         try:
@@ -68,11 +90,6 @@ def cached_features(
         except Exception as err:  # a corrupt entry is recomputed, never trusted
             _logger.warning("%s: unreadable cache entry (%s); recomputing", path, err)
     feats = extract_features(encoder, images, batch_size=batch_size, pool=pool)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(feats, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return feats

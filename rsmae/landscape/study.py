@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import yaml
 
+from rsmae.files import atomic_write_json, read_json
 from rsmae.landscape.config import LandscapeConfig
 from rsmae.landscape.directions import random_direction
 from rsmae.landscape.hessian import (
@@ -91,14 +92,16 @@ def _slug(text: str) -> str:
 
 
 def _cached(path: Path, compute: Callable[[], Any], load: Callable[[dict[str, Any]], Any]) -> Any:
-    """``load(json)`` if ``path`` exists, else ``compute()`` written there as JSON."""
-    if path.is_file():
-        return load(json.loads(path.read_text()))
+    """``load(json)`` if ``path`` holds valid JSON, else ``compute()`` written there atomically.
+
+    The temporary file is unique to the process (:func:`rsmae.files.atomic_path`): processes sharing
+    the cache never write through the same name.
+    """
+    cached = read_json(path)
+    if isinstance(cached, dict):
+        return load(cached)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value.to_dict()))
-    tmp.replace(path)
+    atomic_write_json(path, value.to_dict())
     return value
 
 
@@ -288,7 +291,7 @@ def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None) -> StudyResu
     md, csv_path, summary = write_tables(measures, out, threshold=cfg.threshold, lines=lines,
                                          header=_header(cfg, time.perf_counter() - start, used_threads))
     results = {"measures": [_record(m, cfg) for m in measures], "lines": lines, "summary": summary}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_json(out / "results.json", results, indent=1)
     return StudyResult(out, measures, md, csv_path, figures + line_figures, summary)
 
 

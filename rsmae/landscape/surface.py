@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +33,7 @@ import torch
 from torch import Tensor
 
 from rsmae.errors import LandscapeError
+from rsmae.files import atomic_path, atomic_write_json
 from rsmae.landscape.directions import ParamDict, fingerprint, model_direction, stack_points
 from rsmae.landscape.objectives import Objective
 
@@ -84,9 +84,9 @@ class Surface:
     def save(self, path: str | Path) -> Path:
         """Write ``values``, ``xs``, ``ys`` and ``config`` (JSON) to an ``.npz``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         ys = self.ys if self.ys is not None else np.zeros(0)
-        np.savez(path, values=self.values, xs=self.xs, ys=ys, config=json.dumps(self.config))
+        with atomic_path(path) as tmp, tmp.open("wb") as fh:  # a file object: savez adds no suffix
+            np.savez(fh, values=self.values, xs=self.xs, ys=ys, config=json.dumps(self.config))
         return path
 
     @classmethod
@@ -197,7 +197,7 @@ class PointCache:
         self.path = Path(folder) / key
         self.path.mkdir(parents=True, exist_ok=True)
         if config is not None and not (self.path / "config.json").exists():
-            (self.path / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+            atomic_write_json(self.path / "config.json", config, indent=1, sort_keys=True)
 
     def _row(self, j: int) -> Path:
         return self.path / f"row_{j:04d}.npy"
@@ -215,10 +215,9 @@ class PointCache:
         return done
 
     def save(self, j: int, values: np.ndarray) -> None:
-        """Write row ``j`` atomically (temporary file, then rename)."""
-        tmp = self.path / f".row_{j:04d}.{os.getpid()}.tmp.npy"
-        np.save(tmp, np.asarray(values, dtype=np.float64))
-        os.replace(tmp, self._row(j))
+        """Write row ``j`` atomically (:func:`rsmae.files.atomic_path`)."""
+        with atomic_path(self._row(j)) as tmp, tmp.open("wb") as fh:  # a file object: no ".npy" added
+            np.save(fh, np.asarray(values, dtype=np.float64))
 
 
 def _surface_key(objective: Objective, directions: Sequence[ParamDict], centre: ParamDict | None,
