@@ -16,18 +16,18 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from rsmae.errors import WeightsError
+from rsmae.files import atomic_path
 from rsmae.models.adapt import checkpoint_filter_fn, match_bands
 from rsmae.models.keys import load_checked
 from rsmae.models.vit import create_encoder
@@ -233,7 +233,7 @@ def _parse_meta(path: Path, file_meta: Mapping[str, str]) -> BackboneMeta:
 
 
 def save_backbone(encoder: VisionTransformer, path: str | Path, meta: BackboneMeta) -> Path:
-    """Write ``encoder`` and ``meta`` to a safetensors file, atomically (temp file, then rename).
+    """Write ``encoder`` and ``meta`` to a safetensors file, atomically (:func:`~rsmae.files.atomic_path`).
 
     Raises:
         WeightsError: when ``meta`` does not describe ``encoder`` (it could not be rebuilt).
@@ -242,16 +242,11 @@ def save_backbone(encoder: VisionTransformer, path: str | Path, meta: BackboneMe
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     meta = dataclasses.replace(meta, format_version=FORMAT_VERSION)  # written in today's layout
     _check_meta_builds(meta, state)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(tmp), metadata={META_KEY: meta.to_json(), "format": "pt"})
-        os.replace(tmp, path)
-    except OSError as err:
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={META_KEY: meta.to_json(), "format": "pt"})
+    except (OSError, SafetensorError) as err:
         raise WeightsError(f"{path}: cannot write the backbone there ({err}); choose another --out") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     _logger.info("saved backbone %s (bands %s) to %s", meta.preset, meta.bands, path)
     return path
 
