@@ -46,6 +46,14 @@ _logger = logging.getLogger(__name__)
 META_KEY = "rsmae"
 # 1: the first files (no version field); 2: adds format_version, gsd_pos_embed and reference_gsd.
 FORMAT_VERSION = 2
+# encoder_kwargs a backbone file may hold: plain VisionTransformer sizes and options, band_groups. Metadata
+# is data: timm options (pretrained_cfg_overlay, checkpoint_path...) would fetch or read files; refused.
+ENCODER_KWARGS = frozenset({"band_groups", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+    "qk_norm", "proj_bias", "scale_attn_norm", "scale_mlp_norm", "init_values", "class_token",
+    "no_embed_class", "reg_tokens", "pre_norm", "final_norm", "fc_norm", "global_pool",
+    "pool_include_prefix", "dynamic_img_size", "dynamic_img_pad", "drop_rate", "pos_drop_rate",
+    "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"})
+
 
 @dataclasses.dataclass
 class BackboneMeta:
@@ -91,6 +99,7 @@ class BackboneMeta:
                 f"backbone metadata of format version {self.format_version}, newer than this rsmae "
                 f"reads ({FORMAT_VERSION}); upgrade rsmae"
             )
+        _check_encoder_kwargs(self.encoder_kwargs)
         self.bands = list(self.bands)
         if len(self.bands) != self.in_chans:
             raise WeightsError(f"in_chans={self.in_chans} but {len(self.bands)} bands {self.bands}")
@@ -113,14 +122,14 @@ class BackboneMeta:
 
     @classmethod
     def from_json(cls, s: str) -> BackboneMeta:
-        """Parse :meth:`to_json` output; unknown keys are ignored with a warning.
+        """Parse :meth:`to_json` output; keys that are not fields (of a version this rsmae reads) are refused.
 
         Metadata without ``format_version`` (written before versioning) reads as version 1 with
         the defaults of the fields added since.
 
         Raises:
-            WeightsError: when the text is not a JSON object, lacks required fields or is of a
-                newer format version.
+            WeightsError: when the text is not a JSON object, lacks required fields, holds other keys
+                (also in ``encoder_kwargs``: :data:`ENCODER_KWARGS`) or is of a newer format version.
         """
         try:
             data = json.loads(s)
@@ -128,15 +137,28 @@ class BackboneMeta:
             raise WeightsError(f"backbone metadata is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise WeightsError("backbone metadata is not a JSON object")
-        data.setdefault("format_version", 1)
+        version = data.setdefault("format_version", 1)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            _logger.warning("ignoring unknown backbone metadata fields %s", unknown)
+        unknown = sorted(map(str, set(data) - names))
+        if unknown and not (isinstance(version, int) and version > FORMAT_VERSION):  # newer: "upgrade"
+            raise WeightsError(f"backbone metadata key(s) {', '.join(map(repr, unknown))} refused: not "
+                               "fields of its format version; remove them, or re-export with save_backbone")
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
         except TypeError as err:
             raise WeightsError(f"backbone metadata is incomplete: {err}") from err
+
+
+def _check_encoder_kwargs(kwargs: object) -> None:
+    """Refuse ``encoder_kwargs`` other than an object of :data:`ENCODER_KWARGS` keys."""
+    if not isinstance(kwargs, Mapping):
+        raise WeightsError(f"backbone metadata encoder_kwargs is a {type(kwargs).__name__}, not an object")
+    refused = sorted(str(k) for k in kwargs if k not in ENCODER_KWARGS)
+    if refused:
+        raise WeightsError(
+            f"backbone metadata encoder_kwargs key(s) {', '.join(map(repr, refused))} refused: only "
+            f"{', '.join(sorted(ENCODER_KWARGS))} may build the encoder, never timm options that fetch or "
+            "read files; remove them, or re-export the backbone with save_backbone")
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -182,14 +204,8 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
         tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
         if tensors:
             return tensors
-        inner = next(
-            (
-                obj[k]
-                for k in ("model", "state_dict", "model_state_dict", "module")
-                if isinstance(obj.get(k), Mapping)
-            ),
-            None,
-        )
+        wrappers = ("model", "state_dict", "model_state_dict", "module")
+        inner = next((obj[k] for k in wrappers if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break
         obj = inner

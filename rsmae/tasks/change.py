@@ -16,6 +16,7 @@ generator seeded by ``(seed, n)``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -262,7 +263,8 @@ def load_change_model(path: str | Path) -> tuple[ChangeTask, dict[str, Any]]:
     """Rebuild a model written by :func:`save_change_model`; returns it (eval mode) and ``extra``.
 
     Raises:
-        WeightsError: naming ``path`` when it is missing or not a change model.
+        WeightsError: naming ``path`` when it is missing or not a change model, or naming the key
+            when its metadata holds more than ``ChangeTask`` arguments (a backbone file, timm options).
     """
     path = Path(path)
     if not path.is_file():
@@ -275,6 +277,45 @@ def load_change_model(path: str | Path) -> tuple[ChangeTask, dict[str, Any]]:
         raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
     if _META_KEY not in meta:
         raise WeightsError(f"{path}: no change-model metadata; it was not written by save_change_model")
-    task = ChangeTask(**json.loads(meta[_META_KEY]))
+    hparams, extra = _json_object(path, meta[_META_KEY]), _json_object(path, meta.get("extra", "{}"))
+    _check_saved_hparams(path, hparams)
+    try:
+        task = ChangeTask(**hparams)
+    except WeightsError as err:  # the encoder's metadata (BackboneMeta refuses foreign encoder_kwargs)
+        raise WeightsError(f"{path}: {err}") from err
     task.model.load_state_dict(state)
-    return task.eval(), json.loads(meta.get("extra", "{}"))
+    return task.eval(), extra
+
+
+def _json_object(path: Path, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{path}: change-model metadata is not valid JSON ({err}); save the model again "
+                           "with save_change_model") from err
+    if not isinstance(value, dict):
+        raise WeightsError(f"{path}: change-model metadata is not a JSON object; save the model again")
+    return value
+
+
+def _check_saved_hparams(path: Path, hparams: dict[str, Any]) -> None:
+    """Refuse metadata that could do more than rebuild the model.
+
+    Only ``ChangeTask`` arguments (and ``BackboneMeta`` fields under ``encoder``) may reach the
+    constructor, and no backbone file: the weights are in the change model's own file.
+    """
+    allowed = set(inspect.signature(ChangeTask.__init__).parameters) - {"self"}
+    refused = sorted(set(hparams) - allowed)
+    encoder = hparams.get("encoder")
+    if isinstance(encoder, dict):
+        fields = {f.name for f in dataclasses.fields(BackboneMeta)}
+        refused += [f"encoder.{k}" for k in sorted(set(encoder) - fields)]
+    elif encoder is not None:
+        refused.append("encoder")
+    if hparams.get("backbone") is not None:  # save_change_model writes None
+        refused.insert(0, "backbone")
+    if refused:
+        raise WeightsError(
+            f"{path}: change-model metadata key(s) {', '.join(map(repr, refused))} refused: a saved change "
+            "model rebuilds from ChangeTask's arguments alone, never from another file; remove them, or "
+            "save the model again with save_change_model")
