@@ -53,6 +53,31 @@ def select(labels: np.ndarray, limit: int | None) -> np.ndarray:
     return order
 
 
+def member_names(member: str, where: str) -> tuple[str, str]:
+    """The class folder and file stem an archive entry names, refused unless both are plain names.
+
+    Args:
+        member: A ``train_files`` entry (``train/<wnid>/images/<wnid>_<k>.JPEG``).
+        where: The archive and entry, for the message.
+
+    Returns:
+        ``(wnid, stem)``, each a single path component.
+
+    Raises:
+        ValueError: naming the entry when it is absolute, holds ``..``, a backslash or a NUL, or
+            yields an empty or dot name: it would write outside ``--out``.
+    """
+    source = PurePosixPath(member)
+    wnid, stem = source.parent.parent.name, source.stem
+    bad = (source.is_absolute() or ".." in source.parts or any(c in member for c in "\\\0")
+           or any(n in ("", ".", "..") for n in (wnid, stem)))
+    if bad:
+        raise ValueError(f"{where} = {member!r}: not a relative train/<wnid>/images/<name> path (absolute, "
+                         "'..', a backslash or an empty name); the archive is damaged or not Tiny-ImageNet: "
+                         "download it again")
+    return wnid, stem
+
+
 def prepare(root: Path, out: Path, limit: int | None = None) -> list[Path]:
     """Write the selected train images as PNGs under ``out``; return their paths (selection order).
 
@@ -60,14 +85,18 @@ def prepare(root: Path, out: Path, limit: int | None = None) -> list[Path]:
         root: Folder holding ``tinyimagenet64_subset.npz`` (or the .npz file itself).
         out: Output folder (created).
         limit: Number of images to keep, class-balanced (default all 3,030).
+
+    Raises:
+        ValueError: an archive entry names a path outside ``out`` (:func:`member_names`).
     """
     path = root / NPZ if root.is_dir() else root
     with np.load(path) as data:
         images, labels, files = data["x_train"], data["y_train"], data["train_files"]
+    chosen = select(labels, limit)
+    names = [member_names(str(files[i]), f"{path}: train_files[{i}]") for i in chosen]  # all, before writing
     paths = []
-    for i in select(labels, limit):
-        source = PurePosixPath(str(files[i]))
-        target = out / source.parent.parent.name / f"{source.stem}.png"
+    for i, (wnid, stem) in zip(chosen, names, strict=True):
+        target = out / wnid / f"{stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i]).save(target)
         paths.append(target)
@@ -87,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         paths = prepare(args.root, args.out, args.limit)
-    except ValueError as err:
+    except (ValueError, KeyError) as err:  # KeyError: an array missing from the archive
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{len(paths)} images written under {args.out}")
