@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -201,6 +202,38 @@ def test_offset_only_from_baseline_04(tmp_path):
     assert product_info(img, s2).offsets == dict.fromkeys(S2_BANDS, -1000.0)
     data = np.array([[[0, 500, 1000, 1001, 3000]]], dtype=np.uint16)
     np.testing.assert_array_equal(apply_offset(data, [-1000.0], 0), [[[0, 1, 1, 1, 2000]]])
+
+
+_GOOD_MTD = _mtd("1C", "04.00", offsets=True)
+_BOGUS_ENCODING = _GOOD_MTD.replace('encoding="UTF-8"', 'encoding="bogus"')
+
+
+@pytest.mark.parametrize(("content", "what"), [
+    (_GOOD_MTD[: len(_GOOD_MTD) // 2].encode(), "not readable XML (unclosed token"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR garbage", "not readable XML (not well-formed"),
+    (_BOGUS_ENCODING.encode(), "not readable XML (unknown encoding"),
+    (_GOOD_MTD.replace(">-1000<", ">minus 1000<", 1).encode(),
+     "RADIO_ADD_OFFSET of band_id 0 is 'minus 1000', not a number"),
+    (_GOOD_MTD.replace(">-1000<", ">-1e999<", 1).encode(), "RADIO_ADD_OFFSET of band_id 0 is '-1e999'"),
+], ids=["truncated", "garbage", "unknown-encoding", "offset-text", "offset-infinite"])
+def test_malformed_product_metadata_names_the_file(tmp_path, content, what):
+    safe = tmp_path / f"{L1C}.SAFE"
+    img = safe / "GRANULE" / "L1C_T32TPP_A035000_20220315T101031" / "IMG_DATA"
+    img.mkdir(parents=True)
+    mtd = safe / "MTD_MSIL1C.xml"
+    mtd.write_bytes(content)
+    with pytest.raises(TilingError, match=re.escape(f"{mtd}: {what}")) as err:
+        product_info(img, get_sensor("s2-l1c"))
+    assert "restore the product's metadata file" in str(err.value) and isinstance(err.value, ValueError)
+
+
+def test_tile_py_on_a_product_with_malformed_metadata_is_an_error(products, tmp_path, capsys):
+    safe = Path(shutil.copytree(products["l1c"], tmp_path / products["l1c"].name))
+    mtd = safe / "MTD_MSIL1C.xml"
+    mtd.write_text(_BOGUS_ENCODING)  # was a traceback (LookupError)
+    assert tile.main([str(safe), "--tile-size", "60", "--out", str(tmp_path / "s.zarr")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {mtd}: not readable XML")
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def _landsat_folder(root: Path) -> Path:

@@ -27,6 +27,7 @@ levels are refused in one store unless asked for (:func:`check_product_levels`).
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -119,7 +120,8 @@ def product_info(folder: Path, sensor: Sensor, sample: Path | None = None) -> Pr
         sample: A band file of the scene, whose name may give the level.
 
     Raises:
-        BandError: the metadata file is not readable XML (naming it).
+        TilingError: naming the metadata file and what is wrong when it is not readable XML
+            (truncated, garbage, unknown encoding) or declares an offset that is not a number.
     """
     root = _safe_root(folder) if _in_product(folder) else None  # no file look-ups elsewhere
     if root is None:
@@ -127,9 +129,8 @@ def product_info(folder: Path, sensor: Sensor, sample: Path | None = None) -> Pr
     mtd = next(root / m for m in _MTD_NAMES if (root / m).is_file())
     try:
         tree = ET.parse(mtd)
-    except ET.ParseError as err:
-        raise BandError(f"{mtd}: not readable XML ({err}); restore the product's metadata file "
-                        "or remove it to tile the band files without offsets") from err
+    except (ET.ParseError, LookupError, ValueError, OSError) as err:  # LookupError: unknown encoding
+        raise _metadata_error(mtd, f"not readable XML ({err})") from err
     texts = {_local(e.tag): (e.text or "").strip() for e in tree.iter()}
     level = _level_from_text(texts.get("PROCESSING_LEVEL", "") or texts.get("PRODUCT_TYPE", ""))
     baseline = texts.get("PROCESSING_BASELINE") or None
@@ -139,11 +140,28 @@ def product_info(folder: Path, sensor: Sensor, sample: Path | None = None) -> Pr
         if _local(e.tag) in ("RADIO_ADD_OFFSET", "BOA_ADD_OFFSET") and e.get("band_id") is not None:
             name = names.get(e.get("band_id", ""))
             if name is not None:
-                offsets[_canonical(name, sensor)] = float(e.text or 0)
+                offsets[_canonical(name, sensor)] = _offset(mtd, e)
     if not offsets and baseline is not None and _baseline_at_least(baseline, 4.0):
         offsets = {b: -1000.0 for b in _S2_BAND_IDS}
     offsets = {b: v for b, v in offsets.items() if v != 0.0}
     return ProductInfo(level or _level_from_name(mtd.parent), baseline, offsets, str(mtd))
+
+
+def _metadata_error(mtd: Path, what: str) -> TilingError:
+    return TilingError(f"{mtd}: {what}; restore the product's metadata file (fetch the product again) "
+                       "or remove it to tile the band files without offsets")
+
+
+def _offset(mtd: Path, element: ET.Element) -> float:
+    """The number an ``*_ADD_OFFSET`` element holds (a finite float), else a :class:`TilingError`."""
+    try:
+        value = float(element.text or 0)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise _metadata_error(mtd, f"{_local(element.tag)} of band_id {element.get('band_id')} is "
+                                   f"{element.text!r}, not a number")
+    return value
 
 
 def _local(tag: str) -> str:
