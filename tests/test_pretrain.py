@@ -108,3 +108,20 @@ def test_nonfinite_loss_raises_naming_the_step(tmp_path: Path, eurosat_store: Pa
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == step  # the last good step's checkpoint stays on disk
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_resumed_run_keeps_the_probe_baseline(tmp_path: Path, eurosat_train_store: Path) -> None:
+    """The probe curve travels in the checkpoint: a run killed after step 3 and resumed still starts
+    at its step-0 baseline (probe.json of the resumed run's log folder is written whole)."""
+    kw = {"steps": 4, "every": 1, "probe": True,
+          "trainer_args": {"limit_train_batches": 2, "val_check_interval": 2}}
+    kill = [{"class_path": "conftest.KillAt", "init_args": {"step": 3}}]
+    with pytest.raises(SimulatedKill):
+        _fit(_config(tmp_path, eurosat_train_store, callbacks=kill, **kw))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    [state] = [v for k, v in ckpt["callbacks"].items() if "ProbeCallback" in k]
+    assert [h["step"] for h in state["history"]] == [0, 2]
+    assert _fit(_config(tmp_path, eurosat_train_store, **kw), "--ckpt_path", "last") == 0
+    history = json.loads((tmp_path / "logs" / "version_1" / "probe.json").read_text())
+    assert [h["step"] for h in history] == [0, 2, 3, 4]  # step 3: the resumed weights' own probe
+    assert history[0]["n_train"] == 216

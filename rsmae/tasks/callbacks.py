@@ -6,7 +6,6 @@ task's ``data_info`` (linked from the data by the CLI), never by position.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from rsmae.datasets import EuroSAT
 from rsmae.datasets.leakage import check_no_eval_images
 from rsmae.datasets.matching import match_dataset_bands
 from rsmae.errors import BandError
+from rsmae.files import atomic_write_json
 from rsmae.models import patchify, unpatchify
 from rsmae.models.weights import save_backbone
 from rsmae.tasks.pretrain import PretrainTask
@@ -347,9 +347,15 @@ class ProbeCallback(L.Callback):
         self._record(trainer)
 
     def _record(self, trainer: L.Trainer) -> None:
-        """Keep the curve (step, accuracies) and write it to ``probe.json`` in the run folder."""
+        """Keep the curve (step, accuracies) and write it atomically to ``probe.json`` in the run folder."""
         sizes = {f"n_{split}": len(ds.labels) for split, ds in self.data.items()}
         self.history.append({"step": trainer.global_step, **sizes, **self.last})
-        path = self._dir / "probe.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.history, indent=1))
+        atomic_write_json(self._dir / "probe.json", self.history, indent=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The probe curve so far: saved in checkpoints, so a resumed run keeps its step-0 baseline."""
+        return {"history": [dict(entry) for entry in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the probe curve of the checkpoint (entries after its step are dropped with it)."""
+        self.history = [dict(entry) for entry in state_dict.get("history", [])]
