@@ -4,6 +4,7 @@ adapted to the data's Sentinel-2 bands by name; the decoder starts fresh."""
 from __future__ import annotations
 
 import logging
+import pickle
 import sys
 from pathlib import Path
 
@@ -145,3 +146,41 @@ def test_refuses_a_training_checkpoint(tmp_path: Path) -> None:
                 "hyper_parameters": {"method": "mae"}}, path)
     with pytest.raises(WeightsError, match="last.ckpt.*export"):
         _task(init_backbone=str(path))
+
+
+class _Payload:
+    """Unpickling it would run code: ``open(marker, "w")`` creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return open, (self.marker, "w")
+
+
+def test_a_checkpoint_with_a_pickled_object_is_refused_not_run(tmp_path: Path, eurosat_store: Path) -> None:
+    """Export, the landscape study and --ckpt_path load checkpoints weights-only: a pickled object
+    (here one whose unpickling creates a file) is refused, with the file's name, and never runs."""
+    from rsmae.errors import CheckpointError
+    from rsmae.landscape.config import ModelSpec
+    from rsmae.landscape.inputs import load_model
+    from rsmae.tasks.init import check_resume
+    from rsmae.tasks.pretrain import export_backbone
+
+    task = _task()
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
+                "pytorch-lightning_version": "2.6.0", "extra": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="evil.ckpt"):
+        export_backbone(path, tmp_path / "out.safetensors")
+    with pytest.raises(WeightsError, match="evil.ckpt"):
+        load_model(ModelSpec(name="evil", kind="pretrain", path=str(path)))
+    config = _config(tmp_path / "run", eurosat_store, steps=1, every=1)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):  # LightningCLI's own load
+        pretrain.main(["fit", "--config", str(config), "--ckpt_path", str(path)])
+    with pytest.raises(CheckpointError, match="evil.ckpt"):  # the CLI's check before Lightning resumes
+        check_resume(path, task.hparams)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: a full unpickling runs it
+    assert marker.exists()

@@ -1,9 +1,9 @@
 """Models and fixed data of a landscape study: model files in, objectives out.
 
 A model file is a Lightning checkpoint of ``pipelines/pretrain.py`` (MAE / RC-MAE, rebuilt with
-:meth:`~rsmae.tasks.PretrainTask.load_from_checkpoint`), a backbone file
-(:func:`~rsmae.models.load_backbone`) or a supervised classifier (its backbone file plus a head
-file). Each model brings its bands and statistics, so every model sees the same samples normalised
+:meth:`~rsmae.tasks.PretrainTask.load_from_checkpoint`, weights only: tensors and plain values), a
+backbone file (:func:`~rsmae.models.load_backbone`) or a supervised classifier (its backbone file
+plus a head file). Each model brings its bands and statistics, so every model sees the same samples normalised
 as in its own training.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 
 def _load_pretrain(spec: ModelSpec, path: Path) -> LoadedModel:
-    try:
-        task = PretrainTask.load_from_checkpoint(path, map_location="cpu")
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+    try:  # weights only: a checkpoint holding other pickled objects is refused, never executed
+        task = PretrainTask.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except (KeyError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as err:
         raise WeightsError(f"model {spec.name!r}: {path} is not a checkpoint of pipelines/pretrain.py "
                            f"({type(err).__name__}: {err}); use kind: backbone for backbone files") from err
     info = dict(task.hparams.get("data_info") or {})

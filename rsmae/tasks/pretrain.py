@@ -8,7 +8,7 @@ them against the data actually loaded.
 
 Randomness is explicit and restartable: the augmentation and the masks of training batch ``n`` come
 from a generator seeded by ``(seed, rank, n)``, validation masks by ``(seed, rank, batch_idx)``; the
-batch counter is saved in checkpoints. Together with the resumable loader
+batch counter and the stores' corpus record are saved in checkpoints. Together with the resumable loader
 (:class:`~rsmae.data.ResumableDataLoader`) a resumed run reproduces the uninterrupted one.
 
 Integer batches (``TileDataModule(native=True)``) are normalised on the device with ``data_info``.
@@ -41,7 +41,7 @@ from rsmae.models import (
 )
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
-from rsmae.tasks.init import checkpoint_hparams, init_encoder
+from rsmae.tasks.init import check_corpus, checkpoint_hparams, corpus_record, init_encoder
 from rsmae.tasks.optim import OPTIMIZERS, fused_adamw_available, make_optimizer, param_groups, scheduled
 
 __all__ = ["PretrainTask", "export_backbone"]
@@ -155,6 +155,7 @@ class PretrainTask(L.LightningModule):
         self._bad_loss: Tensor | None = None
         self._compiled = False
         self._stats: tuple[Tensor, Tensor] | None = None  # data_info mean/std on the batches' device
+        self._corpus: list[dict[str, Any]] | None = None  # corpus_record of the stores trained on
 
     # ------------------------------------------------------------------ parts
     @property
@@ -211,6 +212,7 @@ class PretrainTask(L.LightningModule):
         if not info:
             self.hparams["data_info"] = describe_data(dataset)
         self._stats = None
+        self._corpus = corpus_record(datamodule.stores) if getattr(datamodule, "stores", None) else None
 
     def on_fit_start(self) -> None:
         """Choose the attention kernel for the device; compile the model if asked."""
@@ -236,9 +238,8 @@ class PretrainTask(L.LightningModule):
                 raise ValueError(f"the batch holds {images.dtype} images but the task has no data_info "
                                  "mean/std to normalise them; pass data_info=datamodule.data_info (the "
                                  "CLI links it) or use TileDataModule(native=False)")
-            mean, std = (torch.tensor(info[k], dtype=torch.float32, device=images.device)
-                         for k in ("mean", "std"))
-            self._stats = mean, std
+            kw = {"dtype": torch.float32, "device": images.device}
+            self._stats = torch.tensor(info["mean"], **kw), torch.tensor(info["std"], **kw)
         return normalize_images(images, *self._stats)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
@@ -264,10 +265,9 @@ class PretrainTask(L.LightningModule):
         kwargs = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(images)}
         self.log(f"{stage}/loss", out.loss, prog_bar=True, **kwargs)
         self.log(f"{stage}/recon_loss", out.recon_loss, **kwargs)
-        if out.consistency_loss is not None:
-            self.log(f"{stage}/consistency_loss", out.consistency_loss, **kwargs)
-        if out.teacher_loss is not None:
-            self.log(f"{stage}/teacher_recon_loss", out.teacher_loss, **kwargs)
+        for key, v in (("consistency_loss", out.consistency_loss), ("teacher_recon_loss", out.teacher_loss)):
+            if v is not None:  # RC-MAE only
+                self.log(f"{stage}/{key}", v, **kwargs)
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -294,8 +294,7 @@ class PretrainTask(L.LightningModule):
 
     def _nonfinite_message(self, loss_bad: bool, norm: float) -> str:
         what = "loss" if loss_bad else f"gradient (norm {norm})"
-        callback = self.trainer.checkpoint_callback
-        where = getattr(callback, "dirpath", None) if callback is not None else None
+        where = getattr(self.trainer.checkpoint_callback, "dirpath", None)  # None without the callback
         last = f"the last good checkpoint is in {where}" if where else "no checkpoint callback is configured"
         return (f"the training {what} became non-finite at global step {self.global_step} (no optimiser "
                 f"step was taken); {last}. Resume with --ckpt_path last after lowering model.base_lr, "
@@ -335,13 +334,14 @@ class PretrainTask(L.LightningModule):
             self.log("train/teacher_momentum", momentum, on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the batch counter that keys the training randomness."""
-        checkpoint["rsmae_train_batches"] = self.train_batches
+        """Save the batch counter that keys the training randomness and the corpus record."""
+        checkpoint["rsmae_train_batches"], checkpoint["rsmae_corpus"] = self.train_batches, self._corpus
         if checkpoint.get("hyper_parameters", {}).get("init_backbone"):  # the weights are in the checkpoint:
             checkpoint["hyper_parameters"]["init_backbone"] = None  # rebuilding it must not need that file
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the batch counter."""
+        """Restore the batch counter; refuse a resume on changed stores (``check_corpus``)."""
+        check_corpus(self._trainer and self._trainer.ckpt_path, checkpoint.get("rsmae_corpus"), self._corpus)
         self.train_batches = int(checkpoint.get("rsmae_train_batches", 0))
 
     # ------------------------------------------------------------------ optimisation
@@ -394,7 +394,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path,
     if weights == "teacher" and hp["method"] != "rcmae":
         raise CheckpointError(f"{checkpoint}: a method={hp['method']} checkpoint has no teacher (only RC-MAE "
                               "has one); export its student (--weights student)")
-    task = PretrainTask.load_from_checkpoint(checkpoint, map_location="cpu")
+    task = PretrainTask.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     meta = task.backbone_meta(weights)
     meta.source += f" ({Path(checkpoint).name})"
     return save_backbone(task.encoder(weights), out, meta)
