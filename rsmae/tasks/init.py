@@ -12,13 +12,17 @@ tile size. Only the encoder is loaded; the MAE decoder starts from scratch.
 
 :func:`checkpoint_hparams` reads a training checkpoint's hyper-parameters without building the
 model, so exporting or resuming a checkpoint of another kind fails with its path and the fix
-(:func:`check_resume`) instead of a state-dict traceback.
+(:func:`check_resume`) instead of a state-dict traceback. :func:`corpus_record` describes the
+pretraining stores independently of their paths (scenes, tiles, statistics digest); a checkpoint
+carries it, and :func:`check_corpus` refuses to resume one on stores that have changed since.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +33,10 @@ from rsmae.errors import CheckpointError, WeightsError
 from rsmae.models import load_backbone, load_official_mae, load_timm_weights, load_torchgeo_vit
 from rsmae.models.keys import PATCH_KEY, strip_prefixes
 from rsmae.models.weights import META_KEY, read_weights
+from rsmae.store import TileStore
 
-__all__ = ["backbone_kind", "check_resume", "checkpoint_hparams", "init_encoder", "load_init_backbone"]
+__all__ = ["backbone_kind", "check_corpus", "check_resume", "checkpoint_hparams", "corpus_record",
+           "init_encoder", "load_init_backbone"]
 
 # Hyper-parameters that fix the model's tensors: a checkpoint resumes only into the same ones.
 ARCHITECTURE = ("method", "preset", "patch_size", "img_size", "in_chans", "encoder_kwargs", "decoder_dim",
@@ -153,3 +159,61 @@ def check_resume(ckpt_path: str | Path | None, hparams: Mapping[str, Any]) -> No
     if diff:
         raise CheckpointError(f"{ckpt_path}: made by another model: {', '.join(diff)}; resume with the "
                               "config of that run (config.yaml in its log folder)")
+
+
+def corpus_record(stores: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """What defines a pretraining corpus, wherever its stores lie (path-independent).
+
+    Per store, in order: its committed scene and tile counts and a digest of its statistics (all
+    change when scenes are appended).
+
+    Args:
+        stores: Finished tile stores (:class:`~rsmae.store.TileStore`).
+
+    Returns:
+        ``[{"n_scenes": int, "tiles": int, "stats": hex digest}, ...]``.
+    """
+    record = []
+    for path in stores:
+        store = TileStore.open(path)
+        attrs = store.attrs
+        committed = attrs.get("committed") or {}  # stores of format 1 keep the counts at the root only
+        stats = committed.get("stats", attrs.get("stats"))
+        digest = hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()[:16]
+        record.append({"n_scenes": int(committed.get("n_scenes", store.n_scenes)),
+                       "tiles": int(committed.get("tiles", attrs["tiles"])), "stats": digest})
+    return record
+
+
+def check_corpus(ckpt_path: str | Path | None, saved: Sequence[Mapping[str, Any]] | None,
+                 current: Sequence[Mapping[str, Any]] | None) -> None:
+    """Refuse to resume a checkpoint on stores other than those it was trained on.
+
+    Args:
+        ckpt_path: The checkpoint being resumed (named in the error).
+        saved: Its :func:`corpus_record`; ``None`` for checkpoints made before it was recorded
+            (resumed with a warning).
+        current: :func:`corpus_record` of the stores the run reads now; ``None`` when the model is
+            loaded without its data (export, analysis): nothing to check.
+
+    Raises:
+        CheckpointError: naming the checkpoint and what changed (e.g. ``store 0: tiles 1331 -> 1400``).
+    """
+    if current is None:
+        return
+    if saved is None:
+        _logger.warning("%s records no corpus (an older checkpoint): cannot check that its stores are "
+                        "unchanged; the statistics and sampler order follow the stores as they are now",
+                        ckpt_path)
+        return
+    if len(saved) != len(current):
+        changes = [f"stores {len(saved)} -> {len(current)}"]
+    else:
+        changes = [f"store {i}: {k} {old.get(k)} -> {new.get(k)}" for i, (old, new) in
+                   enumerate(zip(saved, current, strict=True)) for k in ("n_scenes", "tiles", "stats")
+                   if old.get(k) != new.get(k)]
+    if changes:
+        raise CheckpointError(f"{ckpt_path}: its pretraining stores have changed since "
+                              f"({'; '.join(changes)}): resuming would change the statistics and the "
+                              "sampling order; resume with the stores as they were, or start a new run "
+                              "without --ckpt_path")
