@@ -5,6 +5,8 @@ it scores on (e.g. ``EuroSAT(root, "test").paths``), and :func:`check_no_eval_im
 with the files every scene of the pretraining stores was read from (the ``files`` column of
 :meth:`~rsmae.store.TileStore.scenes`). Files match when their resolved paths are equal (symlinks and
 relative paths followed) or, for files of equal size, when their bytes are (a copy under another name).
+Matching uses resolved paths; results and messages name the paths as given (the store's record, the
+evaluation file passed in), so a data folder reached through a symbolic link keeps the user's name.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ class EvalImageInStore:
     Attributes:
         store: The pretraining store.
         scene: The scene id in that store.
-        file: The scene file, resolved.
-        eval_file: The evaluation image it is (resolved); equal to ``file`` unless it is a copy.
+        file: The scene file, as the store records it (the path given when tiling).
+        eval_file: The evaluation image it is, as given; the same file as ``file`` (both resolve
+            alike) unless it is a copy.
     """
 
     store: str
@@ -38,10 +41,9 @@ class EvalImageInStore:
 
 
 def scene_files(store: str | Path) -> list[tuple[str, Path]]:
-    """``(scene id, resolved file)`` for every file the scenes of a finished store were read from."""
+    """``(scene id, file as recorded)`` for every file the scenes of a finished store were read from."""
     scenes = TileStore.open(store).scenes(["id", "files"])
-    return [(str(i), Path(f).resolve()) for i, files in zip(scenes["id"], scenes["files"], strict=True)
-            for f in files]
+    return [(str(i), Path(f)) for i, files in zip(scenes["id"], scenes["files"], strict=True) for f in files]
 
 
 def _sha256(path: Path) -> str:
@@ -53,10 +55,12 @@ def _sha256(path: Path) -> str:
 
 
 class _EvalIndex:
-    """Evaluation images by resolved path, and by size then hash (hashed on first need)."""
+    """Evaluation images (as given) by resolved path, and by size then hash (hashed on first need)."""
 
     def __init__(self, eval_files: Iterable[str | Path]) -> None:
-        self.paths = {Path(p).resolve() for p in eval_files}
+        self.paths: dict[Path, Path] = {}  # resolved -> as given (the first given name of a file)
+        for given in eval_files:
+            self.paths.setdefault(Path(given).resolve(), Path(given))
         self.by_size: dict[int, list[Path]] = {}
         for path in self.paths:
             if path.is_file():
@@ -69,13 +73,14 @@ class _EvalIndex:
         return self.hashes[path]
 
     def match(self, path: Path, by_content: bool) -> Path | None:
+        """The evaluation image (as given) that the resolved ``path`` is, or a copy of."""
         if path in self.paths:
-            return path
+            return self.paths[path]
         if not by_content or not path.is_file():
             return None
         for other in self.by_size.get(path.stat().st_size, []):
             if self._hash(path) == self._hash(other):
-                return other
+                return self.paths[other]
         return None
 
 
@@ -96,7 +101,7 @@ def find_eval_images(
     found = []
     for store in stores:
         for scene, path in scene_files(store):
-            match = index.match(path, by_content)
+            match = index.match(path.resolve(), by_content)  # compared resolved, reported as given
             if match is not None:
                 found.append(EvalImageInStore(str(store), scene, path, match))
     return found
@@ -118,7 +123,7 @@ def check_no_eval_images(
     found = find_eval_images(stores, eval_files, by_content=by_content)
     if found:
         first = found[0]
-        copy = "" if first.file == first.eval_file else f" (a copy of {first.eval_file})"
+        copy = "" if first.file.resolve() == first.eval_file.resolve() else f" (a copy of {first.eval_file})"
         raise EvaluationLeakError(
             f"{first.file}{copy}: scene {first.scene} of the pretraining store {first.store} is an "
             f"evaluation image ({len(found)} such file(s) in the corpus); tile the pretraining store "
