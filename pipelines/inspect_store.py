@@ -1,46 +1,11 @@
 """Print a summary of tile stores: tiles, bands, per-band statistics, scenes, size.
 
-Example:
-    python pipelines/inspect_store.py demo_out/eurosat.zarr
+Thin wrapper of rsmae/cli/inspect_store.py: the command ``rsmae inspect``.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-from rsmae.errors import RsmaeError
-from rsmae.store import TileStore
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print each store's summary; return the exit code."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stores", nargs="+")
-    args = p.parse_args(argv)
-    for path in args.stores:
-        try:
-            store = TileStore.open(path)
-        except RsmaeError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        a = store.attrs
-        c = a["config"]
-        scenes = int((store.scenes(["id"])["id"] != "").sum())  # a skipped scene's row has no id
-        skipped = len(store.skipped()["id"])
-        print(f"\n{path}: {a['tiles']} tiles of {len(a['bands'])}x{c['tile_size']}x"
-              f"{c['tile_size']} {a['dtype']}, {scenes} scenes"
-              f"{f' ({skipped} skipped: rerun tile.py after fixing them)' if skipped else ''}, "
-              f"sensor {a['sensor']}, {store.nbytes_stored() / 1e6:.1f} MB")
-        if a.get("classes"):
-            print(f"  classes: {', '.join(a['classes'])}")
-        print(f"  {'band':>5} {'nm':>7} {'gsd':>4} {'mean':>9} {'std':>9} {'p01':>8} {'p99':>8}")
-        for band in a["bands"]:
-            s = a["stats"][band["name"]]
-            print(f"  {band['name']:>5} {band['wavelength_nm']:7.1f} {band['gsd_m'] or 0:4.0f} "
-                  f"{s['mean']:9.1f} {s['std']:9.1f} {s['p01']:8.1f} {s['p99']:8.1f}")
-    return 0
-
+from rsmae.cli.inspect_store import main
 
 if __name__ == "__main__":
     sys.exit(main())
