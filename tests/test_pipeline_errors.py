@@ -106,7 +106,22 @@ def test_pretrain_bad_inputs(capsys, checkpoints, eurosat_train_store, tmp_path)
                                     str(checkpoints["mae"])), str(checkpoints["mae"]), "pipelines/export.py")
 
 
+def test_pretrain_refuses_subcommands_without_a_step(capsys, eurosat_train_store, tmp_path):
+    for sub in ("predict", "test"):
+        argv = [sub, *_fit(eurosat_train_store, tmp_path)[1:]]
+        _fails(capsys, "pretrain", argv, f"{sub}: not a pretraining subcommand", "fit or validate")
+
+
 # ---------------------------------------------------------------- evaluation, stores, reports
+
+
+def test_evaluate_unknown_task_lists_the_tasks(capsys):
+    with pytest.raises(SystemExit) as done:
+        _main("evaluate")(["--task", "segmentation", "--backbone", "b.safetensors", "--protocol", "knn"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err
+    choices = "classification, bigearthnet, oscd, levircd, landsat"
+    assert "'segmentation'" in err and choices in err.replace("'", "")
 
 
 def test_evaluate_bad_inputs(capsys, checkpoints, tmp_path):

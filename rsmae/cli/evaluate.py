@@ -31,7 +31,7 @@ from rsmae.models import read_backbone_meta
 TASKS = ("classification", "bigearthnet", *CHANGE_DATASETS)
 
 
-def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Command-line options of classification and BigEarthNet."""
     p = make_parser(__doc__, prog)
     p.add_argument("--task", choices=TASKS, default="classification",
@@ -51,7 +51,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--epochs", type=int, default=30, help="tuned protocols: training epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="tuned protocols: peak learning rate")
     p.add_argument("--no-adapt", action="store_true", help="refuse a backbone of other bands")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """Parsed options (``argv`` default: ``sys.argv[1:]``)."""
+    return build_parser(prog).parse_args(argv)
 
 
 def _run(args: argparse.Namespace) -> tuple[dict, str]:

@@ -28,7 +28,7 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Command-line options."""
     p = make_parser(__doc__, prog)
     p.add_argument("--task", choices=list(CHANGE_DATASETS), default="oscd", help="dataset layout")
@@ -46,7 +46,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--out", help="output folder (model, metrics.json, pr_curve.csv, maps/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="ChangeConfig setting, repeatable: steps=300, crop_size=96, precision=bf16-mixed ...")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """Parsed options (``argv`` default: ``sys.argv[1:]``)."""
+    return build_parser(prog).parse_args(argv)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ Example:
 
 from __future__ import annotations
 
+import argparse
+
 from rsmae.cli.common import make_parser, run
 from rsmae.store import TileStore
 
@@ -34,11 +36,16 @@ def print_summary(path: str) -> None:
               f"{s['mean']:9.1f} {s['std']:9.1f} {s['p01']:8.1f} {s['p99']:8.1f}")
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Print each store's summary; return the exit code."""
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Command-line options."""
     p = make_parser(__doc__, prog)
     p.add_argument("stores", nargs="+", metavar="STORE", help="tile stores (STORE.zarr)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Print each store's summary; return the exit code."""
+    args = build_parser(prog).parse_args(argv)
 
     def inspect() -> int:
         for path in args.stores:

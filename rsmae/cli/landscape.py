@@ -41,8 +41,8 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Run the study of a config; return the exit code (2 on an rsmae error)."""
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Command-line options."""
     p = make_parser(__doc__, prog)
     p.add_argument("--config", required=True,
                    help="YAML study: a path or a shipped name (cpu-small, sweep-cpu-small)")
@@ -54,5 +54,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         "at ADDRESS (default: the config's dask)")
     p.add_argument("--threads", type=int,
                    help="torch threads; 1 helps tiny models on a busy machine (default: the config's)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the study of a config; return the exit code (2 on an rsmae error)."""
+    args = build_parser(prog).parse_args(argv)
     return run(lambda: _study(args), verbose=args.verbose, level=logging.INFO)

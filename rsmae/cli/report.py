@@ -6,6 +6,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from rsmae.cli.common import make_parser, run
@@ -13,11 +14,16 @@ from rsmae.errors import InputNotFoundError
 from rsmae.tasks.report import find_latest_run, summarise_run
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Print the summary of the newest run under RUN_ROOT; return the exit code."""
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Command-line options."""
     p = make_parser(__doc__, prog)
     p.add_argument("run_root", type=Path, help="the run's default_root_dir (e.g. runs/mae_tiny)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Print the summary of the newest run under RUN_ROOT; return the exit code."""
+    args = build_parser(prog).parse_args(argv)
 
     def report() -> int:
         run_dir = find_latest_run(args.run_root)

@@ -22,7 +22,7 @@ from rsmae.cli.common import dask_target, make_parser, run
 from rsmae.tiling import TileConfig, tile_scenes
 
 
-def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Command-line options."""
     p = make_parser(__doc__, prog)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="raster files, folders or globs")
@@ -50,7 +50,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--strict", action="store_true", help="a bad scene fails the run (exit 2)")
     p.add_argument("--mix-product-levels", action="store_true", help="allow S2 L1C with L2A")
     p.add_argument("--break-lock", action="store_true", help="take over another host's lock")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """Parsed options (``argv`` default: ``sys.argv[1:]``)."""
+    return build_parser(prog).parse_args(argv)
 
 
 def _tile(args: argparse.Namespace, command: str) -> int:
