@@ -12,7 +12,18 @@ file and fails with :class:`~rsmae.errors.StoreLockedError` naming the holder. A
 killed run is *stale* when it was made on this host and its process is gone (no such pid, or
 the pid now belongs to a process started after the lock, or no one holds the flock while the
 pid is gone): it is logged and taken over. A lock made on another host is never taken over
-(its pid means nothing here) unless ``break_lock=True``.
+(its pid means nothing here) unless ``break_lock=True``; a live holder on this host never is.
+
+A take-over has one winner even where ``flock`` does not work (NFS without locking, some FUSE
+mounts), when every contender finds the same file stale. Each hard-links the stale file to a
+claim named by its inode (``link`` fails when the name exists; the inode cannot be reused while
+a contender has it open), and only the one whose claim is that file moves it off the path,
+renaming it aside and checking that it moved that file; a lock created meanwhile by someone else
+is put back with ``link``, which never replaces a file. The winner then creates the lock with
+``O_EXCL`` like any run, and the losers look again (finding the new lock, they fail)::
+
+    STORE.zarr.lock.<dev>.<inode>.claim     the stale lock, claimed (for microseconds)
+    STORE.zarr.lock.<random>.aside          the stale lock, moved aside (for microseconds)
 """
 
 from __future__ import annotations
@@ -24,8 +35,9 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +51,9 @@ except ImportError:  # Windows: the O_EXCL file alone
 __all__ = ["lock_path", "read_lock", "store_lock"]
 
 log = logging.getLogger(__name__)
-_ATTEMPTS = 5
+_PATIENCE = 10.0  # seconds to keep looking while other runs take, write and release the lock
+_POLL = 0.05  # seconds between looks
+_YOUNG = 2.0  # seconds a new lock file may stay without its record (its creator is writing it)
 
 
 def lock_path(store: str | Path) -> Path:
@@ -65,14 +79,15 @@ def store_lock(store: str | Path, *, break_lock: bool = False) -> Iterator[dict[
     Args:
         store: The store path (``--out``); it need not exist yet.
         break_lock: Take the lock over even when another host holds it (``--break-lock``):
-            only when that run is known to be gone.
+            only when that run is known to be gone. A live holder on this host is never
+            taken over.
 
     Yields:
         This process's lock record (host, pid, start time).
 
     Raises:
         StoreLockedError: another live process holds the lock (naming its host and pid, the
-            lock file and the fix).
+            lock file and the fix), also with ``break_lock`` when it runs on this host.
         StoreError: the lock file cannot be created (folder not writable).
     """
     path = lock_path(store)
@@ -93,54 +108,110 @@ def store_lock(store: str | Path, *, break_lock: bool = False) -> Iterator[dict[
 def _record() -> dict[str, Any]:
     now = time.time()
     return {"host": socket.gethostname(), "pid": os.getpid(), "time": now,
-            "started": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")}
+            "started": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")}
 
 
 def _acquire(path: Path, break_lock: bool) -> tuple[int, dict[str, Any]]:
-    for _ in range(_ATTEMPTS):
+    deadline = time.monotonic() + _PATIENCE
+    while time.monotonic() < deadline:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
         except FileExistsError:
-            taken = _take_over(path, break_lock)
-            if taken is not None:
-                return taken
-            continue  # the holder released it meanwhile: try to create it again
+            if not _take_over(path, break_lock):
+                time.sleep(_POLL)  # released, being written or taken over by another: look again
+            continue  # create it (again)
         _flock(fd, wait=True)  # a contender may hold it for a moment (it then finds it fresh)
         return fd, _write(fd)
-    raise StoreLockedError(f"{path}: could not take the store lock after {_ATTEMPTS} attempts "
+    raise StoreLockedError(f"{path}: could not take the store lock within {_PATIENCE:.0f} s "
                            "(other runs keep taking and releasing it); retry")
 
 
-def _take_over(path: Path, break_lock: bool) -> tuple[int, dict[str, Any]] | None:
-    """Take over a stale (or, with ``break_lock``, any) lock; ``None`` if the file went away."""
+def _take_over(path: Path, break_lock: bool) -> bool:
+    """Remove a stale lock file (or, with ``break_lock``, one of another host) from ``path``.
+
+    Returns:
+        Whether this process removed it; ``False`` when it went away, is still being written
+        or another contender removed it first.
+
+    Raises:
+        StoreLockedError: a live process holds the lock.
+    """
     try:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
-        return None
-    free = _flock(fd)
-    if not _same_file(fd, path):  # released or replaced between our open and flock
-        os.close(fd)
-        return None
-    holder = read_lock(path)
-    if holder is None and free and time.time() - os.fstat(fd).st_mtime < 2.0:
-        os.close(fd)  # the creator has not written its record yet
-        time.sleep(0.1)
-        return None
-    reason = _stale_reason(holder, free)
-    if reason is None and not break_lock:
-        os.close(fd)
-        raise StoreLockedError(_held_message(path, holder))
-    log.warning("%s: taking over the store lock of %s (%s)", path, _describe(holder),
-                reason or "--break-lock given")
-    try:  # a new file replaces the old one: its old holder, if alive, will not unlink ours
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        new = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o644)
-        _flock(new, wait=True)
-        me = _write(new)
-        os.replace(tmp, path)
+        return False
+    try:
+        free = _flock(fd)
+        holder = _read_fd(fd)
+        if not _same_file(fd, path):  # released or replaced between our open and read
+            return False
+        if holder is None and time.time() - os.fstat(fd).st_mtime < _YOUNG:
+            return False  # its creator has not written the record yet: look again
+        reason = _stale_reason(holder, free)
+        if reason is None:
+            _refuse_live(path, holder, break_lock)
+        if not _remove_stale(path, fd):
+            return False
     finally:
         os.close(fd)
-    return new, me
+    log.warning("%s: taking over the store lock of %s (%s)", path, _describe(holder),
+                reason or "--break-lock given")
+    return True
+
+
+def _refuse_live(path: Path, holder: dict[str, Any] | None, break_lock: bool) -> None:
+    """Raise for a live holder, unless ``break_lock`` is given and it is on another host."""
+    if not break_lock:
+        raise StoreLockedError(_held_message(path, holder))
+    if holder is None or holder.get("host") == socket.gethostname():
+        who = "an unknown process" if holder is None else f"pid {holder.get('pid')}"
+        raise StoreLockedError(f"{path}: --break-lock refused: the store lock is held by {who} "
+                               f"on this host, which is still running; stop that run first "
+                               f"(it holds the lock file {path}), then rerun")
+
+
+def _remove_stale(path: Path, fd: int) -> bool:
+    """Move the stale lock file open as ``fd`` off ``path``: ``True`` for one contender only."""
+    stale = os.fstat(fd)
+    claim = path.with_name(f"{path.name}.{stale.st_dev}.{stale.st_ino}.claim")
+    try:
+        os.link(path, claim)
+    except FileNotFoundError:
+        return False  # gone: taken over meanwhile
+    except FileExistsError:
+        _check_claim(claim, path)
+        return False  # another contender claimed it
+    try:
+        if not os.path.samestat(stale, os.stat(claim)):
+            return False  # the path is already someone's new lock
+        aside = path.with_name(f"{path.name}.{uuid.uuid4().hex}.aside")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False  # its holder (of another host, with break_lock) released it
+        if os.path.samestat(stale, os.stat(aside)):
+            os.unlink(aside)
+            return True
+        try:  # moved a lock made after its holder released ours: put it back, never over one
+            os.link(aside, path)
+        except FileExistsError:
+            log.warning("%s: could not put back a lock file taken over by mistake", path)
+        os.unlink(aside)
+        return False
+    finally:
+        os.unlink(claim)
+
+
+def _check_claim(claim: Path, path: Path) -> None:
+    """Raise if the claim on a stale lock is old: its contender died between two calls."""
+    try:
+        age = time.time() - os.stat(claim).st_ctime  # the link made it: ctime is the claim's
+    except FileNotFoundError:
+        return
+    if age > _YOUNG:
+        raise StoreLockedError(f"{claim}: a take-over of the stale store lock {path} was "
+                               f"interrupted; if no run uses the store, delete {claim} and "
+                               f"{path}, then rerun")
 
 
 def _stale_reason(holder: dict[str, Any] | None, flock_free: bool) -> str | None:
@@ -203,6 +274,15 @@ def _same_file(fd: int, path: Path) -> bool:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
+
+
+def _read_fd(fd: int) -> dict[str, Any] | None:
+    """The record in the open lock file ``fd`` (``None`` when empty or unreadable)."""
+    try:
+        holder = json.loads(os.pread(fd, 1 << 16, 0))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
 
 
 def _write(fd: int) -> dict[str, Any]:
