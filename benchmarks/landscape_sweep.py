@@ -8,8 +8,9 @@ and trace, loss rise under filter-normalised Gaussian weight noise, 2D surfaces)
 
     python benchmarks/landscape_sweep.py --config configs/landscape/sweep-cpu-small.yaml
 
-Finished pretrainings (``run.json`` matching the run's settings) and landscape measures (the study's
-cache) are reused, so a killed sweep resumes.
+Finished pretrainings (``run.json`` matching the run's settings, the bytes of its config file and the
+store's committed contents, not their paths) and landscape measures (the study's cache) are reused, so
+a killed sweep resumes; an unreadable ``run.json`` counts as not done.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_backbones import _call, run_results, store_summary  # noqa: E402
+from transfer_backbones import _call, config_digest, run_results, store_summary  # noqa: E402
 
 from rsmae.errors import RsmaeError  # noqa: E402
 from rsmae.evaluation.speed import cpu_name  # noqa: E402
+from rsmae.files import atomic_write_json, read_json  # noqa: E402
 from rsmae.landscape.config import LandscapeConfig  # noqa: E402
 from rsmae.landscape.study import StudyResult, run_study  # noqa: E402
+from rsmae.tasks.init import corpus_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,12 +62,12 @@ def _folder(out: Path, run: dict[str, Any]) -> Path:
 def pretrain(run: dict[str, Any], cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     """Pretrain one run (unless its ``run.json`` matches its settings); return its record."""
     folder = _folder(out, run)
-    wanted = {"run": run, "config": cfg["pretrain_config"], **store_summary(ROOT / cfg["store"])}
-    record_path = folder / "run.json"
-    if record_path.is_file() and (folder / "checkpoints" / "last.ckpt").is_file():
-        record = json.loads(record_path.read_text())
-        if {k: record.get(k) for k in wanted} == wanted:
-            return record
+    wanted = {"run": run, "config_sha256": config_digest([ROOT / cfg["pretrain_config"]]),
+              "corpus": corpus_record([ROOT / cfg["store"]])}
+    record = read_json(folder / "run.json")  # missing or unreadable: not done
+    done = isinstance(record, dict) and record.get("fingerprint") == wanted
+    if done and (folder / "checkpoints" / "last.ckpt").is_file():
+        return record
     shutil.rmtree(folder, ignore_errors=True)
     cmd = [sys.executable, "pipelines/pretrain.py", "fit", "--config", cfg["pretrain_config"],
            "--trainer.max_steps", run["steps"], "--trainer.accumulate_grad_batches", run["accumulate"],
@@ -73,8 +76,9 @@ def pretrain(run: dict[str, Any], cfg: dict[str, Any], out: Path) -> dict[str, A
            "--model.optimizer", run["optimizer"], "--model.base_lr", run["base_lr"],
            "--model.weight_decay", run["weight_decay"], "--model.warmup_steps", run["warmup"]]
     seconds = _call(cmd, cfg.get("threads"))
-    record = {**wanted, "seconds": round(seconds, 1), **run_results(folder)}
-    record_path.write_text(json.dumps(record, indent=1))
+    record = {"run": run, "config": cfg["pretrain_config"], **store_summary(ROOT / cfg["store"]),
+              "fingerprint": wanted, "seconds": round(seconds, 1), **run_results(folder)}
+    atomic_write_json(folder / "run.json", record, indent=1)
     return record
 
 

@@ -17,10 +17,10 @@ pretraining store records is compared with every file under the evaluation folde
 (``corpus_leaks.py`` over :func:`rsmae.datasets.check_no_eval_images`: resolved path, then bytes)
 before any pretraining; one match stops the build, naming the file.
 
-Resumable: a finished store, or a run whose ``run.json`` matches (steps, corpus, init), is skipped; an
-unfinished run is started again from scratch. Tiling and pretraining run as subprocesses
-(``pipelines/tile.py``, ``pipelines/pretrain.py``). Writes ``OUT/backbones.json``:
-``{init: {path, sha256, steps, corpus, images, scenes, ...}}``.
+Resumable: a finished store, or a run whose ``run.json`` matches (steps, config file contents, store
+contents, init sha256; never paths), is skipped; an unfinished, unreadable or stale run is started again
+from scratch. Tiling and pretraining run as subprocesses (``pipelines/tile.py``, ``pipelines/pretrain.py``).
+Writes ``OUT/backbones.json``: ``{init: {path, sha256, steps, corpus, images, scenes, ...}}``.
 
 Example (N = 1500: 5 pretrainings, 52 minutes measured with --threads 1 on a busy shared 2-core CPU;
 an idle one should need about 3-5 minutes per pretraining with the default threads)::
@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -48,12 +50,14 @@ import yaml
 
 from rsmae.data import ShardDataset
 from rsmae.data.dataset import describe_data
-from rsmae.errors import RsmaeError, StoreError
+from rsmae.errors import RsmaeError, StoreError, WeightsError
 from rsmae.evaluation.speed import cpu_name
+from rsmae.files import atomic_write_json, read_json
 from rsmae.models import create_encoder, save_backbone
 from rsmae.models.registry import sha256_file
-from rsmae.models.weights import BackboneMeta
+from rsmae.models.weights import BackboneMeta, read_backbone_meta
 from rsmae.store import TileStore
+from rsmae.tasks.init import corpus_record
 from rsmae.tasks.report import read_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -159,40 +163,53 @@ def _recipe() -> dict[str, Any]:
 
 
 def random_backbone(out: Path, rs_store: Path, seed: int = 0) -> Path:
-    """``OUT/random/backbone.safetensors``: the recipe's encoder as created, with the corpus's bands."""
+    """``OUT/random/backbone.safetensors``: the recipe's encoder as created, with the corpus's bands.
+
+    Kept while its metadata (architecture, bands, statistics) is what the recipe and store give now.
+    """
     path = out / "random" / "backbone.safetensors"
-    if path.is_file():
-        return path
     model = _recipe()["model"]
     info = describe_data(ShardDataset([str(rs_store)]))
-    torch.manual_seed(seed)
-    encoder = create_encoder(model["preset"], in_chans=len(info["bands"]), img_size=info["tile_size"],
-                             patch_size=model["patch_size"])
     meta = BackboneMeta(preset=model["preset"], img_size=info["tile_size"], patch_size=model["patch_size"],
                         in_chans=len(info["bands"]), bands=info["bands"], sensor=info["sensor"],
                         mean=info["mean"], std=info["std"], gsd=info["gsd"],
                         source=f"random init (create_encoder, torch seed {seed}), statistics of "
                         f"{rs_store.name}")
+    try:
+        saved = read_backbone_meta(path)
+        if dataclasses.replace(meta, format_version=saved.format_version) == saved:
+            return path
+    except WeightsError:  # missing or unreadable
+        pass
+    torch.manual_seed(seed)
+    encoder = create_encoder(model["preset"], in_chans=len(info["bands"]), img_size=info["tile_size"],
+                             patch_size=model["patch_size"])
     return save_backbone(encoder, path, meta)
 
 
-def _fingerprint(run: Run, stores: dict[str, Path], out: Path) -> dict[str, Any]:
-    init = out / run.init_from / "backbone.safetensors" if run.init_from else None
-    return {"steps": run.steps, "config": [str(CONFIGS / "base.yaml"), str(CONFIGS / run.override)],
-            **store_summary(stores[run.store]), "init_backbone": str(init) if init else None,
-            "init_sha256": sha256_file(init) if init else None}
+def config_digest(paths: Sequence[str | Path]) -> str:
+    """SHA-256 of the bytes of config files, in order: the same contents anywhere give the same key."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _fingerprint(run: Run, store: Path, init: Path | None) -> dict[str, Any]:
+    """What decides a pretraining's backbone: steps, config contents, corpus contents, init bytes."""
+    return {"steps": run.steps, "configs": config_digest([CONFIGS / "base.yaml", CONFIGS / run.override]),
+            "corpus": corpus_record([store]), "init_sha256": sha256_file(init) if init else None}
 
 
 def pretrain(run: Run, stores: dict[str, Path], out: Path, data: Path = DATA,
              threads: int | None = None) -> dict[str, Any]:
-    """Run one pretraining (unless its ``run.json`` matches) and return its record."""
-    folder = out / run.name
-    wanted = _fingerprint(run, stores, out)
-    record_path = folder / "run.json"
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if {k: record.get(k) for k in wanted} == wanted and (folder / "backbone.safetensors").is_file():
-            return {**record, **run_results(folder)}  # done; results re-read from its logs
+    """Run one pretraining (unless its ``run.json`` has the same fingerprint) and return its record."""
+    folder, init = out / run.name, out / run.init_from / "backbone.safetensors" if run.init_from else None
+    wanted = _fingerprint(run, stores[run.store], init)
+    record = read_json(folder / "run.json")  # missing or unreadable: not done
+    done = isinstance(record, dict) and record.get("fingerprint") == wanted
+    if done and (folder / "backbone.safetensors").is_file():
+        return {**record, **run_results(folder)}  # done; results re-read from its logs
     shutil.rmtree(folder, ignore_errors=True)  # unfinished or stale: start again
     cmd = [sys.executable, "pipelines/pretrain.py", "fit", "--config", CONFIGS / "base.yaml",
            "--config", CONFIGS / run.override, "--trainer.max_steps", str(run.steps),
@@ -200,11 +217,12 @@ def pretrain(run: Run, stores: dict[str, Path], out: Path, data: Path = DATA,
            "--data.stores", json.dumps([str(stores[run.store])])]
     if run.probe:  # ProbeCallback is the last callback of the override
         cmd += ["--trainer.callbacks.init_args.root", data / "eurosat_ms_subset"]
-    if run.init_from:
-        cmd += ["--model.init_backbone", wanted["init_backbone"]]
+    if init:
+        cmd += ["--model.init_backbone", init]
     seconds = _call(cmd, threads)
-    record = {**wanted, "seconds": round(seconds, 1), "threads": threads, **run_results(folder)}
-    record_path.write_text(json.dumps(record, indent=1))
+    record = {"steps": run.steps, **store_summary(stores[run.store]), "init_backbone": init and str(init),
+              "fingerprint": wanted, "seconds": round(seconds, 1), "threads": threads, **run_results(folder)}
+    atomic_write_json(folder / "run.json", record, indent=1)
     return record
 
 
@@ -219,9 +237,8 @@ def run_results(folder: Path) -> dict[str, Any]:
     for key, metric in (("final_loss", "train/loss"), ("final_recon_loss", "train/recon_loss")):
         values = [v for _, v in curves.get(metric, [])][-5:]
         out[key] = round(sum(values) / len(values), 4) if values else None
-    probe = folder / "probe.json"
-    if probe.is_file():
-        history = json.loads(probe.read_text())
+    history = read_json(folder / "probe.json")
+    if history:
         out["probe_start"] = {k: v for k, v in history[0].items() if k.startswith(("step", "probe/"))}
         out["probe_end"] = {k: v for k, v in history[-1].items() if k.startswith(("step", "probe/"))}
     return out
@@ -286,7 +303,7 @@ def build_backbones(out: str | Path = "runs/transfer", steps: int = 1500, data: 
     random_backbone(out, rs)
     records = {run.name: pretrain(run, stores, out, data, threads) for run in plan_runs(steps)}
     manifest = manifest_entries(out, stores, records, leak_check)
-    (out / "backbones.json").write_text(json.dumps(manifest, indent=1))
+    atomic_write_json(out / "backbones.json", manifest, indent=1)
     return manifest
 
 
