@@ -19,7 +19,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -33,6 +32,8 @@ from typing import Any
 
 import yaml
 from tqdm import tqdm
+
+from rsmae.files import atomic_write_json, read_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer_backbones import build_backbones, load_manifest  # noqa: E402
@@ -115,11 +116,7 @@ def run_cell(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, A
     evaluate = _change if config.get("task") == "change" else _classification
     result = evaluate(cell, backbone, config)
     result.update(cell, fingerprint=key, threads=torch.get_num_threads())
-    path = cell_path(config["cells_dir"], cell)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(cell_path(config["cells_dir"], cell), result, indent=1, default=str)
     return result
 
 
@@ -204,7 +201,12 @@ def manifest_from_paths(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def add_external(config: dict[str, Any], manifest: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Convert the foreign weights named under ``external`` into backbone files; add them as inits."""
+    """Convert the foreign weights named under ``external`` into backbone files; add them as inits.
+
+    A converted file is reused while its record ``<kind>.json`` (the source file's SHA-256, the
+    converter's settings and the rsmae version) matches; a changed source is converted again.
+    """
+    import rsmae
     from rsmae.evaluation.data import peek_size, task_bands
     from rsmae.evaluation.features import file_digest
     from rsmae.evaluation.interop import import_weights
@@ -214,9 +216,13 @@ def add_external(config: dict[str, Any], manifest: dict[str, dict[str, Any]]) ->
         if not path:
             continue
         out = Path(config["backbones_dir"]) / "external" / f"{kind}.safetensors"
-        if not out.is_file():
-            import_weights(ROOT / path, kind, out, bands=task_bands(data["sensor"], data["layout"]),
-                           sensor=data["sensor"], img_size=peek_size(data["train_root"]))
+        settings = {"bands": list(task_bands(data["sensor"], data["layout"])), "sensor": data["sensor"],
+                    "img_size": peek_size(data["train_root"])}
+        key = {"source_sha256": file_digest(ROOT / path), "converter": kind, **settings,
+               "rsmae": rsmae.__version__}
+        if read_json(out.with_suffix(".json")) != key or not out.is_file():
+            import_weights(ROOT / path, kind, out, **settings)
+            atomic_write_json(out.with_suffix(".json"), key, indent=1)  # after the file: a kill reconverts
         manifest[kind] = {"path": str(out), "sha256": file_digest(out), "steps": None, "corpus": str(path),
                           "images": None, "scenes": None}
         if kind not in config["inits"]:

@@ -8,6 +8,7 @@ init, and pretraining steps vs EuroSAT probe accuracy for MAE and RC-MAE.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -25,9 +26,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transfer_backbones import ROOT  # noqa: E402
 from transfer_backbones import table as backbone_table  # noqa: E402
 
+import rsmae  # noqa: E402
 from rsmae.evaluation.speed import cpu_name  # noqa: E402
+from rsmae.files import read_json  # noqa: E402
+from rsmae.models.registry import sha256_file  # noqa: E402
+
+# Bump when the computation of a cell changes (protocols, metrics, what a result holds): every cell
+# result made before is then stale and runs again.
+CACHE_VERSION = 2
 
 LABELS = {"random": "random init", "natural_mae": "natural-image MAE (Tiny-ImageNet)",
           "natural_rs_mae": "natural MAE -> in-domain MAE", "rs_mae": "our MAE (Sentinel-2)",
@@ -52,23 +61,80 @@ def cell_path(cells_dir: str | Path, cell: dict[str, Any]) -> Path:
     return Path(cells_dir) / cell["init"] / f"{cell['protocol']}__{where}__seed{cell['seed']}.json"
 
 
-def fingerprint(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> str:
-    """What a cell's result depends on: the backbone's bytes, the data and the protocol settings."""
-    from rsmae.evaluation.classification import FINETUNE_RECIPE, FROZEN_PROTOCOLS
+@functools.cache
+def folder_digest(root: str) -> str:
+    """SHA-256 of a data folder (or file): its files' relative names and bytes, hidden files aside.
 
-    tuned = config.get("task") != "change" and cell["protocol"] not in FROZEN_PROTOCOLS
-    parts = {"cell": cell, "backbone": backbone.get("sha256"), "recipe": FINETUNE_RECIPE if tuned else None,
-             "data": config.get("data", config.get("datasets")),
-             "settings": config.get("finetune", config.get("change", {}))}
+    Relative roots are taken from the repository root; a missing one digests as ``missing <root>``.
+    Computed once per process.
+    """
+    path = ROOT / root
+    if not path.exists():
+        return f"missing {root}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        if not any(part.startswith(".") for part in file.relative_to(path).parts):
+            digest.update(f"{file.relative_to(path).as_posix()}:{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def resolved_precision(cell: dict[str, Any], config: dict[str, Any]) -> str:
+    """The precision a cell trains in on this machine: ``auto`` or unset resolved as the evaluation does.
+
+    Frozen protocols compute fp32 features (no autocast) and fit fp32 heads: ``"32-true"``.
+    """
+    import torch
+
+    from rsmae.evaluation.classification import FROZEN_PROTOCOLS
+    from rsmae.tasks.precision import default_precision
+
+    if config.get("task") == "change":
+        settings = {**config.get("change", {}), **config["datasets"][cell["dataset"]].get("settings", {})}
+        given = str(settings.get("precision", "auto"))
+        return default_precision("cpu") if given == "auto" else given
+    if cell["protocol"] in FROZEN_PROTOCOLS:
+        return "32-true"
+    settings = config.get("finetune", {})
+    if settings.get("precision") not in (None, "auto"):
+        return str(settings["precision"])
+    on_gpu = settings.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return default_precision("cuda" if on_gpu else "cpu")
+
+
+def _data_key(cell: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The cell's data settings, its folders replaced by :func:`folder_digest` (contents, not paths)."""
+    change = config.get("task") == "change"
+    data = config["datasets"][cell["dataset"]] if change else config.get("data", {})
+    return {k: folder_digest(str(v)) if k in ("train_root", "test_root") else v for k, v in data.items()}
+
+
+def fingerprint(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> str:
+    """What a cell's result depends on, and nothing else (no path, no machine name).
+
+    The backbone's bytes, the contents of the data folders and the data settings, the protocol
+    settings and recipe, the resolved precision, the rsmae version, :data:`CACHE_VERSION` and the
+    feature cache's version.
+    """
+    from rsmae.evaluation.classification import FINETUNE_RECIPE, FROZEN_PROTOCOLS, LR_SWEEP
+    from rsmae.evaluation.features import CACHE_VERSION as FEATURES_VERSION
+
+    change = config.get("task") == "change"
+    tuned = not change and cell["protocol"] not in FROZEN_PROTOCOLS
+    frozen = {"lr_sweep": LR_SWEEP, "features": FEATURES_VERSION}
+    recipe = FINETUNE_RECIPE if tuned else None if change else frozen
+    settings = {k: v for k, v in config.get("finetune", config.get("change", {})).items() if k != "precision"}
+    parts = {"cell": cell, "backbone": backbone.get("sha256"), "recipe": recipe,
+             "data": _data_key(cell, config), "settings": settings,
+             "precision": resolved_precision(cell, config), "rsmae": rsmae.__version__,
+             "cache_version": CACHE_VERSION}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def is_done(path: Path, key: str) -> bool:
-    """Whether ``path`` holds a finished result with fingerprint ``key``."""
-    try:
-        return json.loads(path.read_text()).get("fingerprint") == key
-    except (OSError, ValueError):
-        return False
+    """Whether ``path`` holds a finished result with fingerprint ``key`` (unreadable: not done)."""
+    result = read_json(path)
+    return isinstance(result, dict) and result.get("fingerprint") == key
 
 
 def read_cells(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]]
@@ -78,7 +144,7 @@ def read_cells(config: dict[str, Any], cells: list[dict[str, Any]], manifest: di
     for cell in cells:
         path = cell_path(config["cells_dir"], cell)
         if cell["init"] in manifest and is_done(path, fingerprint(cell, manifest[cell["init"]], config)):
-            out.append(json.loads(path.read_text()))
+            out.append(read_json(path))
     return out
 
 
@@ -251,9 +317,8 @@ def plot_all(rows: dict, inits: list[str], protocols: list[str], blocks: list[di
     fig, ax = plt.subplots(figsize=(6, 4))
     for init in ("rs_mae", "rs_rcmae"):
         for stage in manifest.get(init, {}).get("stages", []):
-            probe = runs / stage["run"] / "probe.json"
-            if probe.is_file():
-                hist = json.loads(probe.read_text())
+            hist = read_json(runs / stage["run"] / "probe.json")
+            if hist:
                 for key, style in (("probe/linear_acc", "-"), ("probe/knn_acc", "--")):
                     ax.plot([h["step"] for h in hist], [100 * h[key] for h in hist], style, marker=".",
                             label=f"{LABELS[init]} {key.split('/')[1]}")
