@@ -230,12 +230,29 @@ def test_dask_chatter_only_with_verbose(tmp_path):
     assert "INFO distributed.scheduler" in loud.stderr
 
 
-def test_logging_is_restored_after_a_command():
+def test_logging_is_restored_after_a_command(monkeypatch):
     import logging
 
-    root, lightning = logging.getLogger(), logging.getLogger("lightning.pytorch")
-    before = (list(root.handlers), root.level, lightning.level, logging.getLogger("rsmae").level)
+    root, own = logging.getLogger(), logging.getLogger("rsmae")
+    lightning = logging.getLogger("lightning.pytorch")
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh process (pytest's handlers are set aside)
+    before = (root.level, lightning.level, own.level)
     with common.cli_logging(verbose=False, level=logging.INFO):
-        assert lightning.level == logging.WARNING and logging.getLogger("rsmae").level == logging.INFO
-        assert len(root.handlers) == len(before[0]) + 1
-    assert (list(root.handlers), root.level, lightning.level, logging.getLogger("rsmae").level) == before
+        assert (root.level, lightning.level, own.level) == (logging.WARNING, logging.WARNING, logging.INFO)
+        (handler,) = root.handlers
+
+        def record(name: str) -> logging.LogRecord:
+            return logging.LogRecord(name, logging.INFO, "", 0, "chatter", None, None)
+
+        assert not handler.filter(record("distributed.scheduler")) and handler.filter(record("rsmae.x"))
+    assert root.handlers == [] and (root.level, lightning.level, own.level) == before
+
+
+def test_a_host_keeps_its_logging_handlers():
+    """Called from an application (or pytest) that configured logging, the command adds no handler."""
+    import logging
+
+    handlers = list(logging.getLogger().handlers)
+    assert handlers  # pytest's
+    with common.cli_logging(verbose=True):
+        assert logging.getLogger().handlers == handlers

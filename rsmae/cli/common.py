@@ -92,28 +92,32 @@ def _own_or_warning(record: logging.LogRecord) -> bool:
 def cli_logging(verbose: bool = False, level: int = logging.WARNING) -> Iterator[None]:
     """Log to stderr for the length of a command, then leave logging as it was.
 
+    Like ``logging.basicConfig``, a handler is added only when the root logger has none: a host
+    that configured logging (an application calling ``main``, pytest) keeps its own handlers.
+
     Args:
         verbose: Third-party INFO records too, and rsmae's INFO records.
         level: Level of rsmae's own records (``logging.INFO`` for commands that report progress so).
     """
     root, own = logging.getLogger(), logging.getLogger("rsmae")
     saved = {name: logging.getLogger(name).level for name in ("", "rsmae", *THIRD_PARTY)}
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    if verbose:
-        root.setLevel(logging.INFO)
-        own.setLevel(min(level, logging.INFO))
-    else:
-        handler.addFilter(_own_or_warning)  # third parties imported later reset their level: filtered here
-        root.setLevel(logging.WARNING)
-        own.setLevel(level)
+    handler = None
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        if not verbose:  # third parties imported later reset their own level: filtered here
+            handler.addFilter(_own_or_warning)
+        root.setLevel(logging.INFO if verbose else logging.WARNING)
+        root.addHandler(handler)
+    own.setLevel(min(level, logging.INFO) if verbose else level)
+    if not verbose:
         for name in THIRD_PARTY:
             logging.getLogger(name).setLevel(logging.WARNING)
-    root.addHandler(handler)
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        if handler is not None:
+            root.removeHandler(handler)
         for name, old in saved.items():
             logging.getLogger(name).setLevel(old)
 
