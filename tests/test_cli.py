@@ -248,6 +248,23 @@ def test_logging_is_restored_after_a_command(monkeypatch):
     assert root.handlers == [] and (root.level, lightning.level, own.level) == before
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_warnings_nobody_can_act_on_only_with_verbose(verbose):
+    import warnings
+
+    def body() -> int:
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, stacklevel=1)
+        warnings.warn("Found 25 module(s) in eval mode at the start of training.", UserWarning, stacklevel=1)
+        warnings.warn("The number of training batches (2) is smaller than the logging interval", stacklevel=1)
+        return 0
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert common.run(body, verbose=verbose) == 0
+    messages = [str(w.message) for w in shown]
+    assert len(messages) == (3 if verbose else 1) and "logging interval" in messages[-1]
+
+
 def test_a_host_keeps_its_logging_handlers():
     """Called from an application (or pytest) that configured logging, the command adds no handler."""
     import logging

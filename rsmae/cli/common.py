@@ -21,8 +21,8 @@ from contextlib import contextmanager
 
 from rsmae.errors import RsmaeError
 
-__all__ = ["ERRORS", "EXIT_ERROR", "EXIT_INTERRUPTED", "HelpFormatter", "cli_logging", "dask_target",
-           "describe", "make_parser", "run"]
+__all__ = ["ERRORS", "EXIT_ERROR", "EXIT_INTERRUPTED", "QUIET_WARNINGS", "HelpFormatter", "cli_logging",
+           "dask_target", "describe", "make_parser", "run"]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -32,6 +32,12 @@ ERRORS: tuple[type[BaseException], ...] = (RsmaeError, OSError, BrokenProcessPoo
 THIRD_PARTY = ("distributed", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
                "lightning_fabric")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# Lightning's warnings that rsmae causes on purpose and a user cannot act on (shown with -v)
+QUIET_WARNINGS = (
+    "You have overridden `on_after_batch_transfer`",  # PretrainTask augments on the device there
+    "Precision .* is not supported by the model summary",
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # frozen blocks of lastK protocols
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -131,7 +137,8 @@ def _fail(message: str, verbose: bool, code: int) -> int:
 
 
 def run(body: Callable[[], int], *, verbose: bool, level: int = logging.WARNING,
-        errors: tuple[type[BaseException], ...] = ERRORS, quiet_warnings: tuple[str, ...] = ()) -> int:
+        errors: tuple[type[BaseException], ...] = ERRORS,
+        quiet_warnings: tuple[str, ...] = QUIET_WARNINGS) -> int:
     """Run a command's body with its logging; turn expected failures into an exit code.
 
     Args:

@@ -38,11 +38,6 @@ from rsmae.tasks.init import check_resume
 # LightningCLI's subcommands that a pretraining run supports (no test or predict step)
 SUBCOMMANDS = ("fit", "validate")
 UNSUPPORTED = ("test", "predict")
-# Lightning's warnings of every run that a user cannot act on (shown with -v)
-QUIET_WARNINGS = (
-    "You have overridden `on_after_batch_transfer`",  # PretrainTask augments there, on purpose
-    "Precision .* is not supported by the model summary",
-)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
@@ -159,5 +154,4 @@ def main(args: list[str] | None = None, prog: str | None = None) -> int:
     argv = [a for a in argv if a not in ("-v", "--verbose")]
     # ${trainer.default_root_dir} names the key from the subcommand's root, not from "fit."
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    return run(lambda: _pretrain(argv, prog), verbose=verbose, level=logging.INFO,
-               quiet_warnings=QUIET_WARNINGS)
+    return run(lambda: _pretrain(argv, prog), verbose=verbose, level=logging.INFO)
