@@ -9,7 +9,7 @@ import shlex
 import statistics
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ def environment() -> dict[str, str]:
                                          "numpy", "psutil")}
     versions["GDAL"] = rasterio.__gdal_version__
     versions["python"] = platform.python_version()
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": cpu_name(), "cores": f"{os.cpu_count()} logical, {affinity} usable",
             "load": load, "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
             "commit": git_commit(_MEASURED),
