@@ -22,6 +22,7 @@ __all__ = [
     "StoreError",
     "StoreIncompleteError",
     "StoreLockedError",
+    "StoreRunChangedError",
     "TilingError",
     "WeightsError",
 ]
@@ -69,6 +70,10 @@ class StoreIncompleteError(StoreError):
 
 class StoreLockedError(StoreError, BlockingIOError):
     """Another process (named by host and pid) holds the store's write lock."""
+
+
+class StoreRunChangedError(StoreError):
+    """A unit of work belongs to a run that no longer owns the store (rolled back or taken over)."""
 
 
 class WeightsError(RsmaeError, ValueError):

@@ -73,7 +73,12 @@ def test_bad_scenes_skipped_recorded_then_completed(patches, tmp_path, capsys):
     capsys.readouterr()
     store = TileStore.open(out)
     assert store.skipped()["id"].tolist() == [f"patches/{wrong.stem}"]
-    assert store.attrs["tiles"] == 4 * (len(good) + 1) and store.skipped()["batch"].tolist() == [1]
+    # the unchanged bad file is not read again: its record (batch 0) stays, and says so again
+    assert store.attrs["tiles"] == 4 * (len(good) + 1) and store.skipped()["batch"].tolist() == [0]
+    batches = store.attrs["n_batches"]
+    assert tile.main([str(folder), *ARGS, "--out", str(out)]) == 3  # a rerun changes nothing
+    assert f"skipped patches/{wrong.stem}: " in capsys.readouterr().err
+    assert TileStore.open(out).attrs["n_batches"] == batches
     wrong.unlink()  # removed
     assert tile.main([str(folder), *ARGS, "--out", str(out)]) == 0
     store = TileStore.open(out)

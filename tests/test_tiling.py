@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -14,23 +13,13 @@ import pytest
 import rasterio
 import zarr
 from conftest import BIGEARTHNET, EUROSAT, LANDSAT, OSCD, ROOT
+from kill_helpers import assert_same_store
 from store_helpers import assert_exact_statistics
 
 from rsmae.store import TileStore
 from rsmae.tiling import TileConfig, tile_scenes
 
 TWO_CITIES = [str(OSCD / "pisa" / "imgs_1"), str(OSCD / "saclay_e" / "imgs_1")]
-
-
-def _content(path: Path) -> dict:
-    """Everything a store holds except the command line and timings."""
-    store = TileStore.open(path)
-    attrs = {k: v for k, v in store.attrs.items() if k not in ("command", "committed")}
-    arrays = {name: store.array(name)[:] for name in
-              ("images", "scene", "row", "col", "valid", "index", "unit_count", "unit_hist")}
-    scenes = {f"scenes/{k}": v for k, v in store.scenes().items() if k not in ("crs", "files")}
-    files = json.dumps([list(f) for f in store.scenes(["files"])["files"]])
-    return {"attrs": json.dumps(attrs, sort_keys=True) + files, **arrays, **scenes}
 
 
 def _record(store: TileStore, i: int) -> dict:
@@ -40,14 +29,6 @@ def _record(store: TileStore, i: int) -> dict:
             "label": str(c["label"]) or None, "split": str(c["split"]) or None,
             "grid": {"crs": c["crs"], "transform": c["transform"].tolist(),
                      "width": int(c["width"]), "height": int(c["height"])}}
-
-
-def _assert_same(a: Path, b: Path) -> None:
-    ca, cb = _content(a), _content(b)
-    assert ca["attrs"] == cb["attrs"]
-    for key in ca:
-        if key != "attrs":
-            np.testing.assert_array_equal(ca[key], cb[key], err_msg=key)
 
 
 def test_bigearthnet_mixed_resolution_aligned(bigearthnet_store: Path) -> None:
@@ -131,7 +112,7 @@ def test_output_independent_of_workers(tmp_path: Path) -> None:
     config = TileConfig(tile_size=64, shard_tiles=16)
     tile_scenes(TWO_CITIES, tmp_path / "w1.zarr", config, workers=1)
     tile_scenes(TWO_CITIES, tmp_path / "w2.zarr", config, workers=2)
-    _assert_same(tmp_path / "w1.zarr", tmp_path / "w2.zarr")
+    assert_same_store(tmp_path / "w1.zarr", tmp_path / "w2.zarr")
 
 
 def test_dask_same_output_local_cluster_and_scheduler_address(tmp_path: Path) -> None:
@@ -140,11 +121,11 @@ def test_dask_same_output_local_cluster_and_scheduler_address(tmp_path: Path) ->
     config = TileConfig(tile_size=64, shard_tiles=16)
     tile_scenes(TWO_CITIES, tmp_path / "local.zarr", config)
     tile_scenes(TWO_CITIES, tmp_path / "dask.zarr", config, workers=2, dask=True)
-    _assert_same(tmp_path / "local.zarr", tmp_path / "dask.zarr")
+    assert_same_store(tmp_path / "local.zarr", tmp_path / "dask.zarr")
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster:  # an existing cluster, on loopback
         tile_scenes(TWO_CITIES, tmp_path / "remote.zarr", config, dask=cluster.scheduler_address)
-    _assert_same(tmp_path / "local.zarr", tmp_path / "remote.zarr")
+    assert_same_store(tmp_path / "local.zarr", tmp_path / "remote.zarr")
 
 
 def _tile_cmd(out: Path) -> list[str]:
@@ -173,7 +154,7 @@ def test_kill_and_resume_gives_identical_store(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="has not finished"):
         TileStore.open(out)  # an unfinished store is never mistaken for a finished one
     subprocess.run(_tile_cmd(out), check=True, capture_output=True)
-    _assert_same(reference, out)
+    assert_same_store(reference, out)
 
 
 def test_rerun_is_noop_and_new_scenes_append(tmp_path: Path) -> None:

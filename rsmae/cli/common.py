@@ -37,6 +37,7 @@ QUIET_WARNINGS = (
     "You have overridden `on_after_batch_transfer`",  # PretrainTask augments on the device there
     "Precision .* is not supported by the model summary",
     r"Found \d+ module\(s\) in eval mode at the start of training",  # frozen blocks of lastK protocols
+    r"Port \d+ is already in use",  # a local Dask cluster's HTTP server moves to a free port by itself
 )
 
 

@@ -49,6 +49,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="replace an existing store of another configuration")
     p.add_argument("--strict", action="store_true", help="a bad scene fails the run (exit 2)")
     p.add_argument("--mix-product-levels", action="store_true", help="allow S2 L1C with L2A")
+    p.add_argument("--allow-vrt-outside", action="store_true",
+                   help="accept .vrt inputs that read files outside their folder or URLs")
     p.add_argument("--break-lock", action="store_true", help="take over another host's lock")
     return p
 
@@ -65,7 +67,8 @@ def _tile(args: argparse.Namespace, command: str) -> int:
         bands=tuple(args.bands.split(",")) if args.bands else None, band_order=args.band_order,
         resolution=args.resolution, max_nodata=args.max_nodata, nodata=args.nodata,
         shard_tiles=args.shard_tiles, codec=args.codec, label_from_dir=args.label_from_dir,
-        mix_product_levels=args.mix_product_levels, strict=args.strict)
+        mix_product_levels=args.mix_product_levels, strict=args.strict,
+        allow_vrt_outside=args.allow_vrt_outside)
     with tqdm(unit="shard", desc="tiling", disable=None) as bar:
 
         def progress(result: object, total: int) -> None:

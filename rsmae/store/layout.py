@@ -25,7 +25,8 @@ Layout::
       stats_hist (2, C, bins) int64  running totals of ``unit_hist`` over the finished units, in
       stats_moments (2, C, 3)        two buffers: the committed one and the one a run writes
       scenes/                        the scene table, one row per scene (``scene_table.py``)
-      skipped/                       scenes the store does not hold because they failed
+      skipped_<g>/                   scenes the store does not hold because they failed; the
+                                     generation named by the attribute ``skipped_table``
                                      (``skipped.py``)
 
 Work is cut into *units* of ``shard_tiles`` consecutive windows; unit ``u`` owns shard ``u`` and

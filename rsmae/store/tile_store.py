@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from rsmae.errors import StoreConfigError, StoreError, StoreIncompleteError
+from rsmae.errors import StoreConfigError, StoreError, StoreIncompleteError, StoreRunChangedError
+from rsmae.files import remove_tree
 from rsmae.store import skipped as skipped_table
 from rsmae.store.layout import FORMAT_VERSION, READABLE, SLOT_ARRAYS, create_layout
 from rsmae.store.scene_table import SceneTable, columns_from_records
@@ -52,15 +54,20 @@ class TileStore:
             attrs: Extra root attributes (version, command line).
         """
         path = Path(path)
-        group = zarr.open_group(path, mode="w-", zarr_format=3)
-        create_layout(group, bands=bands, dtype=dtype, tile=int(config["tile_size"]), shard_tiles=shard_tiles,
-                      codec=codec)
-        group.attrs.update({
-            "rsmae_format": FORMAT_VERSION, "complete": False, "config": config,
-            "bands": list(bands), "dtype": dtype, "shard_tiles": shard_tiles,
-            "n_scenes": 0, "n_batches": 0, "n_units": 0, "tiles": 0, **(attrs or {}),
-        })
-        return cls(path, group)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.creating")
+        try:  # made aside and renamed into place: a kill never leaves a store without its attributes
+            group = zarr.open_group(tmp, mode="w-", zarr_format=3)
+            create_layout(group, bands=bands, dtype=dtype, tile=int(config["tile_size"]),
+                          shard_tiles=shard_tiles, codec=codec)
+            group.attrs.update({
+                "rsmae_format": FORMAT_VERSION, "complete": False, "config": config,
+                "bands": list(bands), "dtype": dtype, "shard_tiles": shard_tiles,
+                "n_scenes": 0, "n_batches": 0, "n_units": 0, "tiles": 0, **(attrs or {}),
+            })
+            os.rename(tmp, path)  # onto nothing or an empty folder only
+        finally:
+            remove_tree(tmp)
+        return cls(path, zarr.open_group(path, mode="r+", zarr_format=3))
 
     @classmethod
     def writer(cls, path: str | Path, *, shard_tiles: int) -> TileStore:
@@ -273,9 +280,18 @@ class TileStore:
         """The ``skipped`` table (``skipped.py``): ``id``, ``file``, ``reason``, ``batch``, ``row``."""
         return skipped_table.read_skipped(self._group if self.format >= 2 else None)
 
-    def write_skipped(self, table: dict[str, Sequence[Any]]) -> None:
-        """Replace the ``skipped`` table (columns as :meth:`skipped` returns)."""
-        skipped_table.write_skipped(self._group, table)
+    def write_skipped(self, table: dict[str, Sequence[Any]]) -> dict[str, str]:
+        """Write the next ``skipped`` table (columns as :meth:`skipped` returns), not yet visible.
+
+        Returns:
+            The root attribute that commits it (pass it to :meth:`update_attrs` with the commit,
+            then call :meth:`drop_stale_skipped`).
+        """
+        return skipped_table.write_skipped(self._group, table)
+
+    def drop_stale_skipped(self) -> None:
+        """Delete the ``skipped`` tables that are not the committed one."""
+        skipped_table.drop_stale_tables(self._group)
 
     def clear_scene_ids(self, rows: Sequence[int]) -> None:
         """Mark scene-table rows as skipped scenes (their ``id`` becomes "")."""
@@ -295,6 +311,7 @@ class TileStore:
         moments: np.ndarray,
         *,
         skipped: dict[int, str] | None = None,
+        run_id: str = "",
     ) -> None:
         """Write one unit's tiles, slot metadata and statistics; mark it done last.
 
@@ -307,7 +324,14 @@ class TileStore:
             hist: ``(C, bins)`` histogram of valid pixels.
             moments: ``(C, 3)`` count, sum, sum of squares of valid pixels.
             skipped: Scenes the unit left out (index -> reason).
+            run_id: The run the unit belongs to: checked against the store's before anything is
+                written and again before the unit is marked done, so a task of a run that was
+                rolled back or taken over (still running on a Dask cluster) writes nothing.
+
+        Raises:
+            StoreRunChangedError: the store now belongs to another run.
         """
+        self.check_run(run_id, unit)
         start = unit * self.shard_tiles
         k = len(tiles)
         if k:
@@ -323,7 +347,18 @@ class TileStore:
         self.array("unit_hist")[unit] = hist
         self.array("unit_moments")[unit] = moments
         self.array("unit_skip")[unit] = skipped_table.unit_skip_record(skipped)
+        self.check_run(run_id, unit)
         self.array("unit_done")[unit] = 1
+
+    def check_run(self, run_id: str, unit: int = -1) -> None:
+        """Raise :class:`StoreRunChangedError` unless the store's ``run_id`` is ``run_id`` ("": no check)."""
+        if not run_id:
+            return
+        found = zarr.open_group(self.path, mode="r", zarr_format=3).attrs.get("run_id")
+        if found != run_id:
+            raise StoreRunChangedError(
+                f"{self.path}: unit {unit} belongs to run {run_id}, but run {found} now owns the "
+                "store (the first was rolled back or taken over); nothing was written")
 
     def slot_table(self) -> dict[str, np.ndarray]:
         """Per-slot metadata arrays (``scene``, ``row``, ``col``, ``valid``) in memory."""
@@ -387,7 +422,8 @@ class TileStore:
 
 
 def remove_store(path: str | Path) -> None:
-    """Delete a store directory (used by ``--overwrite`` and when a failed run is rolled back)."""
-    path = Path(path)
-    if path.is_dir():
-        shutil.rmtree(path)
+    """Delete a store directory (``--overwrite``, a rolled-back first run): renamed aside first.
+
+    A kill during the deletion leaves no half-deleted store under the real name.
+    """
+    remove_tree(path)

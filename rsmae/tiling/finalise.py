@@ -9,6 +9,7 @@ tile index, per-scene counts and merged statistics are written, and the counts a
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,9 +23,10 @@ from rsmae.tiling.grid import Grid
 from rsmae.tiling.scenes import Scene
 from rsmae.tiling.skips import (
     SkippedScene,
+    commit_skipped,
     empty_reason,
     no_scene_error,
-    record_skipped,
+    skipped_update,
     units_holding,
 )
 from rsmae.tiling.stats import summarise
@@ -48,8 +50,10 @@ class RunContext:
     dask: str | bool | None
     on_unit: Callable[[UnitResult, int], None] | None
     tried: set[str] = field(default_factory=set)
+    stamps: dict[str, str] = field(default_factory=dict)
     unplanned: list[SkippedScene] = field(default_factory=list)
     batch: int = 0
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def execute(self, tasks: list[UnitTask]) -> None:
         """Run units with progress."""
@@ -97,7 +101,8 @@ def unit_tasks(store: TileStore, run: RunContext, *, start: int, units: set[int]
                 scenes[idx] = (by_id[ids[idx - first]], grids[idx], nodata[idx - first])
             tasks.append(UnitTask(str(store.path), unit, unit_windows, scenes, attrs["dtype"],
                                   config.tile_size, config.max_nodata, n_bands, store.shard_tiles,
-                                  config.strict, {i: skip[i] for i in indexes if i in skip}))
+                                  config.strict, {i: skip[i] for i in indexes if i in skip},
+                                  run.run_id))
     return tasks
 
 
@@ -153,10 +158,9 @@ def finalise(store: TileStore, snapshot: dict[str, Any] | None, run: RunContext)
                  "dropped": base["dropped"] + int(counts[1]), "stats_buffer": buffer,
                  "stats": stats, "classes": sorted(set(base["classes"]) |
                                                    set(np.unique(labels[good]).tolist()) - {""})}
-    skipped = record_skipped(store, failed, run.unplanned, run.tried, run.batch)
-    store.update_attrs(**committed, committed=committed)
-    store.update_attrs(complete=True)
-    return skipped
+    update = skipped_update(store, failed, run.unplanned, run.tried, run.batch, run.stamps)
+    commit_skipped(store, update, **committed, committed=committed, complete=True)
+    return update.now
 
 
 def _empty_scenes(store: TileStore, first: int, per_scene: np.ndarray, failed: dict[int, str],
@@ -175,6 +179,7 @@ def _empty_scenes(store: TileStore, first: int, per_scene: np.ndarray, failed: d
 
 def rollback(store: TileStore, snapshot: dict[str, Any] | None) -> None:
     """Undo an unfinished run: back to the last finished state, or remove the store."""
+    store.update_attrs(run_id=uuid.uuid4().hex)  # tasks of the failed run still running write nothing
     if snapshot is None:
         log.warning("removing %s: the run did not finish and no earlier finished state exists",
                     store.path)
@@ -183,7 +188,6 @@ def rollback(store: TileStore, snapshot: dict[str, Any] | None) -> None:
     store.truncate(snapshot["n_scenes"], snapshot["n_batches"])
     store.resize_units(snapshot["n_units"])
     store.write_index(np.zeros(0, dtype=np.int64), start=snapshot["tiles"])
-    store.update_attrs(**snapshot, committed=snapshot)
-    store.update_attrs(complete=True)
+    store.update_attrs(**snapshot, committed=snapshot, complete=True)
 
 

@@ -21,7 +21,15 @@ from rsmae.tiling.grid import Grid, gdal_env, scene_grid
 from rsmae.tiling.lock import store_lock
 from rsmae.tiling.products import check_product_levels
 from rsmae.tiling.scenes import Scene, discover_scenes
-from rsmae.tiling.skips import SkippedScene, no_scene_error, record_skipped
+from rsmae.tiling.skips import (
+    SkippedScene,
+    commit_skipped,
+    files_stamp,
+    no_scene_error,
+    repair_skipped_rows,
+    skipped_update,
+    still_skipped,
+)
 from rsmae.tiling.units import UnitResult, plan_units, windows
 
 __all__ = ["SkippedScene", "TileConfig", "TileSummary", "tile_scenes"]
@@ -48,6 +56,7 @@ class TileConfig:
         mix_product_levels: Accept Sentinel-2 L1C and L2A scenes in one store.
         strict: All or nothing: a scene that fails (unreadable, wrong bands, no kept tile) fails
             the run and rolls it back, instead of being skipped and recorded.
+        allow_vrt_outside: Accept ``.vrt`` inputs reading files outside their folder or URLs.
     """
 
     tile_size: int = 128
@@ -63,6 +72,7 @@ class TileConfig:
     label_from_dir: bool = False
     mix_product_levels: bool = False
     strict: bool = False
+    allow_vrt_outside: bool = False
 
     def validate(self) -> None:
         """Raise :class:`TilingError` on impossible numbers."""
@@ -237,6 +247,7 @@ def tile_scenes(
     scenes = discover_scenes(inputs, get_sensor(config.sensor), config.band_names(),
                              band_order=config.band_order, label_from_dir=config.label_from_dir,
                              mix_product_levels=config.mix_product_levels,
+                             allow_vrt_outside=config.allow_vrt_outside,
                              known_files=frozenset() if overwrite else _known_files(out))
     _check_out(out)
     run = RunContext(scenes, config, workers, dask, on_unit)
@@ -246,10 +257,13 @@ def tile_scenes(
 
 def _tile_locked(run: RunContext, out: Path, overwrite: bool, command: str,
                  started: float) -> TileSummary:
-    known = _known_ids(out) if not overwrite else set()
-    fresh = [s for s in run.inputs if s.scene_id not in known]
-    planned, failed = _plan_scenes(fresh, run.config)
+    existing = _repaired(out) if not overwrite else None
+    known = _known_ids(existing)
+    held = still_skipped(existing, [s for s in run.inputs if s.scene_id not in known])
+    fresh = [s for s in run.inputs if s.scene_id not in known | {h.scene_id for h in held}]
     run.tried = {s.scene_id for s in fresh}
+    run.stamps = {s.scene_id: files_stamp(s.files) for s in fresh}  # before reading them
+    planned, failed = _plan_scenes(fresh, run.config)
     run.unplanned = [SkippedScene(s.scene_id, s.files[0], str(e)) for s, e in failed]
     if overwrite and (out / "zarr.json").is_file():
         TileStore.open(out, require_complete=False)  # refuse to delete what is not a tile store
@@ -257,41 +271,58 @@ def _tile_locked(run: RunContext, out: Path, overwrite: bool, command: str,
     if not planned and not (out / "zarr.json").is_file():  # every scene failed: no store
         raise failed[0][1] if len(failed) == 1 else no_scene_error([str(e) for _, e in failed])
     store, snapshot, new = _open_or_create(out, planned, run.config, command)
-    run.batch = int(store.attrs["n_batches"]) - (1 if new else 0)
+    # the batch this run works on: its own new one, or the unfinished one it resumes
+    run.batch = int(store.attrs["n_batches"]) - (0 if store.complete and not new else 1)
     start = int(snapshot["n_units"]) if snapshot else 0
     tasks = unit_tasks(store, run, start=start)
+    if tasks or not store.complete:  # this run owns the store: tasks of older runs write nothing
+        store.update_attrs(run_id=run.run_id)
     if store.complete and not tasks:  # finished, nothing new: write nothing but skipped scenes
-        skipped = record_skipped(store, {}, run.unplanned, run.tried, run.batch)
-        return _summary(store, out, 0, 0, started, skipped)
+        update = skipped_update(store, {}, run.unplanned, run.tried, run.batch, run.stamps)
+        commit_skipped(store, update)
+        return _summary(store, out, 0, 0, started, update.now + held)
     try:
         run.execute(tasks)
         skipped = finalise(store, snapshot, run)
     except RsmaeError:  # bad input: undo; an interrupt keeps the progress for a resume
         rollback(store, snapshot)
         raise
-    return _summary(store, out, new, len(tasks), started, skipped)
+    return _summary(store, out, new, len(tasks), started, skipped + held)
 
 
-def _known_ids(out: Path) -> set[str]:
-    """Ids of the scenes an existing store holds (only new scenes are read and planned)."""
+def _repaired(out: Path) -> TileStore | None:
+    """The existing store (``None`` if none), with what a run killed after its commit left undone."""
     if not (out / "zarr.json").is_file():
-        return set()
-    return set(TileStore.open(out, require_complete=False).scenes(["id"])["id"].tolist()) - {""}
+        return None
+    store = TileStore.open(out, mode="r+", require_complete=False)
+    if store.format >= 2:
+        repair_skipped_rows(store)
+    return store
+
+
+def _known_ids(store: TileStore | None) -> set[str]:
+    """Ids of the scenes an existing store holds (only new scenes are read and planned)."""
+    return set() if store is None else set(store.scenes(["id"])["id"].tolist()) - {""}
 
 
 def _known_files(out: Path) -> frozenset[str]:
-    """Files of the single-file scenes a store holds, left out of discovery.
+    """Files of the single-file scenes a store holds as finished, left out of discovery.
 
-    Read before the lock: only an optimisation; the ids read under the lock decide what is new.
+    Only the scenes of the last finished state count: the scenes of an unfinished run must be
+    parsed again, since its units are resumed from them. Read before the lock: only an
+    optimisation; the ids read under the lock decide what is new.
     """
     if not (out / "zarr.json").is_file():
         return frozenset()
     try:
-        table = TileStore.open(out, require_complete=False).scenes(["id", "files"])
+        store = TileStore.open(out, require_complete=False)
+        committed = store.attrs.get("committed") or {}
+        table = store.scenes(["id", "files"], stop=int(committed.get("n_scenes", 0)))
     except RsmaeError:  # not a store, or an old one: discovery parses every input as before
         return frozenset()
+    skipped = set(store.skipped()["id"].tolist())  # a row a killed commit left its id
     return frozenset(f[0] for i, f in zip(table["id"].tolist(), table["files"], strict=True)
-                     if i and len(f) == 1)
+                     if i and i not in skipped and len(f) == 1)
 
 
 def _summary(store: TileStore, out: Path, new: int, units_run: int, started: float,

@@ -27,6 +27,7 @@ from rsmae.tiling.products import (
     product_scene_name,
     prune_product_folders,
 )
+from rsmae.tiling.vrt import check_vrt
 
 __all__ = ["RASTER_SUFFIXES", "BandSource", "Scene", "discover_scenes"]
 
@@ -227,6 +228,7 @@ def discover_scenes(
     label_from_dir: bool = False,
     mix_product_levels: bool = False,
     known_files: Container[str] = frozenset(),
+    allow_vrt_outside: bool = False,
 ) -> list[Scene]:
     """Find scenes in files, folders, product folders (``.SAFE``, Landsat) and globs.
 
@@ -240,6 +242,8 @@ def discover_scenes(
         mix_product_levels: Accept Sentinel-2 L1C and L2A scenes together.
         known_files: Single-file scenes a store already holds (paths as given): left out without
             being parsed, so a re-run that passes every earlier input again costs only the walk.
+        allow_vrt_outside: Accept ``.vrt`` inputs that read files outside their folder or over
+            the network (:func:`rsmae.tiling.vrt.check_vrt`).
 
     Returns:
         Scenes sorted by id.
@@ -260,6 +264,9 @@ def discover_scenes(
                     f"{scenes[scene.scene_id].files[0]}; rename one or tile them separately")
             scenes[scene.scene_id] = scene
     _log_skipped(skipped, sensor)
+    for vrt in sorted({src.path for s in scenes.values() for src in s.sources
+                       if src.path.lower().endswith(".vrt")}):
+        check_vrt(vrt, allow_outside=allow_vrt_outside)
     check_product_levels({s.files[0]: s.product_level for s in scenes.values()},
                          allow_mixed=mix_product_levels)
     return [scenes[k] for k in sorted(scenes)]

@@ -45,6 +45,7 @@ class UnitTask:
         strict: Raise on a scene that fails to read instead of leaving it out.
         skip: Scene index -> reason, for scenes to leave out without reading (skipped by
             another unit).
+        run_id: The run this task belongs to (the store refuses a task of an older run).
     """
 
     store: str
@@ -58,6 +59,7 @@ class UnitTask:
     shard_tiles: int
     strict: bool = False
     skip: dict[int, str] = field(default_factory=dict)
+    run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def run_unit(task: UnitTask) -> UnitResult:
         accumulate(stack, np.stack(masks), bins, hist, moments)
     arrays = {k: np.asarray(v) for k, v in meta.items()}
     store.write_unit(task.unit, stack, arrays, (len(tiles), dropped), hist, moments,
-                     skipped=skipped)
+                     skipped=skipped, run_id=task.run_id)
     return UnitResult(task.unit, len(tiles), dropped, skipped)
 
 
