@@ -198,7 +198,7 @@ def test_envi_rasters_found_in_folders(tmp_path: Path) -> None:
 
     out = tmp_path / "tz.zarr"
     summary = tile_scenes([str(DATA / "landsat_cd_taizhou_nanjing" / "Taizhou")], out,
-                          TileConfig(tile_size=100, sensor="landsat-tm"))
+                          TileConfig(tile_size=100, sensor="landsat-tm", band_order="landsat-tm-6"))
     assert summary.scenes == 2 and summary.tiles_kept == 32
     assert TileStore.open(out).band_names == ["B1", "B2", "B3", "B4", "B5", "B7"]
 

@@ -28,6 +28,7 @@ from rasterio.windows import Window
 
 from rsmae.bands import Sensor
 from rsmae.errors import BandError, GridError, RasterReadError
+from rsmae.tiling.band_order import check_described_order
 from rsmae.tiling.products import apply_offset
 from rsmae.tiling.scenes import Scene
 
@@ -79,13 +80,14 @@ class _Header:
     count: int
     dtype: str
     nodata: float | None
+    descriptions: tuple[str | None, ...] = ()
 
 
 def _header(path: str) -> _Header:
     try:
         with rasterio.open(path) as src:
             return _Header(path, src.crs, src.transform, src.width, src.height, src.count,
-                           src.dtypes[0], src.nodata)
+                           src.dtypes[0], src.nodata, tuple(src.descriptions))
     except RasterioIOError as err:
         raise RasterReadError(f"{path}: not a readable raster ({err})") from err
 
@@ -114,6 +116,9 @@ def scene_grid(scene: Scene, sensor: Sensor, resolution: float | None) -> tuple[
                 f"{src.path}: has {h.count} band(s) but band {src.band} is expected at position "
                 f"{src.index}; pass the file's real --band-order or select fewer --bands"
             )
+    for path in {src.path for src in scene.sources if headers[src.path].count > 1}:
+        check_described_order(path, headers[path].descriptions, sensor,
+                              {s.index: s.band for s in scene.sources if s.path == path})
     dtypes = {h.dtype for h in headers.values()}
     if len(dtypes) > 1:
         raise RasterReadError(f"{scene.scene_id}: band files mix dtypes {sorted(dtypes)}")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 import rsmae
-from rsmae.bands import Sensor, get_sensor
+from rsmae.bands import Sensor, get_layout, get_sensor
 from rsmae.errors import RsmaeError, StoreConfigError, StoreError, TilingError
 from rsmae.store import CODECS, TileStore, remove_store
 from rsmae.tiling.finalise import RunContext, finalise, rollback, unit_tasks
@@ -97,12 +97,16 @@ class TileConfig:
     def store_config(self) -> dict[str, Any]:
         """The part of the configuration a store must keep across runs.
 
-        The sensor is not part of it: scenes of several sensors or product levels (Sentinel-2
+        The band order of multi-band files is (``None``: each file's descriptions). The sensor is
+        not part of it: scenes of several sensors or product levels (Sentinel-2
         L1C and L2A) share a store when the same bands are selected by name; each scene records
         its sensor.
         """
+        sensor = get_sensor(self.sensor)
+        order = (None if self.band_order is None else list(get_layout(self.band_order, sensor))
+                 if isinstance(self.band_order, str) else list(sensor.resolve(self.band_order)))
         return {"tile_size": self.tile_size, "stride": self.stride or self.tile_size,
-                "bands": list(self.band_names()),
+                "bands": list(self.band_names()), "band_order": order,
                 "resolution": self.resolution, "max_nodata": self.max_nodata,
                 "nodata": self.nodata, "shard_tiles": self.shard_tiles, "codec": self.codec}
 
@@ -340,6 +344,8 @@ def _open_or_create(
     wanted = config.store_config()
     if (out / "zarr.json").is_file():
         store = TileStore.open(out, mode="r+", require_complete=False)
+        if "band_order" not in store.config:  # stores made before it was recorded
+            wanted.pop("band_order")
         store.check_config(wanted)
         if planned and store.attrs["dtype"] != planned[0].dtype:
             raise StoreConfigError(f"{out}: holds {store.attrs['dtype']} pixels, the inputs "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rsmae.bands import Sensor, band_from_filename, get_layout, pick_band_files, raster_kind
 from rsmae.errors import BandError, InputNotFoundError
+from rsmae.tiling.band_order import file_band_order
 from rsmae.tiling.products import (
     check_product_levels,
     is_resolution_folder,
@@ -236,8 +237,8 @@ def discover_scenes(
         inputs: Files, folders or glob patterns.
         sensor: Sensor of the data.
         bands: Canonical names of the bands to keep, in store order.
-        band_order: Band order inside multi-band files (a layout name or names); default: the
-            sensor's canonical order.
+        band_order: Band order inside multi-band files (a layout name or names); default: each
+            file's band descriptions (a file of more than three bands without them is refused).
         label_from_dir: Take each scene's class label from its parent folder name.
         mix_product_levels: Accept Sentinel-2 L1C and L2A scenes together.
         known_files: Single-file scenes a store already holds (paths as given): left out without
@@ -272,7 +273,8 @@ def discover_scenes(
     return [scenes[k] for k in sorted(scenes)]
 
 
-def _scenes_in(path: Path, root: Path, sensor: Sensor, order: tuple[str, ...], bands: Sequence[str],
+def _scenes_in(path: Path, root: Path, sensor: Sensor, order: tuple[str, ...] | None,
+               bands: Sequence[str],
                label_from_dir: bool, skipped: list[Path], known_files: Container[str]) -> list[Scene]:
     """The scenes of one input path; non-band rasters of band folders are added to ``skipped``."""
     if path.is_file():
@@ -306,9 +308,10 @@ def _log_skipped(skipped: list[Path], sensor: Sensor) -> None:
                 ", ".join(f"{k} ({n})" for k, n in sorted(kinds.items())), skipped[0])
 
 
-def _resolve_order(band_order: Sequence[str] | str | None, sensor: Sensor) -> tuple[str, ...]:
+def _resolve_order(band_order: Sequence[str] | str | None, sensor: Sensor) -> tuple[str, ...] | None:
+    """The user's band order in canonical names; ``None``: each file's own (its descriptions)."""
     if band_order is None:
-        return sensor.names
+        return None
     if isinstance(band_order, str):
         return get_layout(band_order, sensor)
     return sensor.resolve(band_order)
@@ -335,8 +338,10 @@ def _folder_scene(folder: Path, root: Path, per_band: dict[str, Path], bands: Se
                  _split_of(anchor, root), info.level, info.baseline)
 
 
-def _file_scene(path: Path, root: Path, order: Sequence[str], bands: Sequence[str], sensor: Sensor,
-                label_from_dir: bool) -> Scene:
+def _file_scene(path: Path, root: Path, order: Sequence[str] | None, bands: Sequence[str],
+                sensor: Sensor, label_from_dir: bool) -> Scene:
+    if order is None:
+        order = file_band_order(str(path), sensor)
     missing = [b for b in bands if b not in order]
     if missing:
         raise BandError(
