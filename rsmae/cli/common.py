@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import sys
 import traceback
 import warnings
@@ -26,7 +27,8 @@ __all__ = ["ERRORS", "EXIT_ERROR", "EXIT_INTERRUPTED", "QUIET_WARNINGS", "HelpFo
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
-ERRORS: tuple[type[BaseException], ...] = (RsmaeError, OSError, BrokenProcessPool, ValueError)
+ERRORS: tuple[type[BaseException], ...] = (RsmaeError, OSError, BrokenProcessPool, ValueError,
+                                           pickle.UnpicklingError)
 # Loggers that set their own level (and, if the root logger has no handler yet, their own handler) on
 # import: held at WARNING for the length of a command unless --verbose.
 THIRD_PARTY = ("distributed", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
@@ -85,6 +87,10 @@ def describe(err: BaseException) -> str:
     if isinstance(err, BrokenProcessPool):
         return (f"a worker process died ({err}); run again, with fewer --workers if memory ran out "
                 "(-v shows the traceback)")
+    if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return (f"a checkpoint holds objects that are not weights, and rsmae loads weights only "
+                f"({first}); use a checkpoint that rsmae or Lightning wrote")
     if isinstance(err, OSError) and not isinstance(err, RsmaeError) and err.strerror:
         return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
     return str(err) or type(err).__name__
