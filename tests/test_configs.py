@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import EUROSAT, ROOT
 from pretrain_helpers import PRETRAIN, shipped_config
+
+from rsmae.tiling import TileConfig, tile_scenes
 
 sys.path.insert(0, str(ROOT / "pipelines"))
 import pretrain  # noqa: E402  (pipeline script)
@@ -75,7 +77,36 @@ def test_base_plus_override_parses_as_before(name: str, capsys: pytest.CaptureFi
     assert [lg["init_args"]["save_dir"] for lg in trainer["logger"]] == [run, run]
     assert checkpoint["dirpath"] == f"{run}/checkpoints"
     assert [c["class_path"].rsplit(".", 1)[-1] for c in trainer["callbacks"]] == [
-        "ModelCheckpoint", "LearningRateMonitor", "ReconstructionImages", "ProbeCallback", "BackboneExport"]
+        "ModelCheckpoint", "LearningRateMonitor", "ReconstructionImages", "BackboneExport", "ProbeCallback"]
+    assert _callback(cfg, "ProbeCallback")["root"] is None  # no path of this checkout: the probe is off
+
+
+def test_one_option_turns_the_probe_on(capsys: pytest.CaptureFixture[str]) -> None:
+    given = str(EUROSAT)
+    cfg = _printed(capsys, BASE, PRETRAIN / "mae_tiny.yaml",
+                   extra=("--trainer.callbacks.init_args.root", given))
+    probe = _callback(cfg, "ProbeCallback")
+    assert probe["root"] == given and probe["every_n_epochs"] == 2  # the rest of the shipped entry kept
+
+
+def test_shipped_config_fits_outside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A user's own store, cwd far from ../shared: the shipped base + mae_tiny run as they are."""
+    work = tmp_path / "user"
+    work.mkdir()
+    tile_scenes([str(EUROSAT / "train" / "River")], work / "own.zarr",
+                TileConfig(tile_size=64, band_order="eurosat"))
+    monkeypatch.chdir(work)
+    assert not Path("../shared").exists() and not Path("../../shared").exists()
+    argv = ["fit", "--config", str(BASE), "--config", str(PRETRAIN / "mae_tiny.yaml"),
+            "--data.stores", "[own.zarr]", "--data.num_workers", "0", "--data.batch_size", "8",
+            "--model.preset", "vit_test", "--trainer.max_steps", "2",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", "run"]
+    with caplog.at_level("INFO", logger="rsmae.tasks.callbacks"):
+        assert pretrain.main(argv) == 0
+    run = work / "run" / "logs" / "version_0"
+    assert (run / "backbone.safetensors").is_file() and not (run / "probe.json").exists()
+    assert caplog.text.count("no EuroSAT probe: ProbeCallback has root: null") == 1
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -93,3 +93,38 @@ def test_knn_and_linear_probe_score_separable_and_random_features() -> None:
     assert linear_probe_accuracy(feats[train], labels[train], feats[test], labels[test]) == 1.0
     noise = torch.randn(200, 16, generator=gen)
     assert knn_accuracy(noise[train], labels[train], noise[test], labels[test], k=5) < 0.6
+
+
+def _torchgeo_layout(root: Path) -> Path:
+    """torchgeo's EuroSAT download of the real subset: class folders in ds/, split files of .jpg names."""
+    from rsmae.datasets.eurosat import TORCHGEO_DIR
+
+    for path in sorted(EUROSAT.glob("*/*/*.tif")):
+        (root / TORCHGEO_DIR / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (root / TORCHGEO_DIR / path.parent.name / path.name).symlink_to(path)
+    for split in ("train", "test"):
+        names = sorted((p.with_suffix(".jpg").name for p in (EUROSAT / split).glob("*/*.tif")), reverse=True)
+        (root / f"eurosat-{split}.txt").write_text("\n".join(names) + "\n")
+    first = [sorted(d.glob("*.tif"))[0].with_suffix(".jpg").name for d in (EUROSAT / "test").iterdir()]
+    (root / "eurosat-val.txt").write_text("\n".join(first) + "\n")
+    return root
+
+
+def test_eurosat_and_the_probe_read_torchgeos_layout(tmp_path: Path, eurosat_store: Path) -> None:
+    root = _torchgeo_layout(tmp_path / "torchgeo")
+    for split in ("train", "test"):
+        ours, theirs = (EuroSAT(r, split, bands=["B04", "B8A"]) for r in (EUROSAT, root))
+        assert theirs.torchgeo and not ours.torchgeo and theirs.classes == ours.classes
+        assert [p.name for p in theirs.paths] == [p.name for p in ours.paths]
+        assert torch.equal(theirs.images, ours.images) and torch.equal(theirs.labels, ours.labels)
+    assert len(EuroSAT(root, "val")) == 10  # one test image per class
+    info = _datamodule(eurosat_store).data_info
+    ours, theirs = ProbeCallback(root=str(EUROSAT)), ProbeCallback(root=str(root))
+    ours.load(info)
+    theirs.load(info)
+    assert all(torch.equal(theirs.images[s], ours.images[s]) for s in ("train", "test"))
+    (root / "eurosat-test.txt").write_text("Forest_99999.jpg\n")
+    with pytest.raises(InputNotFoundError, match="eurosat-test.txt: 1 of its 1 files are not in .*_99999"):
+        EuroSAT(root, "test")
+    with pytest.raises(InputNotFoundError, match="val split not found"):
+        EuroSAT(EUROSAT, "val")  # the class-folder layout has no val/

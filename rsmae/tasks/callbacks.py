@@ -234,7 +234,9 @@ class ProbeCallback(L.Callback):
     when it differs. Logs ``probe/knn_acc`` and ``probe/linear_acc``.
 
     Args:
-        root: EuroSAT folder holding ``train/`` and ``test/``.
+        root: EuroSAT folder: ``train/`` and ``test/`` class folders, or torchgeo's EuroSAT download
+            (:class:`~rsmae.datasets.EuroSAT`). ``None`` (the shipped configs' default): no probe, said
+            once in the log.
         every_n_epochs: Interval in epochs.
         k: Neighbours of the k-NN classifier.
         linear_steps: Adam steps of the linear probe.
@@ -250,7 +252,7 @@ class ProbeCallback(L.Callback):
         EvaluationLeakError: at setup, when a pretraining store holds a EuroSAT test image.
     """
 
-    def __init__(self, root: str, every_n_epochs: int = 1, k: int = 20, linear_steps: int = 300,
+    def __init__(self, root: str | None = None, every_n_epochs: int = 1, k: int = 20, linear_steps: int = 300,
                  batch_size: int = 128, weights: Literal["student", "teacher"] = "student") -> None:
         self.root = root
         self.every_n_epochs = every_n_epochs
@@ -263,6 +265,7 @@ class ProbeCallback(L.Callback):
         self.last: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
         self._dir = Path(".")
+        self._told = False
 
     def load(self, data_info: dict[str, Any]) -> None:
         """Read EuroSAT in the pretraining bands, or the matching ones, and normalise it (see above)."""
@@ -296,6 +299,12 @@ class ProbeCallback(L.Callback):
             EvaluationLeakError: when a pretraining store holds one of EuroSAT's test images.
         """
         self._dir = _run_dir(trainer)  # a collective under DDP: every rank asks
+        if self.root is None:
+            if trainer.is_global_zero and not self._told:
+                _logger.info("no EuroSAT probe: ProbeCallback has root: null (set it to a EuroSAT folder, "
+                             "e.g. --trainer.callbacks.init_args.root ../shared/data/eurosat_ms_subset)")
+                self._told = True
+            return
         if trainer.is_global_zero and not self.data:
             info = pl_module.hparams.get("data_info")
             if not info:
