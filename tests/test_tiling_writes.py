@@ -55,10 +55,18 @@ def test_a_task_of_another_run_writes_nothing(folder: Path, tmp_path: Path) -> N
     assert store.read_tiles(slots).any()
 
 
-def test_an_uncommitted_skipped_table_is_invisible_then_dropped(folder: Path, tmp_path: Path) -> None:
+@pytest.fixture()
+def stores(folder: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The same store twice: one to damage, one untouched to compare with."""
     out, reference = tmp_path / "s.zarr", tmp_path / "ref.zarr"
     tile_scenes([str(folder)], out, CONFIG)
     tile_scenes([str(folder)], reference, CONFIG)
+    return out, reference
+
+
+def test_an_uncommitted_skipped_table_is_invisible_then_dropped(folder: Path,
+                                                                stores: tuple[Path, Path]) -> None:
+    out, reference = stores
     store = TileStore.open(out, mode="r+")
     before = store.skipped()
     assert before["id"].tolist() and before["stamp"][0]  # the truncated patch, with its files' stamp
@@ -70,10 +78,8 @@ def test_an_uncommitted_skipped_table_is_invisible_then_dropped(folder: Path, tm
     assert_same_store(reference, out)
 
 
-def test_a_kill_between_commit_and_clearing_ids_is_repaired(folder: Path, tmp_path: Path) -> None:
-    out, reference = tmp_path / "s.zarr", tmp_path / "ref.zarr"
-    tile_scenes([str(folder)], out, CONFIG)
-    tile_scenes([str(folder)], reference, CONFIG)
+def test_a_kill_between_commit_and_clearing_ids_is_repaired(folder: Path, stores: tuple[Path, Path]) -> None:
+    out, reference = stores
     store = TileStore.open(out, mode="r+")
     table = store.skipped()
     row, sid = int(table["row"][0]), str(table["id"][0])
