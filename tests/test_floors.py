@@ -119,3 +119,35 @@ def test_spectral_floor_on_the_fixed_split_ignores_test_labels(eurosat) -> None:
     assert np.array_equal(again.predictions, res.predictions) and again.choice == res.choice
     with pytest.raises(ValueError, match="unknown floor"):
         evaluate_floor("nope", images, labels, fold, FAST)
+
+
+def test_floors_benchmark_tables_and_csv(tmp_path) -> None:
+    import argparse
+    import csv
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("floors_bench", ROOT / "benchmarks" / "floors.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    rows = []
+    for method, rate in (("spectral", 0.3), ("rcf", 0.9)):
+        for evaluation, images in (("kfold", range(40)), ("fixed", range(30, 40))):
+            for i in images:
+                fold = f"fold{i % 2}" if evaluation == "kfold" else "fixed"
+                good = int(rng.random() < rate)
+                rows.append({"method": method, "evaluation": evaluation, "fold": fold, "seed": 0, "image": i,
+                             "path": f"x/{i}.tif", "label": 1, "prediction": good, "correct": good,
+                             "choice": "l2=0.01", "inner_accuracy": 0.5})
+    args = argparse.Namespace(methods=["spectral", "rcf"], folds=2, root=EUROSAT, fold_seed=0, seeds=[0],
+                              out=tmp_path)
+    head = {"commit": "abc1234", "command": "cmd", "machine": "m", "load": "1 / 1", "minutes": "0.1"}
+    text = bench.write(rows, args, head)
+    assert "- commit: abc1234" in text
+    assert ("- stratified 2-fold CV: spectral signature (band mean + std) is lower than random "
+            "convolutional features by") in text
+    with (tmp_path / "floors.csv").open() as fh:
+        saved = list(csv.DictReader(fh))
+    assert len(saved) == len(rows) and saved[0]["commit"] == "abc1234" and saved[0]["machine"] == "m"
