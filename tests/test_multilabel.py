@@ -40,8 +40,11 @@ def _backbone(path: Path, patch: int) -> Path:
 
 
 def test_samples_load_through_torchgeo_in_the_bigearthnet_band_order(tmp_path: Path) -> None:
-    images, labels, classes = load_bigearthnet(_layout(tmp_path), "train")
-    assert images.shape == (3, 12, 120, 120) and labels.shape == (3, 19) and len(classes) == 19
+    dataset = load_bigearthnet(_layout(tmp_path), "train")
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    labels = torch.stack([dataset[i]["label"] for i in range(len(dataset))])
+    assert images.shape == (3, 12, 120, 120) and labels.shape == (3, 19) and len(dataset.classes) == 19
+    assert images.dtype == torch.float32 and labels.dtype == torch.int64
     assert labels.sum(1).min() >= 1  # every patch has a label
     # B09 (water vapour, 60 m) is the 10th band: smooth and bright next to B02 (blue, 10 m)
     assert images[:, 9].mean() > images[:, 1].mean()
@@ -57,6 +60,38 @@ def test_l1c_backbone_scores_bigearthnet_with_logged_adaptation(tmp_path: Path, 
     scored = [v for v in result["per_class_ap"].values() if v is not None]
     assert len(scored) == result["classes_scored"] and math.isclose(sum(scored) / len(scored), result["map"],
                                                                       rel_tol=1e-6)
+
+
+# The metrics of the 6 samples before the splits were streamed (evaluate_multilabel as of 41017b3, which
+# stacked each whole split in memory): streaming in chunks of any size gives exactly these.
+BEFORE = {"linear": {"map": 0.6666666865348816, "map_micro": 0.2108440101146698, "f1_micro": 0.0,
+                     "lr": 0.001, "val_map": 1.0},
+          "knn": {"map": 0.75, "map_micro": 0.30921053886413574, "f1_micro": 0.1666666716337204, "k": 20}}
+
+
+@pytest.mark.parametrize("protocol", ["linear", "knn"])
+def test_streamed_splits_score_as_the_whole_splits_did(tmp_path: Path, protocol: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchgeo.datasets
+
+    import rsmae.evaluation.multilabel as multilabel
+
+    root, backbone = _layout(tmp_path / "ben"), _backbone(tmp_path / "b.safetensors", 8)
+    reads: list[int] = []
+    load_image = torchgeo.datasets.BigEarthNet._load_image
+    monkeypatch.setattr(torchgeo.datasets.BigEarthNet, "_load_image",
+                        lambda self, index: reads.append(index) or load_image(self, index))
+    assert len(load_bigearthnet(root, "train")) == 3 and not reads  # opening a split reads no patch
+    held: list[int] = []
+    extract = multilabel.cached_features
+    monkeypatch.setattr(multilabel, "cached_features", lambda enc, images, **kw: held.append(len(images))
+                        or extract(enc, images, **kw))
+    for chunk_size in (256, 2):
+        held.clear()
+        result = evaluate_multilabel(backbone, protocol, root, chunk_size=chunk_size, accelerator="cpu")
+        assert {key: result[key] for key in BEFORE[protocol]} == BEFORE[protocol], chunk_size
+        assert max(held) <= chunk_size and sum(held) == 6 and result["device"] == "cpu"
+    assert held == [2, 1, 1, 2]  # train 2 + 1, val 1, test 2: never a whole split at once
 
 
 def test_patch16_backbone_gets_whole_patches(tmp_path: Path) -> None:

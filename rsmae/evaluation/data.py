@@ -17,17 +17,20 @@ from pathlib import Path
 
 import rasterio
 import torch
+from lightning.fabric import Fabric
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from rsmae.bands import get_layout, get_sensor
 from rsmae.data import normalize_images
 from rsmae.datasets.scene_folder import SUFFIXES, SceneFolder
-from rsmae.errors import BandError, InputNotFoundError, RasterReadError
+from rsmae.errors import BandError, InputNotFoundError, ModelConfigError, RasterReadError
 from rsmae.models.weights import BackboneMeta, load_backbone, read_backbone_meta
 
 __all__ = [
+    "ACCELERATORS",
     "ClassificationData",
+    "accelerator_device",
     "backbone_meta",
     "label_subset",
     "load_classification",
@@ -38,6 +41,8 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+ACCELERATORS = ("auto", "cpu", "gpu")  # the --accelerator choices; Lightning also takes cuda, mps
 
 
 @dataclasses.dataclass
@@ -63,6 +68,26 @@ class ClassificationData:
     mean: list[float]
     std: list[float]
     adaptation: str = ""
+
+
+def accelerator_device(accelerator: str = "auto") -> torch.device:
+    """The device a Lightning ``accelerator`` with one device runs on, resolved as the ``Trainer`` does.
+
+    Evaluation trains with ``Trainer(accelerator=device.type, devices=1)`` and moves its model and data
+    to this device for feature extraction and inference.
+
+    Args:
+        accelerator: ``"auto"`` (a GPU when one is visible, else the CPU), ``"cpu"``, ``"gpu"``, or any
+            accelerator name Lightning knows (``"cuda"``, ``"mps"``).
+
+    Raises:
+        ModelConfigError: when the accelerator is unknown or not available here, with the fix.
+    """
+    try:
+        return Fabric(accelerator=accelerator, devices=1).device
+    except (RuntimeError, ValueError) as err:
+        raise ModelConfigError(f"--accelerator {accelerator}: {err}; use --accelerator auto (a GPU when "
+                               "one is visible, else the CPU) or --accelerator cpu") from None
 
 
 def backbone_meta(path: str | Path) -> BackboneMeta:

@@ -10,6 +10,10 @@ Protocols: ``linear`` (BatchNorm without affine + linear layer, binary cross-ent
 chosen on the validation split by macro mAP) and ``knn`` (scores = similarity-weighted mean of the
 k nearest training label vectors). Metrics: macro mAP over the classes present in the test split
 (the usual BigEarthNet figure), micro mAP and micro F1 at 0.5.
+
+The splits are streamed in chunks of patches (read, resized, normalised, turned into features), so
+memory holds one chunk of images and the features, not a split (the full training split is ~190 GB
+as float32); the features are computed on the ``accelerator``'s device, with progress shown.
 """
 
 from __future__ import annotations
@@ -17,19 +21,22 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multilabel_average_precision, multilabel_f1_score
 
 from rsmae.bands import get_layout, get_sensor
 from rsmae.data import normalize_images
-from rsmae.datasets.bigearthnet import load_bigearthnet
-from rsmae.evaluation.data import backbone_meta, load_for_task
+from rsmae.datasets.bigearthnet import BIGEARTHNET_SPLITS, BigEarthNetS2, load_bigearthnet
+from rsmae.evaluation.data import accelerator_device, backbone_meta, load_for_task
 from rsmae.evaluation.features import cached_features, file_digest
+from rsmae.evaluation.progress import Progress
 from rsmae.tasks.probe import small_problem_threads
 
 __all__ = ["MULTILABEL_PROTOCOLS", "evaluate_multilabel", "fit_multilabel_probe", "multilabel_metrics"]
@@ -109,6 +116,45 @@ def _val_map(scores: Tensor, target: Tensor) -> float:
     return float(ap)
 
 
+def _chunks(dataset: BigEarthNetS2, order: list[int], size: int, chunk_size: int, workers: int, desc: str,
+            progress: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(images, labels)`` of ``chunk_size`` patches at a time: the encoder's band order, ``size`` px."""
+    loader = DataLoader(dataset, batch_size=chunk_size, num_workers=workers)
+    with Progress(len(dataset), desc, unit="patch", enabled=progress) as bar:
+        for batch in loader:
+            yield _resize(batch["image"][:, order], size), batch["label"]
+            bar.update(len(batch["label"]))
+
+
+def _statistics(chunks: Iterable[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Per-band mean and (unbiased) std of all chunks' pixels, pooled chunk by chunk in float64."""
+    n, mean, m2 = 0, torch.zeros(()), torch.zeros(())
+    for x, _ in chunks:
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()
+        k, chunk_mean = flat.shape[1], flat.mean(1)
+        delta, n = chunk_mean - mean, n + k
+        mean = mean + delta * k / n  # Chan et al.'s pairwise update: exact, no cancellation
+        m2 = m2 + ((flat - chunk_mean[:, None]) ** 2).sum(1) + delta**2 * (n - k) * k / n
+    return mean.float(), (m2 / (n - 1)).sqrt().clamp_min(1e-6).float()
+
+
+def _probe_scores(protocol: str, feats: dict[str, Tensor], ys: dict[str, Tensor], k: int
+                  ) -> tuple[Tensor, dict[str, Any]]:
+    """Test scores of ``knn`` or ``linear`` (learning rate chosen on the validation split)."""
+    if protocol == "knn":
+        return _knn_scores(feats["train"], ys["train"], feats["test"], k), {"k": k}
+    best: tuple[float, float, nn.Module] | None = None
+    for lr in LR_SWEEP:
+        probe = fit_multilabel_probe(feats["train"], ys["train"], lr)
+        with torch.no_grad():
+            val_map = _val_map(probe(feats["val"]), ys["val"])
+        if best is None or val_map > best[0]:
+            best = (val_map, lr, probe)
+    assert best is not None
+    with torch.no_grad():
+        return best[2](feats["test"]).sigmoid(), {"lr": best[1], "val_map": best[0]}
+
+
 def evaluate_multilabel(
     backbone: str | Path,
     protocol: str,
@@ -119,18 +165,30 @@ def evaluate_multilabel(
     cache_dir: str | Path | None = None,
     adapt: bool = True,
     k: int = 20,
+    accelerator: str = "auto",
+    chunk_size: int = 256,
+    workers: int = 0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score one backbone on BigEarthNet-S2 (torchgeo layout under ``root``) with a frozen protocol.
+
+    The splits are streamed: ``chunk_size`` patches are read, resized, normalised and turned into
+    features at a time, so memory holds one chunk of images and the features, whatever the split's
+    size. Statistics from the training split (see the module docstring) cost one more pass over it.
 
     Args:
         backbone: Backbone file.
         protocol: ``"linear"`` or ``"knn"``.
-        root: BigEarthNet folder (:func:`~rsmae.datasets.bigearthnet.load_bigearthnet`).
+        root: BigEarthNet folder (:class:`~rsmae.datasets.bigearthnet.BigEarthNetS2`).
         seed: Seed of the probe (the splits are the dataset's).
         num_classes: 19 or 43.
-        cache_dir: Frozen-feature cache; ``None`` disables it.
+        cache_dir: Frozen-feature cache (one entry per chunk); ``None`` disables it.
         adapt: Allow band adaptation of a backbone of other bands.
         k: Neighbours of ``knn``.
+        accelerator: Where features are computed: ``auto`` (a GPU when present), ``cpu``, ``gpu``.
+        chunk_size: Patches per chunk (about 0.7 MB each as float32).
+        workers: ``DataLoader`` processes reading patches (0: in this process).
+        progress: Show progress (a bar on a terminal, else log lines).
 
     Returns:
         ``map`` (macro, classes present in test), ``map_micro``, ``f1_micro``, ``per_class_ap``,
@@ -138,54 +196,44 @@ def evaluate_multilabel(
 
     Raises:
         ValueError: on an unknown protocol.
-        InputNotFoundError, BandError, WeightsError: naming the file.
+        InputNotFoundError, BandError, WeightsError, ModelConfigError: naming the file or option.
     """
     if protocol not in MULTILABEL_PROTOCOLS:
         known = ", ".join(MULTILABEL_PROTOCOLS)
         raise ValueError(f"multi-label protocol {protocol!r}; choose one of {known}")
     start = time.perf_counter()
     torch.manual_seed(seed)
-    splits = {s: load_bigearthnet(root, s, num_classes) for s in ("train", "val", "test")}
-    classes = splits["train"][2]
+    device = accelerator_device(accelerator)
+    splits = {s: load_bigearthnet(root, s, num_classes) for s in BIGEARTHNET_SPLITS}
     bands = get_layout("bigearthnet", get_sensor("s2-l2a"))
-    native = splits["train"][0].shape[-1]
+    native = splits["train"][0]["image"].shape[-1]
     source = backbone_meta(backbone)
     patch = source.patch_size
     size = max(patch, round(native / patch) * patch)  # whole patches: 120 px stays 120 at patch 8
     encoder, note = load_for_task(backbone, bands, "s2-l2a", size, adapt=adapt)
     meta = encoder.rsmae_meta
     order = [bands.index(get_sensor("s2-l2a").band(b).name) for b in meta.bands]
-    xs = {s: _resize(x[:, order], size) for s, (x, _, _) in splits.items()}
+
+    def chunks(split: str, what: str) -> Iterator[tuple[Tensor, Tensor]]:
+        return _chunks(splits[split], order, size, chunk_size, workers, f"{what} {split}", progress)
+
     if size != native:
         note = "; ".join(filter(None, [note, f"images resized from {native} to {size} px (patch {patch})"]))
     if meta.mean is not None and meta.std is not None and source.sensor == "s2-l2a":
         mean, std = torch.tensor(meta.mean), torch.tensor(meta.std)
     else:  # no statistics, or statistics of other processing (L1C top-of-atmosphere) or bands
-        flat = xs["train"].transpose(0, 1).reshape(len(order), -1).double()
-        mean, std = flat.mean(1).float(), flat.std(1).clamp_min(1e-6).float()
+        mean, std = _statistics(chunks("train", "statistics"))
         note = "; ".join(filter(None, [note, "normalisation statistics from the training split"]))
         _logger.warning("%s: normalisation statistics computed from the BigEarthNet training split", backbone)
-    digest = file_digest(backbone)
-    feats = {s: cached_features(encoder, normalize_images(x, mean, std),
-                                backbone_digest=digest, cache_dir=cache_dir) for s, x in xs.items()}
-    ys = {s: y for s, (_, y, _) in splits.items()}
-    chosen: dict[str, Any] = {"k": k}
-    if protocol == "knn":
-        scores = _knn_scores(feats["train"], ys["train"], feats["test"], k)
-    else:
-        best: tuple[float, float, nn.Module] | None = None
-        for lr in LR_SWEEP:
-            probe = fit_multilabel_probe(feats["train"], ys["train"], lr)
-            with torch.no_grad():
-                val_map = _val_map(probe(feats["val"]), ys["val"])
-            if best is None or val_map > best[0]:
-                best = (val_map, lr, probe)
-        assert best is not None
-        chosen = {"lr": best[1], "val_map": best[0]}
-        with torch.no_grad():
-            scores = best[2](feats["test"]).sigmoid()
-    result = {"task": "bigearthnet", "protocol": protocol, "seed": seed, "backbone": str(backbone),
-              **multilabel_metrics(scores, ys["test"], classes), **chosen,
-              "n_train": len(ys["train"]), "n_val": len(ys["val"]), "n_test": len(ys["test"]),
-              "bands": list(meta.bands), "adaptation": note, "wall_s": time.perf_counter() - start}
-    return result
+    digest, feats, ys = file_digest(backbone), {}, {}
+    encoder.to(device)
+    for split in BIGEARTHNET_SPLITS:
+        parts = [(cached_features(encoder, normalize_images(x, mean, std), backbone_digest=digest,
+                                  cache_dir=cache_dir), y) for x, y in chunks(split, "features")]
+        feats[split], ys[split] = (torch.cat(p) for p in zip(*parts, strict=True))
+    scores, chosen = _probe_scores(protocol, feats, ys, k)
+    return {"task": "bigearthnet", "protocol": protocol, "seed": seed, "backbone": str(backbone),
+            **multilabel_metrics(scores, ys["test"], splits["train"].classes), **chosen,
+            "n_train": len(ys["train"]), "n_val": len(ys["val"]), "n_test": len(ys["test"]),
+            "bands": list(meta.bands), "adaptation": note, "device": device.type,
+            "wall_s": time.perf_counter() - start}
