@@ -113,10 +113,11 @@ def test_save_load_round_trip(saved13: tuple, tmp_path: Path) -> None:
     assert not torch.allclose(_encoder(13, seed=9)(x), enc(x))  # the check can fail
     assert loaded.rsmae_meta == meta
     assert BackboneMeta.from_json(meta.to_json()) == meta
-    # timm's cfg holds neutral statistics (resolve_data_config reads them as 0-1 RGB ones); the
-    # data statistics are in the metadata only
-    assert loaded.pretrained_cfg["mean"] == (0.0,) * 13 and loaded.pretrained_cfg["std"] == (1.0,) * 13
-    assert timm.data.resolve_data_config({}, model=loaded)["mean"] == (0.0,) * 13
+    # timm's cfg carries the bands and the data statistics (in stored-value units), as the metadata
+    cfg = loaded.pretrained_cfg
+    assert cfg["mean"] == tuple(meta.mean) and cfg["std"] == tuple(meta.std)
+    assert cfg["bands"] == tuple(meta.bands)
+    assert timm.data.resolve_data_config({}, model=loaded)["mean"] == tuple(meta.mean)
     assert loaded.pretrained_cfg["input_size"] == (13, IMG, IMG)
     with safe_open(str(path), framework="pt") as f:
         assert BackboneMeta.from_json(f.metadata()["rsmae"]) == meta

@@ -16,6 +16,7 @@ from rsmae.models.mae import (
 from rsmae.models.patch_embed import GroupedPatchEmbed, embed_patch_tokens, extract_patches
 from rsmae.models.rcmae import RCMAE, teacher_momentum
 from rsmae.models.registry import Weights, get_weights, list_weights, register_backbone, register_weights
+from rsmae.models.timm_cfg import timm_model_name
 from rsmae.models.vit import (
     ENCODER_PRESETS,
     create_encoder,
@@ -58,5 +59,6 @@ __all__ = [
     "set_fused_attention",
     "sincos_pos_embed_2d",
     "teacher_momentum",
+    "timm_model_name",
     "unpatchify",
 ]

@@ -4,24 +4,33 @@ The 2D sin-cos position embedding is fixed (as in MAE), so other code (timm, tor
 can take the encoder as is.
 
 Every preset of :data:`ENCODER_PRESETS` is a timm-registered model named ``rsmae_<preset>``
-(``rsmae_vit_small``...), registered when :mod:`rsmae.models` is imported, so timm's factory
-builds it::
+(``rsmae_vit_small``...), so timm's factory builds it::
 
     timm.create_model("rsmae_vit_small", in_chans=13, img_size=128, patch_size=16)
     timm.create_model("rsmae_vit_small", in_chans=13, pretrained=True,
                       pretrained_cfg_overlay=dict(file="backbone.safetensors"))
     timm.create_model("rsmae_vit_small", in_chans=13, features_only=True)  # per-block NCHW maps
 
+An rsmae backbone file given as the pretrained file fixes what it was trained with: its band count,
+image and patch size and encoder arguments are the defaults (explicit arguments still win, e.g.
+``patch_size=16`` resamples a patch-8 file), and the model carries its bands and statistics
+(``model.rsmae_meta``, and ``pretrained_cfg`` ``bands``/``mean``/``std``). A name's tag can hold the
+architecture (:func:`~rsmae.models.timm_cfg.timm_model_name`): ``rsmae_vit_small.img_size=64,patch_size=8``.
+
 Pretrained files go through :func:`~rsmae.models.adapt.checkpoint_filter_fn` (prefixes, patch and
 position-table resampling). Band mapping needs band names, which a timm state dict lacks: load
 files of other bands with :func:`~rsmae.models.load_backbone` (``bands=``).
+
+The models are registered with timm when :mod:`rsmae.models` is imported; ``import rsmae`` does that
+as soon as timm is imported (:mod:`rsmae`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
@@ -31,8 +40,13 @@ from torch import Tensor, nn
 
 from rsmae.errors import ModelConfigError, WeightsError
 from rsmae.models.patch_embed import GroupedPatchEmbed
+from rsmae.models.timm_cfg import ENCODER_KWARGS, TIMM_PREFIX, attach_meta, parse_model_tag
+
+if TYPE_CHECKING:
+    from rsmae.models.weights import BackboneMeta
 
 __all__ = [
+    "ENCODER_KWARGS",
     "ENCODER_PRESETS",
     "TIMM_PREFIX",
     "create_encoder",
@@ -49,7 +63,6 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
     "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
-TIMM_PREFIX = "rsmae_"  # timm name of a preset: rsmae_vit_small...
 
 
 def sincos_pos_embed_2d(
@@ -123,9 +136,9 @@ def _create_rsmae_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> 
     """Build a registered preset with timm's ``build_model_with_cfg`` (pretrained file, features_only).
 
     ``pretrained_cfg`` mean/std are set per input channel to 0 and 1, neutral for timm's
-    ``resolve_data_config``: the pixel statistics of rsmae data are in sensor units (e.g. digital
-    numbers) and travel with the weights' metadata (:class:`~rsmae.models.weights.BackboneMeta`), not
-    in timm's config, which transforms would otherwise read as 0-1 RGB statistics.
+    ``resolve_data_config`` until a backbone file's statistics replace them
+    (:func:`~rsmae.models.timm_cfg.attach_meta`): a bare architecture has no data statistics, and
+    ImageNet's would be wrong for any other bands.
     """
     chans = int(kwargs.get("in_chans", 13))
     size = kwargs.get("img_size", 128)
@@ -165,8 +178,51 @@ default_cfgs = generate_default_cfgs({f"{TIMM_PREFIX}{name}": _cfg() for name in
 
 
 def _preset(name: str, pretrained: bool, kwargs: dict[str, Any]) -> VisionTransformer:
-    args = {**ENCODER_PRESETS[name], "patch_size": 16, **kwargs}
-    return _create_rsmae_vit(f"{TIMM_PREFIX}{name}", pretrained, **args)
+    """Build preset ``name``: its sizes, then a pretrained backbone file's, the name's tag, the caller's.
+
+    A string ``pretrained_cfg`` is the tag of the name (``rsmae_vit_small.<tag>``): the architecture
+    (:func:`~rsmae.models.timm_cfg.parse_model_tag`), kept as ``pretrained_cfg["tag"]``.
+    """
+    variant = f"{TIMM_PREFIX}{name}"
+    cfg = kwargs.pop("pretrained_cfg", None)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    args: dict[str, Any] = {**ENCODER_PRESETS[name], "patch_size": 16}
+    meta = _file_meta(name, overlay, cfg) if pretrained else None
+    if meta is not None:
+        args.update(in_chans=meta.in_chans, img_size=meta.img_size, patch_size=meta.patch_size,
+                    **meta.encoder_kwargs)
+    if isinstance(cfg, str):
+        args.update(parse_model_tag(cfg, variant))
+        overlay["tag"], cfg = cfg, None
+    args.update(kwargs)
+    groups = args.pop("band_groups", None)
+    if groups is not None:
+        if "embed_layer" in args:
+            raise ModelConfigError(f"{variant}: pass either band_groups or embed_layer, not both")
+        args["embed_layer"] = functools.partial(GroupedPatchEmbed, groups=[list(g) for g in groups])
+    model = _create_rsmae_vit(variant, pretrained, pretrained_cfg=cfg, pretrained_cfg_overlay=overlay, **args)
+    if meta is not None:  # the file's metadata, at the sizes built (a resampled file says so)
+        img, patch = (args[k] if isinstance(args[k], int) else args[k][0] for k in ("img_size", "patch_size"))
+        attach_meta(model, dataclasses.replace(meta, img_size=int(img), patch_size=int(patch)))
+    return model
+
+
+def _file_meta(name: str, overlay: Mapping[str, Any], cfg: Any) -> BackboneMeta | None:
+    """The metadata of the pretrained file when it is an rsmae backbone of preset ``name``, else ``None``.
+
+    Raises:
+        WeightsError: naming the file when its metadata is refused or it holds another preset.
+    """
+    file = overlay.get("file") or (cfg.get("file") if isinstance(cfg, Mapping) else None)
+    if not file:
+        return None
+    from rsmae.models.weights import peek_backbone_meta  # weights imports this module
+
+    meta = peek_backbone_meta(file)
+    if meta is not None and meta.preset != name:
+        raise WeightsError(f"{file}: a {meta.preset} backbone, not {name}; create it as "
+                           f"timm.create_model('{TIMM_PREFIX}{meta.preset}', pretrained=True, ...)")
+    return meta
 
 
 @register_model
@@ -233,10 +289,7 @@ def create_encoder(
         )
     kwargs: dict[str, Any] = {"num_classes": 0, **overrides}
     if band_groups is not None:
-        if "embed_layer" in overrides:
-            raise ValueError("pass either band_groups or embed_layer, not both")
-        groups = [list(g) for g in band_groups]
-        kwargs["embed_layer"] = functools.partial(GroupedPatchEmbed, groups=groups)
+        kwargs["band_groups"] = band_groups
     return timm.create_model(
         f"{TIMM_PREFIX}{preset}", in_chans=in_chans, img_size=img_size, patch_size=patch_size, **kwargs
     )

@@ -30,12 +30,15 @@ from rsmae.errors import WeightsError
 from rsmae.files import atomic_path
 from rsmae.models.adapt import checkpoint_filter_fn, match_bands
 from rsmae.models.keys import load_checked
+from rsmae.models.timm_cfg import ENCODER_KWARGS, attach_meta, refused_encoder_kwargs
 from rsmae.models.vit import create_encoder
 
 __all__ = [
+    "ENCODER_KWARGS",
     "FORMAT_VERSION",
     "BackboneMeta",
     "load_backbone",
+    "peek_backbone_meta",
     "read_backbone_meta",
     "read_weights",
     "save_backbone",
@@ -46,13 +49,6 @@ _logger = logging.getLogger(__name__)
 META_KEY = "rsmae"
 # 1: the first files (no version field); 2: adds format_version, gsd_pos_embed and reference_gsd.
 FORMAT_VERSION = 2
-# encoder_kwargs a backbone file may hold: plain VisionTransformer sizes and options, band_groups. Metadata
-# is data: timm options (pretrained_cfg_overlay, checkpoint_path...) would fetch or read files; refused.
-ENCODER_KWARGS = frozenset({"band_groups", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
-    "qk_norm", "proj_bias", "scale_attn_norm", "scale_mlp_norm", "init_values", "class_token",
-    "no_embed_class", "reg_tokens", "pre_norm", "final_norm", "fc_norm", "global_pool",
-    "pool_include_prefix", "dynamic_img_size", "dynamic_img_pad", "drop_rate", "pos_drop_rate",
-    "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"})
 
 
 @dataclasses.dataclass
@@ -153,7 +149,7 @@ def _check_encoder_kwargs(kwargs: object) -> None:
     """Refuse ``encoder_kwargs`` other than an object of :data:`ENCODER_KWARGS` keys."""
     if not isinstance(kwargs, Mapping):
         raise WeightsError(f"backbone metadata encoder_kwargs is a {type(kwargs).__name__}, not an object")
-    refused = sorted(str(k) for k in kwargs if k not in ENCODER_KWARGS)
+    refused = refused_encoder_kwargs(kwargs)
     if refused:
         raise WeightsError(
             f"backbone metadata encoder_kwargs key(s) {', '.join(map(repr, refused))} refused: only "
@@ -236,6 +232,20 @@ def read_backbone_meta(path: str | Path) -> BackboneMeta:
     return _parse_meta(path, file_meta)
 
 
+def peek_backbone_meta(path: str | Path) -> BackboneMeta | None:
+    """The :class:`BackboneMeta` of an rsmae backbone file; ``None`` for any other file (header only).
+
+    Raises:
+        WeightsError: naming ``path`` when it is a backbone file whose metadata is refused.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            file_meta = dict(f.metadata() or {})
+    except Exception:  # a .pth, a missing file: not ours, timm reports it
+        return None
+    return _parse_meta(Path(path), file_meta) if META_KEY in file_meta else None
+
+
 def _parse_meta(path: Path, file_meta: Mapping[str, str]) -> BackboneMeta:
     if META_KEY not in file_meta:
         raise WeightsError(
@@ -291,27 +301,6 @@ def _check_meta_builds(meta: BackboneMeta, state: Mapping[str, Tensor]) -> None:
         )
 
 
-def _attach_meta(model: VisionTransformer, meta: BackboneMeta) -> VisionTransformer:
-    """Set ``model.rsmae_meta`` and a timm-style ``pretrained_cfg``.
-
-    The cfg's mean/std are neutral (0 and 1 per band): timm's ``resolve_data_config`` reads them as
-    statistics of 0-1 scaled pixels, while the data statistics are in sensor units; those stay in
-    ``rsmae_meta`` (feed ``(x - meta.mean) / meta.std``).
-    """
-    model.rsmae_meta = meta
-    cfg: dict[str, Any] = {
-        **getattr(model, "pretrained_cfg", {}),
-        "input_size": (meta.in_chans, meta.img_size, meta.img_size),
-        "mean": (0.0,) * meta.in_chans,
-        "std": (1.0,) * meta.in_chans,
-        "first_conv": "patch_embed.proj",
-        "bands": tuple(meta.bands),
-        "source": meta.source,
-    }
-    model.pretrained_cfg = model.default_cfg = cfg
-    return model
-
-
 def retarget(meta: BackboneMeta, bands: Sequence[str] | None, sensor: str | None) -> BackboneMeta:
     """Metadata for the same backbone on other bands (statistics kept only for the same bands)."""
     if bands is None:
@@ -361,7 +350,7 @@ def build_and_load(
     except WeightsError as err:
         raise WeightsError(f"{path}: {err}") from err
     load_checked(model, filtered, str(path), strict=strict, optional=optional)
-    return _attach_meta(model, dst)
+    return attach_meta(model, dst)
 
 
 def load_backbone(
@@ -383,7 +372,7 @@ def load_backbone(
         strict: Require every encoder tensor; with ``False`` load what fits (but not nothing).
 
     Returns:
-        The encoder, with ``rsmae_meta`` and ``pretrained_cfg`` attributes.
+        The encoder, with ``rsmae_meta`` and ``pretrained_cfg`` (bands, statistics) attributes.
 
     Raises:
         WeightsError: naming ``path`` when it is not a backbone file or did not load.
