@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
-from conftest import EUROSAT
+from conftest import EUROSAT, ROOT
 from torch.utils.data import DataLoader
 
 from rsmae.bands import get_sensor
@@ -55,3 +58,46 @@ def test_rsmae_backbone_trains_in_torchgeo_classification_task(tmp_path: Path) -
     assert trainer.global_step == 2
     assert not torch.equal(before, task.model.blocks[0].attn.qkv.weight.detach())
     assert task.model(samples[0]["image"][None]).shape == (1, 10)
+
+
+@pytest.fixture
+def tuned(tmp_path: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
+    """A torchgeo checkpoint of a patch-8, 64-px, depth-1 backbone after 2 steps; real inputs and outputs."""
+    torch.manual_seed(0)
+    enc = create_encoder("vit_test", in_chans=13, img_size=64, patch_size=8, depth=1)
+    meta = BackboneMeta(preset="vit_test", img_size=64, patch_size=8, in_chans=13, bands=S2, sensor="s2-l1c",
+                        mean=[1000.0] * 13, std=[600.0] * 13, gsd=10.0, encoder_kwargs={"depth": 1})
+    task = torchgeo_classification_task(save_backbone(enc, tmp_path / "b.safetensors", meta), num_classes=10)
+    data = SceneFolder(EUROSAT / "test", bands=S2)
+    images = torch.stack([(data[i]["image"] - 1000.0) / 600.0 for i in range(16)])
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, DataLoader([{"image": x, "label": 0} for x in images], batch_size=4))  # 2 of 4
+    trainer.save_checkpoint(tmp_path / "tg.ckpt")
+    torch.save(images, tmp_path / "images.pt")
+    with torch.no_grad():
+        return tmp_path / "tg.ckpt", images, task.model.eval()(images)
+
+
+def test_torchgeo_checkpoint_reloads_from_its_hparams(tuned: tuple[Path, torch.Tensor, torch.Tensor]) -> None:
+    from torchgeo.trainers import ClassificationTask
+
+    ckpt, images, expected = tuned
+    task = ClassificationTask.load_from_checkpoint(ckpt, map_location="cpu")
+    assert task.hparams["model"] == "rsmae_vit_test.img_size=64,patch_size=8,depth=1"
+    assert task.model.patch_embed.patch_size == (8, 8) and len(task.model.blocks) == 1
+    with torch.no_grad():
+        assert torch.equal(task.model.eval()(images), expected)
+
+
+def test_torchgeo_checkpoint_reloads_in_a_fresh_interpreter(tuned: tuple[Path, torch.Tensor, torch.Tensor],
+                                                            tmp_path: Path) -> None:
+    ckpt, _, expected = tuned
+    code = ("import rsmae, torch\n"  # nothing else of rsmae: its models register once timm is imported
+            "from torchgeo.trainers import ClassificationTask\n"
+            f"task = ClassificationTask.load_from_checkpoint({str(ckpt)!r}, map_location='cpu')\n"
+            f"with torch.no_grad(): out = task.model.eval()(torch.load({str(tmp_path / 'images.pt')!r}))\n"
+            f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)

@@ -4,7 +4,8 @@
   (SSL4EO-S12) ViT checkpoint into an rsmae backbone file (bands and statistics in its metadata), so
   every evaluation here takes it like our own backbones.
 - :func:`torchgeo_classification_task` puts an rsmae backbone (plus a linear head) into torchgeo's
-  ``ClassificationTask``, which then trains it with torchgeo's loop, losses and metrics.
+  ``ClassificationTask``, which then trains it with torchgeo's loop, losses and metrics; its checkpoints
+  reload with ``ClassificationTask.load_from_checkpoint`` once ``rsmae`` is imported.
 
 Recipe (torchgeo 0.8)::
 
@@ -22,6 +23,7 @@ from typing import Any, Literal
 
 from rsmae.errors import WeightsError
 from rsmae.models.foreign import load_official_mae, load_timm_weights, load_torchgeo_vit
+from rsmae.models.timm_cfg import attach_meta, timm_model_name
 from rsmae.models.weights import load_backbone, save_backbone
 
 __all__ = ["import_weights", "torchgeo_classification_task"]
@@ -68,23 +70,33 @@ def import_weights(
 def torchgeo_classification_task(backbone: str | Path, num_classes: int, **task_kwargs: Any) -> Any:
     """A torchgeo ``ClassificationTask`` whose model is the rsmae backbone with a linear head.
 
-    The task is built with a timm name of the same family (no download: ``weights=None``), then its
-    ``model`` is replaced by the backbone, so torchgeo's training loop, loss and metrics run on it.
-    The returned ``task.model.rsmae_meta`` says which bands, order and statistics to feed.
+    The task's ``model`` is the timm name that rebuilds the backbone's architecture
+    (:func:`~rsmae.models.timm_model_name`, e.g. ``rsmae_vit_small.img_size=128,patch_size=16``), so
+    torchgeo builds the encoder itself and ``ClassificationTask.load_from_checkpoint`` rebuilds the same
+    model from the saved hyper-parameters (``import rsmae`` first: it registers the rsmae models with
+    timm). The backbone's weights are then loaded into that model; only the head starts fresh. The
+    returned ``task.model.rsmae_meta`` (and ``pretrained_cfg``) says which bands, order and statistics to
+    feed.
 
     Args:
         backbone: An rsmae backbone file.
         num_classes: Classes of the task.
         **task_kwargs: Further ``ClassificationTask`` arguments (``lr``, ``loss``, ``freeze_backbone``...).
+
+    Raises:
+        WeightsError: naming ``backbone`` when it does not load into the model torchgeo builds.
     """
     from torchgeo.trainers import ClassificationTask
 
     encoder = load_backbone(backbone)
-    task = ClassificationTask(model="vit_tiny_patch16_224", weights=None,
-                              in_channels=encoder.rsmae_meta.in_chans, num_classes=num_classes, **task_kwargs)
-    encoder.reset_classifier(num_classes)
-    task.model = encoder
-    if task_kwargs.get("freeze_backbone"):
-        for name, param in encoder.named_parameters():
-            param.requires_grad_(name.startswith("head."))
+    meta = encoder.rsmae_meta
+    name = timm_model_name(meta.preset, img_size=meta.img_size, patch_size=meta.patch_size,
+                           **meta.encoder_kwargs)
+    task = ClassificationTask(model=name, weights=None, in_channels=meta.in_chans, num_classes=num_classes,
+                              **task_kwargs)
+    missing, unexpected = task.model.load_state_dict(encoder.state_dict(), strict=False)
+    if unexpected or set(missing) != {"head.weight", "head.bias"}:
+        raise WeightsError(f"{backbone}: does not fit torchgeo's {name} (missing {missing}, unexpected "
+                           f"{unexpected}); re-export the backbone with this rsmae")
+    attach_meta(task.model, meta)
     return task
