@@ -14,18 +14,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
+import timm
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import rsmae.models.weights as weights
 import rsmae.tasks.change as change
+import rsmae.tasks.pretrain as pretrain
 from rsmae.bands import get_sensor
-from rsmae.errors import WeightsError
+from rsmae.errors import CheckpointError, ModelConfigError, WeightsError
 from rsmae.models import BackboneMeta, create_encoder, load_backbone, save_backbone
 from rsmae.models.weights import read_backbone_meta
 from rsmae.tasks.change import ChangeTask, load_change_model, save_change_model
+from rsmae.tasks.pretrain import PretrainTask, export_backbone
 
 S2 = list(get_sensor("s2-l1c").names)
 IMG, PATCH = 32, 8
@@ -117,10 +121,14 @@ def test_backbone_with_foreign_encoder_kwargs_is_refused(tmp_path: Path, other: 
     good = _backbone(tmp_path / "good.safetensors")
     bad = _rewrite(good, tmp_path / "bad.safetensors", "rsmae", lambda m: m["encoder_kwargs"].update(extra))
     key = sorted(extra)[-1]
-    for load in (load_backbone, read_backbone_meta):
+    for load in (load_backbone, read_backbone_meta, _through_timm):
         with _watch() as events, pytest.raises(WeightsError, match=f"{bad}: .*'{key}'"):
             load(bad)
         assert not _touched(events, other)
+
+
+def _through_timm(path: Path) -> torch.nn.Module:
+    return timm.create_model("rsmae_vit_test", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
 
 
 def test_control_without_the_check_timm_reads_the_other_file(tmp_path: Path, other: Path,
@@ -226,3 +234,44 @@ def test_change_model_with_broken_metadata_is_a_weights_error(change_model: Path
     save_file(state, str(bad), metadata={**meta, "rsmae_change": meta["rsmae_change"][:-5]})
     with pytest.raises(WeightsError, match=f"{bad}: change-model metadata is not valid JSON"):
         load_change_model(bad)
+
+
+# ---------------------------------------------------------------- pretraining checkpoints
+
+_FOREIGN = [_overlay, lambda o: {"checkpoint_path": str(o)}]
+
+
+def _pretrain_hparams(encoder_kwargs: dict[str, Any]) -> dict[str, Any]:
+    info = {"bands": S2, "sensor": "s2-l1c", "mean": [1.0] * 13, "std": [2.0] * 13, "gsd": 10.0}
+    return {"preset": "vit_test", "patch_size": PATCH, "img_size": IMG, "in_chans": len(S2),
+            "data_info": info, "encoder_kwargs": encoder_kwargs}
+
+
+@pytest.mark.parametrize("make", _FOREIGN, ids=["pretrained_cfg_overlay", "checkpoint_path"])
+def test_pretrain_task_refuses_foreign_encoder_kwargs(other: Path, make: Callable) -> None:
+    hparams = _pretrain_hparams(make(other))  # what a crafted checkpoint's hyper_parameters rebuild
+    key = sorted(hparams["encoder_kwargs"])[-1]
+    with _watch() as events, pytest.raises(ModelConfigError, match=f"encoder_kwargs key.*'{key}' refused"):
+        PretrainTask(**hparams)
+    assert not _touched(events, other)
+
+
+def test_crafted_pretraining_checkpoint_is_refused(other: Path, tmp_path: Path) -> None:
+    task = PretrainTask(**_pretrain_hparams({}))
+    bad = tmp_path / "bad.ckpt"  # a pretraining checkpoint whose hyper_parameters were edited
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": {**task.hparams, **_pretrain_hparams(
+        _overlay(other))}, "pytorch-lightning_version": L.__version__}, bad)
+    with _watch() as events:
+        with pytest.raises(CheckpointError, match=f"{bad}: encoder_kwargs key.*'pretrained_cfg_overlay'"):
+            export_backbone(bad, tmp_path / "b.safetensors")
+        with pytest.raises(ModelConfigError, match="'pretrained_cfg_overlay' refused"):
+            PretrainTask.load_from_checkpoint(bad, map_location="cpu", weights_only=True)
+    assert not _touched(events, other) and not (tmp_path / "b.safetensors").exists()
+
+
+def test_control_without_the_check_the_pretrain_task_reads_the_other_file(
+        other: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pretrain, "vet_encoder_kwargs", lambda kwargs: dict(kwargs or {}))
+    with _watch() as events:
+        PretrainTask(**_pretrain_hparams(_overlay(other)))
+    assert _touched(events, other)

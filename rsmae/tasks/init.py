@@ -29,14 +29,15 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from rsmae.errors import CheckpointError, WeightsError
+from rsmae.errors import CheckpointError, ModelConfigError, WeightsError
 from rsmae.models import load_backbone, load_official_mae, load_timm_weights, load_torchgeo_vit
 from rsmae.models.keys import PATCH_KEY, strip_prefixes
-from rsmae.models.weights import META_KEY, read_weights
+from rsmae.models.timm_cfg import refused_encoder_kwargs
+from rsmae.models.weights import ENCODER_KWARGS, META_KEY, read_weights
 from rsmae.store import TileStore
 
 __all__ = ["backbone_kind", "check_corpus", "check_resume", "checkpoint_hparams", "corpus_record",
-           "init_encoder", "load_init_backbone"]
+           "init_encoder", "load_init_backbone", "vet_encoder_kwargs"]
 
 # Hyper-parameters that fix the model's tensors: a checkpoint resumes only into the same ones.
 ARCHITECTURE = ("method", "preset", "patch_size", "img_size", "in_chans", "encoder_kwargs", "decoder_dim",
@@ -116,12 +117,34 @@ def init_encoder(encoder: VisionTransformer, path: str | Path, data_info: dict[s
     _logger.info("encoder initialised from %s: %s (decoder from scratch)", path, meta.source)
 
 
+def vet_encoder_kwargs(kwargs: object) -> dict[str, Any]:
+    """A task's ``encoder_kwargs`` (from a config or a checkpoint), allow-listed like a backbone file's.
+
+    A checkpoint's hyper-parameters are data: timm options (``pretrained_cfg_overlay``, ``checkpoint_path``)
+    would make building the encoder read or fetch other files.
+
+    Raises:
+        ModelConfigError: naming the keys outside :data:`~rsmae.models.weights.ENCODER_KWARGS`.
+    """
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise ModelConfigError(f"encoder_kwargs is a {type(kwargs).__name__}, not a mapping of arguments")
+    refused = refused_encoder_kwargs(kwargs)
+    if refused:
+        raise ModelConfigError(
+            f"encoder_kwargs key(s) {', '.join(map(repr, refused))} refused: only "
+            f"{', '.join(sorted(ENCODER_KWARGS))} build the encoder, never timm options that read or fetch "
+            "files; remove them from model.encoder_kwargs (the config, or the checkpoint's hyper_parameters)")
+    return dict(kwargs)
+
+
 def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     """The hyper-parameters of a ``PretrainTask`` checkpoint, read memory-mapped (tensors not loaded).
 
     Raises:
-        CheckpointError: naming ``path`` when it is missing, not a Lightning checkpoint, or not one
-            of ``pipelines/pretrain.py``.
+        CheckpointError: naming ``path`` when it is missing, not a Lightning checkpoint, not one of
+            ``pipelines/pretrain.py``, or its ``encoder_kwargs`` are refused (:func:`vet_encoder_kwargs`).
     """
     path = Path(path)
     if not path.is_file():
@@ -137,6 +160,10 @@ def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     if not isinstance(hp, Mapping) or "method" not in hp or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a pretraining checkpoint (no PretrainTask hyper-parameters); "
                               "pass a checkpoint written by pipelines/pretrain.py")
+    try:
+        vet_encoder_kwargs(hp.get("encoder_kwargs"))
+    except ModelConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from err
     return dict(hp)
 
 

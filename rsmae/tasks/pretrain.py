@@ -41,7 +41,7 @@ from rsmae.models import (
 )
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
-from rsmae.tasks.init import check_corpus, checkpoint_hparams, corpus_record, init_encoder
+from rsmae.tasks.init import check_corpus, checkpoint_hparams, corpus_record, init_encoder, vet_encoder_kwargs
 from rsmae.tasks.optim import OPTIMIZERS, fused_adamw_available, make_optimizer, param_groups, scheduled
 
 __all__ = ["PretrainTask", "export_backbone"]
@@ -135,7 +135,7 @@ class PretrainTask(L.LightningModule):
             raise ModelConfigError(f"optimizer={optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.save_hyperparameters()
         encoder = create_encoder(preset, in_chans=in_chans, img_size=img_size, patch_size=patch_size,
-                                 **(encoder_kwargs or {}))
+                                 **vet_encoder_kwargs(encoder_kwargs))  # also a checkpoint's: data
         if init_backbone:
             init_encoder(encoder, init_backbone, data_info, preset=preset, patch_size=patch_size,
                          img_size=img_size)
