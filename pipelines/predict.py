@@ -1,0 +1,11 @@
+"""Whole-scene prediction: embeddings and change maps as COGs (exit 0 done, 2 error).
+
+Thin wrapper of rsmae/cli/predict.py: the command ``rsmae predict``.
+"""
+
+import sys
+
+from rsmae.cli.predict import main
+
+if __name__ == "__main__":
+    sys.exit(main())

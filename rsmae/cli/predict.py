@@ -1,0 +1,77 @@
+"""Whole-scene prediction: georeferenced embeddings and change maps of any size, in constant memory.
+
+Writes one folder per scene under --out (made under a temporary name and renamed when complete: a
+rerun skips finished scenes and redoes a killed one). Exit status: 0 done; 2 bad input (error: <file>:
+...; nothing written); 130 interrupted.
+
+Examples (one command per line)::
+
+    rsmae predict embed --backbone B.safetensors SCENE_FOLDER_OR_FILE --out embeddings/
+    rsmae predict embed --backbone B.safetensors 'scenes/*.tif' --pool --out pooled/ --engine onnx
+    rsmae predict change --model runs/cd/change_model.safetensors DATE1 DATE2 --out changes/ --min-area 200
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tqdm import tqdm
+
+from rsmae.cli.common import make_parser, run
+from rsmae.predict import PredictConfig, predict_change, predict_embed
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder (one subfolder per scene)")
+    p.add_argument("--overlap", type=int, help="pixels shared by neighbouring windows (default: window/4)")
+    p.add_argument("--batch", type=int, default=16, help="windows per model call")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="run the model in PyTorch or in onnxruntime (exported in memory)")
+    p.add_argument("--nodata", type=float, default=0.0,
+                   help="value marking nodata in files that declare none (nan: none)")
+    p.add_argument("--band-order", help="band order of multi-band files without band descriptions (a layout)")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Command-line options."""
+    p = make_parser(__doc__, prog)
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    embed = tasks.add_parser("embed", help="patch features of a backbone as a COG, with a PCA preview")
+    embed.add_argument("inputs", nargs="+", metavar="SCENE", help="scene files, folders or globs")
+    embed.add_argument("--backbone", required=True, help="backbone .safetensors (rsmae export)")
+    embed.add_argument("--pool", action="store_true", help="one vector per window (windows tile the scene)")
+    _common(embed)
+    change = tasks.add_parser("change", help="change probability, mask and polygons of two dates")
+    change.add_argument("date1", help="scene of date 1 (its grid is the output grid)")
+    change.add_argument("date2", help="scene of date 2 (read onto date 1's grid)")
+    change.add_argument("--model", required=True,
+                        help="change model saved by rsmae evaluate --task ... --out")
+    change.add_argument("--threshold", type=float, help="change probability threshold (default: the model's)")
+    change.add_argument("--min-area", type=float, default=0.0, help="smallest change polygon in m²")
+    _common(change)
+    return p
+
+
+def _config(args: argparse.Namespace) -> PredictConfig:
+    return PredictConfig(overlap=args.overlap, batch=args.batch, engine=args.engine, nodata=args.nodata,
+                         band_order=args.band_order, min_area=getattr(args, "min_area", 0.0),
+                         threshold=getattr(args, "threshold", None),
+                         pool=getattr(args, "pool", False))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    with tqdm(unit="window", desc=args.task, disable=None) as bar:
+        if args.task == "embed":
+            folders = predict_embed(args.inputs, args.backbone, args.out, cfg, progress=bar.update)
+        else:
+            folders = [predict_change(args.date1, args.date2, args.model, args.out, cfg, progress=bar.update)]
+    for folder in folders:
+        print(folder)
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run ``predict embed|change``; return the exit code."""
+    args = build_parser(prog).parse_args(argv)
+    return run(lambda: _predict(args), verbose=args.verbose)

@@ -1,0 +1,170 @@
+"""What a prediction runs: a backbone or a change model as one export-friendly module, on an engine.
+
+:class:`EmbedNet` (raw pixels -> normalised -> encoder -> patch features ``(N, K, h, w)``, or one
+pooled vector per window) and :class:`ChangeNet` (raw pairs -> change probability ``(N, 1, H, W)``)
+hold the normalisation inside, so the same module runs in PyTorch or, exported, in onnxruntime
+(:mod:`rsmae.predict.onnx`). A :class:`Predictor` adds what the scan needs: the bands, the window,
+the cell size, and the fill of nodata pixels (the band's mean, i.e. 0 after normalisation).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rsmae.errors import WeightsError
+from rsmae.models import fused_attention_pays, load_backbone, read_backbone_meta, set_fused_attention
+from rsmae.predict.errors import PredictError
+
+__all__ = ["ChangeNet", "EmbedNet", "Predictor", "load_change_predictor", "load_embed_predictor"]
+
+_logger = logging.getLogger(__name__)
+
+
+class EmbedNet(nn.Module):
+    """Raw pixels ``(N, C, H, W)`` -> patch features ``(N, K, H/p, W/p)`` (or ``(N, K, 1, 1)`` pooled).
+
+    Args:
+        encoder: A timm ViT encoder.
+        mean: Per-band mean (pixel units).
+        std: Per-band standard deviation.
+        pool: Average the patch features of each window.
+    """
+
+    def __init__(self, encoder: nn.Module, mean: list[float], std: list[float], pool: bool = False) -> None:
+        super().__init__()
+        self.encoder, self.pool = encoder, pool
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.patch = int(encoder.patch_embed.patch_size[0])
+        self.prefix = int(getattr(encoder, "num_prefix_tokens", 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features of raw windows (no data-dependent control flow: exportable)."""
+        h, w = x.shape[-2] // self.patch, x.shape[-1] // self.patch
+        tokens = self.encoder.forward_features((x - self.mean) / self.std)[:, self.prefix:]
+        if self.pool:
+            return tokens.mean(dim=1)[:, :, None, None]
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+
+class ChangeNet(nn.Module):
+    """Raw pairs ``(N, 2, C, H, W)`` -> change probability ``(N, 1, H, W)``."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 1, -1, 1, 1))
+
+    def forward(self, pair: Tensor) -> Tensor:
+        """Probabilities of raw pairs."""
+        return torch.sigmoid(self.model((pair - self.mean) / self.std))[:, None]
+
+
+@dataclass
+class Predictor:
+    """A model ready for the scan.
+
+    Attributes:
+        kind: ``"embed"`` or ``"change"``.
+        path: The model file.
+        module: The PyTorch module (:class:`EmbedNet` / :class:`ChangeNet`).
+        bands: Input bands, in channel order.
+        sensor: Registry sensor of the bands.
+        mean: Per-band fill value of nodata pixels.
+        window: Input window side.
+        scale: Pixels per output cell.
+        channels: Output channels.
+        threshold: Change threshold (change models).
+        run: ``(N, T, C, w, w)`` filled float32 -> ``(N, K, ...)``; set by :meth:`use`.
+    """
+
+    kind: str
+    path: Path
+    module: nn.Module
+    bands: list[str]
+    sensor: str | None
+    mean: list[float]
+    window: int
+    scale: int
+    channels: int
+    threshold: float = 0.5
+    run: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+
+    def use(self, engine: str = "torch") -> Predictor:
+        """Run on ``"torch"`` or ``"onnx"`` (onnxruntime, the module exported in memory)."""
+        if engine == "torch":
+            self.run = _torch_runner(self.module, self.kind)
+        elif engine == "onnx":
+            from rsmae.predict.onnx import onnx_runner
+
+            self.run = onnx_runner(self.module, self.kind, len(self.bands), self.window)
+        else:
+            raise ValueError(f"engine {engine!r}; choose torch or onnx")
+        return self
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Outputs of a batch ``(N, T, C, w, w)`` with NaN at nodata pixels."""
+        fill = np.asarray(self.mean, np.float32)[:, None, None]
+        x = np.where(np.isnan(batch), fill, batch).astype(np.float32, copy=False)
+        if self.kind == "embed":
+            x = x[:, 0]
+        return self.run(np.ascontiguousarray(x))
+
+
+def _torch_runner(module: nn.Module, kind: str) -> Callable[[np.ndarray], np.ndarray]:
+    module.eval()
+    set_fused_attention(module, fused_attention_pays(torch.device("cpu")))
+
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        return module(torch.from_numpy(x)).float().numpy()
+
+    return run
+
+
+def load_embed_predictor(path: str | Path, *, pool: bool = False) -> Predictor:
+    """A backbone file as a :class:`Predictor` of patch features (or pooled window vectors).
+
+    Raises:
+        WeightsError: naming ``path``, when it is not a backbone (e.g. a change model).
+        PredictError: when the backbone carries no normalisation statistics.
+    """
+    path = Path(path)
+    meta = read_backbone_meta(path)
+    if meta.mean is None or meta.std is None:
+        raise PredictError(f"{path}: the backbone carries no normalisation statistics; export it from a "
+                           "pretraining run on a tile store (its statistics travel with the weights)")
+    encoder = load_backbone(path)
+    net = EmbedNet(encoder, meta.mean, meta.std, pool=pool)
+    scale = meta.img_size if pool else meta.patch_size
+    return Predictor("embed", path, net, list(meta.bands), meta.sensor, list(meta.mean), meta.img_size,
+                     scale, int(encoder.embed_dim))
+
+
+def load_change_predictor(path: str | Path) -> Predictor:
+    """A change model saved by ``rsmae evaluate --task ... --out`` as a :class:`Predictor`.
+
+    Raises:
+        WeightsError: naming ``path``, when it is not a change model (a backbone, another file).
+    """
+    from rsmae.tasks.change import load_change_model
+
+    path = Path(path)
+    task, extra = load_change_model(path)
+    hp = task.hparams
+    if hp.mean is None or hp.std is None:
+        raise WeightsError(f"{path}: the change model carries no normalisation statistics; save it again "
+                           "with rsmae evaluate --out")
+    net = ChangeNet(task.model, list(hp.mean), list(hp.std))
+    threshold = float(extra.get("threshold", 0.5))
+    sensor = hp.sensor or (hp.encoder or {}).get("sensor")
+    return Predictor("change", path, net, list(hp.bands), sensor, list(hp.mean), int(hp.img_size), 1, 1,
+                     threshold=threshold)

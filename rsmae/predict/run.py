@@ -1,0 +1,210 @@
+"""Whole-scene prediction: ``embed`` over scenes, ``change`` over a pair of dates.
+
+Everything a run needs is checked before anything is written (the model file, the scenes, their
+bands, grids and overlap), so bad input leaves no output. Each scene's outputs are made in a
+temporary folder and renamed to ``OUT/<scene>`` when complete (:mod:`rsmae.predict.sink`): a rerun
+skips finished scenes and redoes a killed one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from rsmae.bands import get_sensor
+from rsmae.predict.errors import PredictError
+from rsmae.predict.models import Predictor, load_change_predictor, load_embed_predictor
+from rsmae.predict.products import CovarianceSum, change_polygons, pca_preview
+from rsmae.predict.scene import (
+    OnGridReader,
+    PredictScene,
+    check_overlap,
+    find_scenes,
+    open_scene,
+    read_float,
+)
+from rsmae.predict.sink import RasterSink, cell_grid, scene_output
+from rsmae.predict.windows import ScanSpec, scan
+from rsmae.tiling.grid import SceneReader
+
+__all__ = ["PredictConfig", "predict_change", "predict_embed"]
+
+_logger = logging.getLogger(__name__)
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options shared by the prediction commands.
+
+    Attributes:
+        overlap: Pixels shared by neighbouring windows; ``None``: a quarter window (rounded to the
+            cell size); ignored with ``pool`` (windows tile the scene).
+        batch: Windows per model call.
+        engine: ``"torch"`` or ``"onnx"``.
+        nodata: Value marking nodata in files that declare none (NaN: none).
+        min_area: Smallest change polygon kept, in square metres.
+        band_order: Band order of multi-band files without band descriptions (a layout name).
+        pool: ``embed``: one vector per window instead of one per patch.
+        threshold: ``change``: probability threshold of the mask; ``None``: the model's.
+    """
+
+    overlap: int | None = None
+    batch: int = 16
+    engine: str = "torch"
+    nodata: float | None = 0.0
+    min_area: float = 0.0
+    band_order: str | None = None
+    pool: bool = False
+    threshold: float | None = None
+
+
+def _spec(pred: Predictor, cfg: PredictConfig) -> ScanSpec:
+    if cfg.pool and pred.kind == "embed":
+        return ScanSpec(pred.window, pred.window, pred.scale, cfg.batch)
+    overlap = cfg.overlap if cfg.overlap is not None else pred.window // 4 // pred.scale * pred.scale
+    return ScanSpec(pred.window, pred.window - overlap, pred.scale, cfg.batch)
+
+
+def _sensor(pred: Predictor) -> object:
+    if pred.sensor is None:
+        raise PredictError(f"{pred.path}: the model names no sensor for its bands {pred.bands}; save it "
+                           "again from a run that knew its sensor")
+    return get_sensor(pred.sensor)
+
+
+def _scenes(inputs: Sequence[str], pred: Predictor, cfg: PredictConfig) -> list[PredictScene]:
+    sensor = _sensor(pred)
+    found = find_scenes(inputs, sensor, pred.bands, band_order=cfg.band_order)
+    return [open_scene(s, sensor, cfg.nodata) for s in found]
+
+
+def _info(folder: Path, pred: Predictor, cfg: PredictConfig, spec: ScanSpec, inputs: list[str],
+          seconds: float, **more: object) -> None:
+    info = {"task": pred.kind, "model": str(pred.path), "inputs": inputs, "bands": pred.bands,
+            "window": spec.window, "stride": spec.stride, "cell": spec.scale, "config": asdict(cfg),
+            "seconds": round(seconds, 3), **more}
+    (folder / "info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
+                  config: PredictConfig = PredictConfig(), progress: Progress | None = None) -> list[Path]:
+    """Patch features of every scene in ``inputs`` as georeferenced COGs with a PCA preview.
+
+    Returns:
+        The output folders, one per scene (finished ones of an earlier run are skipped).
+
+    Raises:
+        WeightsError: ``backbone`` is not a backbone file.
+        BandError: a scene lacks a band of the backbone.
+        RasterReadError, GridError: a scene's file is unreadable or its bands disagree.
+    """
+    pred = load_embed_predictor(backbone, pool=config.pool).use(config.engine)
+    scenes = _scenes(inputs, pred, config)
+    spec = _spec(pred, config)
+    for s in scenes:
+        if min(spec.cells(s.grid.height, s.grid.width)) == 0:
+            raise PredictError(f"{s.scene.files[0]}: {s.grid.width}x{s.grid.height} px is smaller than one "
+                               f"output cell ({spec.scale} px); use a larger scene")
+    folders = []
+    for s in scenes:
+        folder = Path(out) / s.name
+        if folder.is_dir():
+            _logger.info("%s: done by an earlier run, skipped", folder)
+        else:
+            _embed_scene(pred, s, folder, config, spec, progress)
+        folders.append(folder)
+    return folders
+
+
+def _embed_scene(pred: Predictor, s: PredictScene, target: Path, cfg: PredictConfig, spec: ScanSpec,
+                 progress: Progress | None) -> None:
+    start = time.perf_counter()
+    g = s.grid
+    rows, cols = spec.cells(g.height, g.width)
+    pca = CovarianceSum(pred.channels)
+    with scene_output(target.parent, target.name) as folder:
+        raster = folder / "embedding.tif"
+        sink = RasterSink(raster, cell_grid(g, spec.scale, rows, cols), count=pred.channels,
+                          dtype="float32", nodata=float("nan"),
+                          descriptions=[f"feature_{i}" for i in range(pred.channels)])
+        with SceneReader(s.scene, g, s.dtype, nodata=s.nodata) as reader, sink:
+            def emit(row: int, block: np.ndarray) -> None:
+                sink.write(row, block)
+                pca.add(block)
+
+            scan([partial(read_float, reader, s.nodata)], pred, spec, height=g.height, width=g.width,
+                 channels=pred.channels, emit=emit, on_batch=progress)
+        pca_preview(raster, folder / "preview.png", pca)
+        _info(folder, pred, cfg, spec, s.scene.files, time.perf_counter() - start,
+              pixels=[g.height, g.width], cells=[rows, cols])
+
+
+def _one(inputs: str, pred: Predictor, cfg: PredictConfig) -> PredictScene:
+    found = _scenes([inputs], pred, cfg)
+    if len(found) != 1:
+        names = ", ".join(s.scene.scene_id for s in found)
+        raise PredictError(f"{inputs}: holds {len(found)} scenes ({names}); pass one scene per date")
+    return found[0]
+
+
+def predict_change(date1: str, date2: str, model: str | Path, out: str | Path,
+                   config: PredictConfig = PredictConfig(), progress: Progress | None = None) -> Path:
+    """Change probability, mask and polygons of a pair of dates, on date 1's grid.
+
+    Returns:
+        The output folder (skipped when an earlier run finished it).
+
+    Raises:
+        WeightsError: ``model`` is not a change model.
+        BandError: a date lacks a band of the model.
+        PredictError: the dates do not overlap, or a path holds more than one scene.
+    """
+    pred = load_change_predictor(model).use(config.engine)
+    first, second = _one(date1, pred, config), _one(date2, pred, config)
+    check_overlap(first, second)
+    target = Path(out) / first.name
+    if target.is_dir():
+        _logger.info("%s: done by an earlier run, skipped", target)
+        return target
+    spec = _spec(pred, config)
+    threshold = pred.threshold if config.threshold is None else config.threshold
+    start = time.perf_counter()
+    with scene_output(target.parent, target.name) as folder:
+        _change_rasters(pred, first, second, folder, spec, threshold, progress)
+        changed = folder / "changed.part.tif"
+        polygons = change_polygons(changed, folder / "changes.gpkg", min_area=config.min_area)
+        changed.unlink()
+        _info(folder, pred, config, spec, [*first.scene.files, *second.scene.files],
+              time.perf_counter() - start, threshold=threshold, polygons=polygons,
+              pixels=[first.grid.height, first.grid.width])
+    return target
+
+
+def _change_rasters(pred: Predictor, first: PredictScene, second: PredictScene, folder: Path, spec: ScanSpec,
+                    threshold: float, progress: Progress | None) -> None:
+    """Scan the pair: probability and mask COGs, and ``changed.part.tif`` (1 = change) for polygons."""
+    g = first.grid
+    prob = RasterSink(folder / "change_prob.tif", g, count=1, dtype="float32", nodata=float("nan"),
+                      descriptions=["change_probability"])
+    mask = RasterSink(folder / "change_mask.tif", g, count=1, dtype="uint8", nodata=255,
+                      descriptions=["change"], resampling="nearest")
+    flag = RasterSink(folder / "changed.part.tif", g, count=1, dtype="uint8", nodata=0, resampling="nearest")
+    with SceneReader(first.scene, g, first.dtype, nodata=first.nodata) as r1, \
+            OnGridReader(second.scene, g, second.dtype, nodata=second.nodata) as r2, prob, mask, flag:
+        def emit(row: int, block: np.ndarray) -> None:
+            p = block[:1]
+            m = np.where(np.isnan(p), 255, p >= threshold).astype(np.uint8)
+            prob.write(row, p)
+            mask.write(row, m)
+            flag.write(row, (m == 1).astype(np.uint8))
+
+        readers = [partial(read_float, r1, first.nodata), partial(read_float, r2, second.nodata)]
+        scan(readers, pred, spec, height=g.height, width=g.width, channels=1, emit=emit, on_batch=progress)

@@ -1,0 +1,119 @@
+"""Raster outputs written as the scan goes, closed into Cloud-Optimized GeoTIFFs; the output folder.
+
+Layout of one scene's outputs (``OUT/<scene>/``, made under a temporary name beside it and renamed
+when every file is complete, so a folder under its real name is always finished)::
+
+    OUT/<scene>/
+        embedding.tif     embed: float32, one band per feature, cell = patch (or window with --pool)
+        preview.png       embed: the first 3 principal components of the features, stretched
+        change_prob.tif   change: float32 change probability, NaN = nodata
+        change_mask.tif   change: uint8, 1 = change at the model's threshold, 0 = none, 255 = nodata
+        changes.gpkg      change: polygons of changed areas (layer "changes", area_m2)
+        info.json         inputs, model, window, engine, seconds
+
+Each raster is first written block by block to a tiled GeoTIFF (``<name>.part.tif``), then copied
+by GDAL's COG driver (overviews built, deflate) and the part file removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.transform import Affine
+
+from rsmae.files import atomic_path
+from rsmae.tiling.grid import Grid
+
+__all__ = ["RasterSink", "clean_stale", "scene_output"]
+
+_STALE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+
+
+class RasterSink:
+    """A raster written row block by row block, finished as a COG.
+
+    Args:
+        path: Final ``.tif`` path.
+        grid: The output grid (CRS, transform, size).
+        count: Bands.
+        dtype: Pixel dtype.
+        nodata: Nodata value (NaN for float outputs).
+        descriptions: Band names.
+        resampling: Overview resampling (``"average"`` for continuous values, ``"nearest"`` for classes).
+    """
+
+    def __init__(self, path: Path, grid: Grid, *, count: int, dtype: str, nodata: float,
+                 descriptions: Sequence[str] = (), resampling: str = "average") -> None:
+        self.path, self.grid, self.count, self.dtype = Path(path), grid, count, dtype
+        self.nodata, self.descriptions, self.resampling = nodata, list(descriptions), resampling
+        self.part = self.path.with_name(self.path.name + ".part.tif")
+        self._ds: rasterio.io.DatasetWriter | None = None
+
+    def __enter__(self) -> RasterSink:
+        g = self.grid
+        block = 256 if min(g.width, g.height) >= 256 else 16 * max(1, min(g.width, g.height) // 16)
+        profile = {"driver": "GTiff", "width": g.width, "height": g.height, "count": self.count,
+                   "dtype": self.dtype, "nodata": self.nodata, "transform": g.affine,
+                   "crs": g.crs or None, "tiled": True, "blockxsize": max(block, 16),
+                   "blockysize": max(block, 16), "BIGTIFF": "IF_SAFER", "INTERLEAVE": "BAND"}
+        self._ds = rasterio.open(self.part, "w", **profile)
+        for i, text in enumerate(self.descriptions[:self.count], start=1):
+            self._ds.set_band_description(i, text)
+        return self
+
+    def write(self, row: int, data: np.ndarray) -> None:
+        """Write ``(count, n, width)`` at row ``row``."""
+        n = data.shape[1]
+        self._ds.write(data.astype(self.dtype, copy=False),
+                       window=rasterio.windows.Window(0, row, data.shape[2], n))
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._ds.close()
+        if exc_type is None:
+            rasterio.shutil.copy(self.part, self.path, driver="COG", COMPRESS="DEFLATE",
+                                 BLOCKSIZE=256, PREDICTOR="YES", OVERVIEW_RESAMPLING=self.resampling.upper(),
+                                 RESAMPLING=self.resampling.upper(), BIGTIFF="IF_SAFER")
+        self.part.unlink(missing_ok=True)
+
+
+def cell_grid(grid: Grid, scale: int, rows: int, cols: int) -> Grid:
+    """The grid of ``scale`` x ``scale`` px cells with ``grid``'s origin and CRS."""
+    a = grid.affine * Affine.scale(scale)
+    return Grid(grid.crs, tuple(a)[:6], cols, rows)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(out: Path, name: str) -> None:
+    """Remove temporary folders of ``name`` left by killed runs (their process is gone)."""
+    if not out.is_dir():
+        return
+    for entry in out.iterdir():
+        m = _STALE.match(entry.name)
+        if m and m["name"] == name and not _alive(int(m["pid"])):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+@contextmanager
+def scene_output(out: Path, name: str) -> Iterator[Path]:
+    """A temporary folder for one scene's outputs, renamed to ``out/name`` when the block succeeds."""
+    clean_stale(out, name)
+    with atomic_path(out / name) as tmp:
+        tmp.mkdir()
+        yield tmp
