@@ -84,3 +84,27 @@ def test_step_progress_follows_the_trainers_steps(caplog: pytest.LogCaptureFixtu
     assert [line.split(",")[0] for line in _lines(caplog)] == [
         "tiny: training: 2/5 step (40 %)", "tiny: training: 4/5 step (80 %)",
         "tiny: training: 5/5 step (100 %)"]
+
+
+def test_evaluations_report_progress_in_a_log(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    from conftest import DATA
+    from test_multilabel import _backbone, _layout
+
+    from rsmae.evaluation.change import evaluate_change
+    from rsmae.evaluation.multilabel import evaluate_multilabel
+
+    with caplog.at_level("INFO", logger=LOGGER):
+        evaluate_change(None, model="fc-siam-diff", test_root=DATA / "levircd_samples", dataset="levircd",
+                        test_cities=["test_7_0256_0512"], crop_size=32, overlap=8, steps=2, batch_size=2,
+                        accelerator="cpu")
+        evaluate_multilabel(_backbone(tmp_path / "b.safetensors", 8), "knn", _layout(tmp_path / "ben"))
+    last = {line.rsplit(": ", 1)[0]: line for line in _lines(caplog)}  # the last line of each loop
+    assert last["change: training"].startswith("change: training: 2/2 step (100 %)")
+    assert last["change: scoring"].startswith("change: scoring: 1/1 scene (100 %)")
+    assert last["statistics train"].startswith("statistics train: 3/3 patch (100 %)")
+    assert last["features test"].startswith("features test: 2/2 patch (100 %)")
+    caplog.clear()
+    with caplog.at_level("INFO", logger=LOGGER):
+        evaluate_multilabel(_backbone(tmp_path / "b.safetensors", 8), "knn", _layout(tmp_path / "ben2"),
+                            progress=False)
+    assert not _lines(caplog)

@@ -25,6 +25,7 @@ from rsmae.cli import evaluate_change
 from rsmae.cli.common import make_parser, run
 from rsmae.evaluation.change import CHANGE_DATASETS
 from rsmae.evaluation.classification import PROTOCOLS, evaluate_classification
+from rsmae.evaluation.data import ACCELERATORS
 from rsmae.evaluation.multilabel import evaluate_multilabel
 from rsmae.models import read_backbone_meta
 
@@ -51,6 +52,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30, help="tuned protocols: training epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="tuned protocols: peak learning rate")
     p.add_argument("--no-adapt", action="store_true", help="refuse a backbone of other bands")
+    p.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                   help="where features and training run: auto = a GPU when one is visible, else the CPU")
     return p
 
 
@@ -65,7 +68,8 @@ def _run(args: argparse.Namespace) -> tuple[dict, str]:
         if not args.root:
             raise ValueError("--task bigearthnet needs --root, the folder in torchgeo's BigEarthNet layout")
         r = evaluate_multilabel(args.backbone, args.protocol, args.root, seed=args.seed,
-                                cache_dir=args.cache_dir or None, adapt=not args.no_adapt)
+                                cache_dir=args.cache_dir or None, adapt=not args.no_adapt,
+                                accelerator=args.accelerator)
         return r, f"{args.protocol} on {args.root}: mAP {r['map']:.4f} ({r['n_test']} test patches)"
     train, test = args.train_root, args.test_root
     if args.root:
@@ -75,7 +79,7 @@ def _run(args: argparse.Namespace) -> tuple[dict, str]:
     r = evaluate_classification(
         args.backbone, args.protocol, train, test, fraction=args.fraction, seed=args.seed,
         cache_dir=args.cache_dir or None, out_dir=args.out, sensor=args.sensor, layout=args.band_order,
-        adapt=not args.no_adapt, epochs=args.epochs, lr=args.lr)
+        adapt=not args.no_adapt, accelerator=args.accelerator, epochs=args.epochs, lr=args.lr)
     return r, (f"{args.protocol} on {test}: accuracy {r['accuracy']:.4f} ({r['n_test']} images, trained on "
                f"{r['n_train']}), {r['trainable_params']} trainable parameters, {r['wall_s']:.1f} s")
 

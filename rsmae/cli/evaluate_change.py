@@ -21,6 +21,7 @@ import json
 
 from rsmae.cli.common import ERRORS, make_parser, run
 from rsmae.evaluation.change import CHANGE_DATASETS, ChangeConfig, evaluate_change, format_scene, summary
+from rsmae.evaluation.data import ACCELERATORS
 from rsmae.models import read_backbone_meta
 
 
@@ -44,6 +45,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--load", help="a saved change model: score it without training")
     p.add_argument("--seed", type=int, default=0, help="seed of the crops, head and training")
     p.add_argument("--out", help="output folder (model, metrics.json, pr_curve.csv, maps/)")
+    p.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                   help="where training and scoring run: auto = a GPU when one is visible, else the CPU")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="ChangeConfig setting, repeatable: steps=300, crop_size=96, precision=bf16-mixed ...")
     return p
@@ -62,7 +65,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         dataset=args.task, seed=args.seed, out_dir=args.out, model=args.model,
         train_cities=args.train_cities, test_cities=args.test_cities, bands=args.bands, load=args.load,
         on_scene=lambda line: print(format_scene(line), flush=True),
-        **ChangeConfig.parse_settings(args.set))
+        **{"accelerator": args.accelerator, **ChangeConfig.parse_settings(args.set)})
     print(json.dumps(summary(result)))
     return 0
 

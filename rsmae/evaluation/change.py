@@ -36,9 +36,11 @@ from rsmae.datasets import LEVIRCD, OSCD, BitemporalScenes, LandsatCD, PairCrops
 from rsmae.datasets.bitemporal import band_statistics
 from rsmae.errors import InputNotFoundError
 from rsmae.evaluation.change_metrics import ChangeScores, best_f1_threshold, save_change_map, save_pr_curve
+from rsmae.evaluation.data import accelerator_device
+from rsmae.evaluation.progress import StepProgress, track
 from rsmae.evaluation.sliding import sliding_window_logits
-from rsmae.evaluation.trainable import Tune
 from rsmae.models import fused_attention_pays, set_fused_attention
+from rsmae.evaluation.trainable import Tune
 from rsmae.tasks.change import ChangeTask, load_change_model, save_change_model
 from rsmae.tasks.precision import default_precision
 
@@ -87,7 +89,9 @@ class ChangeConfig:
             CPU computes it natively (:func:`~rsmae.tasks.precision.default_precision`), in training
             and inference alike.
         maps: Write a change-map PNG per test scene (with ``out_dir``).
-        progress: Show Lightning's progress bar.
+        accelerator: Lightning accelerator of training and scoring: ``"auto"`` (a GPU when one is
+            visible, else the CPU), ``"cpu"`` or ``"gpu"``; resolved to the device type it runs on.
+        progress: Show the training steps and the scored scenes (a bar on a terminal, else log lines).
         threads: Torch threads during the run (restored after); ``None`` keeps the current count.
             One thread per process pays when several runs share the cores.
     """
@@ -113,7 +117,8 @@ class ChangeConfig:
     dihedral: bool = True
     precision: str = "auto"
     maps: bool = True
-    progress: bool = False
+    accelerator: str = "auto"
+    progress: bool = True
     threads: int | None = None
 
     @classmethod
@@ -160,10 +165,8 @@ def parse_protocol(protocol: str | int) -> Tune:
     if isinstance(protocol, int):
         return protocol
     text = protocol.strip().lower()
-    if text.startswith("last") and text[4:].isdigit():
-        return int(text[4:])
-    if text.isdigit():
-        return int(text)
+    if text.removeprefix("last").isdigit():  # "last2" or "2"
+        return int(text.removeprefix("last"))
     if text in ("frozen", "full", "mlp"):
         return text
     raise ValueError(f"protocol {protocol!r}; choose frozen, lastK (e.g. last2), mlp or full")
@@ -171,7 +174,7 @@ def parse_protocol(protocol: str | int) -> Tune:
 
 def predict_scene(task: ChangeTask, scene: PairScene, *, overlap: int, window_batch: int = 32,
                   blend: str = "cosine", precision: str = "32-true") -> torch.Tensor:
-    """Change probabilities ``(H, W)`` of a whole scene by sliding windows (model in eval mode).
+    """Change probabilities ``(H, W)``, on the CPU, of a whole scene by sliding windows on the model's device.
 
     ``precision`` ``"bf16-mixed"`` runs the windows under bf16 autocast; logits are blended in fp32.
     """
@@ -180,13 +183,13 @@ def predict_scene(task: ChangeTask, scene: PairScene, *, overlap: int, window_ba
     set_fused_attention(task.model, fused_attention_pays(task.device))
     bf16 = precision.startswith("bf16")
     try:
-        pair = torch.from_numpy(scene.image.astype("float32"))
+        pair = torch.from_numpy(scene.image.astype("float32")).to(task.device)
         with torch.autocast(task.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = sliding_window_logits(task.predict_logits, pair, window=task.hparams.img_size,
                                            overlap=overlap, batch_size=window_batch, blend=blend)
     finally:
         task.train(was_training)
-    return torch.sigmoid(logits)
+    return torch.sigmoid(logits).cpu()
 
 
 def _dataset(name: str) -> type[BitemporalScenes]:
@@ -239,16 +242,18 @@ def _train(backbone: str | Path | None, tune: Tune, model: str, data: Bitemporal
         crops = PairCrops(train_parts, cfg.crop_size, cfg.steps * cfg.batch_size, seed=seed,
                           ignore_index=data.ignore_index)
         loader = DataLoader(crops, batch_size=cfg.batch_size, shuffle=False, num_workers=0, drop_last=True)
-        trainer = L.Trainer(max_steps=cfg.steps, accelerator="cpu", devices=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=cfg.progress,
+        trainer = L.Trainer(max_steps=cfg.steps, accelerator=cfg.accelerator, devices=1, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False,
+                            callbacks=[StepProgress("change: training")] if cfg.progress else None,
                             enable_model_summary=False, precision=cfg.precision, num_sanity_val_steps=0,
                             default_root_dir=str(out_dir) if out_dir else None)
         start = time.perf_counter()
         trainer.fit(task, loader)
         train_seconds = time.perf_counter() - start
+    task.to(cfg.accelerator)  # Lightning hands the model back on the CPU
     val_probs = [predict_scene(task, s, overlap=cfg.overlap, window_batch=cfg.window_batch, blend=cfg.blend,
                                precision=cfg.precision)
-                 for s in val_parts]
+                 for s in track(val_parts, "change: validation", unit="scene", enabled=cfg.progress)]
     val_masks = [torch.from_numpy(s.mask.astype("int64")) for s in val_parts]
     threshold, val_f1 = (best_f1_threshold(val_probs, val_masks, ignore_index=data.ignore_index)
                          if val_parts else (0.5, float("nan")))
@@ -302,9 +307,10 @@ def evaluate_change(
         ``scenes`` (per-scene metrics), timings and the run's settings.
     """
     cfg = ChangeConfig.from_kwargs(**hparams)
+    cfg.accelerator = accelerator_device(cfg.accelerator).type  # "auto" -> "cuda" or "cpu", as Lightning
     if cfg.precision == "auto":
-        cfg.precision = default_precision("cpu")
-        _logger.info("precision auto -> %s", cfg.precision)
+        cfg.precision = default_precision(cfg.accelerator)
+        _logger.info("precision auto -> %s on %s", cfg.precision, cfg.accelerator)
     cls = _dataset(dataset)
     tune = parse_protocol(tune)
     out = Path(out_dir) if out_dir is not None else None
@@ -325,6 +331,7 @@ def _evaluate(backbone: str | Path | None, tune: Tune, cls: type[BitemporalScene
               on_scene: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     if load is not None:
         task, info = load_change_model(load)
+        task.to(cfg.accelerator)
         info = {**info, "loaded": str(load)}
         cfg.match_dates = bool(info.get("match_dates", cfg.match_dates))  # as the model was trained
         bands = task.hparams.bands
@@ -340,7 +347,7 @@ def _evaluate(backbone: str | Path | None, tune: Tune, cls: type[BitemporalScene
     result.update({k: v for k, v in info.items() if k != "threshold"}, dataset=dataset,
                   model=task.hparams.model, backbone=None if backbone is None else str(backbone),
                   tune=task.hparams.tune, seed=seed, bands=list(bands), window=task.hparams.img_size,
-                  overlap=cfg.overlap, compute_precision=cfg.precision,
+                  overlap=cfg.overlap, compute_precision=cfg.precision, device=cfg.accelerator,
                   test_scenes=[s.name for s in test.scenes])
     if out is not None:
         if load is None:
@@ -360,7 +367,7 @@ def _score(task: ChangeTask, test: BitemporalScenes, cfg: ChangeConfig, threshol
     at_half = ChangeScores(0.5, test.ignore_index)
     lines = []
     start = time.perf_counter()
-    for scene in test.scenes:
+    for scene in track(test.scenes, "change: scoring", unit="scene", enabled=cfg.progress):
         tic = time.perf_counter()
         probs = predict_scene(task, scene, overlap=cfg.overlap, window_batch=cfg.window_batch,
                               blend=cfg.blend, precision=cfg.precision)

@@ -12,7 +12,8 @@ Protocols (METHOD.md, "Transfer protocols"):
 
 Frozen-feature protocols run on features cached on disk (:mod:`rsmae.evaluation.features`); tuned
 protocols train a :class:`~rsmae.tasks.finetune.FinetuneTask` with Lightning and report images/s and
-MFU. Choices (learning rates) are made on the validation split, never on the test split.
+MFU. Choices (learning rates) are made on the validation split, never on the test split. Features and
+training run on the ``accelerator``'s device (a GPU when present by default), with progress shown.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rsmae.evaluation.data import (
     ClassificationData,
+    accelerator_device,
     load_classification,
     load_for_task,
     peek_size,
@@ -40,6 +42,7 @@ from rsmae.evaluation.data import (
 )
 from rsmae.evaluation.features import cached_features, file_digest
 from rsmae.evaluation.metrics import classification_metrics
+from rsmae.evaluation.progress import Progress, StepProgress
 from rsmae.evaluation.speed import count_flops, matmul_peak
 from rsmae.models.weights import save_backbone
 from rsmae.tasks.finetune import FinetuneTask
@@ -55,6 +58,7 @@ FINETUNE_RECIPE = 2  # 2: mean-pooled patch tokens + LayerNorm (MAE's fine-tunin
 FROZEN_PROTOCOLS = ("knn", "linear", "head")
 PROTOCOLS = (*FROZEN_PROTOCOLS, "mlp", "last1", "last2", "last4", "full")
 LR_SWEEP = (1e-3, 3e-3, 1e-2, 3e-2)
+FEATURE_CHUNK = 1024  # images per cached feature entry (and progress step): one entry for the subset
 
 
 def parse_protocol(name: str) -> tuple[str, str | int]:
@@ -73,11 +77,18 @@ def parse_protocol(name: str) -> tuple[str, str | int]:
     raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)} (or lastK)")
 
 
-def _features(encoder: nn.Module, data: ClassificationData, digest: str, cache_dir: str | Path | None
-              ) -> dict[str, Tensor]:
-    return {split: cached_features(encoder, getattr(data, split)[0], backbone_digest=digest,
-                                   cache_dir=cache_dir)
-            for split in ("train", "val", "test")}
+def _features(encoder: nn.Module, data: ClassificationData, digest: str, cache_dir: str | Path | None,
+              progress: bool = True) -> dict[str, Tensor]:
+    """Features of every split on the encoder's device, :data:`FEATURE_CHUNK` images at a time."""
+    out = {}
+    for split in ("train", "val", "test"):
+        images, parts = getattr(data, split)[0], []
+        with Progress(len(images), f"features {split}", unit="img", enabled=progress) as bar:
+            for chunk in images.split(FEATURE_CHUNK):
+                parts.append(cached_features(encoder, chunk, backbone_digest=digest, cache_dir=cache_dir))
+                bar.update(len(chunk))
+        out[split] = torch.cat(parts)
+    return out
 
 
 def _mlp_head(dim: int, num_classes: int, seed: int) -> nn.Module:
@@ -125,8 +136,9 @@ def _frozen(kind: str, data: ClassificationData, feats: dict[str, Tensor], seed:
 
 
 def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, seed: int,
-              hparams: dict[str, Any], out_dir: str | Path | None = None) -> tuple[Tensor, dict[str, Any]]:
-    """Train a FinetuneTask; test logits, trainable parameters, images/s and MFU.
+              hparams: dict[str, Any], out_dir: str | Path | None, *, device: torch.device,
+              progress: bool) -> tuple[Tensor, dict[str, Any]]:
+    """Train a FinetuneTask on ``device``; test logits, trainable parameters, images/s and MFU.
 
     With ``out_dir`` the tuned model is saved there: ``backbone.safetensors`` (the encoder with its
     metadata) and ``head.safetensors`` (the :class:`~rsmae.tasks.finetune.PooledHead`: ``fc.*``, ``norm.*``,
@@ -135,9 +147,7 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     L.seed_everything(seed, workers=True, verbose=False)
     epochs = int(hparams.pop("epochs", 30))
     batch_size = int(hparams.pop("batch_size", 32))
-    accelerator = hparams.pop("accelerator", "auto")
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    precision = hparams.pop("precision", None) or default_precision("cuda" if on_gpu else "cpu")
+    precision = hparams.pop("precision", None) or default_precision(device.type)
     task = FinetuneTask(encoder, len(data.classes), tune=tune, seed=seed, **hparams)
     x, y = data.train
     gen = torch.Generator().manual_seed(seed)
@@ -152,17 +162,17 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     task.train()
     flops = count_flops(step) / len(probe_x)
     task.zero_grad(set_to_none=True)
-    trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, max_epochs=epochs,
+    trainer = L.Trainer(accelerator=device.type, devices=1, max_epochs=epochs,
                         precision=precision, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        check_val_every_n_epoch=max(1, epochs // 3))
+                        check_val_every_n_epoch=max(1, epochs // 3),
+                        callbacks=[StepProgress(f"fine-tuning ({tune})")] if progress else None)
     start = time.perf_counter()
     trainer.fit(task, train, val)
     fit_s = time.perf_counter() - start
     seen = trainer.global_step * train.batch_size
     ips = seen / fit_s
     dtype = torch.bfloat16 if "bf16" in str(precision) else torch.float32
-    device = torch.device("cuda" if on_gpu else "cpu")
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         logits = task.to(device).predict_logits(data.test[0])
     val_acc = trainer.callback_metrics.get("val/acc")
@@ -201,6 +211,8 @@ def evaluate_classification(
     layout: str = "eurosat",
     k: int = 20,
     adapt: bool = True,
+    accelerator: str = "auto",
+    progress: bool = True,
     **finetune: Any,
 ) -> dict[str, Any]:
     """Score ``backbone`` on a class-folder task with ``protocol``.
@@ -219,6 +231,9 @@ def evaluate_classification(
         layout: Band order in the files.
         k: Neighbours of the k-NN protocol.
         adapt: Allow adapting the backbone to other bands (logged); ``False`` refuses.
+        accelerator: Lightning accelerator of features and training: ``"auto"`` (a GPU when one is
+            visible, else the CPU), ``"cpu"``, ``"gpu"``.
+        progress: Show feature extraction and training steps (a bar on a terminal, else log lines).
         **finetune: Tuned protocols: ``epochs``, ``batch_size``, ``precision`` and
             :class:`~rsmae.tasks.finetune.FinetuneTask` arguments (``lr``, ``layer_decay``...).
 
@@ -229,14 +244,16 @@ def evaluate_classification(
     """
     start = time.perf_counter()
     kind, tune = parse_protocol(protocol)
+    device = accelerator_device(accelerator)
     encoder, note = load_for_task(backbone, task_bands(sensor, layout), sensor, peek_size(train_root),
                                   adapt=adapt)
     data = load_classification(encoder, train_root, test_root, fraction=fraction, seed=seed, sensor=sensor,
                                layout=layout)
     if kind == "finetune":
-        logits, extra = _finetune(encoder, data, tune, seed, dict(finetune), out_dir)
+        logits, extra = _finetune(encoder, data, tune, seed, dict(finetune), out_dir, device=device,
+                                  progress=progress)
     else:
-        feats = _features(encoder, data, file_digest(backbone), cache_dir)
+        feats = _features(encoder.to(device), data, file_digest(backbone), cache_dir, progress)
         logits, extra = _frozen(kind, data, feats, seed, k)
     metrics = classification_metrics(logits.argmax(1), data.test[1], data.classes, out_dir)
     return {
@@ -244,5 +261,6 @@ def evaluate_classification(
         "backbone": str(backbone), **metrics, **extra,
         "n_train": len(data.train[1]), "n_val": len(data.val[1]), "n_test": len(data.test[1]),
         "bands": data.bands, "adaptation": "; ".join(n for n in (note, data.adaptation) if n),
+        "device": device.type,
         "wall_s": time.perf_counter() - start,
     }
