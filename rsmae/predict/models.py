@@ -130,6 +130,22 @@ def _torch_runner(module: nn.Module, kind: str) -> Callable[[np.ndarray], np.nda
     return run
 
 
+def _check_kind(path: Path, wanted: str) -> None:
+    """Refuse a model file of the other task, saying which command takes it."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.metadata() or {})
+    except Exception:  # not safetensors: the loader names the problem
+        return
+    if wanted == "embed" and "rsmae_change" in keys:
+        raise WeightsError(f"{path}: a change model, not a backbone; run rsmae predict change --model {path}")
+    if wanted == "change" and "rsmae" in keys and "rsmae_change" not in keys:
+        raise WeightsError(f"{path}: a backbone, not a change model; run rsmae predict embed --backbone "
+                           f"{path}, or train a change model with rsmae evaluate --task oscd --out DIR")
+
+
 def load_embed_predictor(path: str | Path, *, pool: bool = False) -> Predictor:
     """A backbone file as a :class:`Predictor` of patch features (or pooled window vectors).
 
@@ -138,6 +154,7 @@ def load_embed_predictor(path: str | Path, *, pool: bool = False) -> Predictor:
         PredictError: when the backbone carries no normalisation statistics.
     """
     path = Path(path)
+    _check_kind(path, "embed")
     meta = read_backbone_meta(path)
     if meta.mean is None or meta.std is None:
         raise PredictError(f"{path}: the backbone carries no normalisation statistics; export it from a "
@@ -158,6 +175,7 @@ def load_change_predictor(path: str | Path) -> Predictor:
     from rsmae.tasks.change import load_change_model
 
     path = Path(path)
+    _check_kind(path, "change")
     task, extra = load_change_model(path)
     hp = task.hparams
     if hp.mean is None or hp.std is None:
