@@ -88,7 +88,7 @@ class Predictor:
 
     kind: str
     path: Path
-    module: nn.Module
+    module: nn.Module | None
     bands: list[str]
     sensor: str | None
     mean: list[float]
@@ -99,7 +99,12 @@ class Predictor:
     run: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     def use(self, engine: str = "torch") -> Predictor:
-        """Run on ``"torch"`` or ``"onnx"`` (onnxruntime, the module exported in memory)."""
+        """Run on ``"torch"`` or ``"onnx"`` (onnxruntime, the module exported in memory).
+
+        A predictor loaded from an ``.onnx`` file runs in onnxruntime whatever ``engine`` says.
+        """
+        if self.module is None:
+            return self
         if engine == "torch":
             self.run = _torch_runner(self.module, self.kind)
         elif engine == "onnx":
@@ -154,6 +159,10 @@ def load_embed_predictor(path: str | Path, *, pool: bool = False) -> Predictor:
         PredictError: when the backbone carries no normalisation statistics.
     """
     path = Path(path)
+    if path.suffix == ".onnx":
+        from rsmae.predict.onnx import load_onnx_predictor
+
+        return load_onnx_predictor(path, "embed")
     _check_kind(path, "embed")
     meta = read_backbone_meta(path)
     if meta.mean is None or meta.std is None:
@@ -175,6 +184,10 @@ def load_change_predictor(path: str | Path) -> Predictor:
     from rsmae.tasks.change import load_change_model
 
     path = Path(path)
+    if path.suffix == ".onnx":
+        from rsmae.predict.onnx import load_onnx_predictor
+
+        return load_onnx_predictor(path, "change")
     _check_kind(path, "change")
     task, extra = load_change_model(path)
     hp = task.hparams

@@ -1,0 +1,165 @@
+"""ONNX export of backbones and change models, and onnxruntime as a prediction engine.
+
+What is exported is the module the scan runs (:class:`~rsmae.predict.models.EmbedNet`,
+:class:`~rsmae.predict.models.ChangeNet`): raw pixels in, normalisation inside, features or change
+probabilities out; the batch axis is dynamic, the window is the model's input size. The file's
+metadata (``metadata_props``) holds ``rsmae_onnx``: the task, bands, sensor, per-band mean (the fill
+of nodata pixels), window, cell size, output channels and threshold, so a runtime needs nothing else.
+
+``onnx`` and ``onnxruntime`` are the optional extra ``rsmae[onnx]``; they are imported only here and
+only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+from torch import nn
+
+from rsmae.files import atomic_path
+from rsmae.models import set_fused_attention
+
+__all__ = ["OPSET", "export_any_onnx", "export_onnx", "onnx_bytes", "load_onnx_predictor", "onnx_runner",
+           "session_runner"]
+
+OPSET = 17
+_META = "rsmae_onnx"
+
+
+def _optional(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(f"{name} is not installed: pip install 'rsmae[onnx]' (onnx and onnxruntime)"
+                          ) from err
+
+
+def _example(kind: str, channels: int, window: int, batch: int = 2) -> torch.Tensor:
+    shape = (batch, channels, window, window) if kind == "embed" else (batch, 2, channels, window, window)
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 3000
+
+
+def onnx_bytes(module: nn.Module, kind: str, channels: int, window: int) -> bytes:
+    """The ONNX model of ``module`` (input ``pixels``, output ``out``, dynamic batch axis)."""
+    module = module.eval()
+    set_fused_attention(module, False)  # the math path exports to plain MatMul/Softmax
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, (_example(kind, channels, window),), buffer, input_names=["pixels"],
+                          output_names=["out"], dynamic_axes={"pixels": {0: "batch"}, "out": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    return buffer.getvalue()
+
+
+def onnx_runner(module: nn.Module, kind: str, channels: int,
+                window: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Export ``module`` in memory and return an onnxruntime function of float32 batches."""
+    return session_runner(onnx_bytes(module, kind, channels, window))
+
+
+def session_runner(model: bytes | str) -> Callable[[np.ndarray], np.ndarray]:
+    """An onnxruntime session of ``model`` (bytes or a path) as a function of float32 batches."""
+    ort = _optional("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(["out"], {"pixels": x})[0]
+
+    return run
+
+
+def export_onnx(predictor: object, out: str | Path) -> Path:
+    """Write a :class:`~rsmae.predict.models.Predictor`'s module as an ONNX file with its metadata.
+
+    The file is checked by ``onnx.checker`` and written atomically.
+
+    Returns:
+        The written path.
+    """
+    onnx = _optional("onnx")
+    p = predictor
+    model = onnx.load_from_string(onnx_bytes(p.module, p.kind, len(p.bands), p.window))
+    meta = {"task": p.kind, "source": str(p.path), "bands": p.bands, "sensor": p.sensor, "mean": p.mean,
+            "window": p.window, "cell": p.scale, "channels": p.channels, "threshold": p.threshold,
+            "input": "raw pixels (N, C, W, W)" if p.kind == "embed" else "raw pairs (N, 2, C, W, W)"}
+    entry = model.metadata_props.add()
+    entry.key, entry.value = _META, json.dumps(meta)
+    onnx.checker.check_model(model)
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(out)
+
+
+def export_any_onnx(source: str | Path, out: str | Path, *, pool: bool = False,
+                    weights: str = "student") -> tuple[Path, str]:
+    """Export a backbone file, a change model or a pretraining checkpoint's encoder as ONNX.
+
+    Args:
+        source: A backbone ``.safetensors``, a change model (``rsmae evaluate --out``) or a Lightning
+            checkpoint of ``rsmae fit`` (its encoder is exported as a backbone first).
+        out: Output ``.onnx``.
+        pool: Backbones: one pooled vector per window instead of patch features.
+        weights: Checkpoints of RC-MAE: ``"student"`` or ``"teacher"``.
+
+    Returns:
+        The written path and the task (``"embed"`` or ``"change"``).
+    """
+    from rsmae.predict.models import load_change_predictor, load_embed_predictor
+
+    source = Path(source)
+    if _safetensors_keys(source) is None:  # a checkpoint: its encoder, as a backbone file first
+        from rsmae.tasks import export_backbone
+
+        with tempfile.TemporaryDirectory(dir=Path(out).parent) as tmp:
+            backbone = export_backbone(source, Path(tmp) / "backbone.safetensors", weights)
+            return export_onnx(load_embed_predictor(backbone, pool=pool), out), "embed"
+    if "rsmae_change" in _safetensors_keys(source):
+        return export_onnx(load_change_predictor(source), out), "change"
+    return export_onnx(load_embed_predictor(source, pool=pool), out), "embed"
+
+
+def load_onnx_predictor(path: str | Path, kind: str) -> object:
+    """An exported ``.onnx`` file as a :class:`~rsmae.predict.models.Predictor` running in onnxruntime.
+
+    Raises:
+        WeightsError: naming ``path``, when it is not an rsmae ONNX export or of the other task.
+    """
+    from rsmae.errors import WeightsError
+    from rsmae.predict.models import Predictor
+
+    onnx = _optional("onnx")
+    path = Path(path)
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        meta = json.loads(props[_META])
+    except Exception as err:
+        raise WeightsError(f"{path}: not an ONNX model exported by rsmae export --format onnx ({err})"
+                           ) from err
+    if meta["task"] != kind:
+        raise WeightsError(f"{path}: an ONNX {meta['task']} model, not a {kind} model; run rsmae predict "
+                           f"{meta['task']}")
+    p = Predictor(kind, path, None, meta["bands"], meta["sensor"], meta["mean"], meta["window"], meta["cell"],
+                  meta["channels"], threshold=meta["threshold"])
+    p.run = session_runner(str(path))
+    return p
+
+
+def _safetensors_keys(path: Path) -> set[str] | None:
+    """The metadata keys of a safetensors file; ``None`` for another file."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.metadata() or {})
+    except Exception:
+        return None
