@@ -18,7 +18,7 @@ from rsmae.datasets import LEVIRCD, OSCD, PairCrops
 from rsmae.errors import WeightsError
 from rsmae.evaluation.change import evaluate_change, parse_protocol
 from rsmae.evaluation.change_metrics import BinnedPRCurve, best_f1_threshold, change_map, change_metrics
-from rsmae.evaluation.change_model import FCSiamDiff, SiameseViT, change_loss, feature_indices
+from rsmae.models.change import FCSiamDiff, SiameseViT, change_loss, feature_indices
 from rsmae.evaluation.sliding import blend_window, sliding_window_logits
 from rsmae.models import BackboneMeta, create_encoder, save_backbone
 from rsmae.tasks.change import ChangeTask, augment_pair, load_change_model, save_change_model

@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+import rsmae.models.meta as meta_module
 import rsmae.models.weights as weights
 import rsmae.tasks.change as change
 import rsmae.tasks.pretrain as pretrain
@@ -137,7 +138,7 @@ def test_control_without_the_check_timm_reads_the_other_file(tmp_path: Path, oth
     good = _backbone(tmp_path / "good.safetensors")
     bad = _rewrite(good, tmp_path / "bad.safetensors", "rsmae",
                    lambda m: m["encoder_kwargs"].update(_overlay(other)))
-    monkeypatch.setattr(weights, "_check_encoder_kwargs", lambda kwargs: None)
+    monkeypatch.setattr(meta_module, "check_encoder_kwargs", lambda kwargs: None)
     with _watch() as events:
         load_backbone(bad)
     assert _touched(events, other)

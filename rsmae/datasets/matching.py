@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rsmae.band_match import match_bands
 from rsmae.bands import get_sensor
 from rsmae.errors import BandError
-from rsmae.models.adapt import match_bands
 
 __all__ = ["MAX_WAVELENGTH_GAP_NM", "match_dataset_bands"]
 

@@ -4,6 +4,6 @@ Imports :mod:`rsmae.models`, :mod:`rsmae.data` and :mod:`rsmae.datasets`; never 
 benchmarks.
 """
 
-from rsmae.evaluation.trainable import configure_trainable, count_trainable, freeze_eval, parse_tune
+from rsmae.models.trainable import configure_trainable, count_trainable, freeze_eval, parse_tune
 
 __all__ = ["configure_trainable", "count_trainable", "freeze_eval", "parse_tune"]

@@ -40,7 +40,7 @@ from rsmae.evaluation.data import accelerator_device
 from rsmae.evaluation.progress import StepProgress, track
 from rsmae.evaluation.sliding import sliding_window_logits
 from rsmae.models import fused_attention_pays, set_fused_attention
-from rsmae.evaluation.trainable import Tune
+from rsmae.models.trainable import Tune
 from rsmae.tasks.change import ChangeTask, load_change_model, save_change_model
 from rsmae.tasks.precision import default_precision
 

@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from rsmae.errors import WeightsError
-from rsmae.models.vit import ENCODER_PRESETS
+from rsmae.models.layers import ENCODER_PRESETS
 
 __all__ = ["DROPPED", "PATCH_KEY", "PREFIXES", "infer_preset", "load_checked", "strip_prefixes"]
 

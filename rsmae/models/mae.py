@@ -29,8 +29,8 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from rsmae.errors import BandError, ModelConfigError
+from rsmae.models.layers import sincos_pos_embed_2d
 from rsmae.models.patch_embed import embed_patch_tokens, patchify, unpatchify
-from rsmae.models.vit import sincos_pos_embed_2d
 
 __all__ = [
     "MAE_DECODER_PRESETS",

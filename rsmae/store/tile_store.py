@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+import rsmae.store.skipped as skipped_table
 from rsmae.errors import StoreConfigError, StoreError, StoreIncompleteError, StoreRunChangedError
 from rsmae.files import remove_tree
-from rsmae.store import skipped as skipped_table
 from rsmae.store.layout import FORMAT_VERSION, READABLE, SLOT_ARRAYS, create_layout
 from rsmae.store.scene_table import SceneTable, columns_from_records
 

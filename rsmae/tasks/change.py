@@ -33,8 +33,6 @@ from torchmetrics.classification import BinaryF1Score
 from rsmae.augment import d4_transform
 from rsmae.data import normalize_images
 from rsmae.errors import BandError, WeightsError
-from rsmae.evaluation.change_model import FCSiamDiff, SiameseViT, change_loss
-from rsmae.evaluation.trainable import configure_trainable, freeze_eval
 from rsmae.models import (
     BackboneMeta,
     create_encoder,
@@ -42,6 +40,8 @@ from rsmae.models import (
     load_backbone,
     set_fused_attention,
 )
+from rsmae.models.change import FCSiamDiff, SiameseViT, change_loss
+from rsmae.models.trainable import configure_trainable, freeze_eval
 from rsmae.tasks.optim import param_groups, scheduled
 
 __all__ = ["ChangeTask", "augment_pair", "load_change_model", "save_change_model"]

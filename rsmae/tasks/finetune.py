@@ -1,7 +1,7 @@
 """Scene classification by fine-tuning a backbone: last k blocks, the last MLP, or the full ViT.
 
 The encoder is injected (a timm ``VisionTransformer`` from :func:`rsmae.load_backbone`), which
-parts train is set by :func:`~rsmae.evaluation.trainable.configure_trainable`, and frozen modules
+parts train is set by :func:`~rsmae.models.trainable.configure_trainable`, and frozen modules
 stay in eval mode during training. Full and partial fine-tuning use MAE's recipe: AdamW with
 layer-wise learning-rate decay (timm's ``param_groups_layer_decay``), drop-path on the tuned blocks,
 linear warmup then cosine, and the remote-sensing augmentations of :mod:`rsmae.augment` (D4 and
@@ -21,7 +21,7 @@ from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
 from rsmae.augment import RSAugment
-from rsmae.evaluation.trainable import Tune, configure_trainable, count_trainable, freeze_eval, parse_tune
+from rsmae.models.trainable import Tune, configure_trainable, count_trainable, freeze_eval, parse_tune
 from rsmae.tasks.optim import scheduled
 
 __all__ = ["FinetuneTask", "PooledHead"]
