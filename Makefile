@@ -41,7 +41,8 @@ demo: $(STAMP)
 	@echo "the EuroSAT probe scores unseen images): a small corpus that shows the pipeline and a learning"
 	@echo "signal, not a useful backbone. Point --data.stores at your own stores."
 	$(BIN)/python pipelines/pretrain.py fit --config configs/pretrain/base.yaml \
-		--config configs/pretrain/mae_tiny.yaml --data.stores '[$(OUT)/s2_l1c.zarr]'
+		--config configs/pretrain/mae_tiny.yaml --data.stores '[$(OUT)/s2_l1c.zarr]' \
+		--trainer.callbacks.init_args.root "$(DATA)/eurosat_ms_subset"
 	$(BIN)/python pipelines/report.py runs/mae_tiny
 	@echo "Transfer to EuroSAT (scored on its test split): the demo MAE against a random init of the same ViT"
 	$(BIN)/python benchmarks/transfer.py --config configs/bench/demo.yaml --results $(OUT)/transfer

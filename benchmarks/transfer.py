@@ -81,8 +81,8 @@ def _classification(cell: dict[str, Any], backbone: dict[str, Any], config: dict
     return evaluate_classification(
         backbone["path"], cell["protocol"], data["train_root"], data["test_root"],
         fraction=cell["fraction"], seed=cell["seed"], cache_dir=config["cache_dir"],
-        sensor=data.get("sensor", "s2-l1c"), layout=data.get("layout", "eurosat"),
-        **config.get("finetune", {}))
+        sensor=data.get("sensor", "s2-l1c"), layout=data.get("layout", "eurosat"), progress=False,
+        **config.get("finetune", {}))  # the grid has one bar for all cells
 
 
 def _change(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def _change(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, An
         test_root=ROOT / data["test_root"], train_root=ROOT / data.get("train_root", data["test_root"]),
         dataset=data.get("task", cell["dataset"]), seed=cell["seed"], out_dir=out,
         model=backbone.get("model", "siamese-vit"),
-        **{**config.get("change", {}), **data.get("settings", {})})
+        **{"progress": False, **config.get("change", {}), **data.get("settings", {})})
     result["scenes"] = [{k: v for k, v in scene.items() if not isinstance(v, (list, dict))}
                         for scene in result["scenes"]]
     result["wall_s"] = time.perf_counter() - start

@@ -92,7 +92,10 @@ def resolved_precision(cell: dict[str, Any], config: dict[str, Any]) -> str:
     if config.get("task") == "change":
         settings = {**config.get("change", {}), **config["datasets"][cell["dataset"]].get("settings", {})}
         given = str(settings.get("precision", "auto"))
-        return default_precision("cpu") if given == "auto" else given
+        if given != "auto":
+            return given
+        on_gpu = settings.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        return default_precision("cuda" if on_gpu else "cpu")
     if cell["protocol"] in FROZEN_PROTOCOLS:
         return "32-true"
     settings = config.get("finetune", {})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -103,4 +104,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if known.task in CHANGE_DATASETS:
         return evaluate_change.main(argv, prog)
     args = parse_args(argv, prog)
-    return run(lambda: _evaluate(args), verbose=args.verbose)
+    return run(lambda: _evaluate(args), verbose=args.verbose, level=logging.INFO)  # progress lines

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from rsmae.cli.common import ERRORS, make_parser, run
 from rsmae.evaluation.change import CHANGE_DATASETS, ChangeConfig, evaluate_change, format_scene, summary
@@ -74,4 +75,5 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run one change-detection evaluation; return the exit code."""
     args = parse_args(argv, prog)
     # an unknown --set key is a TypeError of evaluate_change's keywords
-    return run(lambda: _evaluate(args), verbose=args.verbose, errors=(*ERRORS, TypeError))
+    return run(lambda: _evaluate(args), verbose=args.verbose, level=logging.INFO,  # progress lines
+               errors=(*ERRORS, TypeError))
