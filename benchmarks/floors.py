@@ -161,8 +161,10 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace, head: dict[str, 
         f"(inner {FloorConfig().inner_folds}-fold CV); head: `rsmae.tasks.probe.fit_linear_probe` "
         f"({FloorConfig().probe_steps} full-batch Adam steps, standardised features)",
         "- 95 % CI: percentile bootstrap over the test images (10,000 resamples; seeds averaged per "
-        "image), i.e. test-set sampling; differences: paired bootstrap on the same images, McNemar's "
-        "exact test on the discordant ones; a difference is called only when the paired CI excludes 0",
+        "image), i.e. test-set sampling; the seeds' spread is given beside it; differences: paired "
+        "bootstrap on the same images (seeds averaged per image), McNemar's exact test on the discordant "
+        f"ones (seed {args.seeds[0]}'s predictions); a difference is called only when the paired CI "
+        "excludes 0",
         "", "## Accuracy (%)", "", *acc, "", "## Paired differences", "", *pairs, "", *sentences, ""])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "floors.md").write_text(text)

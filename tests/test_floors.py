@@ -146,8 +146,8 @@ def test_floors_benchmark_tables_and_csv(tmp_path) -> None:
     head = {"commit": "abc1234", "command": "cmd", "machine": "m", "load": "1 / 1", "minutes": "0.1"}
     text = bench.write(rows, args, head)
     assert "- commit: abc1234" in text
-    assert ("- stratified 2-fold CV: spectral signature (band mean + std) is lower than random "
-            "convolutional features by") in text
+    assert ("- stratified 2-fold CV: spectral signature (band mean + std) is lower than RCF (random "
+            "convolutional features) by") in text
     with (tmp_path / "floors.csv").open() as fh:
         saved = list(csv.DictReader(fh))
     assert len(saved) == len(rows) and saved[0]["commit"] == "abc1234" and saved[0]["machine"] == "m"

@@ -48,7 +48,7 @@ _logger = logging.getLogger(__name__)
 
 FLOORS: dict[str, str] = {
     "spectral": "spectral signature (band mean + std)",
-    "rcf": "random convolutional features",
+    "rcf": "RCF (random convolutional features)",
     "random_vit": "random-init ViT (frozen)",
 }
 
