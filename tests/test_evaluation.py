@@ -13,7 +13,7 @@ from conftest import EUROSAT, ROOT
 from rsmae.bands import get_sensor
 from rsmae.errors import BandError, InputNotFoundError
 from rsmae.evaluation import configure_trainable, count_trainable, freeze_eval
-from rsmae.evaluation.classification import evaluate_classification, parse_protocol
+from rsmae.evaluation.classification import evaluate_classification
 from rsmae.evaluation.data import label_subset, load_for_task, stratified_split
 from rsmae.evaluation.features import cached_features, file_digest
 from rsmae.evaluation.metrics import classification_metrics
@@ -56,9 +56,6 @@ def test_last_k_trains_exactly_k_blocks_and_frozen_parts_stay_in_eval() -> None:
     configure_trainable(enc, "full")
     assert all(p.requires_grad for n, p in enc.named_parameters() if n != "pos_embed")
     assert not enc.pos_embed.requires_grad  # the fixed sin-cos table never trains
-    assert parse_protocol("last2") == ("finetune", 2) and parse_protocol("linear") == ("linear", "frozen")
-    with pytest.raises(ValueError, match="unknown protocol"):
-        parse_protocol("last0")
     configure_trainable(enc, 1)
     enc.train()
     freeze_eval(enc)

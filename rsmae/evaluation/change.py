@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from rsmae.evaluation.progress import StepProgress, track
 from rsmae.evaluation.sliding import sliding_window_logits
 from rsmae.models import fused_attention_pays, set_fused_attention
 from rsmae.models.trainable import Tune
+from rsmae.models.trainable import parse_protocol as parse_protocol_spec
 from rsmae.tasks.change import ChangeTask, load_change_model, save_change_model
 from rsmae.tasks.precision import default_precision
 
@@ -160,16 +162,23 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "scenes"}
 
 
+def _tune(protocol: str | int) -> Tune:
+    """The encoder's tune setting of a change protocol (:func:`~rsmae.models.trainable.parse_protocol`).
+
+    Raises:
+        ValueError: for a frozen-feature protocol (``knn``, ``linear``, ``head``) or an unknown one.
+    """
+    spec = parse_protocol_spec(protocol)
+    if spec.frozen_features:
+        raise ValueError(f"protocol {protocol!r}; choose frozen, lastK (e.g. last2), mlp or full")
+    return spec.tune
+
+
 def parse_protocol(protocol: str | int) -> Tune:
-    """``"frozen"``, ``"full"``, ``"mlp"`` or ``"lastK"``/``K`` (K last blocks) as a tune setting."""
-    if isinstance(protocol, int):
-        return protocol
-    text = protocol.strip().lower()
-    if text.removeprefix("last").isdigit():  # "last2" or "2"
-        return int(text.removeprefix("last"))
-    if text in ("frozen", "full", "mlp"):
-        return text
-    raise ValueError(f"protocol {protocol!r}; choose frozen, lastK (e.g. last2), mlp or full")
+    """Deprecated: the tune setting of a protocol; use :func:`rsmae.models.trainable.parse_protocol`."""
+    warnings.warn("rsmae.evaluation.change.parse_protocol is deprecated; use "
+                  "rsmae.models.trainable.parse_protocol (a Protocol)", DeprecationWarning, stacklevel=2)
+    return _tune(protocol)
 
 
 def predict_scene(task: ChangeTask, scene: PairScene, *, overlap: int, window_batch: int = 32,
@@ -287,7 +296,7 @@ def evaluate_change(
         backbone: Backbone file of the encoder's initial weights; ``None`` = random init (or no
             encoder with ``model="fc-siam-diff"``).
         tune: Encoder parts that train: ``"frozen"``, ``k`` or ``"lastK"`` (K last blocks),
-            ``"mlp"``, ``"full"`` (:func:`parse_protocol`).
+            ``"mlp"``, ``"full"`` (:func:`~rsmae.models.trainable.parse_protocol`).
         test_root: Folder of the test scenes (the dataset's layout).
         train_root: Folder of the training scenes (default ``test_root``).
         dataset: ``"oscd"``, ``"levircd"`` or ``"landsat"``.
@@ -312,7 +321,7 @@ def evaluate_change(
         cfg.precision = default_precision(cfg.accelerator)
         _logger.info("precision auto -> %s on %s", cfg.precision, cfg.accelerator)
     cls = _dataset(dataset)
-    tune = parse_protocol(tune)
+    tune = _tune(tune)
     out = Path(out_dir) if out_dir is not None else None
     threads = torch.get_num_threads()
     if cfg.threads:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ from rsmae.evaluation.features import cached_features, file_digest
 from rsmae.evaluation.metrics import classification_metrics
 from rsmae.evaluation.progress import Progress, StepProgress
 from rsmae.evaluation.speed import count_flops, matmul_peak
+from rsmae.models.trainable import FEATURE_PROTOCOLS, Protocol
+from rsmae.models.trainable import parse_protocol as parse_protocol_spec
 from rsmae.models.weights import save_backbone
 from rsmae.tasks.finetune import FinetuneTask
 from rsmae.tasks.precision import default_precision
@@ -55,26 +57,34 @@ _logger = logging.getLogger(__name__)
 
 # Bumped when a tuned protocol's recipe changes, so benchmark cells computed before are recomputed.
 FINETUNE_RECIPE = 2  # 2: mean-pooled patch tokens + LayerNorm (MAE's fine-tuning), was the cls token
-FROZEN_PROTOCOLS = ("knn", "linear", "head")
+FROZEN_PROTOCOLS = FEATURE_PROTOCOLS
 PROTOCOLS = (*FROZEN_PROTOCOLS, "mlp", "last1", "last2", "last4", "full")
 LR_SWEEP = (1e-3, 3e-3, 1e-2, 3e-2)
 FEATURE_CHUNK = 1024  # images per cached feature entry (and progress step): one entry for the subset
 
 
-def parse_protocol(name: str) -> tuple[str, str | int]:
-    """``(kind, tune)`` of a protocol name: kind is knn, linear, head or finetune.
+def _protocol(name: str) -> Protocol:
+    """The protocol ``name`` (:func:`~rsmae.models.trainable.parse_protocol`); a frozen encoder is ``head``.
 
     Raises:
         ValueError: naming the known protocols.
     """
-    if name in FROZEN_PROTOCOLS:
-        return name, "frozen"
-    if name in ("mlp", "full"):
-        return "finetune", name
-    match = re.fullmatch(r"last(\d+)", name)
-    if match and int(match.group(1)) > 0:
-        return "finetune", int(match.group(1))
-    raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)} (or lastK)")
+    protocol = parse_protocol_spec(name)
+    if protocol.kind == "tune" and protocol.tune in ("frozen", 0):
+        raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)} (or lastK)")
+    return protocol
+
+
+def parse_protocol(name: str) -> tuple[str, str | int]:
+    """Deprecated: ``(kind, tune)`` of a protocol name; use :func:`rsmae.models.trainable.parse_protocol`.
+
+    Raises:
+        ValueError: naming the known protocols.
+    """
+    warnings.warn("rsmae.evaluation.classification.parse_protocol is deprecated; use "
+                  "rsmae.models.trainable.parse_protocol (a Protocol)", DeprecationWarning, stacklevel=2)
+    protocol = _protocol(name)
+    return "finetune" if protocol.kind == "tune" else protocol.kind, protocol.tune
 
 
 def _features(encoder: nn.Module, data: ClassificationData, digest: str, cache_dir: str | Path | None,
@@ -243,18 +253,18 @@ def evaluate_classification(
         ``mfu``.
     """
     start = time.perf_counter()
-    kind, tune = parse_protocol(protocol)
+    spec = _protocol(protocol)
     device = accelerator_device(accelerator)
     encoder, note = load_for_task(backbone, task_bands(sensor, layout), sensor, peek_size(train_root),
                                   adapt=adapt)
     data = load_classification(encoder, train_root, test_root, fraction=fraction, seed=seed, sensor=sensor,
                                layout=layout)
-    if kind == "finetune":
-        logits, extra = _finetune(encoder, data, tune, seed, dict(finetune), out_dir, device=device,
+    if not spec.frozen_features:
+        logits, extra = _finetune(encoder, data, spec.tune, seed, dict(finetune), out_dir, device=device,
                                   progress=progress)
     else:
         feats = _features(encoder.to(device), data, file_digest(backbone), cache_dir, progress)
-        logits, extra = _frozen(kind, data, feats, seed, k)
+        logits, extra = _frozen(spec.kind, data, feats, seed, k)
     metrics = classification_metrics(logits.argmax(1), data.test[1], data.classes, out_dir)
     return {
         "task": "classification", "protocol": protocol, "fraction": str(fraction), "seed": seed,

@@ -7,6 +7,10 @@ A protocol's *tune* setting is one of:
 - ``"mlp"``: only the last block's MLP and the final norm train (MAE's "half block" case);
 - ``"full"`` (or ``k >= depth``): everything that was trainable trains.
 
+The same grammar names every transfer protocol (:func:`parse_protocol`, one typed :class:`Protocol`):
+``knn``, ``linear`` and ``head`` fit a head on frozen features; ``frozen``, ``mlp``, ``full``, ``lastK``
+or ``K`` (the K last blocks) tune the encoder that far.
+
 Frozen means frozen: frozen parameters get ``requires_grad=False`` and frozen modules stay in eval
 mode (:func:`freeze_eval`), so dropout, drop-path and any normalisation statistics of frozen parts do
 not move. Fixed buffers-as-parameters (the sin-cos ``pos_embed``) never train.
@@ -14,13 +18,92 @@ not move. Fixed buffers-as-parameters (the sin-cos ``pos_embed``) never train.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from typing import Literal
 
 from torch import nn
 
-__all__ = ["Tune", "configure_trainable", "count_trainable", "freeze_eval", "parse_tune"]
+__all__ = [
+    "FEATURE_PROTOCOLS",
+    "Protocol",
+    "Tune",
+    "configure_trainable",
+    "count_trainable",
+    "freeze_eval",
+    "parse_protocol",
+    "parse_tune",
+    "tuned_blocks",
+]
 
 Tune = str | int
+FEATURE_PROTOCOLS = ("knn", "linear", "head")  # a head on frozen features: the encoder never runs twice
+_SETTINGS = ("frozen", "mlp", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A parsed transfer protocol.
+
+    Attributes:
+        kind: ``"knn"``, ``"linear"`` or ``"head"`` (a head on frozen features) or ``"tune"`` (the
+            encoder is trained with the head as far as ``tune`` says).
+        tune: ``"frozen"``, ``"mlp"``, ``"full"`` or ``K`` (the last K blocks; 0 is frozen). The
+            frozen-feature kinds have ``"frozen"``.
+    """
+
+    kind: Literal["knn", "linear", "head", "tune"]
+    tune: str | int
+
+    @property
+    def frozen_features(self) -> bool:
+        """Whether the protocol fits a head on frozen (cacheable) features."""
+        return self.kind != "tune"
+
+    def blocks(self, depth: int) -> float | None:
+        """Tuned blocks for plots: 0 frozen (``head``, ``frozen``), 0.5 ``mlp``, K, ``depth`` for ``full``.
+
+        ``None`` for ``knn`` and ``linear``, which fit no head that could be tuned further.
+        """
+        if self.kind in ("knn", "linear"):
+            return None
+        if self.kind == "head" or self.tune == "frozen":
+            return 0.0
+        if isinstance(self.tune, int):
+            return float(self.tune)
+        return 0.5 if self.tune == "mlp" else float(depth)
+
+
+def parse_protocol(protocol: str | int) -> Protocol:
+    """The one grammar of transfer protocols, parsed into a :class:`Protocol`.
+
+    ``knn``, ``linear``, ``head``, ``frozen``, ``mlp``, ``full``, ``lastK`` or ``K`` (case and surrounding
+    spaces ignored; an int is ``K``).
+
+    Raises:
+        ValueError: naming the protocol and the choices.
+    """
+    if isinstance(protocol, int) and not isinstance(protocol, bool):
+        if protocol < 0:
+            raise ValueError(f"tune={protocol}: the number of tuned blocks must be >= 0")
+        return Protocol("tune", protocol)
+    text = str(protocol).strip().lower()
+    if text in FEATURE_PROTOCOLS:
+        return Protocol(text, "frozen")  # type: ignore[arg-type]
+    if text in _SETTINGS:
+        return Protocol("tune", text)
+    if text.removeprefix("last").isdigit():  # "last2" or "2"
+        return Protocol("tune", int(text.removeprefix("last")))
+    raise ValueError(f"unknown protocol {protocol!r}; choose knn, linear, head, frozen, mlp, full or lastK "
+                     "(the K last blocks, e.g. last2)")
+
+
+def tuned_blocks(protocol: str, depth: int) -> float | None:
+    """:meth:`Protocol.blocks` of a protocol name, ``None`` also for a name that is no protocol (tables)."""
+    try:
+        return parse_protocol(protocol).blocks(depth)
+    except ValueError:
+        return None
 
 
 def parse_tune(tune: Tune, depth: int) -> str | int:
@@ -29,15 +112,18 @@ def parse_tune(tune: Tune, depth: int) -> str | int:
     Raises:
         ValueError: naming the setting and the choices.
     """
-    if isinstance(tune, str) and tune.isdigit():
-        tune = int(tune)
-    if isinstance(tune, int) and not isinstance(tune, bool):
-        if tune < 0:
-            raise ValueError(f"tune={tune}: the number of tuned blocks must be >= 0")
-        return "frozen" if tune == 0 else "full" if tune >= depth else tune
-    if tune in ("frozen", "mlp", "full"):
-        return tune
-    raise ValueError(f"tune={tune!r}; choose 'frozen', 'mlp', 'full' or a number of last blocks")
+    choices = f"tune={tune!r}; choose 'frozen', 'mlp', 'full' or a number of last blocks"
+    try:
+        setting = parse_protocol(tune)
+    except ValueError:
+        if isinstance(tune, int) and not isinstance(tune, bool):
+            raise  # a negative number of blocks, said as such
+        raise ValueError(choices) from None
+    if setting.frozen_features:
+        raise ValueError(choices)
+    if isinstance(setting.tune, int):
+        return "frozen" if setting.tune == 0 else "full" if setting.tune >= depth else setting.tune
+    return setting.tune
 
 
 def _final_norms(encoder: nn.Module) -> Iterator[nn.Module]:
