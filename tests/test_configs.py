@@ -151,3 +151,24 @@ def test_documented_commands_give_the_base_first(doc: str) -> None:
     used = [line for line in _commands(ROOT / doc) if any(re.search(o, line) for o in overrides)]
     for line in used:
         assert re.search(r"--config\s+\S*configs/pretrain/base\.yaml\s+--config", line), line
+
+
+def test_one_seed_drives_model_and_data(capsys: pytest.CaptureFixture[str], eurosat_store: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from rsmae.tasks import AutoPrecisionTrainer
+
+    base, tiny = PRETRAIN / "base.yaml", PRETRAIN / "mae_tiny.yaml"
+    cfg = _printed(capsys, base, tiny, extra=("--seed_everything", "7"))
+    assert cfg["seed_everything"] == 7 and "seed" not in cfg["model"] and "seed" not in cfg["data"]
+    built = {}
+    monkeypatch.setattr(AutoPrecisionTrainer, "fit", lambda self, model, datamodule=None, **kw: built.update(
+        model=model, data=datamodule, weights_only=kw.get("weights_only")))
+    assert pretrain.main(["fit", "--config", str(base), "--config", str(tiny), "--seed_everything", "7",
+                          "--data.stores", f"[{eurosat_store}]",
+                          "--trainer.default_root_dir", str(eurosat_store.parent / "run")]) == 0
+    assert built["model"].hparams["seed"] == 7 and built["data"].hparams["seed"] == 7
+    assert built["weights_only"] is True  # --ckpt_path loads tensors only
+    with pytest.raises(SystemExit):
+        pretrain.main(["fit", "--config", str(PRETRAIN / "base.yaml"), "--config",
+                       str(PRETRAIN / "mae_tiny.yaml"), "--model.seed", "3", "--print_config"])
+    assert 'must be given via "seed_everything"' in capsys.readouterr().err

@@ -52,6 +52,11 @@ def _img_size(info: dict[str, Any]) -> int:
     return int(info["tile_size"])
 
 
+def _seed(seed: int | bool | None) -> int:
+    """The model's and the data's seed from ``seed_everything`` (0 when it is off or drawn)."""
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
+
 def check_base_first(argv: list[str]) -> None:
     """Refuse an override given without the ``base.yaml`` beside it, earlier on the command line.
 
@@ -97,9 +102,15 @@ class PretrainCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the model's data-dependent arguments to the instantiated datamodule."""
+        """Link the model's data-dependent arguments to the datamodule, and one seed to all three.
+
+        ``seed_everything`` (``--seed_everything N``) is the one seed: the model's masks and
+        augmentations and the data order follow it.
+        """
         for target, fn in (("data_info", None), ("in_chans", _in_chans), ("img_size", _img_size)):
             parser.link_arguments("data.data_info", f"model.{target}", compute_fn=fn, apply_on="instantiate")
+        for target in ("model.seed", "data.seed"):
+            parser.link_arguments("seed_everything", target, compute_fn=_seed, apply_on="parse")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse ``args``: always given (``main`` reads ``sys.argv``), so no warning that both are."""
