@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import ROOT
 
 LAYERS = [  # lowest first
-    ["errors", "files", "bands", "band_match", "stats"],
+    ["errors", "files", "bands", "band_match", "stats", "parallel"],
     ["store"],
     ["tiling"],
     ["data", "augment"],
@@ -23,6 +23,7 @@ LAYERS = [  # lowest first
     ["tasks"],
     ["landscape"],
     ["evaluation", "predict"],
+    ["experiments"],
     ["cli", "__main__"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

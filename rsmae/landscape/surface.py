@@ -20,10 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from rsmae.errors import LandscapeError
 from rsmae.files import atomic_path, atomic_write_json
 from rsmae.landscape.directions import ParamDict, fingerprint, model_direction, stack_points
 from rsmae.landscape.objectives import Objective
+from rsmae.parallel import parallel_map
 
 __all__ = [
     "MapFn",
@@ -301,13 +300,20 @@ def interpolate_models(objective: Objective, params_b: ParamDict, ts: np.ndarray
     return compute_surface(objective, [direction], ts, **kwargs)
 
 
-def _init_worker(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+@dataclass(frozen=True)
+class _Threaded:
+    """``fn`` with torch's threads set first (in each worker process)."""
+
+    fn: Callable[[Any], np.ndarray]
+    threads: int
+
+    def __call__(self, item: Any) -> np.ndarray:
+        torch.set_num_threads(self.threads)
+        return self.fn(item)
 
 
 def process_map(workers: int, *, threads: int | None = None) -> MapFn:
-    """A ``map_fn`` over local processes (spawned; the task is pickled to each).
+    """A ``map_fn`` over local processes (:func:`rsmae.parallel.parallel_map`; spawned, the task pickled).
 
     Args:
         workers: Processes.
@@ -315,10 +321,8 @@ def process_map(workers: int, *, threads: int | None = None) -> MapFn:
     """
 
     def run(fn: Callable[[Any], np.ndarray], items: Sequence[Any]) -> Iterator[np.ndarray]:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(threads,)) as pool:
-            yield from pool.map(fn, items)
+        task = _Threaded(fn, threads) if threads and workers > 1 else fn
+        return parallel_map(task, items, workers=workers, ordered=True)
 
     return run
 
@@ -326,19 +330,11 @@ def process_map(workers: int, *, threads: int | None = None) -> MapFn:
 def dask_map(client: Any) -> MapFn:
     """A ``map_fn`` over a Dask ``distributed.Client``: rows are submitted at once, yielded in order.
 
-    The task (objective with its model and data) is scattered once and shared by all rows.
+    The task (objective with its model and data) is scattered once and shared by all rows
+    (:func:`rsmae.parallel.parallel_map`); the client is left open.
     """
 
     def run(fn: Callable[[Any], np.ndarray], items: Sequence[Any]) -> Iterator[np.ndarray]:
-        if not items:
-            return
-        remote = client.scatter(fn, broadcast=True)
-        futures = client.map(_call, [remote] * len(items), list(items), pure=False)
-        for future in futures:
-            yield future.result()
+        return parallel_map(fn, items, dask=client, ordered=True)
 
     return run
-
-
-def _call(fn: Callable[[Any], np.ndarray], item: Any) -> np.ndarray:
-    return fn(item)
