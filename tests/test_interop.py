@@ -27,7 +27,7 @@ def test_official_mae_checkpoint_becomes_a_13_band_init(tmp_path: Path) -> None:
     decoder = {"decoder_embed.weight": torch.zeros(2, 2), "mask_token": torch.zeros(1, 1, 2)}
     state = {**rgb.state_dict(), **decoder}
     torch.save({"model": state}, tmp_path / "mae_pretrain.pth")  # the official file layout
-    out = import_weights(tmp_path / "mae_pretrain.pth", "official_mae", tmp_path / "b.safetensors",
+    out = import_weights(tmp_path / "mae_pretrain.pth", "mae", tmp_path / "b.safetensors",
                          bands=S2, sensor="s2-l1c", img_size=64)
     enc = load_backbone(out)
     assert enc.rsmae_meta.bands == S2 and enc.patch_embed.proj.in_channels == 13

@@ -76,3 +76,21 @@ def test_foreign_entry_loads_through_its_loader(tmp_path: Path) -> None:
                      overwrite=True)
     model = get_weights("tg").load(img_size=32)
     assert_close(model.patch_embed.proj.weight, enc.patch_embed.proj.weight)
+
+
+def test_one_table_of_weights_formats_and_one_spelling(backbone: Path) -> None:
+    """Registry, init and import choose loaders from WEIGHTS_FORMATS; "official_mae" is "mae", deprecated."""
+    from rsmae.models.registry import FORMATS, WEIGHTS_FORMATS, load_weights, weights_format
+
+    assert FORMATS == ("rsmae", "mae", "timm", "torchgeo") and weights_format("mae") is WEIGHTS_FORMATS["mae"]
+    with pytest.deprecated_call(match="'official_mae' is deprecated"):
+        assert weights_format("official_mae") is WEIGHTS_FORMATS["mae"]
+    with pytest.deprecated_call():
+        entry = register_weights("old-spelling", backbone, sha256=None, preset="vit_test", bands=L1C,
+                                 format="official_mae", overwrite=True)
+    assert entry.format == "mae"
+    with pytest.raises(WeightsError, match="unknown format 'onnx'"):
+        load_weights(backbone, "onnx")
+    assert_close(load_weights(backbone, "rsmae", patch_size=4).patch_embed.proj.weight,
+                 get_weights(register_backbone(backbone, name="b", overwrite=True).name).load()
+                 .patch_embed.proj.weight)  # an rsmae file keeps its own patch size

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rsmae.errors import WeightsError
-from rsmae.models.foreign import load_official_mae, load_timm_weights, load_torchgeo_vit
+from rsmae.models.registry import load_weights, weights_format
 from rsmae.models.timm_cfg import attach_meta, timm_model_name
 from rsmae.models.weights import load_backbone, save_backbone
 
 __all__ = ["import_weights", "torchgeo_classification_task"]
 
-Kind = Literal["official_mae", "timm", "torchgeo"]
-_LOADERS = {"official_mae": load_official_mae, "timm": load_timm_weights, "torchgeo": load_torchgeo_vit}
+Kind = Literal["mae", "timm", "torchgeo"]  # "official_mae": a deprecated spelling of "mae"
 
 
 def import_weights(
@@ -46,8 +45,9 @@ def import_weights(
 
     Args:
         path: The weights file.
-        kind: ``"official_mae"`` (facebookresearch/mae ``{"model": ...}``), ``"timm"`` or
-            ``"torchgeo"``.
+        kind: A foreign format of :data:`~rsmae.models.registry.WEIGHTS_FORMATS`: ``"mae"``
+            (facebookresearch/mae ``{"model": ...}``; ``"official_mae"`` is accepted with a
+            deprecation warning), ``"timm"`` or ``"torchgeo"``.
         out: Backbone file to write (``.safetensors``).
         bands: Bands of the data the backbone will see (patch kernels mapped by band name);
             ``None`` keeps the weights' own bands.
@@ -61,9 +61,11 @@ def import_weights(
     Raises:
         WeightsError: naming ``path`` when the kind is unknown or the weights do not load.
     """
-    if kind not in _LOADERS:
-        raise WeightsError(f"{path}: unknown weights kind {kind!r}; choose {', '.join(_LOADERS)}")
-    encoder = _LOADERS[kind](path, bands=bands, sensor=sensor, img_size=img_size, **kwargs)
+    fmt = weights_format(kind, what=str(path))
+    if not fmt.foreign:
+        raise WeightsError(f"{path}: {kind!r} weights are an rsmae backbone already; load_backbone reads "
+                           "them")
+    encoder = load_weights(path, fmt.name, bands=bands, sensor=sensor, img_size=img_size, **kwargs)
     return save_backbone(encoder, out, encoder.rsmae_meta)
 
 

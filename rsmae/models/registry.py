@@ -11,6 +11,10 @@ entry) and loaded by name (``get_weights(name).load(bands=...)``), which checks 
     encoder = get_weights("mae-tiny-s2").load(bands=["B04", "B03", "B02"])
 
 The registry is a plain dict of this module, filled only by explicit calls (nothing at import).
+
+:data:`WEIGHTS_FORMATS` is the one table of weights formats (an rsmae backbone, an official MAE
+``.pth``, timm or torchgeo ViT weights) and their loaders; :func:`load_weights` loads a file of any of
+them. ``"official_mae"`` is a deprecated spelling of ``"mae"``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +33,98 @@ from rsmae.errors import WeightsError
 from rsmae.models.foreign import load_official_mae, load_timm_weights, load_torchgeo_vit
 from rsmae.models.weights import load_backbone, read_backbone_meta
 
-__all__ = ["Weights", "get_weights", "list_weights", "register_backbone", "register_weights", "sha256_file"]
+__all__ = [
+    "FORMATS",
+    "WEIGHTS_FORMATS",
+    "Weights",
+    "WeightsFormat",
+    "get_weights",
+    "list_weights",
+    "load_weights",
+    "register_backbone",
+    "register_weights",
+    "sha256_file",
+    "weights_format",
+]
 
 _logger = logging.getLogger(__name__)
 _REGISTRY: dict[str, Weights] = {}
-FORMATS = ("rsmae", "mae", "timm", "torchgeo")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsFormat:
+    """One layout of weights files and its loader.
+
+    Attributes:
+        name: The format's one spelling.
+        description: What files of this format are.
+        loader: ``loader(path, *, bands, sensor, img_size, ...)`` -> an encoder with ``rsmae_meta``.
+        foreign: The file carries no rsmae metadata: its patch kernels are resampled to a given
+            ``patch_size``, and its own bands can be named (``src_bands``, timm and torchgeo).
+        source_bands: The loader takes ``src_bands`` / ``src_sensor``.
+    """
+
+    name: str
+    description: str
+    loader: Callable[..., VisionTransformer]
+    foreign: bool = True
+    source_bands: bool = False
+
+
+WEIGHTS_FORMATS: dict[str, WeightsFormat] = {
+    "rsmae": WeightsFormat("rsmae", "an rsmae backbone file (save_backbone)", load_backbone, foreign=False),
+    "mae": WeightsFormat("mae", "an official facebookresearch/mae .pth (R, G, B)", load_official_mae),
+    "timm": WeightsFormat("timm", "timm ViT weights (R, G, B unless src_bands)", load_timm_weights,
+                          source_bands=True),
+    "torchgeo": WeightsFormat("torchgeo", "torchgeo's Sentinel-2 ViT weights (13 L1C bands)",
+                              load_torchgeo_vit, source_bands=True),
+}
+FORMATS = tuple(WEIGHTS_FORMATS)
+_DEPRECATED_SPELLINGS = {"official_mae": "mae"}
+
+
+def weights_format(name: str, *, what: str = "weights") -> WeightsFormat:
+    """The format ``name`` of :data:`WEIGHTS_FORMATS` (a deprecated spelling warns and is accepted).
+
+    Args:
+        name: ``"rsmae"``, ``"mae"``, ``"timm"`` or ``"torchgeo"`` (``"official_mae"``: deprecated).
+        what: What the error names (a file, a registry entry).
+
+    Raises:
+        WeightsError: naming ``what`` and the formats when ``name`` is none of them.
+    """
+    if name in _DEPRECATED_SPELLINGS:
+        warnings.warn(f"weights format {name!r} is deprecated; write {_DEPRECATED_SPELLINGS[name]!r}",
+                      DeprecationWarning, stacklevel=3)
+        name = _DEPRECATED_SPELLINGS[name]
+    if name not in WEIGHTS_FORMATS:
+        raise WeightsError(f"{what}: unknown format {name!r}; choose one of {', '.join(FORMATS)}")
+    return WEIGHTS_FORMATS[name]
+
+
+def load_weights(path: str | Path, format: str, *, bands: Sequence[str] | None = None,
+                 sensor: str | None = None, img_size: int | None = None, patch_size: int | None = None,
+                 **kwargs: Any) -> VisionTransformer:
+    """Load a weights file of ``format`` (:data:`WEIGHTS_FORMATS`) adapted by band name to ``bands``.
+
+    Args:
+        path: The file.
+        format: Its format (:func:`weights_format`).
+        bands: Bands of the data to feed (``None``: the file's own).
+        sensor: Sensor of ``bands``.
+        img_size: Input size (``None``: the loader's default).
+        patch_size: Foreign kernels are resampled to it; an rsmae backbone keeps its own (not passed).
+        **kwargs: Further arguments of the format's loader (``preset``, ``strict``, ``src_bands``...).
+
+    Raises:
+        WeightsError: naming ``path`` when the format is unknown or the weights do not load.
+    """
+    fmt = weights_format(format, what=str(path))
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if patch_size is not None and fmt.foreign:
+        kwargs["patch_size"] = patch_size
+    return fmt.loader(path, bands=bands, sensor=sensor, **kwargs)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -97,16 +189,13 @@ class Weights:
     def load(self, *, bands: Sequence[str] | None = None, sensor: str | None = None,
              img_size: int | None = None, strict: bool = True) -> VisionTransformer:
         """Load the encoder (hash checked), adapted by band name to ``bands`` when given."""
-        path = self.path()
-        if self.format == "rsmae":
-            return load_backbone(path, bands=bands, sensor=sensor, img_size=img_size, strict=strict)
-        size = {"img_size": img_size} if img_size is not None else {}
-        common: dict[str, Any] = {"bands": bands, "sensor": sensor, "preset": self.preset, "strict": strict,
-                                  **size}
-        if self.format == "mae":
-            return load_official_mae(path, in_chans=len(bands) if bands else 3, **common)
-        loader = load_timm_weights if self.format == "timm" else load_torchgeo_vit
-        return loader(path, src_bands=self.bands, src_sensor=self.sensor, **common)
+        fmt = weights_format(self.format, what=f"weights {self.name!r}")
+        extra: dict[str, Any] = {"strict": strict}
+        if fmt.foreign:
+            extra["preset"] = self.preset
+        if fmt.source_bands:
+            extra.update(src_bands=self.bands, src_sensor=self.sensor)
+        return load_weights(self.path(), fmt.name, bands=bands, sensor=sensor, img_size=img_size, **extra)
 
 
 def register_weights(name: str, file: str | Path, *, sha256: str | None, preset: str, bands: Sequence[str],
@@ -118,8 +207,7 @@ def register_weights(name: str, file: str | Path, *, sha256: str | None, preset:
     Raises:
         WeightsError: when ``name`` is taken (pass ``overwrite=True``) or ``format`` is unknown.
     """
-    if format not in FORMATS:
-        raise WeightsError(f"weights {name!r}: unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    format = weights_format(format, what=f"weights {name!r}").name
     if name in _REGISTRY and not overwrite:
         raise WeightsError(f"weights {name!r} are already registered ({_REGISTRY[name].file}); pass "
                            "overwrite=True or another name")

@@ -30,8 +30,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from rsmae.errors import CheckpointError, ModelConfigError, WeightsError
-from rsmae.models import load_backbone, load_official_mae, load_timm_weights, load_torchgeo_vit
 from rsmae.models.keys import PATCH_KEY, strip_prefixes
+from rsmae.models.registry import load_weights
 from rsmae.models.timm_cfg import refused_encoder_kwargs
 from rsmae.models.weights import ENCODER_KWARGS, META_KEY, read_weights
 from rsmae.store import TileStore
@@ -49,7 +49,9 @@ _logger = logging.getLogger(__name__)
 
 
 def backbone_kind(path: str | Path) -> str:
-    """The kind of a weights file: ``"rsmae"``, ``"mae"`` (official), ``"timm"`` or ``"torchgeo"``.
+    """The format of a weights file: ``"rsmae"``, ``"mae"`` (official), ``"timm"`` or ``"torchgeo"``.
+
+    The formats and their loaders are :data:`~rsmae.models.registry.WEIGHTS_FORMATS`.
 
     Raises:
         WeightsError: naming ``path`` when it is none of these (a Lightning checkpoint, another band count).
@@ -74,12 +76,8 @@ def backbone_kind(path: str | Path) -> str:
 def load_init_backbone(path: str | Path, bands: list[str], sensor: str | None, *, patch_size: int,
                        img_size: int) -> VisionTransformer:
     """Load any supported backbone file (:func:`backbone_kind`) adapted to ``bands`` and the task's sizes."""
-    kind = backbone_kind(path)
-    if kind == "rsmae":
-        return load_backbone(path, bands=bands, sensor=sensor, img_size=img_size)
-    loader = {"mae": load_official_mae, "timm": load_timm_weights, "torchgeo": load_torchgeo_vit}[kind]
-    kwargs: dict[str, Any] = {"in_chans": len(bands)} if kind == "mae" else {}
-    return loader(path, bands=bands, sensor=sensor, img_size=img_size, patch_size=patch_size, **kwargs)
+    return load_weights(path, backbone_kind(path), bands=bands, sensor=sensor, img_size=img_size,
+                        patch_size=patch_size)
 
 
 def init_encoder(encoder: VisionTransformer, path: str | Path, data_info: dict[str, Any] | None, *,
