@@ -95,6 +95,45 @@ def test_knn_and_linear_probe_score_separable_and_random_features() -> None:
     assert knn_accuracy(noise[train], labels[train], noise[test], labels[test], k=5) < 0.6
 
 
+
+def test_one_head_fitter_single_label_multi_label_and_mlp() -> None:
+    """fit_head serves the probe, classification (linear / mlp) and multi-label (multi-hot targets)."""
+    from rsmae.evaluation.multilabel import fit_multilabel_probe
+    from rsmae.tasks.probe import fit_head, fit_linear_probe
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    feats = torch.randn(4, 16, generator=gen)[labels] * 5 + torch.randn(200, 16, generator=gen)
+    linear = fit_head(feats, labels, lr=1e-2)
+    assert torch.equal(linear(feats), fit_linear_probe(feats, labels)(feats))  # deterministic, no RNG
+    assert float((linear(feats).argmax(1) == labels).float().mean()) == 1.0
+    mlp = fit_head(feats, labels, head="mlp", lr=1e-2, num_classes=4, seed=3)
+    assert not mlp.training and float((mlp(feats).argmax(1) == labels).float().mean()) == 1.0
+    assert torch.equal(mlp(feats), fit_head(feats, labels, head="mlp", lr=1e-2, num_classes=4, seed=3)(feats))
+    multi_hot = torch.nn.functional.one_hot(labels, 4) | (labels[:, None] == 0).long()  # class 0 -> all
+    scores = fit_head(feats, multi_hot, lr=3e-2)(feats)
+    assert scores.shape == (200, 4) and bool(((scores > 0).long() == multi_hot).all())
+    with pytest.deprecated_call():
+        assert torch.equal(fit_multilabel_probe(feats, multi_hot, 3e-2)(feats), scores)
+    with pytest.raises(ValueError, match="choose 'linear' or 'mlp'"):
+        fit_head(feats, labels, head="svm")
+
+
+def test_lr_sweep_keeps_the_first_best() -> None:
+    from rsmae.tasks.probe import LR_SWEEP, sweep_lr
+
+    fitted: list[float] = []
+
+    def fit(lr: float) -> torch.nn.Module:
+        fitted.append(lr)
+        return torch.nn.Linear(1, 1)
+
+    scores = iter([0.2, 0.5, 0.5, 0.1])
+    model, lr, score = sweep_lr(fit, lambda _: next(scores))
+    assert fitted == list(LR_SWEEP) and (lr, score) == (LR_SWEEP[1], 0.5)
+    assert isinstance(model, torch.nn.Linear)
+
+
 def _torchgeo_layout(root: Path) -> Path:
     """torchgeo's EuroSAT download of the real subset: class folders in ds/, split files of .jpg names."""
     from rsmae.datasets.eurosat import TORCHGEO_DIR

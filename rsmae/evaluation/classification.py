@@ -49,9 +49,16 @@ from rsmae.models.trainable import parse_protocol as parse_protocol_spec
 from rsmae.models.weights import save_backbone
 from rsmae.tasks.finetune import FinetuneTask
 from rsmae.tasks.precision import default_precision
-from rsmae.tasks.probe import fit_linear_probe, knn_predict, small_problem_threads
+from rsmae.tasks.probe import LR_SWEEP, fit_head, knn_predict, sweep_lr
 
-__all__ = ["FINETUNE_RECIPE", "FROZEN_PROTOCOLS", "PROTOCOLS", "evaluate_classification", "parse_protocol"]
+__all__ = [
+    "FINETUNE_RECIPE",
+    "FROZEN_PROTOCOLS",
+    "LR_SWEEP",
+    "PROTOCOLS",
+    "evaluate_classification",
+    "parse_protocol",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -59,7 +66,6 @@ _logger = logging.getLogger(__name__)
 FINETUNE_RECIPE = 2  # 2: mean-pooled patch tokens + LayerNorm (MAE's fine-tuning), was the cls token
 FROZEN_PROTOCOLS = FEATURE_PROTOCOLS
 PROTOCOLS = (*FROZEN_PROTOCOLS, "mlp", "last1", "last2", "last4", "full")
-LR_SWEEP = (1e-3, 3e-3, 1e-2, 3e-2)
 FEATURE_CHUNK = 1024  # images per cached feature entry (and progress step): one entry for the subset
 
 
@@ -101,24 +107,6 @@ def _features(encoder: nn.Module, data: ClassificationData, digest: str, cache_d
     return out
 
 
-def _mlp_head(dim: int, num_classes: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, dim), nn.GELU(),
-                         nn.Linear(dim, num_classes))
-
-
-def _fit_head(x: Tensor, y: Tensor, num_classes: int, lr: float, seed: int, steps: int = 300) -> nn.Module:
-    head = _mlp_head(x.shape[1], num_classes, seed)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    head.train()
-    with torch.enable_grad(), small_problem_threads(x.numel()):
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(head(x), y).backward()
-            optimizer.step()
-    return head.eval()
-
-
 def _frozen(kind: str, data: ClassificationData, feats: dict[str, Tensor], seed: int, k: int
             ) -> tuple[Tensor, dict[str, Any]]:
     """Test logits of a frozen-feature protocol and its chosen settings."""
@@ -127,18 +115,10 @@ def _frozen(kind: str, data: ClassificationData, feats: dict[str, Tensor], seed:
     if kind == "knn":
         votes = knn_predict(feats["train"], ytr, feats["test"], k, num_classes=n)
         return votes, {"k": k, "trainable_params": 0}
-    best: tuple[float, float, nn.Module] | None = None
-    for lr in LR_SWEEP:
-        if kind == "linear":
-            model = fit_linear_probe(feats["train"], ytr, lr=lr, num_classes=n)
-        else:
-            model = _fit_head(feats["train"], ytr, n, lr, seed)
-        with torch.no_grad():
-            val_acc = float((model(feats["val"]).argmax(1) == yval).float().mean())
-        if best is None or val_acc > best[0]:
-            best = (val_acc, lr, model)
-    assert best is not None
-    val_acc, lr, model = best
+    head = "linear" if kind == "linear" else "mlp"
+    model, lr, val_acc = sweep_lr(
+        lambda lr: fit_head(feats["train"], ytr, head=head, lr=lr, num_classes=n, seed=seed),
+        lambda model: float((model(feats["val"]).argmax(1) == yval).float().mean()))
     with torch.no_grad():
         logits = model(feats["test"])
     params = sum(p.numel() for p in model.parameters())

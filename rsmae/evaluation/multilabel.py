@@ -37,14 +37,19 @@ from rsmae.datasets.bigearthnet import BIGEARTHNET_SPLITS, BigEarthNetS2, load_b
 from rsmae.evaluation.data import accelerator_device, backbone_meta, load_for_task
 from rsmae.evaluation.features import cached_features, file_digest
 from rsmae.evaluation.progress import Progress
-from rsmae.tasks.probe import small_problem_threads
+from rsmae.tasks.probe import LR_SWEEP, fit_head, sweep_lr
 
-__all__ = ["MULTILABEL_PROTOCOLS", "evaluate_multilabel", "fit_multilabel_probe", "multilabel_metrics"]
+__all__ = [
+    "LR_SWEEP",
+    "MULTILABEL_PROTOCOLS",
+    "evaluate_multilabel",
+    "fit_multilabel_probe",
+    "multilabel_metrics",
+]
 
 _logger = logging.getLogger(__name__)
 
 MULTILABEL_PROTOCOLS = ("knn", "linear")
-LR_SWEEP = (1e-3, 3e-3, 1e-2, 3e-2)
 
 
 def multilabel_metrics(scores: Tensor, target: Tensor, classes: list[str]) -> dict[str, Any]:
@@ -74,24 +79,10 @@ def multilabel_metrics(scores: Tensor, target: Tensor, classes: list[str]) -> di
 
 
 def fit_multilabel_probe(x: Tensor, y: Tensor, lr: float, steps: int = 300) -> nn.Module:
-    """Linear probe for multi-hot targets: BatchNorm (training statistics) + zero-initialised linear."""
-    norm = nn.BatchNorm1d(x.shape[1], affine=False)
-    with torch.no_grad():
-        norm.running_mean.copy_(x.mean(0))
-        norm.running_var.copy_(x.var(0, unbiased=False))
-    head = nn.Linear(x.shape[1], y.shape[1])
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    probe = nn.Sequential(norm, head).eval()
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-    with torch.no_grad():
-        xn = norm(x)
-    with torch.enable_grad(), small_problem_threads(xn.numel()):
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            F.binary_cross_entropy_with_logits(head(xn), y.float()).backward()
-            optimizer.step()
-    return probe
+    """Deprecated: :func:`rsmae.tasks.probe.fit_head` fits multi-hot targets (a linear probe, BCE)."""
+    warnings.warn("fit_multilabel_probe is deprecated; use rsmae.tasks.probe.fit_head (multi-hot y)",
+                  DeprecationWarning, stacklevel=2)
+    return fit_head(x, y, lr=lr, steps=steps)
 
 
 def _knn_scores(train: Tensor, ytrain: Tensor, test: Tensor, k: int, temperature: float = 0.07) -> Tensor:
@@ -143,16 +134,10 @@ def _probe_scores(protocol: str, feats: dict[str, Tensor], ys: dict[str, Tensor]
     """Test scores of ``knn`` or ``linear`` (learning rate chosen on the validation split)."""
     if protocol == "knn":
         return _knn_scores(feats["train"], ys["train"], feats["test"], k), {"k": k}
-    best: tuple[float, float, nn.Module] | None = None
-    for lr in LR_SWEEP:
-        probe = fit_multilabel_probe(feats["train"], ys["train"], lr)
-        with torch.no_grad():
-            val_map = _val_map(probe(feats["val"]), ys["val"])
-        if best is None or val_map > best[0]:
-            best = (val_map, lr, probe)
-    assert best is not None
+    probe, lr, val_map = sweep_lr(lambda lr: fit_head(feats["train"], ys["train"], lr=lr),
+                                  lambda probe: _val_map(probe(feats["val"]), ys["val"]))
     with torch.no_grad():
-        return best[2](feats["test"]).sigmoid(), {"lr": best[1], "val_map": best[0]}
+        return probe(feats["test"]).sigmoid(), {"lr": lr, "val_map": val_map}
 
 
 def evaluate_multilabel(

@@ -1,31 +1,40 @@
-"""Frozen-feature evaluation: cls features, k-nearest-neighbour and linear-probe accuracy.
+"""Frozen-feature evaluation: cls features, k-nearest-neighbour, the one head fitter and its LR sweep.
 
-Pure functions: no global RNG is touched (the linear head starts at zero and is trained full-batch,
-so a probe is deterministic), the encoder's train/eval mode is restored. Features are cached once,
-so a probe takes seconds (METHOD.md, "Transfer protocols").
+Pure functions: no global RNG is touched by the linear head (it starts at zero and is trained
+full-batch, so a probe is deterministic), the encoder's train/eval mode is restored. Features are
+cached once, so a probe takes seconds.
+
+:func:`fit_head` is the one full-batch head fitter of rsmae (a linear probe or an MLP head, single- or
+multi-label) and :func:`sweep_lr` the one learning-rate sweep on a validation split; the probe
+callback, scene classification, multi-label classification and the floors all call them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "LR_SWEEP",
     "extract_features",
+    "fit_head",
     "fit_linear_probe",
     "knn_accuracy",
     "knn_predict",
     "linear_probe_accuracy",
     "small_problem_threads",
+    "sweep_lr",
 ]
 
 _logger = logging.getLogger(__name__)
+
+LR_SWEEP = (1e-3, 3e-3, 1e-2, 3e-2)  # learning rates a head is fitted with; the validation split chooses
 
 
 def _batches(data: Tensor | Iterable[Any], batch_size: int) -> Iterable[Tensor]:
@@ -136,6 +145,107 @@ def knn_accuracy(
     return float((votes.argmax(1) == test_labels.long()).float().mean())
 
 
+def fit_head(
+    x: Tensor,
+    y: Tensor,
+    *,
+    head: Literal["linear", "mlp"] = "linear",
+    lr: float = 1e-2,
+    steps: int = 300,
+    weight_decay: float | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Fit a head full-batch on cached features: the one head fitter.
+
+    - ``"linear"`` (MAE's linear probe): BatchNorm without affine holding the training features'
+      statistics, then a zero-initialised linear layer, trained with Adam on the normalised features;
+      deterministic, no RNG.
+    - ``"mlp"``: BatchNorm without affine (batch statistics while training), linear, GELU, linear,
+      initialised from ``torch.manual_seed(seed)``, trained with AdamW.
+
+    Targets ``(N,)`` are class indices (cross-entropy); ``(N, C)`` multi-hot rows are multi-label
+    (binary cross-entropy per class).
+
+    Args:
+        x: ``(N, D)`` features.
+        y: ``(N,)`` class indices or ``(N, C)`` multi-hot labels.
+        head: ``"linear"`` or ``"mlp"``.
+        lr: Learning rate.
+        steps: Full-batch optimiser steps.
+        weight_decay: Optimiser weight decay; ``None``: 0 (linear) or 1e-4 (mlp).
+        num_classes: Outputs; default from the labels.
+        seed: Seed of the MLP head's initialisation.
+
+    Returns:
+        The head in eval mode (``head(features)`` gives logits).
+    """
+    multilabel = y.ndim == 2
+    if multilabel:
+        target, outputs, loss = y.float(), y.shape[1], F.binary_cross_entropy_with_logits
+    else:
+        target, outputs, loss = y.long(), num_classes or int(y.max()) + 1, F.cross_entropy
+    if head == "mlp":
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.BatchNorm1d(x.shape[1], affine=False), nn.Linear(x.shape[1], x.shape[1]),
+                              nn.GELU(), nn.Linear(x.shape[1], outputs))
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr, weight_decay=1e-4 if weight_decay is None else weight_decay)
+        _full_batch(model.train(), x, target, loss, optimizer, steps)
+        return model.eval()
+    if head != "linear":
+        raise ValueError(f"head={head!r}; choose 'linear' or 'mlp'")
+    x = x.float()
+    # multi-label heads have always taken the variance itself, single-label ones the squared std (bits)
+    var = x.var(0, unbiased=False) if multilabel else x.std(0, unbiased=False).square()
+    norm = nn.BatchNorm1d(x.shape[1], affine=False)  # eval mode: uses the training statistics
+    with torch.no_grad():
+        norm.running_mean.copy_(x.mean(0))
+        norm.running_var.copy_(var)
+    linear = nn.Linear(x.shape[1], outputs)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    probe = nn.Sequential(norm, linear).eval()
+    optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay or 0.0)
+    with torch.no_grad():
+        xn = norm(x)  # a fixed affine map in eval mode: applied once, not per step
+    _full_batch(linear, xn, target, loss, optimizer, steps)
+    return probe
+
+
+def _full_batch(module: nn.Module, x: Tensor, target: Tensor, loss: Callable[[Tensor, Tensor], Tensor],
+                optimizer: torch.optim.Optimizer, steps: int) -> None:
+    with torch.enable_grad(), small_problem_threads(x.numel()):
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss(module(x), target).backward()
+            optimizer.step()
+
+
+def sweep_lr(fit: Callable[[float], nn.Module], score: Callable[[nn.Module], float],
+             lrs: Iterable[float] = LR_SWEEP) -> tuple[nn.Module, float, float]:
+    """Fit a head at each learning rate and keep the best-scoring one (the first of equals).
+
+    Args:
+        fit: ``fit(lr)`` -> a head (e.g. a :func:`fit_head` on the training features).
+        score: Validation score of a head (higher is better), computed without gradients.
+        lrs: Learning rates, tried in order.
+
+    Returns:
+        ``(head, lr, score)`` of the best learning rate.
+    """
+    best: tuple[nn.Module, float, float] | None = None
+    for lr in lrs:
+        model = fit(lr)
+        with torch.no_grad():
+            value = score(model)
+        if best is None or value > best[2]:
+            best = (model, lr, value)
+    if best is None:
+        raise ValueError("sweep_lr needs at least one learning rate")
+    return best
+
+
 def fit_linear_probe(
     train_features: Tensor,
     train_labels: Tensor,
@@ -145,10 +255,7 @@ def fit_linear_probe(
     weight_decay: float = 0.0,
     num_classes: int | None = None,
 ) -> nn.Module:
-    """Fit a linear probe: BatchNorm without affine, then a linear layer (MAE's protocol).
-
-    Trained full-batch with Adam on the cached features; the head starts at zero, the
-    normalisation uses the statistics of the training features, so the result is deterministic.
+    """Fit a linear probe: BatchNorm without affine, then a linear layer (:func:`fit_head` ``"linear"``).
 
     Args:
         train_features: ``(N, D)``.
@@ -161,27 +268,8 @@ def fit_linear_probe(
     Returns:
         The probe in eval mode (``probe(features)`` gives logits).
     """
-    num_classes = num_classes or int(train_labels.max()) + 1
-    x = train_features.float()
-    mean, std = x.mean(0), x.std(0, unbiased=False)
-    norm = nn.BatchNorm1d(x.shape[1], affine=False)  # eval mode: uses the training statistics
-    with torch.no_grad():
-        norm.running_mean.copy_(mean)
-        norm.running_var.copy_(std.square())
-    head = nn.Linear(x.shape[1], num_classes)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    probe = nn.Sequential(norm, head).eval()
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    y = train_labels.long()
-    with torch.no_grad():
-        xn = norm(x)  # a fixed affine map in eval mode: applied once, not per step
-    with torch.enable_grad(), small_problem_threads(xn.numel()):
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(head(xn), y).backward()
-            optimizer.step()
-    return probe
+    return fit_head(train_features, train_labels, head="linear", lr=lr, steps=steps,
+                    weight_decay=weight_decay, num_classes=num_classes)
 
 
 @contextlib.contextmanager
