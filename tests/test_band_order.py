@@ -82,3 +82,16 @@ def test_three_unnamed_bands_are_read_in_the_sensor_order(tmp_path: Path) -> Non
         tile_scenes([str(LANDSAT)], tmp_path / "s.zarr", config)
     rgb = TileConfig(tile_size=256, sensor="rgb")
     assert tile_scenes([str(LANDSAT)], tmp_path / "rgb.zarr", rgb).tiles_kept > 0
+
+
+def test_band_folders_and_files_of_an_explicit_order_share_a_store(patch: Path, tmp_path: Path) -> None:
+    from conftest import OSCD
+
+    out = tmp_path / "s.zarr"
+    tile_scenes([str(OSCD / "pisa" / "imgs_1")], out, TileConfig(tile_size=32))  # no order: band files
+    assert TileStore.open(out).config["band_order"] is None
+    tile_scenes([str(patch)], out, TileConfig(tile_size=32, band_order="eurosat"))  # as make demo does
+    assert TileStore.open(out).config["band_order"] == list(EUROSAT_ORDER)  # the first explicit one
+    tile_scenes([str(OSCD / "pisa" / "imgs_1")], out, TileConfig(tile_size=32))  # no order fits it
+    with pytest.raises(StoreConfigError, match="band_order"):
+        tile_scenes([str(patch)], out, TileConfig(tile_size=32, band_order="eolearn-l1c"))

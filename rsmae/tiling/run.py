@@ -344,9 +344,10 @@ def _open_or_create(
     wanted = config.store_config()
     if (out / "zarr.json").is_file():
         store = TileStore.open(out, mode="r+", require_complete=False)
-        if "band_order" not in store.config:  # stores made before it was recorded
-            wanted.pop("band_order")
-        store.check_config(wanted)
+        order = wanted.pop("band_order")
+        store.check_config({**wanted, "band_order": _merged_order(store.config, order)})
+        if order is not None and planned and store.config.get("band_order") is None:
+            store.update_attrs(config={**store.config, "band_order": order})  # the first explicit one
         if planned and store.attrs["dtype"] != planned[0].dtype:
             raise StoreConfigError(f"{out}: holds {store.attrs['dtype']} pixels, the inputs "
                                    f"are {planned[0].dtype}; use another --out")
@@ -361,6 +362,18 @@ def _open_or_create(
                                "command": command, "committed": None})
     snapshot = store.attrs.get("committed")
     return store, snapshot, _register(store, planned, config)
+
+
+def _merged_order(stored: dict[str, Any], order: list[str] | None) -> list[str] | None:
+    """The band order to compare with the store's: only two explicit orders can disagree.
+
+    ``None`` (no ``--band-order``: band folders, or files that name their bands) fits any store; an
+    explicit order fits a store that has none yet (it is recorded) or the same one. Stores made
+    before the order was recorded have no key: nothing is compared.
+    """
+    if "band_order" not in stored:
+        return None
+    return stored["band_order"] if order is None or stored["band_order"] is None else order
 
 
 def _check_levels(store: TileStore, planned: list[_Planned], config: TileConfig, out: Path) -> None:
