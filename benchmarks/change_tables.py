@@ -1,8 +1,9 @@
 """Change-detection benchmark (issue 11): inits x protocols x datasets x seeds -> tables, plot, maps.
 
 The grid machinery (backbones, one result file per cell, resume, local / Dask / SLURM cells) is
-``transfer.py``'s; each cell is one ``rsmae.evaluation.change.evaluate_change`` call that trains on
-the training cities and scores whole test scenes by sliding windows.
+:mod:`rsmae.experiments`'s, and the command line ``transfer.py``'s; each cell is one
+``rsmae.evaluation.change.evaluate_change`` call that trains on the training cities and scores whole
+test scenes by sliding windows.
 
 Examples::
 
@@ -27,15 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+
+from rsmae.evaluation.speed import cpu_name
+from rsmae.experiments import LABELS, cell_path, read_cells
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import transfer  # noqa: E402
-from transfer_tables import LABELS, cell_path, read_cells  # noqa: E402
-
-from rsmae.evaluation.speed import cpu_name  # noqa: E402
 
 CD_LABELS = {**LABELS, "fc_siam_diff": "FC-Siam-diff U-Net (from scratch)"}
 METRICS = ("f1", "iou", "precision", "recall", "accuracy")
@@ -204,6 +202,12 @@ def _copy_maps(config: dict[str, Any], results: list[dict[str, Any]], folder: Pa
     return out
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The transfer benchmark's command line (same flags) with the change-detection tables."""
+    import transfer  # the command line beside this script (its folder is on sys.path when run)
+
+    return transfer.main(argv or ["--config", "configs/bench/cd-cpu-small.yaml"], writer=write_change_tables)
+
+
 if __name__ == "__main__":
-    sys.exit(transfer.main(sys.argv[1:] or ["--config", "configs/bench/cd-cpu-small.yaml"],
-                           writer=write_change_tables))
+    sys.exit(main(sys.argv[1:]))

@@ -1,23 +1,24 @@
 """Pretraining sweep of the loss-landscape study: batch size and optimizer vs flatness, same sample budget.
 
-Pretrains one MAE per entry of ``runs`` (``pipelines/pretrain.py`` with the benchmark recipe, batch
-sizes above ``micro_batch`` by gradient accumulation, ``samples / batch`` optimizer steps each), then
-measures every model's landscape with :func:`rsmae.landscape.study.run_study` (Hessian top eigenvalue
-and trace, loss rise under filter-normalised Gaussian weight noise, 2D surfaces) and writes
-``landscape_sweep.md`` / ``.csv`` and a plot to ``results``::
+The entry point of :mod:`rsmae.experiments.sweep` and its tables. Pretrains one MAE per entry of
+``runs`` (``pipelines/pretrain.py`` with the benchmark recipe, batch sizes above ``micro_batch`` by
+gradient accumulation, ``samples / batch`` optimizer steps each), then measures every model's landscape
+with :func:`rsmae.landscape.study.run_study` (Hessian top eigenvalue and trace, loss rise under filter-
+normalised Gaussian weight noise, 2D surfaces) and writes ``landscape_sweep.md`` / ``.csv`` and a plot
+to ``results``::
 
     python benchmarks/landscape_sweep.py --config configs/landscape/sweep-cpu-small.yaml
 
-Finished pretrainings (``run.json`` matching the run's settings, the bytes of its config file and the
-store's committed contents, not their paths) and landscape measures (the study's cache) are reused, so
-a killed sweep resumes; an unreadable ``run.json`` counts as not done.
+Finished pretrainings (:func:`rsmae.experiments.runs.resume_run`: ``run.json`` matching the run's
+settings, the bytes of its config file and the store's committed contents, not their paths) and
+landscape measures (the study's cache) are reused, so a killed sweep resumes; an unreadable
+``run.json`` counts as not done.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import shutil
@@ -28,67 +29,11 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_backbones import _call, config_digest, run_results, store_summary  # noqa: E402
-
-from rsmae.errors import RsmaeError  # noqa: E402
-from rsmae.evaluation.speed import cpu_name  # noqa: E402
-from rsmae.files import atomic_write_json, read_json  # noqa: E402
-from rsmae.landscape.config import LandscapeConfig  # noqa: E402
-from rsmae.landscape.study import StudyResult, run_study  # noqa: E402
-from rsmae.tasks.init import corpus_record  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def plan(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each run's optimizer steps, micro-batch, accumulation and warmup from the sample budget."""
-    runs = []
-    for run in cfg["runs"]:
-        micro = min(int(run["batch"]), int(cfg["micro_batch"]))
-        if run["batch"] % micro:
-            raise RsmaeError(f"run {run['name']!r}: batch {run['batch']} is not a multiple of "
-                             f"micro_batch {micro}")
-        steps = max(1, int(cfg["samples"]) // int(run["batch"]))
-        runs.append({**run, "micro_batch": micro, "accumulate": run["batch"] // micro, "steps": steps,
-                     "warmup": max(1, round(float(cfg["warmup_fraction"]) * steps))})
-    return runs
-
-
-def _folder(out: Path, run: dict[str, Any]) -> Path:
-    return out / run["name"].lower().replace(" ", "_")
-
-
-def pretrain(run: dict[str, Any], cfg: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Pretrain one run (unless its ``run.json`` matches its settings); return its record."""
-    folder = _folder(out, run)
-    wanted = {"run": run, "config_sha256": config_digest([ROOT / cfg["pretrain_config"]]),
-              "corpus": corpus_record([ROOT / cfg["store"]])}
-    record = read_json(folder / "run.json")  # missing or unreadable: not done
-    done = isinstance(record, dict) and record.get("fingerprint") == wanted
-    if done and (folder / "checkpoints" / "last.ckpt").is_file():
-        return record
-    shutil.rmtree(folder, ignore_errors=True)
-    cmd = [sys.executable, "pipelines/pretrain.py", "fit", "--config", cfg["pretrain_config"],
-           "--trainer.max_steps", run["steps"], "--trainer.accumulate_grad_batches", run["accumulate"],
-           "--trainer.default_root_dir", folder, "--trainer.logger.init_args.save_dir", folder,
-           "--data.stores", json.dumps([cfg["store"]]), "--data.batch_size", run["micro_batch"],
-           "--model.optimizer", run["optimizer"], "--model.base_lr", run["base_lr"],
-           "--model.weight_decay", run["weight_decay"], "--model.warmup_steps", run["warmup"]]
-    seconds = _call(cmd, cfg.get("threads"))
-    record = {"run": run, "config": cfg["pretrain_config"], **store_summary(ROOT / cfg["store"]),
-              "fingerprint": wanted, "seconds": round(seconds, 1), **run_results(folder)}
-    atomic_write_json(folder / "run.json", record, indent=1)
-    return record
-
-
-def study(cfg: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> StudyResult:
-    """The landscape study of the sweep's checkpoints."""
-    models = [{"name": r["name"], "kind": "pretrain",
-               "path": str(_folder(out, r) / "checkpoints" / "last.ckpt")} for r in runs]
-    spec = LandscapeConfig.from_dict({**cfg["landscape"], "out": str(out / "study"), "models": models},
-                                     where="landscape")
-    return run_study(spec)
+from rsmae.errors import RsmaeError
+from rsmae.evaluation.speed import cpu_name
+from rsmae.experiments.config import ROOT, log_to_stdout
+from rsmae.experiments.sweep import plan, pretrain, study
+from rsmae.landscape.study import StudyResult
 
 
 def _rows(runs: list[dict[str, Any]], records: list[dict[str, Any]], result: StudyResult) -> list[dict]:
@@ -205,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-only", action="store_true", help="only the pretrainings")
     args = p.parse_args(argv)
     start = time.perf_counter()
+    log_to_stdout()
     try:
         cfg = yaml.safe_load(Path(args.config).read_text())
         out = ROOT / cfg["out"]

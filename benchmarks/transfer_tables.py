@@ -8,41 +8,24 @@ init, and pretraining steps vs EuroSAT probe accuracy for MAE and RC-MAE.
 from __future__ import annotations
 
 import csv
-import functools
-import hashlib
 import json
 import math
 import os
-import re
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+
+from rsmae.evaluation.speed import cpu_name
+from rsmae.experiments import LABELS, read_cells
+from rsmae.experiments.inits import manifest_table
+from rsmae.files import read_json
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_backbones import ROOT  # noqa: E402
-from transfer_backbones import table as backbone_table  # noqa: E402
-
-import rsmae  # noqa: E402
-from rsmae.evaluation.speed import cpu_name  # noqa: E402
-from rsmae.files import read_json  # noqa: E402
-from rsmae.models.registry import sha256_file  # noqa: E402
-
-# Bump when the computation of a cell changes (protocols, metrics, what a result holds): every cell
-# result made before is then stale and runs again.
-CACHE_VERSION = 2
-
-LABELS = {"random": "random init", "natural_mae": "natural-image MAE (Tiny-ImageNet)",
-          "natural_rs_mae": "natural MAE -> in-domain MAE", "rs_mae": "our MAE (Sentinel-2)",
-          "rs_rcmae": "our RC-MAE (Sentinel-2)", "demo_mae": "demo MAE (make demo)",
-          "official_mae": "official ImageNet MAE", "timm": "timm ViT weights",
-          "torchgeo": "torchgeo ViT weights"}
 NOT_RUN = {"official ImageNet MAE (.pth)": "external.official_mae",
            "timm ViT weights": "external.timm", "torchgeo SSL4EO-S12 ViT": "external.torchgeo"}
 PUBLISHED = [
@@ -52,103 +35,6 @@ PUBLISHED = [
     ("MAE ViT-B, last block only / its MLP only", "ImageNet partial fine-tune", "81.0 % / 79.1 %"),
     ("RC-MAE ViT-S vs MAE ViT-S", "ImageNet fine-tune", "82.0 % vs 81.8 %"),
 ]
-
-
-def cell_path(cells_dir: str | Path, cell: dict[str, Any]) -> Path:
-    """Result file of a cell."""
-    where = str(cell.get("fraction", cell.get("dataset"))).lower().replace("%", "pct")
-    where = re.sub(r"[^0-9a-z]+", "", where)
-    return Path(cells_dir) / cell["init"] / f"{cell['protocol']}__{where}__seed{cell['seed']}.json"
-
-
-@functools.cache
-def folder_digest(root: str) -> str:
-    """SHA-256 of a data folder (or file): its files' relative names and bytes, hidden files aside.
-
-    Relative roots are taken from the repository root; a missing one digests as ``missing <root>``.
-    Computed once per process.
-    """
-    path = ROOT / root
-    if not path.exists():
-        return f"missing {root}"
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for file in files:
-        if not any(part.startswith(".") for part in file.relative_to(path).parts):
-            digest.update(f"{file.relative_to(path).as_posix()}:{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def resolved_precision(cell: dict[str, Any], config: dict[str, Any]) -> str:
-    """The precision a cell trains in on this machine: ``auto`` or unset resolved as the evaluation does.
-
-    Frozen protocols compute fp32 features (no autocast) and fit fp32 heads: ``"32-true"``.
-    """
-    import torch
-
-    from rsmae.evaluation.classification import FROZEN_PROTOCOLS
-    from rsmae.tasks.precision import default_precision
-
-    if config.get("task") == "change":
-        settings = {**config.get("change", {}), **config["datasets"][cell["dataset"]].get("settings", {})}
-        given = str(settings.get("precision", "auto"))
-        if given != "auto":
-            return given
-        on_gpu = settings.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        return default_precision("cuda" if on_gpu else "cpu")
-    if cell["protocol"] in FROZEN_PROTOCOLS:
-        return "32-true"
-    settings = config.get("finetune", {})
-    if settings.get("precision") not in (None, "auto"):
-        return str(settings["precision"])
-    on_gpu = settings.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return default_precision("cuda" if on_gpu else "cpu")
-
-
-def _data_key(cell: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """The cell's data settings, its folders replaced by :func:`folder_digest` (contents, not paths)."""
-    change = config.get("task") == "change"
-    data = config["datasets"][cell["dataset"]] if change else config.get("data", {})
-    return {k: folder_digest(str(v)) if k in ("train_root", "test_root") else v for k, v in data.items()}
-
-
-def fingerprint(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> str:
-    """What a cell's result depends on, and nothing else (no path, no machine name).
-
-    The backbone's bytes, the contents of the data folders and the data settings, the protocol
-    settings and recipe, the resolved precision, the rsmae version, :data:`CACHE_VERSION` and the
-    feature cache's version.
-    """
-    from rsmae.evaluation.classification import FINETUNE_RECIPE, FROZEN_PROTOCOLS, LR_SWEEP
-    from rsmae.evaluation.features import CACHE_VERSION as FEATURES_VERSION
-
-    change = config.get("task") == "change"
-    tuned = not change and cell["protocol"] not in FROZEN_PROTOCOLS
-    frozen = {"lr_sweep": LR_SWEEP, "features": FEATURES_VERSION}
-    recipe = FINETUNE_RECIPE if tuned else None if change else frozen
-    settings = {k: v for k, v in config.get("finetune", config.get("change", {})).items() if k != "precision"}
-    parts = {"cell": cell, "backbone": backbone.get("sha256"), "recipe": recipe,
-             "data": _data_key(cell, config), "settings": settings,
-             "precision": resolved_precision(cell, config), "rsmae": rsmae.__version__,
-             "cache_version": CACHE_VERSION}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def is_done(path: Path, key: str) -> bool:
-    """Whether ``path`` holds a finished result with fingerprint ``key`` (unreadable: not done)."""
-    result = read_json(path)
-    return isinstance(result, dict) and result.get("fingerprint") == key
-
-
-def read_cells(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]]
-               ) -> list[dict[str, Any]]:
-    """Results of the finished cells among ``cells`` (stale results of other backbones or recipes skipped)."""
-    out = []
-    for cell in cells:
-        path = cell_path(config["cells_dir"], cell)
-        if cell["init"] in manifest and is_done(path, fingerprint(cell, manifest[cell["init"]], config)):
-            out.append(read_json(path))
-    return out
 
 
 def _mean(results: list[dict[str, Any]], name: str) -> float | None:
@@ -276,7 +162,7 @@ def write_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: 
                                for name, key in NOT_RUN.items() if key.split(".")[1] not in manifest], "",
            "## Published, not rerun", "", "| model | setting | number |", "|---|---|---|",
            *[f"| {m} | {s} | {v} |" for m, s, v in PUBLISHED], "",
-           "## Backbones", "", backbone_table(manifest), ""]
+           "## Backbones", "", manifest_table(manifest), ""]
     md_path = folder / "transfer_eurosat.md"
     md_path.write_text("\n".join(md))
     plots = plot_all(rows, inits, protocols, other_blocks, manifest, Path(config["backbones_dir"]), folder)

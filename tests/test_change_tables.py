@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import DATA, ROOT
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import change_tables  # noqa: E402
-import transfer  # noqa: E402
-from transfer_tables import cell_path, fingerprint  # noqa: E402
+from rsmae.experiments import cell_path, fingerprint, load_config, plan_cells, run_grid
+
+_spec = importlib.util.spec_from_file_location("change_tables", ROOT / "benchmarks" / "change_tables.py")
+change_tables = importlib.util.module_from_spec(_spec)  # a script of benchmarks/ (not a package)
+_spec.loader.exec_module(change_tables)
 
 MANIFEST = {"random": {"sha256": "a"}, "rs_mae": {"sha256": "b"}}
 
@@ -36,7 +37,7 @@ def _config(tmp: Path, cities: list[str]) -> dict:
 
 def test_folds_get_one_table_with_a_column_per_city_and_the_mean_over_cities(tmp_path: Path) -> None:
     config = _config(tmp_path, ["pisa", "beihai", "mumbai"])
-    cells = transfer.plan_cells(config, config["inits"])
+    cells = plan_cells(config, config["inits"])
     scores = {"pisa": 0.2, "beihai": 0.4, "mumbai": 0.6}
     for cell in cells:
         if not (cell["init"] == "rs_mae" and cell["dataset"] == "oscd-mumbai"):  # one fold unfinished
@@ -60,7 +61,7 @@ def test_plain_datasets_get_sections_and_a_plot(tmp_path: Path) -> None:
     config["datasets"] = {"oscd": {"task": "oscd", "test_root": "x", "train_note": "5 cities"}}
     config["grid"] = [{"protocols": ["frozen", "full"], "datasets": ["oscd"]}]
     config.pop("results_name")
-    cells = transfer.plan_cells(config, config["inits"])
+    cells = plan_cells(config, config["inits"])
     for cell in cells:
         _write_cell(config, cell, 0.3)
     stale = tmp_path / "results" / "change_maps" / "oscd_rs_mae_frozen_pisa.png"  # an earlier best cell's
@@ -76,8 +77,8 @@ def test_plain_datasets_get_sections_and_a_plot(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["cd-cpu-small.yaml", "cd-oscd-loco.yaml"])
 def test_change_configs_plan_their_cells(name: str) -> None:
-    config = transfer.load_config(ROOT / "configs" / "bench" / name)
-    cells = transfer.plan_cells(config, config["inits"])
+    config = load_config(ROOT / "configs" / "bench" / name)
+    cells = plan_cells(config, config["inits"])
     assert len(cells) == {"cd-cpu-small.yaml": 90, "cd-oscd-loco.yaml": 42}[name]
     for data in config["datasets"].values():
         if "held_out" in data:  # a fold: the held-out city is never among its training cities
@@ -93,12 +94,12 @@ def test_the_change_grid_resumes_without_recomputing_finished_cells(tmp_path: Pa
               "change": {"steps": 2, "batch_size": 2, "crop_size": 32, "overlap": 8, "maps": False},
               "cells_dir": str(tmp_path / "cells")}
     manifest = {"fc_siam_diff": {"path": None, "sha256": None, "model": "fc-siam-diff"}}
-    cells = transfer.plan_cells(config, config["inits"])
-    assert transfer.run_grid(config, cells[:1], manifest, log=lambda s: None) == 1  # "killed" after one cell
+    cells = plan_cells(config, config["inits"])
+    assert run_grid(config, cells[:1], manifest, log=lambda s: None) == 1  # "killed" after one cell
     first = cell_path(config["cells_dir"], cells[0])
     mtime = first.stat().st_mtime_ns
-    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == 1  # only the missing cell runs
+    assert run_grid(config, cells, manifest, log=lambda s: None) == 1  # only the missing cell runs
     assert first.stat().st_mtime_ns == mtime
-    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == 0
+    assert run_grid(config, cells, manifest, log=lambda s: None) == 0
     result = json.loads(cell_path(config["cells_dir"], cells[1]).read_text())
     assert result["model"] == "fc-siam-diff" and 0.0 <= result["f1"] <= 1.0 and result["seed"] == 1

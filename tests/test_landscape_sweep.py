@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import yaml
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from landscape_sweep import plan  # noqa: E402
-
-from rsmae.errors import RsmaeError  # noqa: E402
+from rsmae.errors import RsmaeError
+from rsmae.experiments.sweep import plan
 
 
 def test_shipped_sweep_gives_every_run_the_same_samples() -> None:

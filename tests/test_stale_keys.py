@@ -6,24 +6,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import EUROSAT, ROOT
+from conftest import EUROSAT
 
 from rsmae.evaluation import features
+from rsmae.experiments import backbones as tb
+from rsmae.experiments import cells, runs
+from rsmae.experiments import sweep as landscape_sweep
+from rsmae.experiments.inits import add_external
 from rsmae.models import create_encoder
 from rsmae.store import TileStore
 from rsmae.tasks.precision import default_precision
 from rsmae.tiling import TileConfig, tile_scenes
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import landscape_sweep  # noqa: E402  (scripts, not packages)
-import transfer  # noqa: E402
-import transfer_backbones as tb  # noqa: E402
-import transfer_tables  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +56,7 @@ def _fake_call(calls: list) -> object:
 def test_backbone_runs_follow_config_and_store_contents_not_paths(tmp_path: Path, store: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list = []
-    monkeypatch.setattr(tb, "_call", _fake_call(calls))
+    monkeypatch.setattr(runs, "run_command", _fake_call(calls))
     configs = Path(shutil.copytree(tb.CONFIGS, tmp_path / "configs"))
     monkeypatch.setattr(tb, "CONFIGS", configs)
     run, out = tb.Run("rs_mae", "rs_mae.yaml", "s2_l1c", 10), tmp_path / "out"
@@ -88,7 +85,7 @@ def test_backbone_runs_follow_config_and_store_contents_not_paths(tmp_path: Path
 def test_sweep_runs_follow_config_and_store_contents(tmp_path: Path, store: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list = []
-    monkeypatch.setattr(landscape_sweep, "_call", _fake_call(calls))
+    monkeypatch.setattr(runs, "run_command", _fake_call(calls))
     recipe = tmp_path / "a" / "base.yaml"
     recipe.parent.mkdir()
     shutil.copy(tb.CONFIGS / "base.yaml", recipe)
@@ -128,14 +125,14 @@ def test_an_external_backbone_is_converted_again_when_its_source_changes(
     source.write_bytes(b"v1")
     config = {"external": {"timm": str(source)}, "backbones_dir": str(tmp_path / "bb"), "inits": [],
               "data": {"sensor": "s2-l1c", "layout": "eurosat", "train_root": str(EUROSAT / "train")}}
-    first = transfer.add_external(config, {})["timm"]
-    again = transfer.add_external(config, {})["timm"]
+    first = add_external(config, {})["timm"]
+    again = add_external(config, {})["timm"]
     assert converted == [b"v1"] and again["sha256"] == first["sha256"]
     source.write_bytes(b"v2")  # the same file name, other weights
-    changed = transfer.add_external(config, {})["timm"]
+    changed = add_external(config, {})["timm"]
     assert converted == [b"v1", b"v2"] and changed["sha256"] != first["sha256"]
     (tmp_path / "bb" / "external" / "timm.json").unlink()  # converted by an older grid: no record
-    transfer.add_external(config, {})
+    add_external(config, {})
     assert len(converted) == 3
 
 
@@ -166,30 +163,30 @@ def test_cell_key_follows_version_precision_and_data_contents(tmp_path: Path,
     tuned = {"init": "rs_mae", "protocol": "full", "fraction": "100%", "seed": 0}
     frozen = {**tuned, "protocol": "linear"}
     config = _grid_config(tmp_path, train.parent, test.parent)
-    key = transfer_tables.fingerprint(tuned, backbone, config)
+    key = cells.fingerprint(tuned, backbone, config)
     # precision: unset and "auto" resolve as the evaluation does on this machine; explicit ones differ
     auto = _grid_config(tmp_path, train.parent, test.parent, precision="auto")
-    assert transfer_tables.fingerprint(tuned, backbone, auto) == key
+    assert cells.fingerprint(tuned, backbone, auto) == key
     local = default_precision("cuda" if torch.cuda.is_available() else "cpu")
     other = "bf16-mixed" if local == "32-true" else "32-true"
-    assert transfer_tables.resolved_precision(tuned, config) == local
-    assert transfer_tables.fingerprint(tuned, backbone, _grid_config(tmp_path, train.parent, test.parent,
+    assert cells.resolved_precision(tuned, config) == local
+    assert cells.fingerprint(tuned, backbone, _grid_config(tmp_path, train.parent, test.parent,
                                                                      precision=other)) != key
-    frozen_key = transfer_tables.fingerprint(frozen, backbone, config)
-    assert transfer_tables.fingerprint(frozen, backbone, _grid_config(tmp_path, train.parent, test.parent,
+    frozen_key = cells.fingerprint(frozen, backbone, config)
+    assert cells.fingerprint(frozen, backbone, _grid_config(tmp_path, train.parent, test.parent,
                                                                       precision=other)) == frozen_key
     # the same data at another path: the same key; one changed image: another key
     moved = Path(shutil.copytree(tmp_path / "a", tmp_path / "b"))
-    assert transfer_tables.fingerprint(tuned, backbone, _grid_config(tmp_path, moved / "train",
+    assert cells.fingerprint(tuned, backbone, _grid_config(tmp_path, moved / "train",
                                                                      moved / "test")) == key
     image = sorted((moved / "test" / "River").iterdir())[0]
     data = image.read_bytes()
     image.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
-    transfer_tables.folder_digest.cache_clear()
-    assert transfer_tables.fingerprint(tuned, backbone, _grid_config(tmp_path, moved / "train",
+    cells.folder_digest.cache_clear()
+    assert cells.fingerprint(tuned, backbone, _grid_config(tmp_path, moved / "train",
                                                                      moved / "test")) != key
     # the code: a new cache version or a new feature-cache version
-    monkeypatch.setattr(transfer_tables, "CACHE_VERSION", transfer_tables.CACHE_VERSION + 1)
-    assert transfer_tables.fingerprint(tuned, backbone, config) != key
+    monkeypatch.setattr(cells, "CACHE_VERSION", cells.CACHE_VERSION + 1)
+    assert cells.fingerprint(tuned, backbone, config) != key
     monkeypatch.setattr(features, "CACHE_VERSION", features.CACHE_VERSION + 1)
-    assert transfer_tables.fingerprint(frozen, backbone, config) != frozen_key
+    assert cells.fingerprint(frozen, backbone, config) != frozen_key

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +15,21 @@ import yaml
 from conftest import DATA, EUROSAT, OSCD, ROOT
 from PIL import Image
 
+from rsmae.cli import pretrain as pretrain_cli
 from rsmae.errors import EvaluationLeakError, InputNotFoundError
+from rsmae.experiments import backbones as tb
+from rsmae.experiments import runs
+from rsmae.experiments.leaks import check_no_leaks
 from rsmae.models import load_backbone
 from rsmae.store import TileStore
 from rsmae.tiling import TileConfig, tile_scenes
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "pipelines"))
-import corpus_leaks  # noqa: E402  (scripts, not packages)
-import pretrain as pretrain_cli  # noqa: E402
-import transfer_backbones as tb  # noqa: E402
 
 EVAL_ROOTS = [EUROSAT, OSCD.parent]
 TIN = DATA / "tinyimagenet64_subset"
 
 
 def _script(name: str, path: Path):  # noqa: ANN202  (a module)
-    """Import a dataset's prepare.py (two share the name ``prepare``)."""
+    """Import a script (two datasets' scripts share the name ``prepare``; benchmarks/ is no package)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -41,6 +38,7 @@ def _script(name: str, path: Path):  # noqa: ANN202  (a module)
 
 tinyimagenet = _script("tinyimagenet_prepare", ROOT / "datasets" / "tinyimagenet" / "prepare.py")
 eolearn = _script("eolearn_prepare", ROOT / "datasets" / "eolearn_s2l1c" / "prepare.py")
+corpus_leaks = _script("corpus_leaks", ROOT / "benchmarks" / "corpus_leaks.py")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +57,7 @@ def _eurosat_store(out: Path, files: list[Path]) -> Path:
 
 
 def test_leak_check_accepts_a_clean_store(clean_store: Path) -> None:
-    report = corpus_leaks.check_no_leaks([clean_store], EVAL_ROOTS)
+    report = check_no_leaks([clean_store], EVAL_ROOTS)
     assert report["leaks"] == 0 and report["store_files"] == 2 and report["eval_files"] > 270
 
 
@@ -68,17 +66,17 @@ def test_leak_check_refuses_an_evaluation_image(tmp_path: Path, clean_store: Pat
     tif = sorted((EUROSAT / "test" / "Forest").glob("*.tif"))[0]
     direct = _eurosat_store(tmp_path / "direct.zarr", [tif])  # read from the evaluation folder itself
     with pytest.raises(EvaluationLeakError, match=rf"{tif.name}.*direct\.zarr is an evaluation image"):
-        corpus_leaks.check_no_leaks([clean_store, direct], EVAL_ROOTS)
+        check_no_leaks([clean_store, direct], EVAL_ROOTS)
     copy = tmp_path / "elsewhere" / "renamed.tif"  # the same bytes under another name
     copy.parent.mkdir()
     shutil.copy(tif, copy)
     copied = _eurosat_store(tmp_path / "copied.zarr", [copy])
     with pytest.raises(EvaluationLeakError, match=rf"renamed\.tif \(a copy of {tif.resolve()}\)"):
-        corpus_leaks.check_no_leaks([clean_store, copied], EVAL_ROOTS)
+        check_no_leaks([clean_store, copied], EVAL_ROOTS)
     assert corpus_leaks.main([str(copied), "--eval", *map(str, EVAL_ROOTS)]) == 2
     assert "renamed.tif" in capsys.readouterr().err
     with pytest.raises(InputNotFoundError, match="no evaluation files"):
-        corpus_leaks.check_no_leaks([clean_store], [tmp_path / "empty"])
+        check_no_leaks([clean_store], [tmp_path / "empty"])
 
 
 def test_tinyimagenet_prepare_tiles_hold_the_images(tmp_path: Path) -> None:
@@ -114,11 +112,11 @@ def _printed(override: str, capsys: pytest.CaptureFixture[str]) -> dict:
 
 
 def test_benchmark_configs_share_one_recipe_and_budget(capsys: pytest.CaptureFixture[str]) -> None:
-    runs = tb.plan_runs(1501)
-    steps = {r.name: r.steps for r in runs}
+    planned = tb.plan_runs(1501)
+    steps = {r.name: r.steps for r in planned}
     assert steps.pop("natural_half") + steps.pop("natural_to_rs") == 1501  # natural N/2, then S2 N/2
     assert set(steps.values()) == {1501}
-    configs = {o: _printed(o, capsys) for o in sorted({r.override for r in runs})}
+    configs = {o: _printed(o, capsys) for o in sorted({r.override for r in planned})}
     allowed = {"method", "consistency_weight", "teacher_momentum", "init_backbone"}
     ref = configs["rs_mae.yaml"]
     for name, cfg in configs.items():
@@ -158,7 +156,7 @@ def test_pretrain_runs_once_and_again_when_its_inputs_change(tmp_path: Path, cle
         (folder / "metrics.csv").write_text("step,train/loss\n9,0.5\n10,0.7\n")
         return 1.0
 
-    monkeypatch.setattr(tb, "_call", fake_call)
+    monkeypatch.setattr(runs, "run_command", fake_call)
     folder = tmp_path / "rs_mae"
     run = tb.Run("rs_mae", "rs_mae.yaml", "s2_l1c", 10, probe=True)
     stores = {"s2_l1c": clean_store}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -13,13 +14,18 @@ from conftest import EUROSAT, ROOT
 from rsmae.bands import get_sensor
 from rsmae.evaluation.data import backbone_meta
 from rsmae.evaluation.features import file_digest
+from rsmae.experiments import cell_path, grid, inits, manifest_from_paths, plan_cells, run_cell, run_grid
 from rsmae.models import BackboneMeta, create_encoder, save_backbone
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import transfer  # noqa: E402
-import transfer_tables  # noqa: E402
-
 S2 = list(get_sensor("s2-l1c").names)
+
+
+def _script(name: str) -> ModuleType:
+    """A script of ``benchmarks/`` (a folder, not a package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _backbone(path: Path, seed: int) -> dict:
@@ -44,18 +50,18 @@ def test_grid_resumes_and_recomputes_only_changed_backbones(tmp_path: Path) -> N
     manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
                 "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
     config = _config(tmp_path)
-    cells = transfer.plan_cells(config, config["inits"])
+    cells = plan_cells(config, config["inits"])
     assert len(cells) == 2 * 2 * 2 + 2 * 1 * 2
-    assert transfer.run_grid(config, cells[:5], manifest, log=lambda s: None) == 5  # "killed" after 5
+    assert run_grid(config, cells[:5], manifest, log=lambda s: None) == 5  # "killed" after 5
     first = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")}
     assert len(first) == 5
-    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == len(cells) - 5
+    assert run_grid(config, cells, manifest, log=lambda s: None) == len(cells) - 5
     for path, mtime in first.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
-    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == 0
+    assert run_grid(config, cells, manifest, log=lambda s: None) == 0
     manifest["rs_mae"] = _backbone(tmp_path / "rs.safetensors", 2)  # the file changed: its cells rerun
-    assert transfer.run_grid(config, cells, manifest, log=lambda s: None) == len(cells) // 2
-    result = json.loads(transfer_tables.cell_path(config["cells_dir"], cells[0]).read_text())
+    assert run_grid(config, cells, manifest, log=lambda s: None) == len(cells) // 2
+    result = json.loads(cell_path(config["cells_dir"], cells[0]).read_text())
     assert {"accuracy", "trainable_params", "wall_s", "fingerprint", "init", "seed"} <= set(result)
 
 
@@ -63,9 +69,9 @@ def test_tables_and_plots_from_finished_cells(tmp_path: Path) -> None:
     manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
                 "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
     config = _config(tmp_path)
-    cells = transfer.plan_cells(config, config["inits"])
-    transfer.run_grid(config, cells[:4], manifest, log=lambda s: None)
-    paths = transfer_tables.write_tables(config, cells, manifest, tmp_path / "results")
+    cells = plan_cells(config, config["inits"])
+    run_grid(config, cells[:4], manifest, log=lambda s: None)
+    paths = _script("transfer_tables").write_tables(config, cells, manifest, tmp_path / "results")
     md = (tmp_path / "results" / "transfer_eurosat.md").read_text()
     assert "4 of 12 cells done" in md and "± " in md and "published" in md.lower() and "not run" in md
     rows = (tmp_path / "results" / "transfer_eurosat.csv").read_text().splitlines()
@@ -74,31 +80,31 @@ def test_tables_and_plots_from_finished_cells(tmp_path: Path) -> None:
 
 
 def test_backbones_given_by_path_and_a_derived_random_init(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(transfer, "ROOT", tmp_path)
+    monkeypatch.setattr(inits, "ROOT", tmp_path)
     (tmp_path / "runs" / "v1").mkdir(parents=True)
     _backbone(tmp_path / "runs" / "v1" / "backbone.safetensors", 3)
     config = {**_config(tmp_path), "backbones": {"demo_mae": "runs/v*/backbone.safetensors"},
               "inits": ["random", "demo_mae"]}
-    manifest = transfer.manifest_from_paths(config)
+    manifest = manifest_from_paths(config)
     assert set(manifest) == {"random", "demo_mae"}
     assert manifest["random"]["sha256"] != manifest["demo_mae"]["sha256"]
     meta = backbone_meta(manifest["random"]["path"])
     assert meta.bands == S2 and meta.mean == [1000.0] * 13 and "random init" in meta.source
     config["backbones"] = {"demo_mae": "runs/none*/backbone.safetensors"}
     with pytest.raises(FileNotFoundError, match="pretrain first"):
-        transfer.manifest_from_paths(config)
+        manifest_from_paths(config)
 
 
 def test_a_cell_fails_before_its_work_when_its_key_cannot_be_made(monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:
     ran = []
-    monkeypatch.setattr(transfer, "_classification", lambda *a: ran.append(a) or {})
+    monkeypatch.setattr(grid, "_classification", lambda *a: ran.append(a) or {})
 
     def broken(*_):
         raise ImportError("cannot import name 'X' (a module edited under a running grid)")
 
-    monkeypatch.setattr(transfer, "fingerprint", broken)
+    monkeypatch.setattr(grid, "fingerprint", broken)
     cell = {"init": "random", "protocol": "knn", "fraction": "100%", "seed": 0}
     with pytest.raises(ImportError, match="cannot import name"):
-        transfer.run_cell(cell, {"path": None}, {"cells_dir": str(tmp_path)})
+        run_cell(cell, {"path": None}, {"cells_dir": str(tmp_path)})
     assert ran == [] and not list(tmp_path.iterdir())  # nothing evaluated, nothing written
