@@ -45,6 +45,7 @@ from rsmae.models.trainable import Tune
 from rsmae.models.trainable import parse_protocol as parse_protocol_spec
 from rsmae.tasks.change import ChangeTask, load_change_model, save_change_model
 from rsmae.tasks.precision import default_precision
+from rsmae.tasks.statistics import backbone_or_training_statistics
 
 __all__ = [
     "CHANGE_DATASETS",
@@ -244,8 +245,10 @@ def _train(backbone: str | Path | None, tune: Tune, model: str, data: Bitemporal
             tune=tune, fusion=cfg.fusion, decoder_dim=cfg.decoder_dim, pos_weight=pos_weight,
             dice_weight=cfg.dice_weight, ignore_index=data.ignore_index, lr=cfg.lr, encoder_lr=cfg.encoder_lr,
             weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, dihedral=cfg.dihedral, seed=seed)
-        if task.hparams.mean is None:
-            task.set_statistics(*band_statistics(train_parts))
+        mean, std, from_training = backbone_or_training_statistics(
+            task.hparams.mean, task.hparams.std, lambda: band_statistics(train_parts))
+        if from_training:
+            task.set_statistics(mean, std)
             _logger.info("normalising with statistics of the training split (%s)",
                          "no backbone" if backbone is None else "the backbone has none for these bands")
         crops = PairCrops(train_parts, cfg.crop_size, cfg.steps * cfg.batch_size, seed=seed,

@@ -26,6 +26,7 @@ from rsmae.data import normalize_images
 from rsmae.datasets.scene_folder import SUFFIXES, SceneFolder
 from rsmae.errors import BandError, InputNotFoundError, ModelConfigError, RasterReadError
 from rsmae.models.weights import BackboneMeta, load_backbone, read_backbone_meta
+from rsmae.tasks.statistics import backbone_or_training_statistics
 
 __all__ = [
     "ACCELERATORS",
@@ -241,11 +242,10 @@ def load_classification(
     x, y = train_set.tensors()
     rest, val = stratified_split(y, val_fraction, seed=0)
     chosen = rest[label_subset(y[rest], fraction, seed)]
-    if meta.mean is not None and meta.std is not None:
-        mean, std, note = meta.mean, meta.std, ""
-    else:
-        mean, std = _stats(x[rest])
-        note = "normalisation statistics computed from the training split (the backbone has none)"
+    mean, std, from_training = backbone_or_training_statistics(meta.mean, meta.std, lambda: _stats(x[rest]))
+    note = "normalisation statistics computed from the training split (the backbone has none)" \
+        if from_training else ""
+    if from_training:
         _logger.warning("%s", note)
     def norm(images: Tensor) -> Tensor:
         return normalize_images(images, mean, std)

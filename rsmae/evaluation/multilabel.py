@@ -38,6 +38,7 @@ from rsmae.evaluation.data import accelerator_device, backbone_meta, load_for_ta
 from rsmae.evaluation.features import cached_features, file_digest
 from rsmae.evaluation.progress import Progress
 from rsmae.tasks.probe import LR_SWEEP, fit_head, sweep_lr
+from rsmae.tasks.statistics import backbone_or_training_statistics
 
 __all__ = [
     "LR_SWEEP",
@@ -204,10 +205,12 @@ def evaluate_multilabel(
 
     if size != native:
         note = "; ".join(filter(None, [note, f"images resized from {native} to {size} px (patch {patch})"]))
-    if meta.mean is not None and meta.std is not None and source.sensor == "s2-l2a":
-        mean, std = torch.tensor(meta.mean), torch.tensor(meta.std)
-    else:  # no statistics, or statistics of other processing (L1C top-of-atmosphere) or bands
-        mean, std = _statistics(chunks("train", "statistics"))
+    # no statistics, or statistics of other processing (L1C top-of-atmosphere) or bands: the training split's
+    mean, std, from_training = backbone_or_training_statistics(
+        meta.mean, meta.std, lambda: _statistics(chunks("train", "statistics")),
+        usable=source.sensor == "s2-l2a")
+    mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+    if from_training:
         note = "; ".join(filter(None, [note, "normalisation statistics from the training split"]))
         _logger.warning("%s: normalisation statistics computed from the BigEarthNet training split", backbone)
     digest, feats, ys = file_digest(backbone), {}, {}

@@ -28,6 +28,7 @@ from rsmae.models import patchify, unpatchify
 from rsmae.models.weights import save_backbone
 from rsmae.tasks.pretrain import PretrainTask
 from rsmae.tasks.probe import extract_features, knn_accuracy, linear_probe_accuracy
+from rsmae.tasks.statistics import backbone_or_training_statistics
 
 __all__ = ["BackboneExport", "ProbeCallback", "ReconstructionImages", "reconstruct", "true_colour"]
 
@@ -209,13 +210,15 @@ class BackboneExport(L.Callback):
                                   pl_module.backbone_meta(self.weights))
 
 
-def _channels(raw: Tensor, sources: list[int | None], mean: Tensor, std: Tensor) -> Tensor:
-    """``(N, len(sources), H, W)``: channel ``j`` is ``raw[:, sources[j]]`` normalised, zeros for ``None``."""
-    normalised = normalize_images(raw, mean, std)
-    out = normalised.new_zeros(raw.shape[0], len(sources), *raw.shape[2:])
+def _channels(raw: Tensor, sources: list[int | None], mean: list[float], std: list[float]) -> Tensor:
+    """``(N, len(sources), H, W)``: channel ``j`` is ``raw[:, sources[j]]`` normalised, zeros for ``None``.
+
+    ``mean[j]`` and ``std[j]`` are the statistics of channel ``j``.
+    """
+    out = raw.new_zeros(raw.shape[0], len(sources), *raw.shape[2:], dtype=torch.float32)
     for j, i in enumerate(sources):
         if i is not None:
-            out[:, j] = normalised[:, i]
+            out[:, j] = normalize_images(raw[:, i : i + 1], mean[j : j + 1], std[j : j + 1])[:, 0]
     return out
 
 
@@ -275,21 +278,27 @@ class ProbeCallback(L.Callback):
         matched = match_dataset_bands(bands, sensor, EuroSAT.all_bands, EuroSAT.sensor)
         mapping = ", ".join(f"{b} <- {m or 'zeros'} ({how})"
                             for b, (m, how) in zip(bands, matched, strict=True))
-        if sensor in ("s2-l1c", "s2-l2a"):  # EuroSAT has every Sentinel-2 band: read them by name
+        own = sensor in ("s2-l1c", "s2-l2a")  # EuroSAT has every Sentinel-2 band, in the same numbers
+        if own:
             _logger.log(logging.INFO if sensor == EuroSAT.sensor else logging.WARNING,
                         "probing a %s encoder on EuroSAT (Sentinel-2 L1C), pretraining statistics: %s",
                         sensor, mapping)
-            stats = {"mean": data_info["mean"], "std": data_info["std"]}
-            self.data = {s: EuroSAT(self.root, s, bands=[b for b, _ in matched], **stats) for s in _SPLITS}
-            self.images = {s: ds.images for s, ds in self.data.items()}
-            return
-        _logger.warning("probing a %s encoder on EuroSAT (Sentinel-2 L1C), EuroSAT train-split "
-                        "statistics: %s", sensor, mapping)
-        used = sorted({b for b, _ in matched if b is not None}, key=EuroSAT.all_bands.index)
+        else:
+            _logger.warning("probing a %s encoder on EuroSAT (Sentinel-2 L1C), EuroSAT train-split "
+                            "statistics: %s", sensor, mapping)
+        used = [b for b, _ in matched] if own else sorted({b for b, _ in matched if b is not None},
+                                                          key=EuroSAT.all_bands.index)
         self.data = {s: EuroSAT(self.root, s, bands=used) for s in _SPLITS}
-        train = self.data["train"].images.double()
-        mean, std = train.mean(dim=(0, 2, 3)), train.std(dim=(0, 2, 3)).clamp_min(1e-6)
         sources = [None if b is None else used.index(b) for b, _ in matched]
+
+        def train_split() -> tuple[list[float], list[float]]:  # per encoder channel (zeros: 0 and 1)
+            train = self.data["train"].images.double()
+            mean, std = train.mean(dim=(0, 2, 3)), train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+            return ([0.0 if i is None else float(mean[i]) for i in sources],
+                    [1.0 if i is None else float(std[i]) for i in sources])
+
+        mean, std, _ = backbone_or_training_statistics(data_info.get("mean"), data_info.get("std"),
+                                                       train_split, usable=own)
         self.images = {s: _channels(ds.images, sources, mean, std) for s, ds in self.data.items()}
 
     def setup(self, trainer: L.Trainer, pl_module: PretrainTask, stage: str) -> None:
