@@ -14,12 +14,14 @@ of the change-detection tables:
    write change-map PNGs, the precision-recall curve and the model.
 
 A saved model (``load=``) skips 1-3 and keeps the threshold chosen when it was trained.
+
+The settings are :class:`~rsmae.evaluation.change_config.ChangeConfig` (training and scoring) inside
+a :class:`~rsmae.evaluation.change_config.ChangeRun` (what, where), passed whole; scoring and its
+outputs are :mod:`rsmae.evaluation.change_scoring`.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import json
 import logging
 import math
@@ -33,14 +35,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from rsmae.datasets import LEVIRCD, OSCD, BitemporalScenes, LandsatCD, PairCrops, PairScene
+from rsmae.datasets import BitemporalScenes, PairCrops, PairScene
 from rsmae.datasets.bitemporal import band_statistics
-from rsmae.errors import InputNotFoundError
-from rsmae.evaluation.change_metrics import ChangeScores, best_f1_threshold, save_change_map, save_pr_curve
+from rsmae.evaluation.change_config import CHANGE_DATASETS, ChangeConfig, ChangeRun
+from rsmae.evaluation.change_metrics import best_f1_threshold
+from rsmae.evaluation.change_scoring import format_scene, predict_scene, score_scenes, summary
 from rsmae.evaluation.data import accelerator_device
 from rsmae.evaluation.progress import StepProgress, track
-from rsmae.evaluation.sliding import sliding_window_logits
-from rsmae.models import fused_attention_pays, set_fused_attention
 from rsmae.models.trainable import Tune
 from rsmae.models.trainable import parse_protocol as parse_protocol_spec
 from rsmae.tasks.change import ChangeTask, load_change_model, save_change_model
@@ -50,117 +51,16 @@ from rsmae.tasks.statistics import backbone_or_training_statistics
 __all__ = [
     "CHANGE_DATASETS",
     "ChangeConfig",
+    "ChangeRun",
     "evaluate_change",
     "format_scene",
     "parse_protocol",
     "predict_scene",
+    "run_change",
     "summary",
 ]
 
 _logger = logging.getLogger(__name__)
-
-CHANGE_DATASETS: dict[str, type[BitemporalScenes]] = {"oscd": OSCD, "levircd": LEVIRCD, "landsat": LandsatCD}
-
-
-@dataclasses.dataclass
-class ChangeConfig:
-    """Settings of :func:`evaluate_change` (CPU-friendly defaults: one OSCD cell in minutes).
-
-    Attributes:
-        steps: Optimiser steps.
-        batch_size: Pairs per step.
-        crop_size: Training crop side = inference window = the ViT's input size.
-        overlap: Pixels shared by neighbouring inference windows.
-        window_batch: Windows per forward in inference.
-        blend: Weight window of the blended logits (``cosine``, ``triangular``, ``flat``).
-        val_fraction: Bottom fraction of every training scene held out for the threshold.
-        match_dates: Rescale date 2 per band to date 1's scene mean and std before anything else
-            (:meth:`~rsmae.datasets.PairScene.match_dates`), in training and scoring alike.
-        preset: Encoder preset of a random init.
-        patch_size: Patch size of a random init.
-        fusion: ``"diff"`` or ``"concat"``.
-        decoder_dim: Decoder width.
-        pos_weight: BCE weight of change pixels; ``None`` = sqrt(no-change / change) of the
-            training pixels.
-        dice_weight: Soft-Dice weight (0 = BCE only).
-        lr: Decoder / from-scratch learning rate.
-        encoder_lr: Learning rate of tuned encoder parts.
-        weight_decay: AdamW weight decay.
-        warmup_steps: Warmup steps (``None`` = 5 %).
-        dihedral: Random D4 element per pair in training.
-        precision: Lightning precision (``"32-true"``, ``"bf16-mixed"``); ``"auto"`` = bf16 where the
-            CPU computes it natively (:func:`~rsmae.tasks.precision.default_precision`), in training
-            and inference alike.
-        maps: Write a change-map PNG per test scene (with ``out_dir``).
-        accelerator: Lightning accelerator of training and scoring: ``"auto"`` (a GPU when one is
-            visible, else the CPU), ``"cpu"`` or ``"gpu"``; resolved to the device type it runs on.
-        progress: Show the training steps and the scored scenes (a bar on a terminal, else log lines).
-        threads: Torch threads during the run (restored after); ``None`` keeps the current count.
-            One thread per process pays when several runs share the cores.
-    """
-
-    steps: int = 300
-    batch_size: int = 8
-    crop_size: int = 64
-    overlap: int = 16
-    window_batch: int = 32
-    blend: str = "cosine"
-    val_fraction: float = 0.2
-    match_dates: bool = True
-    preset: str = "vit_tiny"
-    patch_size: int = 16
-    fusion: str = "diff"
-    decoder_dim: int = 64
-    pos_weight: float | None = None
-    dice_weight: float = 0.0
-    lr: float = 1e-3
-    encoder_lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None
-    dihedral: bool = True
-    precision: str = "auto"
-    maps: bool = True
-    accelerator: str = "auto"
-    progress: bool = True
-    threads: int | None = None
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> ChangeConfig:
-        """Build from keyword arguments, naming the valid ones when a key is unknown."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise TypeError(f"unknown change-detection setting(s) {unknown}; valid: {sorted(names)}")
-        return cls(**kwargs)
-
-    @classmethod
-    def parse_settings(cls, items: Sequence[str]) -> dict[str, Any]:
-        """``["steps=300", "precision=bf16-mixed"]`` -> keyword arguments (JSON values, else strings).
-
-        Raises:
-            ValueError: an item is not ``KEY=VALUE``.
-        """
-        out: dict[str, Any] = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"setting {item!r} is not KEY=VALUE (e.g. steps=300)")
-            try:
-                out[key.strip()] = json.loads(value)
-            except json.JSONDecodeError:
-                out[key.strip()] = value
-        return out
-
-
-def format_scene(line: dict[str, Any]) -> str:
-    """One printable line of a test scene's scores."""
-    scores = " ".join(f"{k} {line[k]:.4f}" for k in ("f1", "iou", "precision", "recall", "accuracy"))
-    return f"{line['scene']}: {scores} change {line['change_fraction']:.2%} ({line['seconds']:.1f} s)"
-
-
-def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The result without per-scene lines: the last-line JSON of the pipeline."""
-    return {k: v for k, v in result.items() if k != "scenes"}
 
 
 def _tune(protocol: str | int) -> Tune:
@@ -180,33 +80,6 @@ def parse_protocol(protocol: str | int) -> Tune:
     warnings.warn("rsmae.evaluation.change.parse_protocol is deprecated; use "
                   "rsmae.models.trainable.parse_protocol (a Protocol)", DeprecationWarning, stacklevel=2)
     return _tune(protocol)
-
-
-def predict_scene(task: ChangeTask, scene: PairScene, *, overlap: int, window_batch: int = 32,
-                  blend: str = "cosine", precision: str = "32-true") -> torch.Tensor:
-    """Change probabilities ``(H, W)``, on the CPU, of a whole scene by sliding windows on the model's device.
-
-    ``precision`` ``"bf16-mixed"`` runs the windows under bf16 autocast; logits are blended in fp32.
-    """
-    was_training = task.training
-    task.eval()
-    set_fused_attention(task.model, fused_attention_pays(task.device))
-    bf16 = precision.startswith("bf16")
-    try:
-        pair = torch.from_numpy(scene.image.astype("float32")).to(task.device)
-        with torch.autocast(task.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = sliding_window_logits(task.predict_logits, pair, window=task.hparams.img_size,
-                                           overlap=overlap, batch_size=window_batch, blend=blend)
-    finally:
-        task.train(was_training)
-    return torch.sigmoid(logits).cpu()
-
-
-def _dataset(name: str) -> type[BitemporalScenes]:
-    try:
-        return CHANGE_DATASETS[name]
-    except KeyError:
-        raise ValueError(f"dataset {name!r}; choose {', '.join(CHANGE_DATASETS)}") from None
 
 
 def _prepare(data: BitemporalScenes, cfg: ChangeConfig) -> BitemporalScenes:
@@ -233,18 +106,16 @@ def _pos_weight(scenes: Sequence[PairScene], ignore_index: int) -> float:
     return math.sqrt(same / change) if change else 1.0
 
 
-def _train(backbone: str | Path | None, tune: Tune, model: str, data: BitemporalScenes, cfg: ChangeConfig,
-           seed: int, out_dir: Path | None) -> tuple[ChangeTask, dict[str, Any]]:
+def _train(run: ChangeRun, data: BitemporalScenes) -> tuple[ChangeTask, dict[str, Any]]:
+    cfg, backbone, seed = run.config, run.backbone, run.seed
     train_parts, val_parts = _split_train(data.scenes, cfg.val_fraction)
     pos_weight = cfg.pos_weight or _pos_weight(train_parts, data.ignore_index)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        task = ChangeTask(
-            bands=list(data.bands), model=model, backbone=None if backbone is None else str(backbone),
-            preset=cfg.preset, patch_size=cfg.patch_size, img_size=cfg.crop_size, sensor=data.sensor,
-            tune=tune, fusion=cfg.fusion, decoder_dim=cfg.decoder_dim, pos_weight=pos_weight,
-            dice_weight=cfg.dice_weight, ignore_index=data.ignore_index, lr=cfg.lr, encoder_lr=cfg.encoder_lr,
-            weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, dihedral=cfg.dihedral, seed=seed)
+        task = ChangeTask(**{**cfg.task_kwargs(), "pos_weight": pos_weight},
+                          bands=list(data.bands), model=run.model,
+                          backbone=None if backbone is None else str(backbone), img_size=cfg.crop_size,
+                          sensor=data.sensor, tune=run.tune, ignore_index=data.ignore_index, seed=seed)
         mean, std, from_training = backbone_or_training_statistics(
             task.hparams.mean, task.hparams.std, lambda: band_statistics(train_parts))
         if from_training:
@@ -258,7 +129,7 @@ def _train(backbone: str | Path | None, tune: Tune, model: str, data: Bitemporal
                             enable_checkpointing=False, enable_progress_bar=False,
                             callbacks=[StepProgress("change: training")] if cfg.progress else None,
                             enable_model_summary=False, precision=cfg.precision, num_sanity_val_steps=0,
-                            default_root_dir=str(out_dir) if out_dir else None)
+                            default_root_dir=str(run.out) if run.out else None)
         start = time.perf_counter()
         trainer.fit(task, loader)
         train_seconds = time.perf_counter() - start
@@ -319,28 +190,34 @@ def evaluate_change(
         ``scenes`` (per-scene metrics), timings and the run's settings.
     """
     cfg = ChangeConfig.from_kwargs(**hparams)
+    return run_change(ChangeRun(
+        backbone=backbone, tune=_tune(tune), test_root=test_root, train_root=train_root, dataset=dataset,
+        seed=seed, out=Path(out_dir) if out_dir is not None else None, model=model, train_cities=train_cities,
+        test_cities=test_cities, bands=bands, load=load, on_scene=on_scene, config=cfg))
+
+
+def run_change(run: ChangeRun) -> dict[str, Any]:
+    """:func:`evaluate_change` of one :class:`~rsmae.evaluation.change_config.ChangeRun`, passed whole.
+
+    ``run.config``'s ``accelerator`` and ``precision`` are resolved in place (``"auto"`` -> the device
+    and precision the run uses).
+    """
+    cfg = run.config
     cfg.accelerator = accelerator_device(cfg.accelerator).type  # "auto" -> "cuda" or "cpu", as Lightning
     if cfg.precision == "auto":
         cfg.precision = default_precision(cfg.accelerator)
         _logger.info("precision auto -> %s on %s", cfg.precision, cfg.accelerator)
-    cls = _dataset(dataset)
-    tune = _tune(tune)
-    out = Path(out_dir) if out_dir is not None else None
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _evaluate(backbone, tune, cls, cfg, seed, out, model, dataset, test_root, train_root,
-                         train_cities, test_cities, bands, load, on_scene)
+        return _evaluate(run)
     finally:
         torch.set_num_threads(threads)
 
 
-def _evaluate(backbone: str | Path | None, tune: Tune, cls: type[BitemporalScenes], cfg: ChangeConfig,
-              seed: int, out: Path | None, model: str, dataset: str, test_root: str | Path,
-              train_root: str | Path | None, train_cities: Sequence[str] | None,
-              test_cities: Sequence[str] | None, bands: Sequence[str] | None, load: str | Path | None,
-              on_scene: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+def _evaluate(run: ChangeRun) -> dict[str, Any]:
+    cfg, cls, out, load, bands = run.config, run.scenes, run.out, run.load, run.bands
     if load is not None:
         task, info = load_change_model(load)
         task.to(cfg.accelerator)
@@ -348,17 +225,18 @@ def _evaluate(backbone: str | Path | None, tune: Tune, cls: type[BitemporalScene
         cfg.match_dates = bool(info.get("match_dates", cfg.match_dates))  # as the model was trained
         bands = task.hparams.bands
     else:
-        train_split = "train" if train_cities is None else "cities"
-        data = _prepare(cls(train_root or test_root, train_split, cities=train_cities, bands=bands), cfg)
-        task, info = _train(backbone, tune, model, data, cfg, seed, out)
+        train_split = "train" if run.train_cities is None else "cities"
+        root = run.train_root or run.test_root
+        data = _prepare(cls(root, train_split, cities=run.train_cities, bands=bands), cfg)
+        task, info = _train(run, data)
         bands = data.bands
-    all_cities = test_cities is not None and list(test_cities) == ["all"]
-    test = _prepare(cls(test_root, "all" if all_cities else "test",
-                        cities=None if all_cities else test_cities, bands=bands), cfg)
-    result = _score(task, test, cfg, float(info["threshold"]), out, on_scene)
-    result.update({k: v for k, v in info.items() if k != "threshold"}, dataset=dataset,
-                  model=task.hparams.model, backbone=None if backbone is None else str(backbone),
-                  tune=task.hparams.tune, seed=seed, bands=list(bands), window=task.hparams.img_size,
+    all_cities = run.test_cities is not None and list(run.test_cities) == ["all"]
+    test = _prepare(cls(run.test_root, "all" if all_cities else "test",
+                        cities=None if all_cities else run.test_cities, bands=bands), cfg)
+    result = score_scenes(task, test, cfg, float(info["threshold"]), out=out, on_scene=run.on_scene)
+    result.update({k: v for k, v in info.items() if k != "threshold"}, dataset=run.dataset,
+                  model=task.hparams.model, backbone=None if run.backbone is None else str(run.backbone),
+                  tune=task.hparams.tune, seed=run.seed, bands=list(bands), window=task.hparams.img_size,
                   overlap=cfg.overlap, compute_precision=cfg.precision, device=cfg.accelerator,
                   test_scenes=[s.name for s in test.scenes])
     if out is not None:
@@ -366,46 +244,6 @@ def _evaluate(backbone: str | Path | None, tune: Tune, cls: type[BitemporalScene
             extra = {k: info[k] for k in ("threshold", "val_f1", "train_scenes", "steps")}
             extra["match_dates"] = cfg.match_dates
             result["model_path"] = str(save_change_model(task, out / "change_model.safetensors",
-                                                         extra={**extra, "dataset": dataset}))
+                                                         extra={**extra, "dataset": run.dataset}))
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
-def _score(task: ChangeTask, test: BitemporalScenes, cfg: ChangeConfig, threshold: float,
-           out: Path | None, on_scene: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    if not test.scenes:
-        raise InputNotFoundError(f"{test.root}: no test scene to score")
-    scores = ChangeScores(threshold, test.ignore_index)
-    at_half = ChangeScores(0.5, test.ignore_index)
-    lines = []
-    start = time.perf_counter()
-    for scene in track(test.scenes, "change: scoring", unit="scene", enabled=cfg.progress):
-        tic = time.perf_counter()
-        probs = predict_scene(task, scene, overlap=cfg.overlap, window_batch=cfg.window_batch,
-                              blend=cfg.blend, precision=cfg.precision)
-        mask = torch.from_numpy(scene.mask.astype("int64"))
-        line = {"scene": scene.name, **scores.update(probs, mask), "seconds": time.perf_counter() - tic,
-                "change_fraction": float((mask == 1).sum() / max(int((mask != test.ignore_index).sum()), 1))}
-        at_half.update(probs, mask)
-        if out is not None and cfg.maps:
-            line["map"] = str(save_change_map(out / "maps" / f"{scene.name}.png", torch.from_numpy(
-                scene.image.astype("float32")), test.bands, test.sensor, mask, probs > threshold,
-                test.ignore_index))
-        lines.append(line)
-        _logger.info("%s: F1 %.3f IoU %.3f", scene.name, line["f1"], line["iou"])
-        if on_scene is not None:
-            on_scene(line)
-    result = scores.compute()
-    result["f1_at_0.5"] = at_half.compute()["f1"]
-    result["test_seconds"] = time.perf_counter() - start
-    result["scenes"] = lines
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        curve = scores.pr_curve()
-        with (out / "pr_curve.csv").open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["threshold", "precision", "recall"])
-            writer.writerows(zip(curve["threshold"], curve["precision"], curve["recall"], strict=True))
-        result["pr_curve"] = str(save_pr_curve(out / "pr_curve.png", curve, threshold,
-                                               f"{', '.join(s.name for s in test.scenes)[:60]}"))
     return result
