@@ -44,11 +44,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from provenance import git_commit
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit  # noqa: E402
 
 from rsmae.datasets import EuroSAT
 from rsmae.evaluation.speed import cpu_name, matmul_peak

@@ -58,12 +58,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules above, also in children
-from loader_common import BATCH, REPO, SET_NAMES, scene_sets  # noqa: E402
-from loader_profile import profile_codecs, profile_loader_child, profile_tiling  # noqa: E402
-from loader_report import code_snapshot, environment, markdown, write_csv  # noqa: E402
-from loader_throughput import Child, bench_loaders, loader_child, serve  # noqa: E402
-from loader_tiling import bench_tiling  # noqa: E402
+from loader_common import BATCH, REPO, SET_NAMES, scene_sets
+from loader_profile import profile_codecs, profile_loader_child, profile_tiling
+from loader_report import code_snapshot, environment, markdown, write_csv
+from loader_throughput import Child, bench_loaders, loader_child, serve
+from loader_tiling import bench_tiling
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -44,14 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from official_mae import OfficialMAE, OfficialRCMAE
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from official_mae import OfficialMAE, OfficialRCMAE  # noqa: E402
-
-from rsmae.evaluation.speed import cpu_name, matmul_peak  # noqa: E402
-from rsmae.models import (  # noqa: E402
+from rsmae.evaluation.speed import cpu_name, matmul_peak
+from rsmae.models import (
     RCMAE,
     MaskedAutoencoder,
     create_encoder,
@@ -60,7 +58,7 @@ from rsmae.models import (  # noqa: E402
     set_fused_attention,
     teacher_momentum,
 )
-from rsmae.tasks.precision import cpu_flags  # noqa: E402
+from rsmae.tasks.precision import cpu_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -28,9 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit  # noqa: E402
+from provenance import git_commit
 
 from rsmae.datasets import EuroSAT
 from rsmae.evaluation.floors import FLOORS, FloorConfig, evaluate_floor

@@ -1,7 +1,8 @@
 """Loader benchmark, part 1: ``tile_scenes`` vs reading the same pixels with rasterio.
 
 The read pool uses the spawn start method: its processes import this module by name (the
-``benchmarks`` folder is on ``sys.path``, put there by ``bench_loader.py`` and passed on by spawn).
+``benchmarks`` folder is on ``sys.path``: the folder of the script run, ``bench_loader.py``, passed on by
+spawn).
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ from conftest import DATA, ROOT
 # an AVX2-only one (the loss is ~1.15). Any CPU must stay within float32 rounding of a few ops.
 LOSS_TOL = 1e-5
 EQUIVALENCE = """
-import argparse, sys
-sys.path.insert(0, "benchmarks")
+import argparse
 import torch
 from bench_pretrain import check_equivalence
 torch.manual_seed(0)
@@ -24,8 +23,9 @@ print(torch.backends.cpu.get_cpu_capability(), check_equivalence(argparse.Namesp
 """
 
 
-def _run(*args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=ROOT,
+def _run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> str:
+    """Run python with ``args`` in ``cwd`` (``-c`` code run in ``benchmarks/`` imports its scripts)."""
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=cwd,
                           env=None if env is None else {**os.environ, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -39,7 +39,8 @@ def _loss_diff(text: str) -> float:
 
 def test_equivalence_within_tolerance_without_avx512() -> None:
     """The AVX2 kernels (as on a CPU without AVX-512) give a non-zero difference, within LOSS_TOL."""
-    out = _run("-c", EQUIVALENCE, env={"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    out = _run("-c", EQUIVALENCE, env={"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+               cwd=ROOT / "benchmarks")
     capability, diff = out.split()[-2:]
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert capability == "AVX2"
@@ -66,3 +67,16 @@ def test_bench_loader_writes_table(tmp_path: Path) -> None:
     for kind in ("rsmae", "rsmae-native"):
         assert f"**{kind} / torchgeo**" in text
     assert (tmp_path / "loader.csv").read_text().count("\n") > 10
+
+
+def test_transfer_results_flag_is_a_deprecated_out(tmp_path: Path) -> None:
+    """``--results`` still works (as ``--out``) and warns; the scripts import rsmae.experiments only."""
+    proc = subprocess.run([sys.executable, "benchmarks/transfer.py", "--config",
+                           "configs/bench/cpu-small.yaml", "--count", "--results", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "210", proc.stderr[-2000:]
+    assert "FutureWarning: --results is deprecated; use --out" in proc.stderr
+    changed = subprocess.run([sys.executable, "benchmarks/change_tables.py", "--config",
+                              "configs/bench/cd-oscd-loco.yaml", "--count"], capture_output=True, text=True,
+                             cwd=ROOT, timeout=300)
+    assert changed.returncode == 0 and changed.stdout.strip() == "42", changed.stderr[-2000:]
