@@ -95,3 +95,14 @@ def test_band_folders_and_files_of_an_explicit_order_share_a_store(patch: Path, 
     tile_scenes([str(OSCD / "pisa" / "imgs_1")], out, TileConfig(tile_size=32))  # no order fits it
     with pytest.raises(StoreConfigError, match="band_order"):
         tile_scenes([str(patch)], out, TileConfig(tile_size=32, band_order="eolearn-l1c"))
+
+
+def test_evaluation_refuses_files_whose_names_contradict_the_layout(patch: Path, tmp_path: Path) -> None:
+    from rsmae.datasets.scene_folder import SceneFolder
+
+    folder = tmp_path / "task" / "River"
+    folder.mkdir(parents=True)
+    _describe(Path(shutil.copy(patch, folder / "a.tif")), get_layout("eolearn-l1c", get_sensor("s2-l1c")))
+    with pytest.raises(BandError, match="puts B09 at position 9, but the file describes that band as B8A"):
+        SceneFolder(tmp_path / "task", layout="eurosat")  # evaluate's default layout
+    assert len(SceneFolder(tmp_path / "task", layout="eolearn-l1c")) == 1

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from rsmae.bands import get_layout, get_sensor
 from rsmae.errors import BandError, InputNotFoundError, RasterReadError
+from rsmae.tiling.band_order import check_described_order
 
 __all__ = ["SceneFolder"]
 
@@ -100,6 +101,8 @@ class SceneFolder(Dataset):
                         f"{path}: {src.count} bands, but the layout has {len(self.file_bands)} "
                         f"({', '.join(self.file_bands)}); pass the files' band layout"
                     )
+                check_described_order(str(path), src.descriptions, get_sensor(self.sensor),  # named bands
+                                      {i + 1: b for i, b in enumerate(self.file_bands)})
                 return src.read(index)
         except rasterio.errors.RasterioIOError as err:
             raise RasterReadError(f"{path}: not a readable raster ({err})") from err
