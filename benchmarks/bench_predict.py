@@ -15,8 +15,10 @@ Methods, each case in a fresh subprocess (peak RSS from ``resource.getrusage``, 
   :func:`rsmae.evaluation.sliding.sliding_window_logits` with ``batch_size=1``, as
   ``predict_scene`` does today with both dates in memory).
 
-Both use the same windows (window 96, overlap 32). km² counts 100 m² per pixel. The plain loop is
-not run beyond 4 k² (it holds the scene in memory: 13 bands x float32).
+Both use the same windows (window 96, overlap 32) and the same model threads (``--threads``, 1 by
+default: on 2 cores shared with other jobs, PyTorch with 2 threads ran a batch 4-14x slower than with
+1, as OpenMP threads wait for each other when one is descheduled). km² counts 100 m² per pixel. The
+plain loop is not run beyond ``--plain-max`` (it holds the scene in memory: 13 bands x float32).
 
 Example:
     python benchmarks/bench_predict.py            # ~5 CPU-minutes on 2 cores
@@ -130,7 +132,7 @@ def make_models(root: Path) -> dict[str, Path]:
     return models
 
 
-def plain_embed(scene: Path, backbone: Path, out: Path) -> int:
+def plain_embed(scene: Path, backbone: Path, out: Path, threads: int | None) -> int:
     """The plain loop for embeddings: whole scene read, one window per forward, one write."""
     import numpy as np
     import rasterio
@@ -141,7 +143,7 @@ def plain_embed(scene: Path, backbone: Path, out: Path) -> int:
     from rsmae.predict.scene import find_scenes, open_scene, read_float
     from rsmae.tiling.grid import SceneReader
 
-    pred = load_embed_predictor(backbone).use("torch")
+    pred = load_embed_predictor(backbone).use("torch", threads)
     from rsmae.bands import get_sensor
 
     sensor = get_sensor("s2-l1c")
@@ -166,7 +168,7 @@ def plain_embed(scene: Path, backbone: Path, out: Path) -> int:
     return n
 
 
-def plain_change(date1: Path, date2: Path, model: Path, out: Path) -> int:
+def plain_change(date1: Path, date2: Path, model: Path, out: Path, threads: int | None) -> int:
     """The plain loop for change: both dates read whole, ``sliding_window_logits`` one window a call."""
     import numpy as np
     import rasterio
@@ -178,7 +180,7 @@ def plain_change(date1: Path, date2: Path, model: Path, out: Path) -> int:
     from rsmae.predict.scene import find_scenes, open_scene, read_float
     from rsmae.tiling.grid import SceneReader
 
-    pred = load_change_predictor(model).use("torch")
+    pred = load_change_predictor(model).use("torch", threads)
     sensor = get_sensor("s2-l1c")
     dates = []
     for path in (date1, date2):
@@ -212,12 +214,13 @@ def run_case(case: dict) -> dict:
     start = time.perf_counter()
     if case["method"] == "plain":
         if case["task"] == "embed":
-            windows.append(plain_embed(Path(case["date1"]), Path(case["model"]), out / "plain.tif"))
+            windows.append(plain_embed(Path(case["date1"]), Path(case["model"]), out / "plain.tif",
+                                       case["threads"]))
         else:
             windows.append(plain_change(Path(case["date1"]), Path(case["date2"]), Path(case["model"]),
-                                        out / "plain.tif"))
+                                        out / "plain.tif", case["threads"]))
     else:
-        cfg = PredictConfig(overlap=OVERLAP, batch=16)
+        cfg = PredictConfig(overlap=OVERLAP, batch=16, threads=case["threads"])
         if case["task"] == "embed":
             predict_embed([case["date1"]], case["model"], out, cfg, progress=windows.append)
         else:
@@ -263,7 +266,8 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[dict]:
     for i, (task, method, engine, size) in enumerate(_cases(sizes, args.plain_max, args.onnx_max)):
         model = models[f"{task}-onnx" if engine == "onnx" else task]
         case = {"task": task, "method": method, "date1": str(inputs["date1"][size]),
-                "date2": str(inputs["date2"][size]), "model": str(model), "out": str(root / f"out{i}")}
+                "date2": str(inputs["date2"][size]), "model": str(model), "out": str(root / f"out{i}"),
+                "threads": args.threads}
         h, w = _scene_px(inputs, size)
         load = os.getloadavg()[0]
         result = _measure(case)
@@ -286,7 +290,7 @@ def _ratio(rows: list[dict], row: dict) -> str:
     return f"{row['km2_per_s'] / plain[0]['km2_per_s']:.2f}x"
 
 
-def write_results(rows: list[dict], command: str, seconds: float) -> None:
+def write_results(rows: list[dict], command: str, seconds: float, threads: int | None) -> None:
     """benchmarks/results/predict.{csv,md,png}."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (RESULTS / "predict.csv").open("w", newline="") as fh:
@@ -300,7 +304,8 @@ def write_results(rows: list[dict], command: str, seconds: float) -> None:
              f"- machine: {cpu_name()}, {os.cpu_count()} cores (shared with other jobs), "
              f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
              f"- models: ViT-Tiny backbone (patch {PATCH}) and Siamese ViT-Tiny change model, "
-             f"window {WINDOW}, overlap {OVERLAP}, 13 bands; stream: 16 windows per call",
+             f"window {WINDOW}, overlap {OVERLAP}, 13 bands; stream: 16 windows per call; model threads: "
+             f"{threads} for every method",
              "- km² at 100 m² per pixel (10 m); peak RSS of a fresh process per case (imports, model "
              "included)", "",
              "- load: the 1-minute load average of the machine before and after each case (2 cores: above 2, "
@@ -345,6 +350,8 @@ def main() -> None:
                    help="mosaic sides in px (the real city is always run)")
     p.add_argument("--plain-max", type=int, default=4096, help="largest mosaic of the plain loop")
     p.add_argument("--onnx-max", type=int, default=2048, help="largest mosaic of onnxruntime")
+    p.add_argument("--threads", type=int, default=1,
+                   help="model threads of every method (1: stable on a machine shared with other jobs)")
     p.add_argument("--case", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:
@@ -354,7 +361,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         rows = measure_all(args, Path(tmp))
     command = "python benchmarks/bench_predict.py " + " ".join(sys.argv[1:])
-    write_results(rows, command.strip(), time.perf_counter() - start)
+    write_results(rows, command.strip(), time.perf_counter() - start, args.threads)
 
 
 if __name__ == "__main__":

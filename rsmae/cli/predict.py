@@ -29,6 +29,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="run the model in PyTorch or in onnxruntime (exported in memory)")
     p.add_argument("--nodata", type=float, default=0.0,
                    help="value marking nodata in files that declare none (nan: none)")
+    p.add_argument("--threads", type=int,
+                   help="model threads (default: all cores; fewer can be much faster on a shared machine)")
     p.add_argument("--band-order", help="band order of multi-band files without band descriptions (a layout)")
 
 
@@ -56,7 +58,7 @@ def _config(args: argparse.Namespace) -> PredictConfig:
     return PredictConfig(overlap=args.overlap, batch=args.batch, engine=args.engine, nodata=args.nodata,
                          band_order=args.band_order, min_area=getattr(args, "min_area", 0.0),
                          threshold=getattr(args, "threshold", None),
-                         pool=getattr(args, "pool", False))
+                         pool=getattr(args, "pool", False), threads=args.threads)
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -62,17 +62,24 @@ def onnx_bytes(module: nn.Module, kind: str, channels: int, window: int) -> byte
     return buffer.getvalue()
 
 
-def onnx_runner(module: nn.Module, kind: str, channels: int,
-                window: int) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_runner(module: nn.Module, kind: str, channels: int, window: int,
+                threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Export ``module`` in memory and return an onnxruntime function of float32 batches."""
-    return session_runner(onnx_bytes(module, kind, channels, window))
+    return session_runner(onnx_bytes(module, kind, channels, window), threads)
 
 
-def session_runner(model: bytes | str) -> Callable[[np.ndarray], np.ndarray]:
-    """An onnxruntime session of ``model`` (bytes or a path) as a function of float32 batches."""
+def session_runner(model: bytes | str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An onnxruntime session of ``model`` (bytes or a path) as a function of float32 batches.
+
+    Args:
+        model: The ONNX model or its path.
+        threads: Intra-op threads (``None``: onnxruntime's default, one per physical core).
+    """
     ort = _optional("onnxruntime")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -54,6 +54,7 @@ class PredictConfig:
         band_order: Band order of multi-band files without band descriptions (a layout name).
         pool: ``embed``: one vector per window instead of one per patch.
         threshold: ``change``: probability threshold of the mask; ``None``: the model's.
+        threads: Intra-op threads of the model (``None``: the engine's default).
     """
 
     overlap: int | None = None
@@ -64,6 +65,7 @@ class PredictConfig:
     band_order: str | None = None
     pool: bool = False
     threshold: float | None = None
+    threads: int | None = None
 
 
 def _spec(pred: Predictor, cfg: PredictConfig) -> ScanSpec:
@@ -106,7 +108,7 @@ def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
         BandError: a scene lacks a band of the backbone.
         RasterReadError, GridError: a scene's file is unreadable or its bands disagree.
     """
-    pred = load_embed_predictor(backbone, pool=config.pool).use(config.engine)
+    pred = load_embed_predictor(backbone, pool=config.pool).use(config.engine, config.threads)
     scenes = _scenes(inputs, pred, config)
     spec = _spec(pred, config)
     for s in scenes:
@@ -167,7 +169,7 @@ def predict_change(date1: str, date2: str, model: str | Path, out: str | Path,
         BandError: a date lacks a band of the model.
         PredictError: the dates do not overlap, or a path holds more than one scene.
     """
-    pred = load_change_predictor(model).use(config.engine)
+    pred = load_change_predictor(model).use(config.engine, config.threads)
     first, second = _one(date1, pred, config), _one(date2, pred, config)
     check_overlap(first, second)
     target = Path(out) / first.name
