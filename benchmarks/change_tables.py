@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt
 
 from rsmae.evaluation.speed import cpu_name
 from rsmae.experiments import LABELS, cell_path, read_cells
+from rsmae.experiments.config import GridConfig
 
 matplotlib.use("Agg")
 
@@ -68,7 +69,7 @@ def _fmt(row: dict[str, Any] | None, metric: str = "f1") -> str:
     return f"{row[metric]:.1f} ± {row[f'{metric}_std']:.1f} ({row['n']})"
 
 
-def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, Any],
+def write_change_tables(config: GridConfig, cells: list[dict[str, Any]], manifest: dict[str, Any],
                         folder: Path, elapsed: float = 0.0) -> list[Path]:
     """Write ``<results_name>.md``/``.csv``, the F1-vs-tuned-blocks plot and change maps into ``folder``."""
     results = read_cells(config, cells, manifest)
@@ -76,10 +77,10 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
     inits = list(dict.fromkeys(c["init"] for c in cells))
     scored = {r["dataset"] for r in results}
     datasets = [d for d in dict.fromkeys(c["dataset"] for c in cells) if d in scored]
-    folds = [d for d in datasets if "held_out" in config["datasets"][d]]
+    folds = [d for d in datasets if "held_out" in config.datasets[d]]
     plain = [d for d in datasets if d not in folds]  # a section and a plot each
     protocols = list(dict.fromkeys(c["protocol"] for c in cells))
-    name = config.get("results_name", "change_detection")
+    name = config.results_name
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / f"{name}.csv"
     with csv_path.open("w", newline="") as fh:
@@ -90,14 +91,14 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
             stats = [f"{r[k]:.2f}" if r[k] is not None else "" for m in METRICS for k in (m, f"{m}_std")]
             writer.writerow([d, init, p, r["n"], *stats, f"{r['wall_s']:.0f}"])
     cell_s = sum(float(r.get("wall_s") or 0.0) for r in results)
-    workers = max(1, int(config.get("workers") or 1))
-    splits = [f"{d}: train {config['datasets'][d].get('train_note', 'dataset split')}"
+    workers = max(1, config.workers or 1)
+    splits = [f"{d}: train {config.datasets[d].get('train_note', 'dataset split')}"
               for d in plain]
     this_run = f"grid time this run {elapsed / 60:.1f} min; " if elapsed else ""
     md = [f"# Change detection ({len(results)} of {len(cells)} cells done)", "",
           f"- machine: {cpu_name()}, {os.cpu_count()} cores; {this_run}cell time of the {len(results)} "
           f"cells {cell_s / 60:.1f} min, i.e. {cell_s / 60 / workers:.1f} min on {workers} worker(s); "
-          f"command `python benchmarks/change_tables.py --config {config['config_path']}`",
+          f"command `python benchmarks/change_tables.py --config {config.config_path}`",
           "- F1 / IoU / precision / recall of the change class in %, mean ± std over seeds (n), pooled over "
           "whole test scenes scored by overlapping sliding windows with blended logits (not a centre crop), "
           "at the threshold chosen on a validation part of the training scenes",
@@ -128,12 +129,12 @@ def write_change_tables(config: dict[str, Any], cells: list[dict[str, Any]], man
     return [md_path, csv_path, *plot, *_copy_maps(config, results, folder)]
 
 
-def _folds_table(config: dict[str, Any], rows: dict, inits: list[str], protocols: list[str],
+def _folds_table(config: GridConfig, rows: dict, inits: list[str], protocols: list[str],
                  folds: list[str]) -> list[str]:
     """Markdown of a leave-cities-out split: F1 per held-out city and the mean ± std over cities."""
     if not folds:
         return []
-    data = config["datasets"]
+    data = config.datasets
     cities = [str(data[d]["held_out"]) for d in folds]
     md = ["## Leave one city out: F1 of the change class on the held-out city", "",
           f"Each column trains on the other {len(folds) - 1} cities "
@@ -183,7 +184,7 @@ def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str
     return path
 
 
-def _copy_maps(config: dict[str, Any], results: list[dict[str, Any]], folder: Path) -> list[Path]:
+def _copy_maps(config: GridConfig, results: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Change maps of the best seed-0 cell of each dataset (every test scene) into ``folder``.
 
     Maps a dataset's earlier best cell left there are removed first.
@@ -194,7 +195,7 @@ def _copy_maps(config: dict[str, Any], results: list[dict[str, Any]], folder: Pa
             stale.unlink()
         best = max((r for r in results if r["dataset"] == d and r["seed"] == 0), key=lambda r: r["f1"],
                    default=None)
-        maps = cell_path(config["cells_dir"], best).with_suffix("") / "maps" if best else None
+        maps = cell_path(config.cells_dir, best).with_suffix("") / "maps" if best else None
         for png in sorted(maps.glob("*.png")) if maps and maps.is_dir() else []:
             target = folder / "change_maps" / f"{d}_{best['init']}_{best['protocol']}_{png.name}"
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None, writer: Callable[..., list[Path]] = writ
     args = parse_args(argv)
     config = load_config(args.config)
     if args.count:
-        print(len(plan_cells(config, config["inits"])))
+        print(len(plan_cells(config)))
         return 0
     log_to_stdout()
     start = time.perf_counter()
@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None, writer: Callable[..., list[Path]] = writ
     except MissingInitsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cells = plan_cells(config, config["inits"])
+    cells = plan_cells(config)
     if args.cell_index is not None:
         cells = [cells[args.cell_index]]
     if not args.tables_only:
-        run_grid(config, cells, manifest, workers=args.workers or int(config.get("workers", 1)),
+        run_grid(config, cells, manifest, workers=args.workers or config.workers,
                  dask=args.dask, log=print)
     if args.cell_index is None:
-        paths = writer(config, plan_cells(config, config["inits"]), manifest, Path(args.out),
+        paths = writer(config, plan_cells(config), manifest, Path(args.out),
                        elapsed=0.0 if args.tables_only else time.perf_counter() - start)
         print("\n".join(f"wrote {p}" for p in paths))
     return 0

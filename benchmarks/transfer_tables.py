@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 
 from rsmae.evaluation.speed import cpu_name
 from rsmae.experiments import LABELS, read_cells
+from rsmae.experiments.config import GridBlock, GridConfig
 from rsmae.experiments.inits import manifest_table
 from rsmae.files import read_json
 
@@ -118,14 +119,14 @@ def summary(rows: dict, protocols: list[str]) -> list[str]:
     return out
 
 
-def write_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]],
+def write_tables(config: GridConfig, cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]],
                  folder: Path, elapsed: float = 0.0) -> list[Path]:
     """Write the Markdown and CSV tables and the plots; return their paths."""
     results = read_cells(config, cells, manifest)
     rows = aggregate(results)
-    inits = list(config["inits"])
-    full_block, *other_blocks = config["grid"]
-    protocols = list(full_block["protocols"])
+    inits = list(config.inits)
+    full_block, *other_blocks = config.grid
+    protocols = list(full_block.protocols)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "transfer_eurosat.csv"
     with csv_path.open("w", newline="") as fh:
@@ -139,22 +140,22 @@ def write_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: 
                              f"{r['mfu']:.4f}" if r["mfu"] else "", r["adaptation"]])
     leak = next(iter(manifest.values())).get("leak_check", {})
     cell_s = sum(float(r.get("wall_s") or 0.0) for r in results)
-    workers = max(1, int(config.get("workers") or 1))
+    workers = max(1, config.workers or 1)
     this_run = f"grid time this run {elapsed / 60:.1f} min; " if elapsed else ""
     md = [f"# Transfer: EuroSAT-MS scene classification ({len(results)} of {len(cells)} cells done)", "",
           f"- machine: {cpu_name()}, {os.cpu_count()} cores; {this_run}cell "
           f"time of all {len(results)} cells {cell_s / 60:.1f} min, i.e. {cell_s / 60 / workers:.1f} min on "
           f"{workers} worker(s) (pretraining the backbones: see Backbones); "
-          f"config `{config['config_path']}`; command `python benchmarks/transfer.py --config "
-          f"{config['config_path']}`",
-          f"- data: train `{config['data']['train_root']}` (a validation split held out, seed 0), test "
-          f"`{config['data']['test_root']}`; accuracy in %, mean ± std over seeds (n seeds)",
+          f"config `{config.config_path}`; command `python benchmarks/transfer.py --config "
+          f"{config.config_path}`",
+          f"- data: train `{config.data['train_root']}` (a validation split held out, seed 0), test "
+          f"`{config.data['test_root']}`; accuracy in %, mean ± std over seeds (n seeds)",
           f"- no evaluation image in any pretraining corpus: {json.dumps(leak) if leak else 'checked'}",
           "- every init sees its own bands and statistics; adaptations are listed in the CSV", "",
           "## Accuracy by protocol (100 % of the training labels)", "",
           *_grid_table(rows, inits, [(p, "100%") for p in protocols], protocols), ""]
     for block in other_blocks:
-        cols = [(p, str(f)) for p in block["protocols"] for f in ["100%", *map(str, block["fractions"])]]
+        cols = [(p, str(f)) for p in block.protocols for f in ["100%", *map(str, block.fractions)]]
         md += ["## Label fractions", "", *_grid_table(rows, inits, cols, [f"{p} {f}" for p, f in cols]), ""]
     md += ["## Summary (generated)", "", *summary(rows, protocols), "",
            "## Cost per protocol (100 %, mean over inits)", "", *_cost_table(rows, protocols), "",
@@ -165,7 +166,7 @@ def write_tables(config: dict[str, Any], cells: list[dict[str, Any]], manifest: 
            "## Backbones", "", manifest_table(manifest), ""]
     md_path = folder / "transfer_eurosat.md"
     md_path.write_text("\n".join(md))
-    plots = plot_all(rows, inits, protocols, other_blocks, manifest, Path(config["backbones_dir"]), folder)
+    plots = plot_all(rows, inits, protocols, other_blocks, manifest, Path(config.backbones_dir), folder)
     print("\n".join(md))
     return [md_path, csv_path, *plots]
 
@@ -175,7 +176,7 @@ def _tuned_x(protocol: str, depth: int) -> float | None:
         protocol, float(protocol[4:]) if protocol.startswith("last") else None)
 
 
-def plot_all(rows: dict, inits: list[str], protocols: list[str], blocks: list[dict], manifest: dict,
+def plot_all(rows: dict, inits: list[str], protocols: list[str], blocks: list[GridBlock], manifest: dict,
              runs: Path, folder: Path, depth: int = 12) -> list[Path]:
     """Accuracy vs tuned blocks, accuracy vs label fraction, probe accuracy vs pretraining steps."""
     paths = []
@@ -191,10 +192,10 @@ def plot_all(rows: dict, inits: list[str], protocols: list[str], blocks: list[di
     ax.legend(fontsize=7)
     paths.append(_save(fig, folder / "transfer_tuned_blocks.png"))
     for block in blocks:
-        fractions = ["5-shot", *[f for f in map(str, block["fractions"]) if f != "5-shot"], "100%"]
-        fig, axes = plt.subplots(1, len(block["protocols"]), figsize=(4 * len(block["protocols"]), 3.5),
+        fractions = ["5-shot", *[f for f in map(str, block.fractions) if f != "5-shot"], "100%"]
+        fig, axes = plt.subplots(1, len(block.protocols), figsize=(4 * len(block.protocols), 3.5),
                                  squeeze=False)
-        for ax, p in zip(axes[0], block["protocols"], strict=True):
+        for ax, p in zip(axes[0], block.protocols, strict=True):
             for init in inits:
                 pts = [(i, rows[(init, p, f)]) for i, f in enumerate(fractions) if (init, p, f) in rows]
                 if pts:

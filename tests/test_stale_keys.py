@@ -16,6 +16,7 @@ from rsmae.evaluation import features
 from rsmae.experiments import backbones as tb
 from rsmae.experiments import cells, runs
 from rsmae.experiments import sweep as landscape_sweep
+from rsmae.experiments.config import GridConfig
 from rsmae.experiments.inits import add_external
 from rsmae.models import create_encoder
 from rsmae.store import TileStore
@@ -123,8 +124,8 @@ def test_an_external_backbone_is_converted_again_when_its_source_changes(
     monkeypatch.setattr(interop, "import_weights", fake_import)
     source = tmp_path / "timm.pth"
     source.write_bytes(b"v1")
-    config = {"external": {"timm": str(source)}, "backbones_dir": str(tmp_path / "bb"), "inits": [],
-              "data": {"sensor": "s2-l1c", "layout": "eurosat", "train_root": str(EUROSAT / "train")}}
+    config = GridConfig(external={"timm": str(source)}, backbones_dir=str(tmp_path / "bb"), inits=[],
+                        data={"sensor": "s2-l1c", "layout": "eurosat", "train_root": str(EUROSAT / "train")})
     first = add_external(config, {})["timm"]
     again = add_external(config, {})["timm"]
     assert converted == [b"v1"] and again["sha256"] == first["sha256"]
@@ -150,9 +151,10 @@ def test_feature_key_follows_cache_version_precision_and_pooling(monkeypatch: py
     assert features.feature_key(encoder, images, backbone_digest="b", pool="cls") != key
 
 
-def _grid_config(tmp: Path, train: Path, test: Path, **finetune: object) -> dict:
-    return {"data": {"train_root": str(train), "test_root": str(test), "sensor": "s2-l1c"},
-            "finetune": {"epochs": 1, **finetune}, "cells_dir": str(tmp / "cells")}
+def _grid_config(tmp: Path, train: Path, test: Path, **finetune: object) -> GridConfig:
+    data = {"train_root": str(train), "test_root": str(test), "sensor": "s2-l1c"}
+    return GridConfig.from_dict({"data": data, "finetune": {"epochs": 1, **finetune},
+                                 "cells_dir": str(tmp / "cells")})
 
 
 def test_cell_key_follows_version_precision_and_data_contents(tmp_path: Path,

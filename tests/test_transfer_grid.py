@@ -14,7 +14,16 @@ from conftest import EUROSAT, ROOT
 from rsmae.bands import get_sensor
 from rsmae.evaluation.data import backbone_meta
 from rsmae.evaluation.features import file_digest
-from rsmae.experiments import cell_path, grid, inits, manifest_from_paths, plan_cells, run_cell, run_grid
+from rsmae.experiments import (
+    GridConfig,
+    cell_path,
+    grid,
+    inits,
+    manifest_from_paths,
+    plan_cells,
+    run_cell,
+    run_grid,
+)
 from rsmae.models import BackboneMeta, create_encoder, save_backbone
 
 S2 = list(get_sensor("s2-l1c").names)
@@ -38,19 +47,20 @@ def _backbone(path: Path, seed: int) -> dict:
             "scenes": 0, "bands": S2, "sensor": "s2-l1c", "leak_check": {"store_files": 0}}
 
 
-def _config(tmp: Path) -> dict:
-    return {"config_path": "test.yaml", "inits": ["random", "rs_mae"], "seeds": [0, 1],
+def _config(tmp: Path, **changes: object) -> GridConfig:
+    return GridConfig.from_dict({"config_path": "test.yaml", "inits": ["random", "rs_mae"], "seeds": [0, 1],
             "data": {"train_root": str(EUROSAT / "train"), "test_root": str(EUROSAT / "test")},
             "grid": [{"protocols": ["knn", "linear"], "fractions": ["100%"]},
                      {"protocols": ["linear"], "fractions": ["5-shot"]}],
-            "cells_dir": str(tmp / "cells"), "cache_dir": str(tmp / "cache"), "backbones_dir": str(tmp)}
+            "cells_dir": str(tmp / "cells"), "cache_dir": str(tmp / "cache"), "backbones_dir": str(tmp),
+                                 **changes})
 
 
 def test_grid_resumes_and_recomputes_only_changed_backbones(tmp_path: Path) -> None:
     manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
                 "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
     config = _config(tmp_path)
-    cells = plan_cells(config, config["inits"])
+    cells = plan_cells(config)
     assert len(cells) == 2 * 2 * 2 + 2 * 1 * 2
     assert run_grid(config, cells[:5], manifest, log=lambda s: None) == 5  # "killed" after 5
     first = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")}
@@ -61,7 +71,7 @@ def test_grid_resumes_and_recomputes_only_changed_backbones(tmp_path: Path) -> N
     assert run_grid(config, cells, manifest, log=lambda s: None) == 0
     manifest["rs_mae"] = _backbone(tmp_path / "rs.safetensors", 2)  # the file changed: its cells rerun
     assert run_grid(config, cells, manifest, log=lambda s: None) == len(cells) // 2
-    result = json.loads(cell_path(config["cells_dir"], cells[0]).read_text())
+    result = json.loads(cell_path(config.cells_dir, cells[0]).read_text())
     assert {"accuracy", "trainable_params", "wall_s", "fingerprint", "init", "seed"} <= set(result)
 
 
@@ -69,7 +79,7 @@ def test_tables_and_plots_from_finished_cells(tmp_path: Path) -> None:
     manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
                 "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
     config = _config(tmp_path)
-    cells = plan_cells(config, config["inits"])
+    cells = plan_cells(config)
     run_grid(config, cells[:4], manifest, log=lambda s: None)
     paths = _script("transfer_tables").write_tables(config, cells, manifest, tmp_path / "results")
     md = (tmp_path / "results" / "transfer_eurosat.md").read_text()
@@ -83,14 +93,14 @@ def test_backbones_given_by_path_and_a_derived_random_init(tmp_path: Path, monke
     monkeypatch.setattr(inits, "ROOT", tmp_path)
     (tmp_path / "runs" / "v1").mkdir(parents=True)
     _backbone(tmp_path / "runs" / "v1" / "backbone.safetensors", 3)
-    config = {**_config(tmp_path), "backbones": {"demo_mae": "runs/v*/backbone.safetensors"},
-              "inits": ["random", "demo_mae"]}
+    config = _config(tmp_path, backbones={"demo_mae": "runs/v*/backbone.safetensors"},
+                     inits=["random", "demo_mae"])
     manifest = manifest_from_paths(config)
     assert set(manifest) == {"random", "demo_mae"}
     assert manifest["random"]["sha256"] != manifest["demo_mae"]["sha256"]
     meta = backbone_meta(manifest["random"]["path"])
     assert meta.bands == S2 and meta.mean == [1000.0] * 13 and "random init" in meta.source
-    config["backbones"] = {"demo_mae": "runs/none*/backbone.safetensors"}
+    config.backbones = {"demo_mae": "runs/none*/backbone.safetensors"}
     with pytest.raises(FileNotFoundError, match="pretrain first"):
         manifest_from_paths(config)
 
@@ -106,5 +116,5 @@ def test_a_cell_fails_before_its_work_when_its_key_cannot_be_made(monkeypatch: p
     monkeypatch.setattr(grid, "fingerprint", broken)
     cell = {"init": "random", "protocol": "knn", "fraction": "100%", "seed": 0}
     with pytest.raises(ImportError, match="cannot import name"):
-        run_cell(cell, {"path": None}, {"cells_dir": str(tmp_path)})
+        run_cell(cell, {"path": None}, GridConfig(cells_dir=str(tmp_path)))
     assert ran == [] and not list(tmp_path.iterdir())  # nothing evaluated, nothing written

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import rsmae
-from rsmae.experiments.config import ROOT
+from rsmae.experiments.config import ROOT, GridConfig
 from rsmae.files import read_json
 from rsmae.models.registry import sha256_file
 
@@ -29,21 +29,22 @@ __all__ = ["CACHE_VERSION", "cell_path", "fingerprint", "folder_digest", "is_don
 CACHE_VERSION = 2
 
 
-def plan_cells(config: dict[str, Any], inits: Iterable[str]) -> list[dict[str, Any]]:
+def plan_cells(config: GridConfig, inits: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Every cell of the grid, in a stable order (the SLURM array index is a position here).
 
     A grid block crosses its protocols with ``fractions`` (scene classification) or ``datasets``
-    (change detection), every init (or the block's own ``inits``) and every seed. Seeds come
-    outermost, so a grid stopped early has every init and protocol at the same number of seeds.
+    (change detection), every init (``inits``, default the config's, or the block's own) and every
+    seed. Seeds come outermost, so a grid stopped early has every init and protocol at the same number
+    of seeds.
     """
+    inits = list(config.inits if inits is None else inits)
     cells = []
-    for block in config["grid"]:
-        axis = "fraction" if "fractions" in block else "dataset"
-        for seed in config["seeds"]:
-            for value in block[f"{axis}s"]:
-                for protocol in block["protocols"]:
-                    for init in block.get("inits", inits):
-                        cell = {"init": init, "protocol": protocol, axis: str(value), "seed": int(seed)}
+    for block in config.grid:
+        for seed in config.seeds:
+            for value in block.values:
+                for protocol in block.protocols:
+                    for init in inits if block.inits is None else block.inits:
+                        cell = {"init": init, "protocol": protocol, block.axis: str(value), "seed": int(seed)}
                         cells.append(cell)
     return cells
 
@@ -73,7 +74,7 @@ def folder_digest(root: str) -> str:
     return digest.hexdigest()
 
 
-def resolved_precision(cell: dict[str, Any], config: dict[str, Any]) -> str:
+def resolved_precision(cell: dict[str, Any], config: GridConfig) -> str:
     """The precision a cell trains in on this machine: ``auto`` or unset resolved as the evaluation does.
 
     Frozen protocols compute fp32 features (no autocast) and fit fp32 heads: ``"32-true"``.
@@ -83,8 +84,8 @@ def resolved_precision(cell: dict[str, Any], config: dict[str, Any]) -> str:
     from rsmae.evaluation.classification import FROZEN_PROTOCOLS
     from rsmae.tasks.precision import default_precision
 
-    if config.get("task") == "change":
-        settings = {**config.get("change", {}), **config["datasets"][cell["dataset"]].get("settings", {})}
+    if config.is_change:
+        settings = {**(config.change or {}), **config.datasets[cell["dataset"]].get("settings", {})}
         given = str(settings.get("precision", "auto"))
         if given != "auto":
             return given
@@ -92,21 +93,20 @@ def resolved_precision(cell: dict[str, Any], config: dict[str, Any]) -> str:
         return default_precision("cuda" if on_gpu else "cpu")
     if cell["protocol"] in FROZEN_PROTOCOLS:
         return "32-true"
-    settings = config.get("finetune", {})
+    settings = config.finetune or {}
     if settings.get("precision") not in (None, "auto"):
         return str(settings["precision"])
     on_gpu = settings.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return default_precision("cuda" if on_gpu else "cpu")
 
 
-def _data_key(cell: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def _data_key(cell: dict[str, Any], config: GridConfig) -> dict[str, Any]:
     """The cell's data settings, its folders replaced by :func:`folder_digest` (contents, not paths)."""
-    change = config.get("task") == "change"
-    data = config["datasets"][cell["dataset"]] if change else config.get("data", {})
+    data = config.datasets[cell["dataset"]] if config.is_change else config.data
     return {k: folder_digest(str(v)) if k in ("train_root", "test_root") else v for k, v in data.items()}
 
 
-def fingerprint(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> str:
+def fingerprint(cell: dict[str, Any], backbone: dict[str, Any], config: GridConfig) -> str:
     """What a cell's result depends on, and nothing else (no path, no machine name).
 
     The backbone's bytes, the contents of the data folders and the data settings, the protocol
@@ -116,11 +116,11 @@ def fingerprint(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str
     from rsmae.evaluation.classification import FINETUNE_RECIPE, FROZEN_PROTOCOLS, LR_SWEEP
     from rsmae.evaluation.features import CACHE_VERSION as FEATURES_VERSION
 
-    change = config.get("task") == "change"
+    change = config.is_change
     tuned = not change and cell["protocol"] not in FROZEN_PROTOCOLS
     frozen = {"lr_sweep": LR_SWEEP, "features": FEATURES_VERSION}
     recipe = FINETUNE_RECIPE if tuned else None if change else frozen
-    settings = {k: v for k, v in config.get("finetune", config.get("change", {})).items() if k != "precision"}
+    settings = {k: v for k, v in config.settings.items() if k != "precision"}
     parts = {"cell": cell, "backbone": backbone.get("sha256"), "recipe": recipe,
              "data": _data_key(cell, config), "settings": settings,
              "precision": resolved_precision(cell, config), "rsmae": rsmae.__version__,
@@ -134,12 +134,12 @@ def is_done(path: Path, key: str) -> bool:
     return isinstance(result, dict) and result.get("fingerprint") == key
 
 
-def read_cells(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]]
+def read_cells(config: GridConfig, cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]]
                ) -> list[dict[str, Any]]:
     """Results of the finished cells among ``cells`` (stale results of other backbones or recipes skipped)."""
     out = []
     for cell in cells:
-        path = cell_path(config["cells_dir"], cell)
+        path = cell_path(config.cells_dir, cell)
         if cell["init"] in manifest and is_done(path, fingerprint(cell, manifest[cell["init"]], config)):
             out.append(read_json(path))
     return out

@@ -20,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rsmae.experiments.cells import cell_path, fingerprint, is_done
-from rsmae.experiments.config import ROOT
+from rsmae.experiments.config import ROOT, GridConfig
 from rsmae.files import atomic_write_json
 from rsmae.parallel import parallel_map
 
@@ -29,36 +29,36 @@ __all__ = ["run_cell", "run_grid"]
 _logger = logging.getLogger(__name__)
 
 
-def _classification(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def _classification(cell: dict[str, Any], backbone: dict[str, Any], config: GridConfig) -> dict[str, Any]:
     from rsmae.evaluation.classification import evaluate_classification
 
-    data = config["data"]
+    data = config.data
     return evaluate_classification(
         backbone["path"], cell["protocol"], data["train_root"], data["test_root"],
-        fraction=cell["fraction"], seed=cell["seed"], cache_dir=config["cache_dir"],
+        fraction=cell["fraction"], seed=cell["seed"], cache_dir=config.cache_dir,
         sensor=data.get("sensor", "s2-l1c"), layout=data.get("layout", "eurosat"), progress=False,
-        **config.get("finetune", {}))  # the grid has one bar for all cells
+        **(config.finetune or {}))  # the grid has one bar for all cells
 
 
-def _change(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def _change(cell: dict[str, Any], backbone: dict[str, Any], config: GridConfig) -> dict[str, Any]:
     from rsmae.evaluation.change import evaluate_change
 
-    data = config["datasets"][cell["dataset"]]
-    out = cell_path(config["cells_dir"], cell).with_suffix("")
+    data = config.datasets[cell["dataset"]]
+    out = cell_path(config.cells_dir, cell).with_suffix("")
     start = time.perf_counter()
     result = evaluate_change(
         backbone.get("path"), "full" if cell["protocol"] == "scratch" else cell["protocol"],
         test_root=ROOT / data["test_root"], train_root=ROOT / data.get("train_root", data["test_root"]),
         dataset=data.get("task", cell["dataset"]), seed=cell["seed"], out_dir=out,
         model=backbone.get("model", "siamese-vit"),
-        **{"progress": False, **config.get("change", {}), **data.get("settings", {})})
+        **{"progress": False, **(config.change or {}), **data.get("settings", {})})
     result["scenes"] = [{k: v for k, v in scene.items() if not isinstance(v, (list, dict))}
                         for scene in result["scenes"]]
     result["wall_s"] = time.perf_counter() - start
     return result
 
 
-def run_cell(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, Any], threads: int = 0
+def run_cell(cell: dict[str, Any], backbone: dict[str, Any], config: GridConfig, threads: int = 0
              ) -> dict[str, Any]:
     """Evaluate one cell and write its result file atomically; return the result."""
     import torch
@@ -68,18 +68,18 @@ def run_cell(cell: dict[str, Any], backbone: dict[str, Any], config: dict[str, A
     if threads:
         torch.set_num_threads(threads)
     key = fingerprint(cell, backbone, config)  # first: a failing import costs nothing, not a whole cell
-    evaluate = _change if config.get("task") == "change" else _classification
+    evaluate = _change if config.is_change else _classification
     result = evaluate(cell, backbone, config)
     result.update(cell, fingerprint=key, threads=torch.get_num_threads())
-    atomic_write_json(cell_path(config["cells_dir"], cell), result, indent=1, default=str)
+    atomic_write_json(cell_path(config.cells_dir, cell), result, indent=1, default=str)
     return result
 
 
-def _run_job(job: tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
+def _run_job(job: tuple[dict[str, Any], dict[str, Any], GridConfig, int]) -> dict[str, Any]:
     return run_cell(*job)
 
 
-def run_grid(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]], *,
+def run_grid(config: GridConfig, cells: list[dict[str, Any]], manifest: dict[str, dict[str, Any]], *,
              workers: int = 1, dask: str | None = None, log: Callable[[str], None] | None = None) -> int:
     """Run the cells not done yet, with a progress bar; return how many ran.
 
@@ -95,7 +95,7 @@ def run_grid(config: dict[str, Any], cells: list[dict[str, Any]], manifest: dict
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 and not dask else 0
     for cell in cells:
         backbone = manifest[cell["init"]]
-        if is_done(cell_path(config["cells_dir"], cell), fingerprint(cell, backbone, config)):
+        if is_done(cell_path(config.cells_dir, cell), fingerprint(cell, backbone, config)):
             done += 1
         else:
             jobs.append((cell, backbone, config, threads))

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rsmae.errors import RsmaeError
 from rsmae.experiments.backbones import build_backbones, load_manifest
 from rsmae.experiments.cells import plan_cells
-from rsmae.experiments.config import ROOT
+from rsmae.experiments.config import ROOT, GridConfig
 from rsmae.files import atomic_write_json, read_json
 
 __all__ = ["LABELS", "MissingInitsError", "add_external", "grid_manifest", "manifest_from_paths",
@@ -34,7 +35,7 @@ def _newest(pattern: str) -> Path:
     return matches[-1]
 
 
-def manifest_from_paths(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def manifest_from_paths(config: GridConfig) -> dict[str, dict[str, Any]]:
     """Manifest of backbones given as paths (``backbones: {init: path or glob}``, newest match).
 
     An init ``random`` without a path is the first backbone's architecture, bands and statistics
@@ -46,19 +47,19 @@ def manifest_from_paths(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from rsmae.evaluation.features import file_digest
     from rsmae.models import create_encoder, save_backbone
 
-    paths = {init: _newest(p) for init, p in config["backbones"].items()}
-    if "random" in config["inits"] and "random" not in paths:
+    paths = {init: _newest(p) for init, p in config.backbones.items()}
+    if "random" in config.inits and "random" not in paths:
         meta = backbone_meta(next(iter(paths.values())))
         torch.manual_seed(0)
         encoder = create_encoder(meta.preset, in_chans=meta.in_chans, img_size=meta.img_size,
                                  patch_size=meta.patch_size, **meta.encoder_kwargs)
         meta.source = "random init (torch seed 0)"
-        paths["random"] = save_backbone(encoder, Path(config["backbones_dir"]) / "random.safetensors", meta)
+        paths["random"] = save_backbone(encoder, Path(config.backbones_dir) / "random.safetensors", meta)
     return {init: {"path": str(p), "sha256": file_digest(p), "steps": None, "corpus": str(p.parent),
                    "images": None, "scenes": None} for init, p in paths.items()}
 
 
-def add_external(config: dict[str, Any], manifest: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def add_external(config: GridConfig, manifest: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Convert the foreign weights named under ``external`` into backbone files; add them as inits.
 
     A converted file is reused while its record ``<kind>.json`` (the source file's SHA-256, the
@@ -69,11 +70,11 @@ def add_external(config: dict[str, Any], manifest: dict[str, dict[str, Any]]) ->
     from rsmae.evaluation.features import file_digest
     from rsmae.evaluation.interop import import_weights
 
-    data = config.get("data", {})
-    for kind, path in (config.get("external") or {}).items():
+    data = config.data
+    for kind, path in config.external.items():
         if not path:
             continue
-        out = Path(config["backbones_dir"]) / "external" / f"{kind}.safetensors"
+        out = Path(config.backbones_dir) / "external" / f"{kind}.safetensors"
         settings = {"bands": list(task_bands(data["sensor"], data["layout"])), "sensor": data["sensor"],
                     "img_size": peek_size(data["train_root"])}
         key = {"source_sha256": file_digest(ROOT / path), "converter": kind, **settings,
@@ -83,12 +84,12 @@ def add_external(config: dict[str, Any], manifest: dict[str, dict[str, Any]]) ->
             atomic_write_json(out.with_suffix(".json"), key, indent=1)  # after the file: a kill reconverts
         manifest[kind] = {"path": str(out), "sha256": file_digest(out), "steps": None, "corpus": str(path),
                           "images": None, "scenes": None}
-        if kind not in config["inits"]:
-            config["inits"].append(kind)
+        if kind not in config.inits:
+            config.inits.append(kind)
     return manifest
 
 
-class MissingInitsError(FileNotFoundError):
+class MissingInitsError(RsmaeError, FileNotFoundError):
     """Inits of the grid without a backbone (``missing``) in ``backbones_dir``."""
 
     def __init__(self, missing: list[str], backbones_dir: str) -> None:
@@ -97,7 +98,7 @@ class MissingInitsError(FileNotFoundError):
         self.missing = missing
 
 
-def grid_manifest(config: dict[str, Any], *, build: bool = True) -> dict[str, dict[str, Any]]:
+def grid_manifest(config: GridConfig, *, build: bool = True) -> dict[str, dict[str, Any]]:
     """The manifest of every init of the grid: given paths, or the built (``build``) or last built ones.
 
     Foreign weights under ``external`` are converted and added; a change-detection grid gets the
@@ -106,19 +107,19 @@ def grid_manifest(config: dict[str, Any], *, build: bool = True) -> dict[str, di
     Raises:
         MissingInitsError: an init of the grid has no backbone.
     """
-    if config.get("backbones"):
+    if config.backbones:
         manifest = manifest_from_paths(config)
     else:
         if build:
-            build_backbones(config["backbones_dir"], steps=int(config["pretrain_steps"]))
-        manifest = load_manifest(config["backbones_dir"])
+            build_backbones(config.backbones_dir, steps=config.pretrain_steps)
+        manifest = load_manifest(config.backbones_dir)
     manifest = add_external(config, manifest)
-    if config.get("task") == "change":  # the from-scratch reference row of change detection
+    if config.is_change:  # the from-scratch reference row of change detection
         manifest["fc_siam_diff"] = {"path": None, "sha256": None, "model": "fc-siam-diff", "steps": 0,
                                     "corpus": "none (from scratch)", "images": 0, "scenes": 0}
-    missing = sorted({c["init"] for c in plan_cells(config, config["inits"])} - set(manifest))
+    missing = sorted({c["init"] for c in plan_cells(config)} - set(manifest))
     if missing:
-        raise MissingInitsError(missing, config["backbones_dir"])
+        raise MissingInitsError(missing, config.backbones_dir)
     return manifest
 
 
