@@ -17,7 +17,7 @@ import argparse
 
 from tqdm import tqdm
 
-from rsmae.cli.common import make_parser, run
+from rsmae.cli.common import HelpFormatter, make_parser, run
 from rsmae.predict import PredictConfig, predict_change, predict_embed
 
 
@@ -38,12 +38,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Command-line options."""
     p = make_parser(__doc__, prog)
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
-    embed = tasks.add_parser("embed", help="patch features of a backbone as a COG, with a PCA preview")
+    embed = tasks.add_parser("embed", help="patch features of a backbone as a COG, with a PCA preview",
+                             formatter_class=HelpFormatter)
     embed.add_argument("inputs", nargs="+", metavar="SCENE", help="scene files, folders or globs")
     embed.add_argument("--backbone", required=True, help="backbone .safetensors (rsmae export)")
     embed.add_argument("--pool", action="store_true", help="one vector per window (windows tile the scene)")
     _common(embed)
-    change = tasks.add_parser("change", help="change probability, mask and polygons of two dates")
+    change = tasks.add_parser("change", help="change probability, mask and polygons of two dates",
+                              formatter_class=HelpFormatter)
     change.add_argument("date1", help="scene of date 1 (its grid is the output grid)")
     change.add_argument("date2", help="scene of date 2 (read onto date 1's grid)")
     change.add_argument("--model", required=True,
