@@ -22,12 +22,13 @@ outputs are :mod:`rsmae.evaluation.change_scoring`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,24 +148,14 @@ def _train(run: ChangeRun, data: BitemporalScenes) -> tuple[ChangeTask, dict[str
     return task, info
 
 
-def evaluate_change(
-    backbone: str | Path | None,
-    tune: Tune = "frozen",
-    *,
-    test_root: str | Path,
-    train_root: str | Path | None = None,
-    dataset: str = "oscd",
-    seed: int = 0,
-    out_dir: str | Path | None = None,
-    model: str = "siamese-vit",
-    train_cities: Sequence[str] | None = None,
-    test_cities: Sequence[str] | None = None,
-    bands: Sequence[str] | None = None,
-    load: str | Path | None = None,
-    on_scene: Callable[[dict[str, Any]], None] | None = None,
-    **hparams: Any,
-) -> dict[str, Any]:
+def evaluate_change(backbone: str | Path | None, tune: Tune = "frozen", *, test_root: str | Path,
+                    out_dir: str | Path | None = None, **options: Any) -> dict[str, Any]:
     """Train (or load) a change model and score whole test scenes by sliding windows.
+
+    Keyword options are the fields of :class:`~rsmae.evaluation.change_config.ChangeRun` (``dataset``,
+    ``seed``, ``model``, cities, ``bands``, ``load``, ``on_scene``...) and of
+    :class:`~rsmae.evaluation.change_config.ChangeConfig` (``steps``, ``crop_size``...), split between
+    them by name; :func:`run_change` takes the run whole.
 
     Args:
         backbone: Backbone file of the encoder's initial weights; ``None`` = random init (or no
@@ -172,28 +163,32 @@ def evaluate_change(
         tune: Encoder parts that train: ``"frozen"``, ``k`` or ``"lastK"`` (K last blocks),
             ``"mlp"``, ``"full"`` (:func:`~rsmae.models.trainable.parse_protocol`).
         test_root: Folder of the test scenes (the dataset's layout).
-        train_root: Folder of the training scenes (default ``test_root``).
-        dataset: ``"oscd"``, ``"levircd"`` or ``"landsat"``.
-        seed: Seed of the model init, crops and augmentation.
         out_dir: Where the model, ``metrics.json``, ``pr_curve.csv``/``.png`` and ``maps/*.png`` go.
-        model: ``"siamese-vit"`` or ``"fc-siam-diff"``.
-        train_cities: Training scenes instead of the dataset's train split.
-        test_cities: Test scenes instead of its test split (``["all"]``: every labelled scene).
-        bands: Bands to use (default all of the dataset's); e.g. ``["B04", "B03", "B02"]``.
-        load: A model saved by an earlier run: scored without training.
-        on_scene: Called with each test scene's metrics as soon as it is scored.
-        **hparams: :class:`ChangeConfig` fields (``steps``, ``crop_size``, ``overlap``...).
+        **options: :class:`~rsmae.evaluation.change_config.ChangeRun` fields:
+
+            train_root: Folder of the training scenes (default ``test_root``).
+            dataset: ``"oscd"``, ``"levircd"`` or ``"landsat"``.
+            seed: Seed of the model init, crops and augmentation.
+            model: ``"siamese-vit"`` or ``"fc-siam-diff"``.
+            train_cities: Training scenes instead of the dataset's train split.
+            test_cities: Test scenes instead of its test split (``["all"]``: every labelled scene).
+            bands: Bands to use (default all of the dataset's); e.g. ``["B04", "B03", "B02"]``.
+            load: A model saved by an earlier run: scored without training.
+            on_scene: Called with each test scene's metrics as soon as it is scored.
+
+            and any :class:`ChangeConfig` field (``steps``, ``crop_size``, ``overlap``...).
 
     Returns:
         ``f1``, ``iou``, ``precision``, ``recall``, ``accuracy`` (pooled over the test scenes at
         ``threshold``), ``threshold``, ``val_f1``, ``f1_at_0.5``, ``average_precision``,
         ``scenes`` (per-scene metrics), timings and the run's settings.
     """
-    cfg = ChangeConfig.from_kwargs(**hparams)
-    return run_change(ChangeRun(
-        backbone=backbone, tune=_tune(tune), test_root=test_root, train_root=train_root, dataset=dataset,
-        seed=seed, out=Path(out_dir) if out_dir is not None else None, model=model, train_cities=train_cities,
-        test_cities=test_cities, bands=bands, load=load, on_scene=on_scene, config=cfg))
+    given = {"backbone", "tune", "test_root", "out", "config"}
+    run_options = {f.name for f in dataclasses.fields(ChangeRun)} - given
+    run = {k: options.pop(k) for k in list(options) if k in run_options}
+    return run_change(ChangeRun(backbone=backbone, tune=_tune(tune), test_root=test_root,
+                                out=Path(out_dir) if out_dir is not None else None,
+                                config=ChangeConfig.from_kwargs(**options), **run))
 
 
 def run_change(run: ChangeRun) -> dict[str, Any]:

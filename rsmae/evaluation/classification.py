@@ -52,6 +52,7 @@ from rsmae.tasks.precision import default_precision
 from rsmae.tasks.probe import LR_SWEEP, fit_head, knn_predict, sweep_lr
 
 __all__ = [
+    "ClassificationOptions",
     "FINETUNE_RECIPE",
     "FROZEN_PROTOCOLS",
     "LR_SWEEP",
@@ -187,31 +188,11 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     }
 
 
-def evaluate_classification(
-    backbone: str | Path,
-    protocol: str,
-    train_root: str | Path,
-    test_root: str | Path,
-    *,
-    fraction: str | float = "100%",
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    sensor: str = "s2-l1c",
-    layout: str = "eurosat",
-    k: int = 20,
-    adapt: bool = True,
-    accelerator: str = "auto",
-    progress: bool = True,
-    **finetune: Any,
-) -> dict[str, Any]:
-    """Score ``backbone`` on a class-folder task with ``protocol``.
+@dataclasses.dataclass(kw_only=True)
+class ClassificationOptions:
+    """Options of :func:`evaluate_classification` (keyword arguments of the same names).
 
-    Args:
-        backbone: A backbone file (:func:`rsmae.save_backbone`).
-        protocol: One of :data:`PROTOCOLS` (or ``lastK``).
-        train_root: Folder of class folders to train on (a validation split is held out of it).
-        test_root: Folder of class folders to score.
+    Attributes:
         fraction: Label fraction of the training split (``"100%"``, ``"25%"``, ``"5-shot"``).
         seed: Seed of the label fraction, the heads and fine-tuning.
         cache_dir: Feature cache folder (``None``: no cache).
@@ -224,8 +205,43 @@ def evaluate_classification(
         accelerator: Lightning accelerator of features and training: ``"auto"`` (a GPU when one is
             visible, else the CPU), ``"cpu"``, ``"gpu"``.
         progress: Show feature extraction and training steps (a bar on a terminal, else log lines).
-        **finetune: Tuned protocols: ``epochs``, ``batch_size``, ``precision`` and
+        finetune: Tuned protocols: ``epochs``, ``batch_size``, ``precision`` and
             :class:`~rsmae.tasks.finetune.FinetuneTask` arguments (``lr``, ``layer_decay``...).
+    """
+
+    fraction: str | float = "100%"
+    seed: int = 0
+    cache_dir: str | Path | None = None
+    out_dir: str | Path | None = None
+    sensor: str = "s2-l1c"
+    layout: str = "eurosat"
+    k: int = 20
+    adapt: bool = True
+    accelerator: str = "auto"
+    progress: bool = True
+    finetune: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> ClassificationOptions:
+        """The options among ``kwargs``; the other keys are fine-tuning settings (``finetune``)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"finetune"}
+        return cls(**{k: v for k, v in kwargs.items() if k in names},
+                   finetune={k: v for k, v in kwargs.items() if k not in names})
+
+
+def evaluate_classification(backbone: str | Path, protocol: str, train_root: str | Path,
+                            test_root: str | Path, **options: Any) -> dict[str, Any]:
+    """Score ``backbone`` on a class-folder task with ``protocol``.
+
+    Args:
+        backbone: A backbone file (:func:`rsmae.save_backbone`).
+        protocol: One of :data:`PROTOCOLS` (or ``lastK``).
+        train_root: Folder of class folders to train on (a validation split is held out of it).
+        test_root: Folder of class folders to score.
+        **options: :class:`ClassificationOptions` fields (``fraction``, ``seed``, ``cache_dir``,
+            ``out_dir``, ``sensor``, ``layout``, ``k``, ``adapt``, ``accelerator``, ``progress``); any
+            other key is a fine-tuning setting (``epochs``, ``batch_size``, ``precision``,
+            :class:`~rsmae.tasks.finetune.FinetuneTask` arguments).
 
     Returns:
         Metrics and bookkeeping: ``accuracy``, ``per_class_accuracy``, ``confusion_matrix`` (path or
@@ -233,21 +249,22 @@ def evaluate_classification(
         ``mfu``.
     """
     start = time.perf_counter()
+    opts = ClassificationOptions.from_kwargs(**options)
     spec = _protocol(protocol)
-    device = accelerator_device(accelerator)
-    encoder, note = load_for_task(backbone, task_bands(sensor, layout), sensor, peek_size(train_root),
-                                  adapt=adapt)
-    data = load_classification(encoder, train_root, test_root, fraction=fraction, seed=seed, sensor=sensor,
-                               layout=layout)
+    device = accelerator_device(opts.accelerator)
+    encoder, note = load_for_task(backbone, task_bands(opts.sensor, opts.layout), opts.sensor,
+                                  peek_size(train_root), adapt=opts.adapt)
+    data = load_classification(encoder, train_root, test_root, fraction=opts.fraction, seed=opts.seed,
+                               sensor=opts.sensor, layout=opts.layout)
     if not spec.frozen_features:
-        logits, extra = _finetune(encoder, data, spec.tune, seed, dict(finetune), out_dir, device=device,
-                                  progress=progress)
+        logits, extra = _finetune(encoder, data, spec.tune, opts.seed, dict(opts.finetune), opts.out_dir,
+                                  device=device, progress=opts.progress)
     else:
-        feats = _features(encoder.to(device), data, file_digest(backbone), cache_dir, progress)
-        logits, extra = _frozen(spec.kind, data, feats, seed, k)
-    metrics = classification_metrics(logits.argmax(1), data.test[1], data.classes, out_dir)
+        feats = _features(encoder.to(device), data, file_digest(backbone), opts.cache_dir, opts.progress)
+        logits, extra = _frozen(spec.kind, data, feats, opts.seed, opts.k)
+    metrics = classification_metrics(logits.argmax(1), data.test[1], data.classes, opts.out_dir)
     return {
-        "task": "classification", "protocol": protocol, "fraction": str(fraction), "seed": seed,
+        "task": "classification", "protocol": protocol, "fraction": str(opts.fraction), "seed": opts.seed,
         "backbone": str(backbone), **metrics, **extra,
         "n_train": len(data.train[1]), "n_val": len(data.val[1]), "n_test": len(data.test[1]),
         "bands": data.bands, "adaptation": "; ".join(n for n in (note, data.adaptation) if n),

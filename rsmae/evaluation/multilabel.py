@@ -18,10 +18,11 @@ as float32); the features are computed on the ``accelerator``'s device, with pro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from rsmae.tasks.statistics import backbone_or_training_statistics
 
 __all__ = [
     "LR_SWEEP",
+    "MultilabelOptions",
     "MULTILABEL_PROTOCOLS",
     "evaluate_multilabel",
     "fit_multilabel_probe",
@@ -141,31 +143,11 @@ def _probe_scores(protocol: str, feats: dict[str, Tensor], ys: dict[str, Tensor]
         return probe(feats["test"]).sigmoid(), {"lr": lr, "val_map": val_map}
 
 
-def evaluate_multilabel(
-    backbone: str | Path,
-    protocol: str,
-    root: str | Path,
-    *,
-    seed: int = 0,
-    num_classes: int = 19,
-    cache_dir: str | Path | None = None,
-    adapt: bool = True,
-    k: int = 20,
-    accelerator: str = "auto",
-    chunk_size: int = 256,
-    workers: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Score one backbone on BigEarthNet-S2 (torchgeo layout under ``root``) with a frozen protocol.
+@dataclasses.dataclass(kw_only=True)
+class MultilabelOptions:
+    """Options of :func:`evaluate_multilabel` (keyword arguments of the same names).
 
-    The splits are streamed: ``chunk_size`` patches are read, resized, normalised and turned into
-    features at a time, so memory holds one chunk of images and the features, whatever the split's
-    size. Statistics from the training split (see the module docstring) cost one more pass over it.
-
-    Args:
-        backbone: Backbone file.
-        protocol: ``"linear"`` or ``"knn"``.
-        root: BigEarthNet folder (:class:`~rsmae.datasets.bigearthnet.BigEarthNetS2`).
+    Attributes:
         seed: Seed of the probe (the splits are the dataset's).
         num_classes: 19 or 43.
         cache_dir: Frozen-feature cache (one entry per chunk); ``None`` disables it.
@@ -175,33 +157,69 @@ def evaluate_multilabel(
         chunk_size: Patches per chunk (about 0.7 MB each as float32).
         workers: ``DataLoader`` processes reading patches (0: in this process).
         progress: Show progress (a bar on a terminal, else log lines).
+    """
+
+    seed: int = 0
+    num_classes: int = 19
+    cache_dir: str | Path | None = None
+    adapt: bool = True
+    k: int = 20
+    accelerator: str = "auto"
+    chunk_size: int = 256
+    workers: int = 0
+    progress: bool = True
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> MultilabelOptions:
+        """Build from keyword arguments, naming the valid ones when a key is unknown."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(kwargs) - names:
+            raise TypeError(f"unknown option(s) {sorted(set(kwargs) - names)}; valid: {sorted(names)}")
+        return cls(**kwargs)
+
+
+def evaluate_multilabel(backbone: str | Path, protocol: str, root: str | Path,
+                        **options: Any) -> dict[str, Any]:
+    """Score one backbone on BigEarthNet-S2 (torchgeo layout under ``root``) with a frozen protocol.
+
+    The splits are streamed in chunks (see the module docstring); the training split's statistics,
+    when needed, cost one more pass over it.
+
+    Args:
+        backbone: Backbone file.
+        protocol: ``"linear"`` or ``"knn"``.
+        root: BigEarthNet folder (:class:`~rsmae.datasets.bigearthnet.BigEarthNetS2`).
+        **options: :class:`MultilabelOptions` fields (``seed``, ``num_classes``, ``cache_dir``, ``adapt``,
+            ``k``, ``accelerator``, ``chunk_size``, ``workers``, ``progress``).
 
     Returns:
         ``map`` (macro, classes present in test), ``map_micro``, ``f1_micro``, ``per_class_ap``,
         the chosen ``lr`` and validation mAP, sizes, ``adaptation`` and ``wall_s``.
 
     Raises:
-        ValueError: on an unknown protocol.
+        ValueError: on an unknown protocol; TypeError: on an unknown option, naming the valid ones.
         InputNotFoundError, BandError, WeightsError, ModelConfigError: naming the file or option.
     """
+    opts = MultilabelOptions.from_kwargs(**options)
     if protocol not in MULTILABEL_PROTOCOLS:
         known = ", ".join(MULTILABEL_PROTOCOLS)
         raise ValueError(f"multi-label protocol {protocol!r}; choose one of {known}")
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    device = accelerator_device(accelerator)
-    splits = {s: load_bigearthnet(root, s, num_classes) for s in BIGEARTHNET_SPLITS}
+    torch.manual_seed(opts.seed)
+    device = accelerator_device(opts.accelerator)
+    splits = {s: load_bigearthnet(root, s, opts.num_classes) for s in BIGEARTHNET_SPLITS}
     bands = get_layout("bigearthnet", get_sensor("s2-l2a"))
     native = splits["train"][0]["image"].shape[-1]
     source = backbone_meta(backbone)
     patch = source.patch_size
     size = max(patch, round(native / patch) * patch)  # whole patches: 120 px stays 120 at patch 8
-    encoder, note = load_for_task(backbone, bands, "s2-l2a", size, adapt=adapt)
+    encoder, note = load_for_task(backbone, bands, "s2-l2a", size, adapt=opts.adapt)
     meta = encoder.rsmae_meta
     order = [bands.index(get_sensor("s2-l2a").band(b).name) for b in meta.bands]
 
     def chunks(split: str, what: str) -> Iterator[tuple[Tensor, Tensor]]:
-        return _chunks(splits[split], order, size, chunk_size, workers, f"{what} {split}", progress)
+        return _chunks(splits[split], order, size, opts.chunk_size, opts.workers, f"{what} {split}",
+                       opts.progress)
 
     if size != native:
         note = "; ".join(filter(None, [note, f"images resized from {native} to {size} px (patch {patch})"]))
@@ -209,19 +227,27 @@ def evaluate_multilabel(
     mean, std, from_training = backbone_or_training_statistics(
         meta.mean, meta.std, lambda: _statistics(chunks("train", "statistics")),
         usable=source.sensor == "s2-l2a")
-    mean, std = torch.as_tensor(mean), torch.as_tensor(std)
     if from_training:
         note = "; ".join(filter(None, [note, "normalisation statistics from the training split"]))
         _logger.warning("%s: normalisation statistics computed from the BigEarthNet training split", backbone)
-    digest, feats, ys = file_digest(backbone), {}, {}
-    encoder.to(device)
-    for split in BIGEARTHNET_SPLITS:
-        parts = [(cached_features(encoder, normalize_images(x, mean, std), backbone_digest=digest,
-                                  cache_dir=cache_dir), y) for x, y in chunks(split, "features")]
-        feats[split], ys[split] = (torch.cat(p) for p in zip(*parts, strict=True))
-    scores, chosen = _probe_scores(protocol, feats, ys, k)
-    return {"task": "bigearthnet", "protocol": protocol, "seed": seed, "backbone": str(backbone),
+    feats, ys = _split_features(encoder.to(device), chunks, torch.as_tensor(mean), torch.as_tensor(std),
+                                file_digest(backbone), opts.cache_dir)
+    scores, chosen = _probe_scores(protocol, feats, ys, opts.k)
+    return {"task": "bigearthnet", "protocol": protocol, "seed": opts.seed, "backbone": str(backbone),
             **multilabel_metrics(scores, ys["test"], splits["train"].classes), **chosen,
             "n_train": len(ys["train"]), "n_val": len(ys["val"]), "n_test": len(ys["test"]),
             "bands": list(meta.bands), "adaptation": note, "device": device.type,
             "wall_s": time.perf_counter() - start}
+
+
+def _split_features(encoder: nn.Module, chunks: Callable[[str, str], Iterator[tuple[Tensor, Tensor]]],
+                    mean: Tensor, std: Tensor, digest: str, cache_dir: str | Path | None
+                    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Features and labels of every split, normalised and encoded chunk by chunk (cached per chunk)."""
+    feats, ys = {}, {}
+    for split in BIGEARTHNET_SPLITS:
+        parts = [(cached_features(encoder, normalize_images(x, mean, std), backbone_digest=digest,
+                                  cache_dir=cache_dir), y)
+                 for x, y in chunks(split, "features")]
+        feats[split], ys[split] = (torch.cat(p) for p in zip(*parts, strict=True))
+    return feats, ys

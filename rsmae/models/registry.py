@@ -198,23 +198,29 @@ class Weights:
         return load_weights(self.path(), fmt.name, bands=bands, sensor=sensor, img_size=img_size, **extra)
 
 
-def register_weights(name: str, file: str | Path, *, sha256: str | None, preset: str, bands: Sequence[str],
-                     sensor: str | None = None, mean: Sequence[float] | None = None,
-                     std: Sequence[float] | None = None, transforms: Mapping[str, Any] | None = None,
-                     format: str = "rsmae", overwrite: bool = False) -> Weights:
+def register_weights(name: str, file: str | Path, *, overwrite: bool = False, **fields: Any) -> Weights:
     """Register weights under ``name`` (a :class:`Weights` entry) and return the entry.
+
+    Args:
+        name: Registry name.
+        file: Local path or URL (:attr:`Weights.file`).
+        overwrite: Replace an entry of the same name.
+        **fields: The other :class:`Weights` fields, by keyword: ``sha256``, ``preset`` and ``bands``
+            (required), ``sensor``, ``mean``, ``std``, ``transforms``, ``format`` (default ``"rsmae"``).
 
     Raises:
         WeightsError: when ``name`` is taken (pass ``overwrite=True``) or ``format`` is unknown.
+        TypeError: when a required field is missing or a field is unknown.
     """
-    format = weights_format(format, what=f"weights {name!r}").name
+    fields["format"] = weights_format(fields.get("format", "rsmae"), what=f"weights {name!r}").name
     if name in _REGISTRY and not overwrite:
         raise WeightsError(f"weights {name!r} are already registered ({_REGISTRY[name].file}); pass "
                            "overwrite=True or another name")
-    entry = Weights(name=name, file=str(file), sha256=sha256, preset=preset, bands=tuple(bands),
-                    sensor=sensor, mean=tuple(mean) if mean is not None else None,
-                    std=tuple(std) if std is not None else None, transforms=dict(transforms or {}),
-                    format=format)
+    for key in ("bands", "mean", "std"):
+        if fields.get(key) is not None:
+            fields[key] = tuple(fields[key])
+    fields["transforms"] = dict(fields.get("transforms") or {})
+    entry = Weights(name=name, file=str(file), **fields)
     _REGISTRY[name] = entry
     return entry
 

@@ -195,9 +195,19 @@ def fit_head(
         return model.eval()
     if head != "linear":
         raise ValueError(f"head={head!r}; choose 'linear' or 'mlp'")
-    x = x.float()
-    # multi-label heads have always taken the variance itself, single-label ones the squared std (bits)
-    var = x.var(0, unbiased=False) if multilabel else x.std(0, unbiased=False).square()
+    probe, xn = _linear_probe(x.float(), outputs, exact_var=multilabel)
+    optimizer = torch.optim.Adam(probe[1].parameters(), lr=lr, weight_decay=weight_decay or 0.0)
+    _full_batch(probe[1], xn, target, loss, optimizer, steps)
+    return probe
+
+
+def _linear_probe(x: Tensor, outputs: int, *, exact_var: bool) -> tuple[nn.Sequential, Tensor]:
+    """BatchNorm holding ``x``'s statistics + a zero linear layer, in eval mode; and ``x`` normalised.
+
+    Multi-label heads have always taken the variance itself, single-label ones the squared std: kept,
+    so that every head's numbers stay those of the tables to the last bit.
+    """
+    var = x.var(0, unbiased=False) if exact_var else x.std(0, unbiased=False).square()
     norm = nn.BatchNorm1d(x.shape[1], affine=False)  # eval mode: uses the training statistics
     with torch.no_grad():
         norm.running_mean.copy_(x.mean(0))
@@ -206,11 +216,8 @@ def fit_head(
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     probe = nn.Sequential(norm, linear).eval()
-    optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay or 0.0)
     with torch.no_grad():
-        xn = norm(x)  # a fixed affine map in eval mode: applied once, not per step
-    _full_batch(linear, xn, target, loss, optimizer, steps)
-    return probe
+        return probe, norm(x)  # a fixed affine map in eval mode: applied once, not per step
 
 
 def _full_batch(module: nn.Module, x: Tensor, target: Tensor, loss: Callable[[Tensor, Tensor], Tensor],
