@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from rsmae.evaluation import progress as progress_module
-from rsmae.evaluation.progress import Progress, StepProgress, track
+from rsmae import progress as progress_module
+from rsmae.progress import Progress, StepProgress, track
 
-LOGGER = "rsmae.evaluation.progress"
+LOGGER = "rsmae.progress"
 
 
 class Terminal(io.StringIO):

@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import ROOT
 
 LAYERS = [  # lowest first
-    ["errors", "files", "bands", "band_match", "stats", "parallel"],
+    ["errors", "files", "bands", "band_match", "stats", "parallel", "progress"],
     ["store"],
     ["tiling"],
     ["data", "augment"],
