@@ -9,6 +9,7 @@ is downloaded.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from rsmae.models.keys import infer_preset, strip_prefixes
 from rsmae.models.weights import BackboneMeta, build_and_load, read_weights, retarget
 
 __all__ = [
+    "ForeignTarget",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TORCHGEO_S2_BANDS",
@@ -37,52 +39,53 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 TORCHGEO_S2_BANDS = get_sensor("s2-l1c").names
 
 
-def _load_foreign(
-    path: str | Path,
-    src_info: dict[str, Any],
-    *,
-    bands: Sequence[str] | None,
-    sensor: str | None,
-    preset: str | None,
-    img_size: int,
-    patch_size: int | None,
-    encoder_kwargs: Mapping[str, Any] | None,
-    strict: bool,
-    optional: frozenset[str] = frozenset(),
-) -> VisionTransformer:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ForeignTarget:
+    """What a foreign weights file is loaded as: the keyword options every foreign loader takes.
+
+    Attributes:
+        bands: Bands of the data (e.g. the 13 Sentinel-2 L1C bands); ``None`` keeps the file's own.
+        sensor: Sensor of ``bands`` (inferred when ``None``).
+        preset: Encoder preset; inferred from embed_dim and depth when ``None``.
+        img_size: Input size (the position table is fitted to it).
+        patch_size: Patch size (kernels are resampled); default the checkpoint's.
+        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
+        strict: Require every encoder tensor.
+    """
+
+    bands: Sequence[str] | None = None
+    sensor: str | None = None
+    preset: str | None = None
+    img_size: int = 224
+    patch_size: int | None = None
+    encoder_kwargs: Mapping[str, Any] | None = None
+    strict: bool = True
+
+
+def _load_foreign(path: str | Path, src_info: dict[str, Any], target: ForeignTarget, *,
+                  optional: frozenset[str] = frozenset()) -> VisionTransformer:
     """Load a timm-named ViT state dict whose bands and statistics ``src_info`` gives."""
     path = Path(path)
     state, _ = read_weights(path)
     try:
         stripped = strip_prefixes(state)
-        preset = preset or infer_preset(stripped)
+        preset = target.preset or infer_preset(stripped)
     except WeightsError as err:
         raise WeightsError(f"{path}: {err}") from err
     kernel = stripped["patch_embed.proj.weight"] if "patch_embed.proj.weight" in stripped else None
     src = BackboneMeta(
         preset=preset,
-        img_size=img_size,
-        patch_size=patch_size or (int(kernel.shape[-1]) if kernel is not None else 16),
+        img_size=target.img_size,
+        patch_size=target.patch_size or (int(kernel.shape[-1]) if kernel is not None else 16),
         in_chans=len(src_info["bands"]),
-        encoder_kwargs=dict(encoder_kwargs or {}),
+        encoder_kwargs=dict(target.encoder_kwargs or {}),
         **src_info,
     )
-    dst = retarget(src, bands, sensor)
-    return build_and_load(state, path, src, dst, strict=strict, optional=optional)
+    dst = retarget(src, target.bands, target.sensor)
+    return build_and_load(state, path, src, dst, strict=target.strict, optional=optional)
 
 
-def load_official_mae(
-    path: str | Path,
-    *,
-    in_chans: int = 3,
-    bands: Sequence[str] | None = None,
-    sensor: str | None = None,
-    preset: str | None = None,
-    img_size: int = 224,
-    patch_size: int | None = None,
-    encoder_kwargs: Mapping[str, Any] | None = None,
-    strict: bool = True,
-) -> VisionTransformer:
+def load_official_mae(path: str | Path, *, in_chans: int = 3, **target: Any) -> VisionTransformer:
     """Load an official facebookresearch/mae checkpoint (``{"model": state_dict}``, R, G, B).
 
     The decoder, mask token and head are dropped. With ``bands``, the R, G, B kernels go to the
@@ -92,77 +95,44 @@ def load_official_mae(
     Args:
         path: The ``.pth`` file.
         in_chans: 3 (RGB) unless ``bands`` is given; then it must be 3 or ``len(bands)``.
-        bands: Bands of the data (e.g. the 13 Sentinel-2 L1C bands); ``None`` keeps R, G, B.
-        sensor: Sensor of ``bands`` (inferred when ``None``).
-        preset: Encoder preset; inferred from embed_dim and depth when ``None``.
-        img_size: Input size (the sin-cos position table is regenerated for it).
-        patch_size: Patch size (kernels are resampled); default the checkpoint's.
-        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
-        strict: Require every encoder tensor.
+        **target: :class:`ForeignTarget` options (``bands``, ``sensor``, ``preset``, ``img_size``,
+            ``patch_size``, ``encoder_kwargs``, ``strict``).
 
     Returns:
         The encoder; its ``rsmae_meta`` has ImageNet statistics in uint8 units for R, G, B and
         none once other bands are involved.
     """
-    if bands is None and in_chans != 3:
+    into = ForeignTarget(**target)
+    if into.bands is None and in_chans != 3:
         raise BandError(f"in_chans={in_chans} needs bands= naming them to map the RGB kernels")
-    if bands is not None and in_chans not in (3, len(bands)):
-        raise BandError(f"in_chans={in_chans} but {len(bands)} bands given: {list(bands)}")
+    if into.bands is not None and in_chans not in (3, len(into.bands)):
+        raise BandError(f"in_chans={in_chans} but {len(into.bands)} bands given: {list(into.bands)}")
     info = {"bands": ["R", "G", "B"], "sensor": "rgb", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "gsd": None, "source": f"official MAE {Path(path).name}"}
-    return _load_foreign(path, info, bands=bands, sensor=sensor, preset=preset, img_size=img_size,
-                         patch_size=patch_size, encoder_kwargs=encoder_kwargs, strict=strict)
+    return _load_foreign(path, info, into)
 
 
-def load_timm_weights(
-    path: str | Path,
-    *,
-    preset: str | None = None,
-    bands: Sequence[str] | None = None,
-    sensor: str | None = None,
-    src_bands: Sequence[str] = ("R", "G", "B"),
-    src_sensor: str | None = None,
-    img_size: int = 224,
-    patch_size: int | None = None,
-    encoder_kwargs: Mapping[str, Any] | None = None,
-    strict: bool = True,
-) -> VisionTransformer:
+def load_timm_weights(path: str | Path, *, src_bands: Sequence[str] = ("R", "G", "B"),
+                      src_sensor: str | None = None, **target: Any) -> VisionTransformer:
     """Load a timm ViT state dict file (``.pth``, ``.bin`` or ``.safetensors``).
 
     Args:
         path: The weights file.
-        preset: Encoder preset; inferred from embed_dim and depth when ``None``.
-        bands: Bands of the data; ``None`` keeps ``src_bands``.
-        sensor: Sensor of ``bands``.
         src_bands: Bands of the file's input channels (timm's ImageNet weights: R, G, B).
         src_sensor: Sensor of ``src_bands``.
-        img_size: Input size.
-        patch_size: Patch size; default the checkpoint's.
-        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
-        strict: Require every encoder tensor.
+        **target: :class:`ForeignTarget` options (``bands``: ``None`` keeps ``src_bands``; ``sensor``,
+            ``preset``, ``img_size``, ``patch_size``, ``encoder_kwargs``, ``strict``).
 
     Returns:
         The encoder; no statistics in its metadata (timm weights use several conventions).
     """
     info = {"bands": list(src_bands), "sensor": src_sensor, "mean": None, "std": None, "gsd": None,
             "source": f"timm weights {Path(path).name}"}
-    return _load_foreign(path, info, bands=bands, sensor=sensor, preset=preset, img_size=img_size,
-                         patch_size=patch_size, encoder_kwargs=encoder_kwargs, strict=strict)
+    return _load_foreign(path, info, ForeignTarget(**target))
 
 
-def load_torchgeo_vit(
-    path: str | Path,
-    *,
-    bands: Sequence[str] | None = None,
-    sensor: str | None = None,
-    src_bands: Sequence[str] = TORCHGEO_S2_BANDS,
-    src_sensor: str = "s2-l1c",
-    preset: str | None = None,
-    img_size: int = 224,
-    patch_size: int | None = None,
-    encoder_kwargs: Mapping[str, Any] | None = None,
-    strict: bool = True,
-) -> VisionTransformer:
+def load_torchgeo_vit(path: str | Path, *, src_bands: Sequence[str] = TORCHGEO_S2_BANDS,
+                      src_sensor: str = "s2-l1c", **target: Any) -> VisionTransformer:
     """Load torchgeo ViT weights from a local file (never downloads).
 
     The defaults describe ``ViTSmall16_Weights.SENTINEL2_ALL_MAE`` (SSL4EO-S12: 13 Sentinel-2 L1C
@@ -171,15 +141,11 @@ def load_torchgeo_vit(
 
     Args:
         path: The ``.pth`` file (a timm ``vit_small_patch16_224`` state dict).
-        bands: Bands of the data; ``None`` keeps ``src_bands``.
-        sensor: Sensor of ``bands``.
         src_bands: Bands of the weights (torchgeo's ``weights.meta["bands"]``).
         src_sensor: Sensor of ``src_bands``.
-        preset: Encoder preset; inferred when ``None``.
-        img_size: Input size.
-        patch_size: Patch size; default the checkpoint's.
-        encoder_kwargs: Further :func:`~rsmae.models.vit.create_encoder` arguments.
-        strict: Require every encoder tensor except ``norm``.
+        **target: :class:`ForeignTarget` options (``bands``: ``None`` keeps ``src_bands``; ``sensor``,
+            ``preset``, ``img_size``, ``patch_size``, ``encoder_kwargs``, ``strict``: every encoder
+            tensor but ``norm``).
 
     Returns:
         The encoder with ``rsmae_meta``.
@@ -189,6 +155,5 @@ def load_torchgeo_vit(
     info = {"bands": list(src_bands), "sensor": src_sensor, "mean": [0.0] * n if s2 else None,
             "std": [10000.0] * n if s2 else None, "gsd": 10.0 if s2 else None,
             "source": f"torchgeo ViT {Path(path).name}"}
-    return _load_foreign(path, info, bands=bands, sensor=sensor, preset=preset, img_size=img_size,
-                         patch_size=patch_size, encoder_kwargs=encoder_kwargs, strict=strict,
+    return _load_foreign(path, info, ForeignTarget(**target),
                          optional=frozenset({"norm.weight", "norm.bias"}))
