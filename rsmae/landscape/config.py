@@ -100,7 +100,13 @@ class DataSpec:
 
 @dataclass
 class GridSpec:
-    """Grid of the 2D surfaces: ``size x size`` over ``[lo, hi]`` in both directions."""
+    """Grid of the 2D surfaces: ``size x size`` over ``[lo, hi]`` in both directions.
+
+    Attributes:
+        size: Grid points per side.
+        lo: Lowest step along each direction (in units of the filter-normalised direction).
+        hi: Highest step along each direction.
+    """
 
     size: int = 21
     lo: float = -1.0
@@ -109,7 +115,12 @@ class GridSpec:
 
 @dataclass
 class DirectionSpec:
-    """Direction seeds: seed ``s`` draws ``d1`` with ``2 s`` and ``d2`` with ``2 s + 1``."""
+    """Direction seeds: seed ``s`` draws ``d1`` with ``2 s`` and ``d2`` with ``2 s + 1``.
+
+    Attributes:
+        seeds: One surface per seed (the same seeds for every model).
+        include_1d: Also perturb 1-D parameters (biases, norms); ``false`` keeps them fixed.
+    """
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     include_1d: bool = False
@@ -117,7 +128,16 @@ class DirectionSpec:
 
 @dataclass
 class HessianSpec:
-    """Top eigenvalues (power iteration) and Hutchinson trace; ``enabled: false`` skips both."""
+    """Top eigenvalues (power iteration) and Hutchinson trace; ``enabled: false`` skips both.
+
+    Attributes:
+        enabled: Measure the Hessian's top eigenvalues and trace.
+        top_k: Eigenvalues of largest magnitude.
+        iters: Largest number of power iterations.
+        tol: Relative change of the eigenvalues that ends the iteration.
+        trace_samples: Rademacher vectors of the Hutchinson trace.
+        seed: Seed of the start vectors and the Rademacher vectors.
+    """
 
     enabled: bool = True
     top_k: int = 1
@@ -129,7 +149,15 @@ class HessianSpec:
 
 @dataclass
 class NoiseSpec:
-    """Gaussian weight noise: levels, draws, seed; ``enabled: false`` skips it."""
+    """Gaussian weight noise: levels, draws, seed; ``enabled: false`` skips it.
+
+    Attributes:
+        enabled: Measure the loss rise under filter-normalised Gaussian weight noise.
+        sigmas: Noise levels (relative to each filter's norm).
+        draws: Noise draws per level.
+        seed: Draw ``k`` uses seed ``seed + k``.
+        include_1d: Also perturb 1-D parameters (biases, norms).
+    """
 
     enabled: bool = True
     sigmas: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1])
