@@ -49,10 +49,12 @@ class Progress:
         self.enabled = enabled
         terminal = enabled and bool(getattr(stream, "isatty", lambda: False)())
         self._bar = tqdm(total=total, desc=desc, unit=unit, file=stream, leave=False) if terminal else None
+        self._every_percent = every_percent
         self._every_n = total * every_percent / 100 if total else None
         self._every_seconds = every_seconds
         self._start = self._last_time = time.monotonic()
         self._last_n = 0
+        self._last_total = total
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units done."""
@@ -65,15 +67,23 @@ class Progress:
         if self.enabled and (due_n or now - self._last_time >= self._every_seconds):
             self._log(now)
 
+    def set_total(self, total: int | None) -> None:
+        """Change the units expected (work found to be skipped, or more than first thought)."""
+        self.total = total
+        self._every_n = total * self._every_percent / 100 if total else None
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
     def close(self) -> None:
-        """Close the bar, or log the final count (when it was not the last line)."""
+        """Close the bar, or log the final count (when it, or the total, was not the last line's)."""
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled and self.n != self._last_n:
+        elif self.enabled and (self.n != self._last_n or self.total != self._last_total):
             self._log(time.monotonic())
 
     def _log(self, now: float) -> None:
-        self._last_n, self._last_time = self.n, now
+        self._last_n, self._last_time, self._last_total = self.n, now, self.total
         if self.total:
             count = f"{self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f} %)"
         else:

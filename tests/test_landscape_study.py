@@ -181,9 +181,28 @@ def test_pipeline_exit_codes(tmp_path: Path, model_files: dict[str, Path], euros
     typo = tmp_path / "typo.yaml"
     typo.write_text(yaml.safe_dump({**cfg, "grid": {"sise": 3}}))
     assert landscape.main(["--config", str(typo)]) == 2
-    assert "unknown keys ['sise']" in capsys.readouterr().err
+    assert "Group 'grid' does not accept option 'sise'" in capsys.readouterr().err
     with pytest.raises(LandscapeError, match="unknown objectives"):
         LandscapeConfig.from_dict({**cfg, "objectives": ["hessian"]})
+
+
+def test_study_logs_progress_off_a_terminal(tmp_path: Path, model_files: dict[str, Path],
+                                            eurosat_store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _config(tmp_path, model_files, eurosat_store)
+    cfg.update(models=cfg["models"][:1], objectives=["recon", "classification"], interpolate=[],
+               hessian={"enabled": False}, noise={"sigmas": [0.0, 0.1], "draws": 2}, grid={"size": 2})
+    study = LandscapeConfig.from_dict(cfg)  # classification does not apply to an MAE: 2 x 2 rows + noise
+    for _ in range(2):  # computed, then read from the cache
+        caplog.clear()
+        with caplog.at_level("INFO", logger="rsmae.progress"):
+            run_study(study)
+        lines = [r.getMessage() for r in caplog.records if r.name == "rsmae.progress"]
+        assert lines and all(line.startswith("landscape: ") for line in lines)
+        assert lines[-1].startswith("landscape: 5/5 step (100 %), ")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rsmae.progress"):
+        run_study(study, progress=False)
+    assert not [r for r in caplog.records if r.name == "rsmae.progress"]
 
 
 def test_shipped_config_parses() -> None:

@@ -10,6 +10,10 @@ Resuming: surface rows are cached under ``out/cache`` (see :mod:`~rsmae.landscap
 eigenvalues, traces and noise results as JSON keyed by the objective's identity and settings, so
 a killed study started again recomputes only what is missing.
 
+Progress: one bar on a terminal (else INFO lines of ``rsmae.progress`` every 10 % or minute) counts
+the steps of the whole study: each surface row (cached rows at once), each Hessian measure (top
+eigenvalues, trace), each noise measure and each straight line of a model pair and objective.
+
 Output layout (``out/``)::
 
     config.yaml  results.json  flatness.md  flatness.csv
@@ -60,6 +64,7 @@ from rsmae.landscape.plots import (
 )
 from rsmae.landscape.report import Measures, sharpness, write_tables
 from rsmae.landscape.surface import MapFn, compute_surface, dask_map, grid, interpolate_models, process_map
+from rsmae.progress import Progress
 
 __all__ = ["StudyResult", "run_study"]
 
@@ -114,8 +119,25 @@ def _noise_from(d: dict[str, Any]) -> NoiseResult:
     return NoiseResult(d["base"], d["sigmas"], np.asarray(d["increases"]), d["seed"], d["include_1d"])
 
 
+def _steps(cfg: LandscapeConfig) -> int:
+    """Progress steps of one model and objective: surface rows, Hessian and noise measures."""
+    return len(cfg.directions.seeds) * cfg.grid.size + 2 * cfg.hessian.enabled + cfg.noise.enabled
+
+
+def _counted(map_fn: MapFn | None, progress: Progress) -> MapFn:
+    """``map_fn`` (default ``map``) that counts each row it yields in ``progress``."""
+    inner = map_fn or map
+
+    def counted(task: Callable[[Any], np.ndarray], rows: Any) -> Any:
+        for row in inner(task, rows):
+            progress.update()
+            yield row
+
+    return counted
+
+
 def _measure(obj: Objective, model: str, objective: str, cfg: LandscapeConfig, out: Path,
-             map_fn: MapFn | None) -> Measures:
+             map_fn: MapFn | None, progress: Progress) -> Measures:
     """Surfaces over the direction seeds, Hessian and noise measures of one model and objective."""
     xs = grid(cfg.grid.size, cfg.grid.lo, cfg.grid.hi)
     cache = out / "cache"
@@ -125,8 +147,10 @@ def _measure(obj: Objective, model: str, objective: str, cfg: LandscapeConfig, o
                 for i in (0, 1)]
         extra = {"model": model, "objective_name": objective, "direction_seed": seed,
                  "include_1d": cfg.directions.include_1d}
+        before = progress.n
         surface = compute_surface(obj, dirs, xs, xs, chunk_size=cfg.chunk_size, cache_dir=cache,
-                                  map_fn=map_fn, config=extra)
+                                  map_fn=_counted(map_fn, progress), config=extra)
+        progress.update(len(xs) - (progress.n - before))  # the rows read from the cache
         surface.save(out / "surfaces" / f"{_slug(model)}__{objective}__seed{seed}.npz")
         surfaces.append(surface)
     hs, ns = cfg.hessian, cfg.noise
@@ -143,15 +167,18 @@ def _measure(obj: Objective, model: str, objective: str, cfg: LandscapeConfig, o
                         lambda: top_eigenvalues(obj, hs.top_k, iters=hs.iters, tol=hs.tol, seed=hs.seed,
                                                 operator=op()),
                         lambda d: EigenResult(**d))
+        progress.update()
         trace = _cached(cache / f"trace_{_key(obj, [hs.trace_samples, hs.seed])}.json",
                         lambda: hutchinson_trace(obj, hs.trace_samples, seed=hs.seed, operator=op()),
                         lambda d: TraceResult(**d))
+        progress.update()
     if ns.enabled:
         settings = [ns.sigmas, ns.draws, ns.seed, ns.include_1d]
         noise = _cached(cache / f"noise_{_key(obj, settings)}.json",
                         lambda: noise_flatness(obj, ns.sigmas, draws=ns.draws, seed=ns.seed,
                                                include_1d=ns.include_1d, chunk_size=cfg.chunk_size),
                         lambda d: _noise_from({k: v for k, v in d.items() if k not in ("mean", "std")}))
+        progress.update()
     return Measures(model, objective, float(obj(obj.params).detach()), surfaces, eigen, trace, noise)
 
 
@@ -187,7 +214,7 @@ def _figures(measures: list[Measures], cfg: LandscapeConfig, out: Path) -> list[
 
 
 def _lines(models: dict[str, LoadedModel], cfg: LandscapeConfig, out: Path,
-           map_fn: MapFn | None) -> tuple[list[Path], dict[str, Any]]:
+           map_fn: MapFn | None, progress: Progress) -> tuple[list[Path], dict[str, Any]]:
     """Loss along the straight line between each pair of models, for every shared objective."""
     paths, record = [], {}
     ts = np.linspace(-0.25, 1.25, 13)
@@ -197,12 +224,14 @@ def _lines(models: dict[str, LoadedModel], cfg: LandscapeConfig, out: Path,
             obj_a = build_objective(objective, models[a], cfg.data)
             obj_b = build_objective(objective, models[b], cfg.data)
             if obj_a is None or obj_b is None:
+                progress.update()
                 continue
             line = interpolate_models(obj_a, obj_b.params, ts, chunk_size=cfg.chunk_size,
                                       cache_dir=out / "cache", map_fn=map_fn,
                                       config={"from": a, "to": b, "objective_name": objective})
             line.save(out / "lines" / f"{_slug(a)}__{_slug(b)}__{objective}.npz")
             curves[objective] = line
+            progress.update()
             record[f"{a} -> {b} / {objective}"] = {"t": ts.tolist(), "loss": line.values.tolist()}
         if curves:
             paths.append(plot_lines(curves, out / "lines" / f"{_slug(a)}__{_slug(b)}.png",
@@ -256,12 +285,13 @@ def _header(cfg: LandscapeConfig, seconds: float, threads: int) -> str:
     ])
 
 
-def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None) -> StudyResult:
+def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None, progress: bool = True) -> StudyResult:
     """Run every measure of ``cfg`` and write the outputs to ``cfg.out``.
 
     Args:
         cfg: The study.
         map_fn: Runs surface rows (default from ``cfg.workers`` / ``cfg.dask``).
+        progress: Show the study's progress (a bar on a terminal, else INFO lines).
     """
     start = time.perf_counter()
     out = Path(cfg.out)
@@ -274,18 +304,25 @@ def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None) -> StudyResu
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     used_threads = torch.get_num_threads()
+    pairs = len(cfg.models) * len(cfg.objectives)
+    bar = Progress(pairs * _steps(cfg) + len(cfg.interpolate) * len(cfg.objectives), "landscape",
+                   unit="step", enabled=progress)
     try:
         models = {spec.name: load_model(spec) for spec in cfg.models}
         measures = []
         for name, model in models.items():
             for objective in cfg.objectives:
                 obj = build_objective(objective, model, cfg.data)
-                if obj is not None:
-                    _logger.info("measuring %s / %s", name, objective)
-                    measures.append(_measure(obj, name, objective, cfg, out, map_fn))
+                if obj is None:  # not expected after all
+                    pairs -= 1
+                    bar.set_total(pairs * _steps(cfg) + len(cfg.interpolate) * len(cfg.objectives))
+                    continue
+                _logger.info("measuring %s / %s", name, objective)
+                measures.append(_measure(obj, name, objective, cfg, out, map_fn, bar))
         figures = _figures(measures, cfg, out)
-        line_figures, lines = _lines(models, cfg, out, map_fn)
+        line_figures, lines = _lines(models, cfg, out, map_fn, bar)
     finally:
+        bar.close()
         close()
         torch.set_num_threads(threads)
     md, csv_path, summary = write_tables(measures, out, threshold=cfg.threshold, lines=lines,
