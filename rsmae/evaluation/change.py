@@ -212,7 +212,7 @@ def run_change(run: ChangeRun) -> dict[str, Any]:
 
 
 def _evaluate(run: ChangeRun) -> dict[str, Any]:
-    cfg, cls, out, load, bands = run.config, run.scenes, run.out, run.load, run.bands
+    cfg, cls, out, load, bands = run.config, run.dataset_class, run.out, run.load, run.bands
     if load is not None:
         task, info = load_change_model(load)
         task.to(cfg.accelerator)

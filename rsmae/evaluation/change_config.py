@@ -158,7 +158,7 @@ class ChangeRun:
     config: ChangeConfig = dataclasses.field(default_factory=ChangeConfig)
 
     @property
-    def scenes(self) -> type[BitemporalScenes]:
+    def dataset_class(self) -> type[BitemporalScenes]:
         """The dataset class of :attr:`dataset` (:func:`change_dataset`)."""
         return change_dataset(self.dataset)
 
