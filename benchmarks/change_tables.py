@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt
 from rsmae.evaluation.speed import cpu_name
 from rsmae.experiments import LABELS, cell_path, read_cells
 from rsmae.experiments.config import GridConfig
+from rsmae.models.trainable import tuned_blocks
 
 matplotlib.use("Agg")
 
@@ -163,13 +164,11 @@ def _folds_table(config: GridConfig, rows: dict, inits: list[str], protocols: li
 
 
 def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str], path: Path) -> Path:
-    order = {"frozen": 0.0, "mlp": 0.5, "full": 12.0}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
     for ax, d in zip(axes[0], datasets, strict=True):
         for init in inits:
-            pts = sorted((order.get(p, float(p[4:]) if p.startswith("last") else -1.0), rows[(init, p, d)])
-                         for p in protocols if (init, p, d) in rows)
-            pts = [(x, r) for x, r in pts if x >= 0]
+            pts = sorted((x, rows[(init, p, d)]) for p in protocols
+                         if (x := tuned_blocks(p, 12)) is not None and (init, p, d) in rows)
             if pts:
                 ax.errorbar([x for x, _ in pts], [r["f1"] for _, r in pts], [r["f1_std"] for _, r in pts],
                             marker="o", capsize=3, label=CD_LABELS.get(init, init))

@@ -24,6 +24,7 @@ from rsmae.experiments import LABELS, read_cells
 from rsmae.experiments.config import GridBlock, GridConfig
 from rsmae.experiments.inits import manifest_table
 from rsmae.files import read_json
+from rsmae.models.trainable import tuned_blocks
 
 matplotlib.use("Agg")
 
@@ -171,11 +172,6 @@ def write_tables(config: GridConfig, cells: list[dict[str, Any]], manifest: dict
     return [md_path, csv_path, *plots]
 
 
-def _tuned_x(protocol: str, depth: int) -> float | None:
-    return {"head": 0.0, "mlp": 0.5, "full": float(depth)}.get(
-        protocol, float(protocol[4:]) if protocol.startswith("last") else None)
-
-
 def plot_all(rows: dict, inits: list[str], protocols: list[str], blocks: list[GridBlock], manifest: dict,
              runs: Path, folder: Path, depth: int = 12) -> list[Path]:
     """Accuracy vs tuned blocks, accuracy vs label fraction, probe accuracy vs pretraining steps."""
@@ -183,7 +179,7 @@ def plot_all(rows: dict, inits: list[str], protocols: list[str], blocks: list[Gr
     fig, ax = plt.subplots(figsize=(6, 4))
     for init in inits:
         pts = sorted((x, rows[(init, p, "100%")]) for p in protocols
-                     if (x := _tuned_x(p, depth)) is not None and (init, p, "100%") in rows)
+                     if (x := tuned_blocks(p, depth)) is not None and (init, p, "100%") in rows)
         if pts:
             ax.errorbar([x for x, _ in pts], [r["mean"] for _, r in pts], [r["std"] for _, r in pts],
                         marker="o", capsize=3, label=LABELS.get(init, init))
