@@ -50,6 +50,7 @@ def test_old_flags_are_deprecated_aliases(studies: list[LandscapeConfig],
     (["--config", "cpu-small", "--objectives", "[hessian]"], "unknown objectives"),
     (["--config", "cpu-small", "--dask", "scheduler"], "neither 'local' nor a scheduler address"),
     (["--config", "no-such-study"], "shipped configs/landscape: cpu-small"),
+    ([], "required: out, models; give --config cpu-small"),
 ])
 def test_bad_options_are_one_error_line_and_exit_2(argv: list[str], message: str, studies: list,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

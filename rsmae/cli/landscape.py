@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         parsed = build_parser(prog).parse_args(upgrade_argv(argv))
     except (argparse.ArgumentError, RsmaeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        hint = "; give --config cpu-small or a YAML path" if "required: out" in str(err) else ""
+        print(f"error: {err}{hint}", file=sys.stderr)
         return EXIT_ERROR
     except SystemExit as done:  # --help, --print_config
         return done.code if isinstance(done.code, int) else 0
