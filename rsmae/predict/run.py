@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import rasterio
 
 from rsmae.bands import get_sensor
 from rsmae.predict.errors import PredictError
@@ -37,6 +38,9 @@ from rsmae.tiling.grid import SceneReader
 __all__ = ["PredictConfig", "predict_change", "predict_embed"]
 
 _logger = logging.getLogger(__name__)
+# GDAL's block cache (default 5 % of RAM) keeps blocks read and written until it is full: capped here so
+# the memory of a run does not grow with the scene (rows are written once, strips read once)
+GDAL_CACHE_MB = 64
 Progress = Callable[[int], None]
 
 
@@ -121,7 +125,8 @@ def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
         if folder.is_dir():
             _logger.info("%s: done by an earlier run, skipped", folder)
         else:
-            _embed_scene(pred, s, folder, config, spec, progress)
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+                _embed_scene(pred, s, folder, config, spec, progress)
         folders.append(folder)
     return folders
 
@@ -179,7 +184,7 @@ def predict_change(date1: str, date2: str, model: str | Path, out: str | Path,
     spec = _spec(pred, config)
     threshold = pred.threshold if config.threshold is None else config.threshold
     start = time.perf_counter()
-    with scene_output(target.parent, target.name) as folder:
+    with scene_output(target.parent, target.name) as folder, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         _change_rasters(pred, first, second, folder, spec, threshold, progress)
         changed = folder / "changed.part.tif"
         polygons = change_polygons(changed, folder / "changes.gpkg", min_area=config.min_area)
