@@ -52,7 +52,8 @@ from rsmae.store import TileStore
 from rsmae.tasks.init import corpus_record
 
 __all__ = ["EVAL_FOLDERS", "INITS", "STORES", "Run", "build_backbones", "build_natural_store",
-           "build_rs_store", "load_manifest", "manifest_entries", "plan_runs", "pretrain", "random_backbone"]
+           "build_rs_store", "load_manifest", "manifest_entries", "plan_runs", "pretrain", "random_backbone",
+           "save_random_backbone"]
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,14 @@ def random_backbone(out: Path, rs_store: Path, seed: int = 0) -> Path:
             return path
     except WeightsError:  # missing or unreadable
         pass
+    return save_random_backbone(meta, path, seed)
+
+
+def save_random_backbone(meta: BackboneMeta, path: Path, seed: int = 0) -> Path:
+    """The encoder ``meta`` describes, freshly initialised with torch seed ``seed``, saved at ``path``."""
     torch.manual_seed(seed)
-    encoder = create_encoder(model["preset"], in_chans=len(info["bands"]), img_size=info["tile_size"],
-                             patch_size=model["patch_size"])
+    encoder = create_encoder(meta.preset, in_chans=meta.in_chans, img_size=meta.img_size,
+                             patch_size=meta.patch_size, **meta.encoder_kwargs)
     return save_backbone(encoder, path, meta)
 
 

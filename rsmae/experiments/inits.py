@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rsmae.errors import RsmaeError
-from rsmae.experiments.backbones import build_backbones, load_manifest
+from rsmae.experiments.backbones import build_backbones, load_manifest, save_random_backbone
 from rsmae.experiments.cells import plan_cells
 from rsmae.experiments.config import ROOT, GridConfig
 from rsmae.files import atomic_write_json, read_json
@@ -41,20 +41,14 @@ def manifest_from_paths(config: GridConfig) -> dict[str, dict[str, Any]]:
     An init ``random`` without a path is the first backbone's architecture, bands and statistics
     with freshly initialised weights (torch seed 0).
     """
-    import torch
-
     from rsmae.evaluation.data import backbone_meta
     from rsmae.evaluation.features import file_digest
-    from rsmae.models import create_encoder, save_backbone
 
     paths = {init: _newest(p) for init, p in config.backbones.items()}
     if "random" in config.inits and "random" not in paths:
         meta = backbone_meta(next(iter(paths.values())))
-        torch.manual_seed(0)
-        encoder = create_encoder(meta.preset, in_chans=meta.in_chans, img_size=meta.img_size,
-                                 patch_size=meta.patch_size, **meta.encoder_kwargs)
         meta.source = "random init (torch seed 0)"
-        paths["random"] = save_backbone(encoder, Path(config.backbones_dir) / "random.safetensors", meta)
+        paths["random"] = save_random_backbone(meta, Path(config.backbones_dir) / "random.safetensors")
     return {init: {"path": str(p), "sha256": file_digest(p), "steps": None, "corpus": str(p.parent),
                    "images": None, "scenes": None} for init, p in paths.items()}
 
