@@ -49,7 +49,7 @@ demo: $(STAMP)
 		--trainer.callbacks.init_args.root "$(DATA)/eurosat_ms_subset"
 	$(BIN)/python pipelines/report.py runs/mae_tiny
 	@echo "Transfer to EuroSAT (scored on its test split): the demo MAE against a random init of the same ViT"
-	$(BIN)/python benchmarks/transfer.py --config configs/bench/demo.yaml --results $(OUT)/transfer
+	$(BIN)/python benchmarks/transfer.py --config configs/bench/demo.yaml --out $(OUT)/transfer
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_loader.py

@@ -121,13 +121,14 @@ def test_spectral_floor_on_the_fixed_split_ignores_test_labels(eurosat) -> None:
         evaluate_floor("nope", images, labels, fold, FAST)
 
 
-def test_floors_benchmark_tables_and_csv(tmp_path) -> None:
+def test_floors_benchmark_tables_and_csv(tmp_path, monkeypatch) -> None:
     import argparse
     import csv
     import importlib.util
 
     from conftest import ROOT
 
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: its folder first
     spec = importlib.util.spec_from_file_location("floors_bench", ROOT / "benchmarks" / "floors.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -11,8 +11,9 @@ Inits of one ViT (the recipe of ``configs/bench/pretrain/base.yaml``), each a ``
   curve (``probe.json``).
 
 The Sentinel-2 corpus is every real Sentinel-2 L1C scene of the data folder except evaluation images:
-``oscd_unlabelled/`` (20 scenes) and the eo-learn test patch (5 frames, via
-``datasets/eolearn_s2l1c/prepare.py``); never ``eurosat_ms_subset/`` nor ``oscd_subset/``. Every file a
+``oscd_unlabelled/`` but ``saclay_w`` (18 scenes; :data:`NEAR_EVALUATION`: on the ground of EuroSAT
+and OSCD images) and the eo-learn test patch (5 frames, via ``datasets/eolearn_s2l1c/prepare.py``);
+never ``eurosat_ms_subset/`` nor ``oscd_subset/``. Every file a
 pretraining store records is compared with every file under the evaluation folders
 (:func:`rsmae.experiments.leaks.check_no_leaks`: resolved path, then bytes) before any pretraining;
 one match stops the build, naming the file.
@@ -51,14 +52,16 @@ from rsmae.models.weights import BackboneMeta, read_backbone_meta
 from rsmae.store import TileStore
 from rsmae.tasks.init import corpus_record
 
-__all__ = ["EVAL_FOLDERS", "INITS", "STORES", "Run", "build_backbones", "build_natural_store",
-           "build_rs_store", "load_manifest", "manifest_entries", "plan_runs", "pretrain", "random_backbone",
-           "save_random_backbone"]
+__all__ = ["EVAL_FOLDERS", "INITS", "NEAR_EVALUATION", "STORES", "Run", "build_backbones",
+           "build_natural_store", "build_rs_store", "load_manifest", "manifest_entries", "plan_runs",
+           "pretrain", "random_backbone", "save_random_backbone"]
 
 log = logging.getLogger(__name__)
 
 EVAL_FOLDERS = ("eurosat_ms_subset", "oscd_subset")
-STORES = {"s2_l1c": "Sentinel-2 L1C: oscd_unlabelled + eo-learn test patch",
+# corpus scenes on the ground of an evaluation image (benchmarks/footprint_leaks.py): left out
+NEAR_EVALUATION = {"saclay_w": "holds EuroSAT Residential_2285, adjoins saclay_e (granule T31UDP, one date)"}
+STORES = {"s2_l1c": "Sentinel-2 L1C: oscd_unlabelled but saclay_w + eo-learn test patch",
           "tinyimagenet": "Tiny-ImageNet train (R, G, B)"}
 INITS = {"random": (), "natural_mae": ("natural_mae",), "natural_rs_mae": ("natural_half", "natural_to_rs"),
          "rs_mae": ("rs_mae",), "rs_rcmae": ("rs_rcmae",)}
@@ -95,7 +98,9 @@ def build_rs_store(out: Path, data: Path = DATA, workers: int = 2) -> Path:
     eolearn = out / "prepared" / "eolearn"
     py, call = sys.executable, runs.run_command
     call([py, "datasets/eolearn_s2l1c/prepare.py", data / "eolearn_s2l1c_testpatch", "--out", eolearn])
-    call([py, "pipelines/tile.py", data / "oscd_unlabelled", eolearn, "--sensor", "s2-l1c",
+    cities = sorted(p for p in (data / "oscd_unlabelled").iterdir()
+                    if p.is_dir() and p.name not in NEAR_EVALUATION)
+    call([py, "pipelines/tile.py", *cities, eolearn, "--sensor", "s2-l1c",
           "--band-order", "eolearn-l1c", "--tile-size", "64", "--workers", str(workers), "--out", store])
     return store
 

@@ -63,6 +63,7 @@ def add_external(config: GridConfig, manifest: dict[str, dict[str, Any]]) -> dic
     from rsmae.evaluation.data import peek_size, task_bands
     from rsmae.evaluation.features import file_digest
     from rsmae.evaluation.interop import import_weights
+    from rsmae.models.registry import weights_format
 
     data = config.data
     for kind, path in config.external.items():
@@ -74,7 +75,7 @@ def add_external(config: GridConfig, manifest: dict[str, dict[str, Any]]) -> dic
         key = {"source_sha256": file_digest(ROOT / path), "converter": kind, **settings,
                "rsmae": rsmae.__version__}
         if read_json(out.with_suffix(".json")) != key or not out.is_file():
-            import_weights(ROOT / path, kind, out, **settings)
+            import_weights(ROOT / path, weights_format(kind).name, out, **settings)  # the one spelling
             atomic_write_json(out.with_suffix(".json"), key, indent=1)  # after the file: a kill reconverts
         manifest[kind] = {"path": str(out), "sha256": file_digest(out), "steps": None, "corpus": str(path),
                           "images": None, "scenes": None}
