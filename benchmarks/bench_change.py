@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader
 
 from rsmae.datasets import OSCD, PairCrops
 from rsmae.datasets.bitemporal import band_statistics
-from rsmae.models.change import change_loss
 from rsmae.evaluation.sliding import sliding_window_logits, window_starts
 from rsmae.evaluation.speed import count_flops, cpu_name, matmul_peak
 from rsmae.models import set_fused_attention
+from rsmae.models.change import change_loss
 from rsmae.tasks.change import ChangeTask
 from rsmae.tasks.precision import cpu_has_native_bf16
 
