@@ -58,7 +58,8 @@ def _imports() -> dict[str, set[str]]:
                 found.update(a.name for a in node.names if a.name.startswith("rsmae."))
             elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rsmae"):
                 found.add(node.module)
-                found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in files)
+                names = (f"{node.module}.{a.name}" for a in node.names)
+                found.update(name for name in names if name in files)
         graph[module] = {m for m in found if m in files and m != module}
     return graph
 
