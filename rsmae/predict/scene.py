@@ -105,21 +105,26 @@ def check_overlap(first: PredictScene, second: PredictScene) -> None:
 
 
 class OnGridReader(SceneReader):
-    """A :class:`SceneReader` that warps every band onto the grid, reprojecting when needed.
+    """A :class:`SceneReader` onto another scene's grid, reprojecting when the CRS differs.
 
-    Pixels outside the scene's footprint read as the nodata value (0 when none is set), so they
-    become nodata.
+    Files in the grid's CRS are read as the tiler reads them (directly when already on the grid);
+    others are warped. Pixels outside the scene's footprint read as the nodata value (0 when none is
+    set), so they become nodata.
     """
 
     def _open(self, path: str) -> tuple[object, float | None]:
+        g = self.grid
         try:
-            ds = self._stack.enter_context(rasterio.open(path))
+            with rasterio.open(path) as ds:
+                crs = ds.crs
         except RasterioIOError as err:
             raise RasterReadError(f"{path}: not a readable raster ({err})") from err
+        target = CRS.from_wkt(g.crs) if g.crs else crs
+        if crs == target:  # the tiler's reader: direct reads on the grid, else a warp in the same CRS
+            return super()._open(path)
+        ds = self._stack.enter_context(rasterio.open(path))
         fill = ds.nodata if ds.nodata is not None else self.nodata
-        g = self.grid
-        crs = CRS.from_wkt(g.crs) if g.crs else ds.crs
-        vrt = WarpedVRT(ds, crs=crs, transform=g.affine, width=g.width, height=g.height,
+        vrt = WarpedVRT(ds, crs=target, transform=g.affine, width=g.width, height=g.height,
                         resampling=Resampling.bilinear, src_nodata=fill,
                         nodata=0 if fill is None else fill)
         return self._stack.enter_context(vrt), fill
