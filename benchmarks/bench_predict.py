@@ -21,7 +21,7 @@ default: on 2 cores shared with other jobs, PyTorch with 2 threads ran a batch 4
 plain loop is not run beyond ``--plain-max`` (it holds the scene in memory: 13 bands x float32).
 
 Example:
-    python benchmarks/bench_predict.py            # ~5 CPU-minutes on 2 cores
+    python benchmarks/bench_predict.py --sizes 2048,4096 --plain-max 2048   # ~6 min on 2 cores
     python benchmarks/bench_predict.py --sizes 1024,2048 --quick
 """
 
@@ -307,7 +307,7 @@ def write_results(rows: list[dict], command: str, seconds: float, threads: int |
              f"window {WINDOW}, overlap {OVERLAP}, 13 bands; stream: 16 windows per call; model threads: "
              f"{threads} for every method",
              "- km² at 100 m² per pixel (10 m); peak RSS of a fresh process per case (imports, model "
-             "included)", "",
+             "included)",
              "- load: the 1-minute load average of the machine before and after each case (2 cores: above 2, "
              "other jobs took CPU from the case and its time is an upper bound)", "",
              "| task | method | engine | scene | px | km² | windows | s | km²/s | vs plain | peak RSS MB "
