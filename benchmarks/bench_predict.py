@@ -115,7 +115,7 @@ def make_models(root: Path) -> dict[str, Path]:
 
     from rsmae.bands import get_sensor
     from rsmae.models import BackboneMeta, create_encoder, save_backbone
-    from rsmae.predict.onnx import export_any_onnx
+    from rsmae.predict.export import export_any_onnx
     from rsmae.tasks.change import ChangeTask, save_change_model
 
     bands = list(get_sensor("s2-l1c").names)

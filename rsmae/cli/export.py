@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     def export() -> int:
         if args.format == "onnx":
-            from rsmae.predict.onnx import export_any_onnx
+            from rsmae.predict.export import export_any_onnx
 
             path, task = export_any_onnx(args.checkpoint, args.out, pool=args.pool, weights=args.weights)
             print(f"{path}: ONNX {task} model")

@@ -22,7 +22,8 @@ from rsmae.errors import WeightsError
 from rsmae.models import fused_attention_pays, load_backbone, read_backbone_meta, set_fused_attention
 from rsmae.predict.errors import PredictError
 
-__all__ = ["ChangeNet", "EmbedNet", "Predictor", "load_change_predictor", "load_embed_predictor"]
+__all__ = ["ChangeNet", "EmbedNet", "Predictor", "load_change_predictor", "load_embed_predictor",
+           "load_onnx_predictor"]
 
 _logger = logging.getLogger(__name__)
 
@@ -175,8 +176,6 @@ def load_embed_predictor(path: str | Path, *, pool: bool = False) -> Predictor:
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        from rsmae.predict.onnx import load_onnx_predictor
-
         return load_onnx_predictor(path, "embed")
     _check_kind(path, "embed")
     meta = read_backbone_meta(path)
@@ -200,8 +199,6 @@ def load_change_predictor(path: str | Path) -> Predictor:
 
     path = Path(path)
     if path.suffix == ".onnx":
-        from rsmae.predict.onnx import load_onnx_predictor
-
         return load_onnx_predictor(path, "change")
     _check_kind(path, "change")
     task, extra = load_change_model(path)
@@ -214,3 +211,22 @@ def load_change_predictor(path: str | Path) -> Predictor:
     sensor = hp.sensor or (hp.encoder or {}).get("sensor")
     return Predictor("change", path, net, list(hp.bands), sensor, list(hp.mean), int(hp.img_size), 1, 1,
                      threshold=threshold)
+
+
+def load_onnx_predictor(path: str | Path, kind: str) -> Predictor:
+    """An exported ``.onnx`` file as a :class:`Predictor` running in onnxruntime.
+
+    Raises:
+        WeightsError: naming ``path``, when it is not an rsmae ONNX export or of the other task.
+    """
+    from rsmae.predict.onnx import onnx_metadata, session_runner
+
+    path = Path(path)
+    meta = onnx_metadata(path)
+    if meta["task"] != kind:
+        raise WeightsError(f"{path}: an ONNX {meta['task']} model, not a {kind} model; run rsmae predict "
+                           f"{meta['task']}")
+    p = Predictor(kind, path, None, meta["bands"], meta["sensor"], meta["mean"], meta["window"], meta["cell"],
+                  meta["channels"], threshold=meta["threshold"])
+    p.run = session_runner(str(path))
+    return p

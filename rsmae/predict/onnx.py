@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +27,7 @@ from torch import nn
 from rsmae.files import atomic_path
 from rsmae.models import set_fused_attention
 
-__all__ = ["OPSET", "export_any_onnx", "export_onnx", "onnx_bytes", "load_onnx_predictor", "onnx_runner",
-           "session_runner"]
+__all__ = ["OPSET", "export_onnx", "onnx_bytes", "onnx_metadata", "onnx_runner", "session_runner"]
 
 OPSET = 17
 _META = "rsmae_onnx"
@@ -110,66 +108,18 @@ def export_onnx(predictor: object, out: str | Path) -> Path:
     return Path(out)
 
 
-def export_any_onnx(source: str | Path, out: str | Path, *, pool: bool = False,
-                    weights: str = "student") -> tuple[Path, str]:
-    """Export a backbone file, a change model or a pretraining checkpoint's encoder as ONNX.
-
-    Args:
-        source: A backbone ``.safetensors``, a change model (``rsmae evaluate --out``) or a Lightning
-            checkpoint of ``rsmae fit`` (its encoder is exported as a backbone first).
-        out: Output ``.onnx``.
-        pool: Backbones: one pooled vector per window instead of patch features.
-        weights: Checkpoints of RC-MAE: ``"student"`` or ``"teacher"``.
-
-    Returns:
-        The written path and the task (``"embed"`` or ``"change"``).
-    """
-    from rsmae.predict.models import load_change_predictor, load_embed_predictor
-
-    source = Path(source)
-    if _safetensors_keys(source) is None:  # a checkpoint: its encoder, as a backbone file first
-        from rsmae.tasks import export_backbone
-
-        with tempfile.TemporaryDirectory(dir=Path(out).parent) as tmp:
-            backbone = export_backbone(source, Path(tmp) / "backbone.safetensors", weights)
-            return export_onnx(load_embed_predictor(backbone, pool=pool), out), "embed"
-    if "rsmae_change" in _safetensors_keys(source):
-        return export_onnx(load_change_predictor(source), out), "change"
-    return export_onnx(load_embed_predictor(source, pool=pool), out), "embed"
-
-
-def load_onnx_predictor(path: str | Path, kind: str) -> object:
-    """An exported ``.onnx`` file as a :class:`~rsmae.predict.models.Predictor` running in onnxruntime.
+def onnx_metadata(path: str | Path) -> dict:
+    """The rsmae metadata of an exported ``.onnx`` file.
 
     Raises:
-        WeightsError: naming ``path``, when it is not an rsmae ONNX export or of the other task.
+        WeightsError: naming ``path``, when it is not an rsmae ONNX export.
     """
     from rsmae.errors import WeightsError
-    from rsmae.predict.models import Predictor
 
     onnx = _optional("onnx")
-    path = Path(path)
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        meta = json.loads(props[_META])
+        return json.loads(props[_META])
     except Exception as err:
         raise WeightsError(f"{path}: not an ONNX model exported by rsmae export --format onnx ({err})"
                            ) from err
-    if meta["task"] != kind:
-        raise WeightsError(f"{path}: an ONNX {meta['task']} model, not a {kind} model; run rsmae predict "
-                           f"{meta['task']}")
-    p = Predictor(kind, path, None, meta["bands"], meta["sensor"], meta["mean"], meta["window"], meta["cell"],
-                  meta["channels"], threshold=meta["threshold"])
-    p.run = session_runner(str(path))
-    return p
-
-
-def _safetensors_keys(path: Path) -> set[str] | None:
-    """The metadata keys of a safetensors file; ``None`` for another file."""
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return set(f.metadata() or {})
-    except Exception:
-        return None
