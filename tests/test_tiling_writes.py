@@ -121,12 +121,12 @@ def test_a_store_removal_killed_half_way_leaves_nothing_under_its_name(folder: P
 
 def test_a_store_creation_killed_half_way_leaves_no_store(folder: Path, tmp_path: Path,
                                                          monkeypatch) -> None:
-    import rsmae.store.tile_store as tile_store
+    import rsmae.store.layout as layout
 
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tile_store, "create_layout", killed)
+    monkeypatch.setattr(layout, "create_layout", killed)
     out = tmp_path / "s.zarr"
     with pytest.raises(KeyboardInterrupt):
         tile_scenes([str(folder)], out, CONFIG)

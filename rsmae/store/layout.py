@@ -44,18 +44,22 @@ still open for reading; tiling more scenes into one needs a new store (``--overw
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from rsmae.files import remove_tree
 from rsmae.store.scene_table import SceneTable
 from rsmae.store.skipped import create_unit_skip
 
-__all__ = ["CODECS", "FORMAT_VERSION", "INDEX_ARRAYS", "READABLE", "SLOT_ARRAYS", "create_layout",
-           "hist_bins"]
+__all__ = ["CODECS", "FORMAT_VERSION", "INDEX_ARRAYS", "READABLE", "SLOT_ARRAYS", "create_aside",
+           "create_layout", "hist_bins"]
 
 FORMAT_VERSION = 2
 READABLE = (1, 2)  # format 1: scene records in the root attributes (read-only here)
@@ -111,3 +115,20 @@ def create_layout(group: zarr.Group, *, bands: Sequence[dict[str, Any]], dtype: 
     group.create_array("stats_moments", shape=(2, n_bands, 3), chunks=(1, n_bands, 3), dtype="float64",
                        fill_value=0.0)
     SceneTable.create(group)
+
+
+def create_aside(path: Path, *, bands: Sequence[dict[str, Any]], dtype: str, tile: int, shard_tiles: int,
+                 codec: str, attrs: dict[str, Any]) -> None:
+    """Create the layout and its root attributes beside ``path``, then rename it into place.
+
+    A kill never leaves a store without its attributes under the real name; the rename goes onto
+    nothing or an empty folder only.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.creating")
+    try:
+        group = zarr.open_group(tmp, mode="w-", zarr_format=3)
+        create_layout(group, bands=bands, dtype=dtype, tile=tile, shard_tiles=shard_tiles, codec=codec)
+        group.attrs.update(attrs)
+        os.rename(tmp, path)
+    finally:
+        remove_tree(tmp)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +12,7 @@ import zarr
 import rsmae.store.skipped as skipped_table
 from rsmae.errors import StoreConfigError, StoreError, StoreIncompleteError, StoreRunChangedError
 from rsmae.files import remove_tree
-from rsmae.store.layout import FORMAT_VERSION, READABLE, SLOT_ARRAYS, create_layout
+from rsmae.store.layout import FORMAT_VERSION, READABLE, SLOT_ARRAYS, create_aside
 from rsmae.store.scene_table import SceneTable, columns_from_records
 
 if TYPE_CHECKING:
@@ -54,19 +52,11 @@ class TileStore:
             attrs: Extra root attributes (version, command line).
         """
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.creating")
-        try:  # made aside and renamed into place: a kill never leaves a store without its attributes
-            group = zarr.open_group(tmp, mode="w-", zarr_format=3)
-            create_layout(group, bands=bands, dtype=dtype, tile=int(config["tile_size"]),
-                          shard_tiles=shard_tiles, codec=codec)
-            group.attrs.update({
-                "rsmae_format": FORMAT_VERSION, "complete": False, "config": config,
-                "bands": list(bands), "dtype": dtype, "shard_tiles": shard_tiles,
-                "n_scenes": 0, "n_batches": 0, "n_units": 0, "tiles": 0, **(attrs or {}),
-            })
-            os.rename(tmp, path)  # onto nothing or an empty folder only
-        finally:
-            remove_tree(tmp)
+        create_aside(path, bands=bands, dtype=dtype, tile=int(config["tile_size"]), shard_tiles=shard_tiles,
+                     codec=codec, attrs={"rsmae_format": FORMAT_VERSION, "complete": False, "config": config,
+                                         "bands": list(bands), "dtype": dtype, "shard_tiles": shard_tiles,
+                                         "n_scenes": 0, "n_batches": 0, "n_units": 0, "tiles": 0,
+                                         **(attrs or {})})
         return cls(path, zarr.open_group(path, mode="r+", zarr_format=3))
 
     @classmethod
@@ -352,13 +342,11 @@ class TileStore:
 
     def check_run(self, run_id: str, unit: int = -1) -> None:
         """Raise :class:`StoreRunChangedError` unless the store's ``run_id`` is ``run_id`` ("": no check)."""
-        if not run_id:
-            return
-        found = zarr.open_group(self.path, mode="r", zarr_format=3).attrs.get("run_id")
+        found = zarr.open_group(self.path, mode="r", zarr_format=3).attrs.get("run_id") if run_id else ""
         if found != run_id:
-            raise StoreRunChangedError(
-                f"{self.path}: unit {unit} belongs to run {run_id}, but run {found} now owns the "
-                "store (the first was rolled back or taken over); nothing was written")
+            raise StoreRunChangedError(f"{self.path}: unit {unit} belongs to run {run_id}, but run {found} "
+                                       "now owns the store (the first was rolled back or taken over); "
+                                       "nothing was written")
 
     def slot_table(self) -> dict[str, np.ndarray]:
         """Per-slot metadata arrays (``scene``, ``row``, ``col``, ``valid``) in memory."""
@@ -427,3 +415,4 @@ def remove_store(path: str | Path) -> None:
     A kill during the deletion leaves no half-deleted store under the real name.
     """
     remove_tree(path)
+

@@ -10,8 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import rsmae
 from rsmae.bands import Sensor, get_layout, get_sensor
 from rsmae.errors import RsmaeError, StoreConfigError, StoreError, TilingError
@@ -20,6 +18,7 @@ from rsmae.tiling.finalise import RunContext, finalise, rollback, unit_tasks
 from rsmae.tiling.grid import Grid, gdal_env, scene_grid
 from rsmae.tiling.lock import store_lock
 from rsmae.tiling.products import check_product_levels
+from rsmae.tiling.register import create_store, register
 from rsmae.tiling.scenes import Scene, discover_scenes
 from rsmae.tiling.skips import (
     SkippedScene,
@@ -30,7 +29,7 @@ from rsmae.tiling.skips import (
     skipped_update,
     still_skipped,
 )
-from rsmae.tiling.units import UnitResult, plan_units, windows
+from rsmae.tiling.units import UnitResult
 
 __all__ = ["SkippedScene", "TileConfig", "TileSummary", "tile_scenes"]
 
@@ -170,33 +169,6 @@ def _plan_one(scene: Scene, sensor: Sensor, config: TileConfig) -> _Planned:
     return _Planned(scene, grid, dtype, declared if declared is not None else config.nodata)
 
 
-def _scene_rows(planned: Sequence[_Planned], sensor: str) -> dict[str, Any]:
-    """Scene-table rows (columns) of planned scenes."""
-    def text(values: list[str | None]) -> np.ndarray:
-        return np.array([v or "" for v in values], dtype=np.dtypes.StringDType())
-
-    scenes = [p.scene for p in planned]
-    return {
-        "id": text([s.scene_id for s in scenes]), "sensor": text([sensor] * len(scenes)),
-        "date": text([s.date for s in scenes]), "label": text([s.label for s in scenes]),
-        "split": text([s.split for s in scenes]), "crs": [p.grid.crs or "" for p in planned],
-        "transform": np.array([p.grid.transform for p in planned], np.float64).reshape(-1, 6),
-        "width": np.array([p.grid.width for p in planned], np.int64),
-        "height": np.array([p.grid.height for p in planned], np.int64),
-        "nodata": np.array([np.nan if p.nodata is None else p.nodata for p in planned], np.float64),
-        "files": [s.files for s in scenes],
-        "product_level": text([s.product_level for s in scenes]),
-        "baseline": text([s.baseline for s in scenes]),
-        "offset": np.array([_offset(s) for s in scenes], np.float64),
-    }
-
-
-def _offset(scene: Scene) -> float:
-    """The radiometric offset applied to the scene's bands (NaN when the bands differ)."""
-    values = set(scene.offset)
-    return float(values.pop()) if len(values) == 1 else float("nan")
-
-
 def _check_out(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path}: exists and is a file, not a Zarr store; choose another --out")
@@ -274,7 +246,7 @@ def _tile_locked(run: RunContext, out: Path, overwrite: bool, command: str,
         remove_store(out)
     if not planned and not (out / "zarr.json").is_file():  # every scene failed: no store
         raise failed[0][1] if len(failed) == 1 else no_scene_error([str(e) for _, e in failed])
-    store, snapshot, new = _open_or_create(out, planned, run.config, command)
+    store, snapshot, new = _open_orcreate_store(out, planned, run.config, command)
     # the batch this run works on: its own new one, or the unfinished one it resumes
     run.batch = int(store.attrs["n_batches"]) - (0 if store.complete and not new else 1)
     start = int(snapshot["n_units"]) if snapshot else 0
@@ -337,7 +309,7 @@ def _summary(store: TileStore, out: Path, new: int, units_run: int, started: flo
                        attrs["stats"], skipped)
 
 
-def _open_or_create(
+def _open_orcreate_store(
     out: Path, planned: list[_Planned], config: TileConfig, command: str
 ) -> tuple[TileStore, dict[str, Any] | None, int]:
     """Open (checking config and inputs) or create the store; register new scenes."""
@@ -356,12 +328,12 @@ def _open_or_create(
         sensor = get_sensor(config.sensor)
         bands = [{"name": b.name, "wavelength_nm": b.wavelength_nm, "gsd_m": b.gsd_m}
                  for b in (sensor.band(n) for n in config.band_names())]
-        store = _create(out, config=wanted, bands=bands, dtype=planned[0].dtype,
+        store = create_store(out, config=wanted, bands=bands, dtype=planned[0].dtype,
                         shard_tiles=config.shard_tiles, codec=config.codec,
                         attrs={"sensor": config.sensor, "rsmae_version": rsmae.__version__,
                                "command": command, "committed": None})
     snapshot = store.attrs.get("committed")
-    return store, snapshot, _register(store, planned, config)
+    return store, snapshot, register(store, planned, config)
 
 
 def _merged_order(stored: dict[str, Any], order: list[str] | None) -> list[str] | None:
@@ -387,50 +359,6 @@ def _check_levels(store: TileStore, planned: list[_Planned], config: TileConfig,
     levels.update({p.scene.scene_id: p.scene.product_level for p in planned})
     check_product_levels(levels, allow_mixed=config.mix_product_levels,
                          where=f"{out} and the new inputs")
-
-
-def _register(store: TileStore, planned: list[_Planned], config: TileConfig) -> int:
-    """Append the scenes the store does not hold yet (one batch); returns their number.
-
-    The scene rows, the batch and the unit arrays are written first; the counts in the root
-    attributes last, so a registration killed half-way is redone by the next run.
-    """
-    attrs = store.attrs
-    n, n_batches, n_units = attrs["n_scenes"], attrs["n_batches"], attrs["n_units"]
-    if store.units_allocated() != n_units:  # killed while registering: back to the last state
-        store.resize_units(n_units)
-    known = set(store.scenes(["id"])["id"].tolist())
-    fresh = [p for p in planned if p.scene.scene_id not in known]
-    if not fresh:
-        return 0
-    if not store.complete and n_batches and _unfinished(store):
-        raise StoreConfigError(
-            f"{store.path}: an unfinished run over other inputs is in this store; rerun that "
-            "command to finish it, or pass --overwrite"
-        )
-    store.update_attrs(complete=False)
-    stride = attrs["config"]["stride"]
-    scene_windows = [(n + i, windows(p.grid, config.tile_size, stride)) for i, p in enumerate(fresh)]
-    stop = n_units + len(plan_units(scene_windows, config.shard_tiles))
-    store.write_scenes(n, _scene_rows(fresh, config.sensor))
-    store.write_batch(n_batches, (n, n + len(fresh), n_units, stop))
-    store.resize_units(stop)
-    store.update_attrs(n_scenes=n + len(fresh), n_batches=n_batches + 1, n_units=stop)
-    return len(fresh)
-
-
-def _create(out: Path, **kwargs: Any) -> TileStore:
-    try:
-        return TileStore.create(out, **kwargs)
-    except OSError as err:
-        remove_store(out)
-        raise StoreError(f"{out}: cannot create the store ({err.strerror}); choose another --out"
-                         ) from err
-
-
-def _unfinished(store: TileStore) -> bool:
-    committed = store.attrs.get("committed")
-    return not bool(store.units_done(int(committed["n_units"]) if committed else 0).all())
 
 
 def summary_dict(summary: TileSummary) -> dict[str, Any]:
