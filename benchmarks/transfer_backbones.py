@@ -2,26 +2,8 @@
 
 The entry point of :func:`rsmae.experiments.backbones.build_backbones`, and its table.
 
-Inits of one ViT (the recipe of ``configs/bench/pretrain/base.yaml``), each a ``backbone.safetensors``:
-
-- ``random``: the encoder as created (seed 0), with the Sentinel-2 corpus's bands and statistics;
-- ``natural_mae``: MAE on Tiny-ImageNet train images (R, G, B), as many images as the Sentinel-2
-  corpus has tiles, N steps; adapt its patch kernels to a task's bands with ``load_backbone(bands=)``;
-- ``natural_rs_mae``: MAE on Tiny-ImageNet for N/2 steps, then continued on Sentinel-2 for N/2
-  (``init_backbone``; fresh decoder, optimiser and schedule): the same N steps in all;
-- ``rs_mae`` / ``rs_rcmae``: MAE / RC-MAE on the Sentinel-2 corpus, N steps, with the EuroSAT probe
-  curve (``probe.json``).
-
-The Sentinel-2 corpus is every real Sentinel-2 L1C scene of the data folder except evaluation images:
-``oscd_unlabelled/`` (20 scenes) and the eo-learn test patch (5 frames, via
-``datasets/eolearn_s2l1c/prepare.py``); never ``eurosat_ms_subset/`` nor ``oscd_subset/``. Every file a
-pretraining store records is compared with every file under the evaluation folders
-(:func:`rsmae.experiments.leaks.check_no_leaks` over :func:`rsmae.datasets.check_no_eval_images`:
-resolved path, then bytes) before any pretraining; one match stops the build, naming the file.
-
-Resumable: a finished store, or a run whose ``run.json`` matches (steps, config file contents, store
-contents, init sha256; never paths), is skipped; an unfinished, unreadable or stale run is started again
-from scratch. Tiling and pretraining run as subprocesses (``pipelines/tile.py``, ``pipelines/pretrain.py``).
+The inits, the Sentinel-2 corpus (``saclay_w`` left out: it lies on evaluation images), the leak
+check and the resume rules are described once, in :mod:`rsmae.experiments.backbones`.
 Writes ``OUT/backbones.json``: ``{init: {path, sha256, steps, corpus, images, scenes, ...}}``.
 
 Example (N = 1500: 5 pretrainings, 52 minutes measured with --threads 1 on a busy shared 2-core CPU;
