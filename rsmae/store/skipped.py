@@ -24,14 +24,14 @@ and are created on the next append.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import zarr
 
-__all__ = ["COLUMNS", "create_unit_skip", "drop_stale_tables", "read_skipped", "read_unit_skips",
-           "unit_skip_record", "write_skipped"]
+__all__ = ["COLUMNS", "SkippedTableMixin", "create_unit_skip", "drop_stale_tables", "read_skipped",
+           "read_unit_skips", "unit_skip_record", "write_skipped"]
 
 COLUMNS = ("id", "file", "reason", "batch", "row", "stamp")
 _TEXT = ("id", "file", "reason", "stamp")  # the other columns are int64
@@ -112,3 +112,38 @@ def read_unit_skips(records: Sequence[str]) -> dict[int, str]:
             for scene, reason in json.loads(text).items():
                 out.setdefault(int(scene), reason)
     return out
+
+
+class SkippedTableMixin:
+    """The methods of :class:`~rsmae.store.TileStore` that read and write the ``skipped`` table.
+
+    :class:`~rsmae.store.TileStore` inherits them; it provides ``_group`` (the root group),
+    ``format`` and ``array``.
+    """
+
+    _group: zarr.Group
+    format: int
+    array: Callable[[str], zarr.Array]
+
+    def unit_skips(self, start: int, stop: int) -> dict[int, str]:
+        """Scenes left out by units ``start:stop`` (scene index -> reason), in unit order."""
+        if stop <= start or "unit_skip" not in self._group:
+            return {}
+        return read_unit_skips(self.array("unit_skip")[start:stop].tolist())
+
+    def skipped(self) -> dict[str, np.ndarray]:
+        """The committed ``skipped`` table: its :data:`COLUMNS` (empty when none)."""
+        return read_skipped(self._group if self.format >= 2 else None)
+
+    def write_skipped(self, table: dict[str, Sequence[Any]]) -> dict[str, str]:
+        """Write the next ``skipped`` table (columns as :meth:`skipped` returns), not yet visible.
+
+        Returns:
+            The root attribute that commits it (pass it to :meth:`update_attrs` with the commit,
+            then call :meth:`drop_stale_skipped`).
+        """
+        return write_skipped(self._group, table)
+
+    def drop_stale_skipped(self) -> None:
+        """Delete the ``skipped`` tables that are not the committed one."""
+        drop_stale_tables(self._group)

@@ -14,6 +14,7 @@ from rsmae.errors import StoreConfigError, StoreError, StoreIncompleteError, Sto
 from rsmae.files import remove_tree
 from rsmae.store.layout import FORMAT_VERSION, READABLE, SLOT_ARRAYS, create_aside
 from rsmae.store.scene_table import SceneTable, columns_from_records
+from rsmae.store.skipped import SkippedTableMixin
 
 if TYPE_CHECKING:
     from rsmae.store.shards import TileReader
@@ -21,11 +22,11 @@ if TYPE_CHECKING:
 __all__ = ["TileStore", "remove_store"]
 
 
-class TileStore:
+class TileStore(SkippedTableMixin):
     """A tile store on disk.
 
     Use :meth:`create` to make one and :meth:`open` to open one; all reads and writes of the
-    layout go through this class.
+    layout go through this class (the ``skipped`` table's through :class:`SkippedTableMixin`).
     """
 
     def __init__(self, path: str | Path, group: zarr.Group | None, *,
@@ -259,29 +260,6 @@ class TileStore:
     def units_allocated(self) -> int:
         """Units the per-unit arrays hold (more than ``n_units`` after a killed registration)."""
         return int(self.array("unit_done").shape[0])
-
-    def unit_skips(self, start: int, stop: int) -> dict[int, str]:
-        """Scenes left out by units ``start:stop`` (scene index -> reason), in unit order."""
-        if stop <= start or "unit_skip" not in self._group:
-            return {}
-        return skipped_table.read_unit_skips(self.array("unit_skip")[start:stop].tolist())
-
-    def skipped(self) -> dict[str, np.ndarray]:
-        """The ``skipped`` table (``skipped.py``): ``id``, ``file``, ``reason``, ``batch``, ``row``."""
-        return skipped_table.read_skipped(self._group if self.format >= 2 else None)
-
-    def write_skipped(self, table: dict[str, Sequence[Any]]) -> dict[str, str]:
-        """Write the next ``skipped`` table (columns as :meth:`skipped` returns), not yet visible.
-
-        Returns:
-            The root attribute that commits it (pass it to :meth:`update_attrs` with the commit,
-            then call :meth:`drop_stale_skipped`).
-        """
-        return skipped_table.write_skipped(self._group, table)
-
-    def drop_stale_skipped(self) -> None:
-        """Delete the ``skipped`` tables that are not the committed one."""
-        skipped_table.drop_stale_tables(self._group)
 
     def clear_scene_ids(self, rows: Sequence[int]) -> None:
         """Mark scene-table rows as skipped scenes (their ``id`` becomes "")."""
