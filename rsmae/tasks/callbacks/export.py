@@ -1,4 +1,4 @@
-"""Backbone export at the end of pretraining."""
+"""Backbone export at the end of pretraining, and snapshots along it (a budget curve)."""
 
 from __future__ import annotations
 
@@ -28,13 +28,19 @@ class BackboneExport(L.Callback):
         filename: File name inside ``dirpath``.
         dirpath: Output folder; default the run's log folder.
         weights: ``"student"`` (default) or, for RC-MAE, ``"teacher"``.
+        every_n_steps: Also write ``backbones/step<N>.safetensors`` every that many optimiser steps
+            (and at step 0), for a probe along training; ``None``: only the final file.
     """
 
     def __init__(self, filename: str = "backbone.safetensors", dirpath: str | None = None,
-                 weights: Literal["student", "teacher"] = "student") -> None:
+                 weights: Literal["student", "teacher"] = "student",
+                 every_n_steps: int | None = None) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps}: give a positive step count or None")
         self.filename = filename
         self.dirpath = dirpath
         self.weights = weights
+        self.every_n_steps = every_n_steps
         self.path: Path | None = None
         self._dir = Path(".")
 
@@ -42,12 +48,28 @@ class BackboneExport(L.Callback):
         """Find the output folder (on every rank: it is a collective under DDP)."""
         self._dir = Path(self.dirpath) if self.dirpath else run_dir(trainer)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: PretrainTask) -> None:
+        """The step-0 snapshot (not on a resumed run, whose step 0 is long past)."""
+        if self.every_n_steps and trainer.global_step == 0:
+            self._snapshot(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: PretrainTask, *args: object) -> None:
+        """A snapshot every ``every_n_steps`` optimiser steps."""
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.global_step:
+            self._snapshot(trainer, pl_module)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: PretrainTask) -> None:
         """Write the backbone (rank 0)."""
+        self.path = self._write(trainer, pl_module, self._dir / self.filename)
+
+    def _snapshot(self, trainer: L.Trainer, pl_module: PretrainTask) -> None:
+        name = f"step{trainer.global_step:07d}.safetensors"
+        self._write(trainer, pl_module, self._dir / "backbones" / name)
+
+    def _write(self, trainer: L.Trainer, pl_module: PretrainTask, path: Path) -> Path | None:
         if not trainer.is_global_zero:
-            return
+            return None
         if "fsdp" in type(trainer.strategy).__name__.lower():
             _logger.warning("FSDP shards the encoder: export last.ckpt with pipelines/export.py")
-            return
-        self.path = save_backbone(pl_module.encoder(self.weights), self._dir / self.filename,
-                                  pl_module.backbone_meta(self.weights))
+            return None
+        return save_backbone(pl_module.encoder(self.weights), path, pl_module.backbone_meta(self.weights))

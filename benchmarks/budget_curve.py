@@ -1,0 +1,281 @@
+r"""The budget curve (issue 22): the EuroSAT k-fold probe of every pretraining snapshot, floors beside it.
+
+Each ``--run NAME=DIR`` is a pretraining folder (``pipelines/pretrain.py`` with
+``configs/bench/pretrain/base.yaml``, whose ``BackboneExport`` writes ``backbones/step<N>.safetensors``
+along training and ``backbone.safetensors`` at its end). Every snapshot is probed frozen on all
+labelled EuroSAT images by stratified 5-fold CV (:mod:`rsmae.evaluation.kfold_probe`: linear and
+k-NN, pooling and settings chosen inside the training fold, one normalisation rule for every init:
+the training fold's band statistics), next to the floors on the same folds: the spectral signature
+(:mod:`rsmae.evaluation.floors`) and the random-init ViT (``--random``, the pretrainings' step 0).
+``--evaluation train`` scores on the folders' training split only (5-fold CV inside it): the
+split on which recipes are chosen, so the test split stays untouched by the choice.
+
+Writes ``budget.md`` (accuracy with 95 % intervals over the images, paired differences against the
+random init and the spectral floor), ``budget.csv`` (one row per image, snapshot and protocol, with
+commit, command and machine) and ``budget.png``. Probe results are cached per snapshot file
+(``--cache``), so adding a run re-probes only its new snapshots.
+
+Run::
+
+    .venv/bin/python benchmarks/budget_curve.py --random runs/budget/random/backbone.safetensors \
+        --run mae=runs/budget/mae_8x --run rcmae=runs/budget/rcmae_8x
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from provenance import git_commit
+
+from rsmae.datasets import EuroSAT
+from rsmae.evaluation.floors import FloorConfig, evaluate_floor
+from rsmae.evaluation.folds import Fold, stratified_kfold
+from rsmae.evaluation.kfold_probe import PROTOCOLS, ProbeConfig, evaluate_backbone
+from rsmae.evaluation.speed import cpu_name
+from rsmae.models.registry import sha256_file
+from rsmae.models.weights import read_backbone_meta
+from rsmae.stats import bootstrap_interval, paired_bootstrap, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ("rsmae/evaluation/kfold_probe.py", "rsmae/evaluation/floors.py", "rsmae/evaluation/folds.py",
+            "rsmae/tasks/probe.py", "rsmae/stats.py", "benchmarks/budget_curve.py")
+RANDOM, SPECTRAL = "random init", "spectral floor"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
+                        help="a pretraining folder with backbones/step*.safetensors (repeat)")
+    parser.add_argument("--every", type=int, default=1,
+                        help="probe only the snapshots whose step is a multiple of this (and the last)")
+    parser.add_argument("--random", type=Path, required=True, help="the random-init backbone (step 0)")
+    parser.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "data" / "eurosat_ms_subset",
+                        help="folder in the EuroSAT layout holding train/ and test/")
+    parser.add_argument("--evaluation", choices=["kfold", "train"], default="kfold",
+                        help="kfold: all labelled images; train: the training split only (recipe choice)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--fold-seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "budget" / "probe_cache")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="budget", help="stem of the written files")
+    return parser.parse_args(argv)
+
+
+def load_images(root: Path, evaluation: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Raw images (all EuroSAT bands, file order), labels and relative paths of the scored images."""
+    splits = ["train"] if evaluation == "train" else ["train", "test"]
+    sets = [EuroSAT(root, s) for s in splits]
+    names = [str(Path(p).relative_to(root)) for ds in sets for p in ds.paths]
+    return torch.cat([ds.images for ds in sets]), torch.cat([ds.labels for ds in sets]), names
+
+
+def snapshots(folder: Path, every: int = 1) -> list[tuple[int, Path]]:
+    """``(step, file)`` of a run's snapshots by step: those at multiples of ``every`` and the last one.
+
+    The final ``backbone.safetensors`` counts as the snapshot of its step (from its metadata).
+
+    Raises:
+        FileNotFoundError: naming ``folder`` when it holds no backbone.
+    """
+    found = {int(m.group(1)): p for p in (folder / "backbones").glob("step*.safetensors")
+             if (m := re.fullmatch(r"step(\d+)\.safetensors", p.name))}
+    final = folder / "backbone.safetensors"
+    if final.is_file():
+        step = int(re.search(r"global step (\d+)", read_backbone_meta(final).source).group(1))
+        found.setdefault(step, final)
+    if not found:
+        raise FileNotFoundError(f"{folder}: no backbones/step*.safetensors nor backbone.safetensors; "
+                                "pretrain with configs/bench/pretrain/base.yaml first")
+    last = max(found)
+    return sorted((step, p) for step, p in found.items() if step % every == 0 or step == last)
+
+
+def probe_rows(path: Path, images: torch.Tensor, labels: torch.Tensor, folds: list[Fold], config: ProbeConfig,
+               cache: Path) -> list[dict[str, Any]]:
+    """One row per image and protocol for the backbone at ``path`` (cached by file hash and settings)."""
+    key = hashlib.sha256(json.dumps([sha256_file(path), asdict(config), [f.test.tolist() for f in folds]])
+                         .encode()).hexdigest()[:20]
+    hit = cache / f"{key}.json"
+    if hit.is_file():
+        return json.loads(hit.read_text())
+    rows = []
+    for res in evaluate_backbone(path, images, labels, EuroSAT.all_bands, EuroSAT.sensor, folds, config):
+        for i, pred in zip(res.test.tolist(), res.predictions.tolist(), strict=True):
+            rows.append({"protocol": res.protocol, "fold": res.fold, "image": i, "prediction": pred,
+                         "correct": int(pred == int(labels[i])), "choice": res.choice})
+    cache.mkdir(parents=True, exist_ok=True)
+    hit.write_text(json.dumps(rows))
+    return rows
+
+
+def spectral_rows(images: torch.Tensor, labels: torch.Tensor, folds: list[Fold]) -> list[dict[str, Any]]:
+    rows = []
+    for fold in folds:
+        res = evaluate_floor("spectral", images, labels, fold, FloorConfig())
+        for i, pred in zip(res.test.tolist(), res.predictions.tolist(), strict=True):
+            rows += [{"protocol": p, "fold": fold.name, "image": i, "prediction": pred,
+                      "correct": int(pred == int(labels[i])), "choice": res.choice} for p in PROTOCOLS]
+    return rows
+
+
+def correct_vector(rows: list[dict[str, Any]], protocol: str, n: int) -> np.ndarray:
+    out = np.full(n, np.nan)
+    for r in rows:
+        if r["protocol"] == protocol:
+            out[r["image"]] = r["correct"]
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> str:
+    d = paired_bootstrap(a, b)
+    return f"{100 * d.difference:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+
+
+def tables(results: dict[tuple[str, int], list[dict[str, Any]]], floors: dict[str, list[dict[str, Any]]],
+           n: int) -> tuple[list[str], list[str]]:
+    """The Markdown table rows and the verdict sentences (each run's last snapshot)."""
+    lines = ["| run | step | linear % [95 % CI] | − random | − spectral | k-NN % [95 % CI] | − random | "
+             "pooling chosen (linear; k-NN) |", "|---|---:|---|---|---|---|---|---|"]
+    base = {p: correct_vector(floors[RANDOM], p, n) for p in PROTOCOLS}
+    spec = correct_vector(floors[SPECTRAL], "linear", n)
+    for name, rows in [(RANDOM, floors[RANDOM]), (SPECTRAL, floors[SPECTRAL])]:
+        c = correct_vector(rows, "linear", n)
+        lo, hi = bootstrap_interval(c)
+        knn = correct_vector(rows, "knn", n) if name == RANDOM else None
+        knn_cell = "-" if knn is None else f"{_pct(knn.mean())} [{_pct(bootstrap_interval(knn)[0])}, " \
+                                           f"{_pct(bootstrap_interval(knn)[1])}]"
+        lines.append(f"| {name} | 0 | {_pct(c.mean())} [{_pct(lo)}, {_pct(hi)}] | | | {knn_cell} | | |")
+    sentences = []
+    last = {run: max(s for r, s in results if r == run) for run, _ in results}
+    for (run, step), rows in results.items():
+        cells = []
+        for p in PROTOCOLS:
+            c = correct_vector(rows, p, n)
+            lo, hi = bootstrap_interval(c)
+            cells.append(f"{_pct(c.mean())} [{_pct(lo)}, {_pct(hi)}] | {_diff(c, base[p])}")
+            if p == "linear":
+                cells[-1] += f" | {_diff(c, spec)}"
+            if step == last[run]:
+                said = f"- {p}, {run} at step {step}: "
+                sentences.append(said + verdict(run, RANDOM, paired_bootstrap(c, base[p])))
+                if p == "linear":
+                    sentences.append(said + verdict(run, SPECTRAL, paired_bootstrap(c, spec)))
+        pools = "; ".join(" ".join(sorted({r["choice"].split()[0] for r in rows if r["protocol"] == p}))
+                          for p in PROTOCOLS)
+        lines.append(f"| {run} | {step} | {cells[0]} | {cells[1]} | {pools} |")
+    return lines, sentences
+
+
+Rows = list[dict[str, Any]]
+
+
+def plot(results: dict[tuple[str, int], Rows], floors: dict[str, Rows], n: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, p in zip(axes, PROTOCOLS, strict=True):
+        for floor, style in ((RANDOM, "0.45"), (SPECTRAL, "tab:red")):
+            if floor == SPECTRAL and p == "knn":
+                continue
+            c = correct_vector(floors[floor], p, n)
+            lo, hi = bootstrap_interval(c)
+            ax.axhspan(100 * lo, 100 * hi, color=style, alpha=0.12)
+            ax.axhline(100 * c.mean(), color=style, ls="--", lw=1, label=f"{floor} (95 % CI band)")
+        for run in dict.fromkeys(r for r, _ in results):
+            steps = sorted(s for r, s in results if r == run)
+            acc, err = [], []
+            for s in steps:
+                c = correct_vector(results[(run, s)], p, n)
+                lo, hi = bootstrap_interval(c)
+                acc.append(100 * c.mean())
+                err.append([100 * (c.mean() - lo), 100 * (hi - c.mean())])
+            ax.errorbar(steps, acc, yerr=np.array(err).T, marker="o", capsize=3, label=run)
+        ax.set_xscale("symlog", linthresh=750)
+        ax.set_xlabel("pretraining steps (batch 32)")
+        ax.set_title(f"{'linear probe' if p == 'linear' else 'k-NN'}: EuroSAT 5-fold CV, {n} images")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%), 95 % CI over the images")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join([".venv/bin/python", "benchmarks/budget_curve.py", *given])
+    load_start, started = os.getloadavg()[0], time.perf_counter()
+    images, labels, names = load_images(args.root, args.evaluation)
+    folds = stratified_kfold(labels.numpy(), args.folds, seed=args.fold_seed)
+    config = ProbeConfig()
+    floors = {RANDOM: probe_rows(args.random, images, labels, folds, config, args.cache),
+              SPECTRAL: spectral_rows(images, labels, folds)}
+    results = {}
+    for spec in args.run:
+        name, _, folder = spec.partition("=")
+        for step, path in snapshots(Path(folder), args.every):
+            t = time.perf_counter()
+            results[(name, step)] = probe_rows(path, images, labels, folds, config, args.cache)
+            print(f"{name} step {step}: {time.perf_counter() - t:.0f} s", flush=True)
+    n = len(labels)
+    lines, sentences = tables(results, floors, n)
+    dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
+    head = {"commit": git_commit(dirty), "command": command,
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} thread(s)"}
+    scored = "all labelled images (train/ + test/)" if args.evaluation == "kfold" else "the train/ split only"
+    text = "\n".join([
+        f"# Budget curve: EuroSAT {args.folds}-fold probe of the pretraining snapshots", "",
+        f"- commit: {head['commit']}", f"- command: `{command}`", f"- machine: {head['machine']}",
+        f"- load average (1 min) at start / end: {load_start:.2f} / {os.getloadavg()[0]:.2f}; "
+        f"wall time {(time.perf_counter() - started) / 60:.1f} min",
+        f"- data: `{args.root}`, {scored}: {n} images, stratified {args.folds}-fold CV (fold seed "
+        f"{args.fold_seed}); each image tested once",
+        f"- frozen probes (`rsmae.evaluation.kfold_probe`): linear (L2 among {config.l2}) and weighted "
+        f"cosine k-NN (k among {config.knn_k}); pooling (cls token or mean patch token) and setting chosen "
+        f"by inner {config.inner_folds}-fold CV of each training fold; every init normalised with the "
+        "training fold's band statistics",
+        "- 95 % CI: percentile bootstrap over the images (10,000 resamples); differences paired on the same "
+        "images (paired bootstrap); a difference is called only when its interval excludes 0",
+        f"- random init: `{args.random}` (the pretrainings' step 0); spectral floor: per-band mean and std "
+        "-> linear classifier, same folds", "", *lines, "", *sentences, ""])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.md").write_text(text)
+    plot(results, floors, n, args.out / f"{args.name}.png")
+    with (args.out / f"{args.name}.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["run", "step", "protocol", "fold", "image", "path", "label", "prediction", "correct",
+                         "choice", "commit", "command", "machine"])
+        everything = [((k, 0), v) for k, v in floors.items()] + list(results.items())
+        for (run, step), rows in everything:
+            for r in rows:
+                writer.writerow([run, step, r["protocol"], r["fold"], r["image"], names[r["image"]],
+                                 int(labels[r["image"]]), r["prediction"], r["correct"], r["choice"],
+                                 head["commit"], command, head["machine"]])
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
