@@ -37,9 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from provenance import git_commit
 
 from rsmae.datasets import EuroSAT
+from rsmae.errors import StoreError
 from rsmae.evaluation.floors import FloorConfig, evaluate_floor
 from rsmae.evaluation.folds import Fold, stratified_kfold
 from rsmae.evaluation.kfold_probe import PROTOCOLS, ProbeConfig, evaluate_backbone
@@ -47,6 +49,7 @@ from rsmae.evaluation.speed import cpu_name
 from rsmae.models.registry import sha256_file
 from rsmae.models.weights import read_backbone_meta
 from rsmae.stats import bootstrap_interval, paired_bootstrap, verdict
+from rsmae.store import TileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ("rsmae/evaluation/kfold_probe.py", "rsmae/evaluation/floors.py", "rsmae/evaluation/folds.py",
@@ -102,6 +105,24 @@ def snapshots(folder: Path, every: int = 1) -> list[tuple[int, Path]]:
                                 "pretrain with configs/bench/pretrain/base.yaml first")
     last = max(found)
     return sorted((step, p) for step, p in found.items() if step % every == 0 or step == last)
+
+
+def budget(name: str, folder: Path, step: int) -> str:
+    """A sentence on a run's budget at ``step``: samples seen and passes over its corpus (``config.yaml``)."""
+    file = folder / "config.yaml"
+    config = yaml.safe_load(file.read_text()) if file.is_file() else {}
+    data = config.get("data", {})
+    batch, stores = data.get("batch_size"), data.get("stores") or []
+    if not batch or not stores:
+        return f"- {name}: {step} steps (no config.yaml with data.batch_size and data.stores beside it)"
+    try:
+        tiles = sum(int(TileStore.open(s).attrs["tiles"]) for s in stores)
+    except (OSError, KeyError, StoreError):
+        return f"- {name}: {step} steps of {batch} = {step * batch:,} samples (corpus {stores} not readable)"
+    seen = step * batch
+    return (f"- {name}: {step} steps of {batch} = {seen:,} samples, {seen / tiles:.0f} passes "
+            f"over its corpus of {tiles:,} tiles; MAE's ImageNet recipe runs 800-1,600 passes over "
+            "1.28 M images")
 
 
 def probe_rows(path: Path, images: torch.Tensor, labels: torch.Tensor, folds: list[Fold], config: ProbeConfig,
@@ -231,10 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     config = ProbeConfig()
     floors = {RANDOM: probe_rows(args.random, images, labels, folds, config, args.cache),
               SPECTRAL: spectral_rows(images, labels, folds)}
-    results = {}
+    results, budgets = {}, []
     for spec in args.run:
         name, _, folder = spec.partition("=")
-        for step, path in snapshots(Path(folder), args.every):
+        found = snapshots(Path(folder), args.every)
+        budgets.append(budget(name, Path(folder), found[-1][0]))
+        for step, path in found:
             t = time.perf_counter()
             results[(name, step)] = probe_rows(path, images, labels, folds, config, args.cache)
             print(f"{name} step {step}: {time.perf_counter() - t:.0f} s", flush=True)
@@ -259,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         "- 95 % CI: percentile bootstrap over the images (10,000 resamples); differences paired on the same "
         "images (paired bootstrap); a difference is called only when its interval excludes 0",
         f"- random init: `{args.random}` (the pretrainings' step 0); spectral floor: per-band mean and std "
-        "-> linear classifier, same folds", "", *lines, "", *sentences, ""])
+        "-> linear classifier, same folds", "", *lines, "", *sentences, "",
+        "Budgets at the last snapshot:", "", *budgets, ""])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text(text)
     plot(results, floors, n, args.out / f"{args.name}.png")
