@@ -153,6 +153,13 @@ def spectral_rows(images: torch.Tensor, labels: torch.Tensor, folds: list[Fold])
     return rows
 
 
+def _same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Whether two probes predicted every image alike (a run's step 0 and the random init)."""
+    def key(r: dict[str, Any]) -> tuple:
+        return r["protocol"], r["image"], r["prediction"]
+    return sorted(map(key, a)) == sorted(map(key, b))
+
+
 def correct_vector(rows: list[dict[str, Any]], protocol: str, n: int) -> np.ndarray:
     out = np.full(n, np.nan)
     for r in rows:
@@ -259,8 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         budgets.append(budget(name, Path(folder), found[-1][0]))
         for step, path in found:
             t = time.perf_counter()
-            results[(name, step)] = probe_rows(path, images, labels, folds, config, args.cache)
+            rows = probe_rows(path, images, labels, folds, config, args.cache)
             print(f"{name} step {step}: {time.perf_counter() - t:.0f} s", flush=True)
+            if step == 0 and _same(rows, floors[RANDOM]):
+                continue  # the run's start is the random init: its row above
+            results[(name, step)] = rows
     n = len(labels)
     lines, sentences = tables(results, floors, n)
     dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
@@ -281,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         "training fold's band statistics",
         "- 95 % CI: percentile bootstrap over the images (10,000 resamples); differences paired on the same "
         "images (paired bootstrap); a difference is called only when its interval excludes 0",
-        f"- random init: `{args.random}` (the pretrainings' step 0); spectral floor: per-band mean and std "
+        f"- random init: `{args.random}` (a run's step 0 is shown only when it predicts otherwise); "
+        "spectral floor: per-band mean and std "
         "-> linear classifier, same folds", "", *lines, "", *sentences, "",
         "Budgets at the last snapshot:", "", *budgets, ""])
     args.out.mkdir(parents=True, exist_ok=True)
