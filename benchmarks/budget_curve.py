@@ -230,20 +230,22 @@ def plot(results: dict[tuple[str, int], Rows], floors: dict[str, Rows], n: int, 
             ax.axhspan(100 * lo, 100 * hi, color=style, alpha=0.12)
             ax.axhline(100 * c.mean(), color=style, ls="--", lw=1, label=f"{floor} (95 % CI band)")
         for run in dict.fromkeys(r for r, _ in results):
-            steps = sorted(s for r, s in results if r == run)
+            steps = sorted({0, *(s for r, s in results if r == run)})  # step 0: the random init
             acc, err = [], []
             for s in steps:
-                c = correct_vector(results[(run, s)], p, n)
+                c = correct_vector(results.get((run, s), floors[RANDOM]), p, n)
                 lo, hi = bootstrap_interval(c)
                 acc.append(100 * c.mean())
                 err.append([100 * (c.mean() - lo), 100 * (hi - c.mean())])
             ax.errorbar(steps, acc, yerr=np.array(err).T, marker="o", capsize=3, label=run)
-        ax.set_xscale("symlog", linthresh=750)
         ax.set_xlabel("pretraining steps (batch 32)")
         ax.set_title(f"{'linear probe' if p == 'linear' else 'k-NN'}: EuroSAT 5-fold CV, {n} images")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%), 95 % CI over the images")
-    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    handles = dict(zip(*reversed(axes[0].get_legend_handles_labels()), strict=True))
+    handles.update(zip(*reversed(axes[1].get_legend_handles_labels()), strict=True))
+    axes[1].legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.02, 0.5),
+                   fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
