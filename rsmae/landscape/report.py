@@ -144,10 +144,13 @@ def _compare(a: dict[str, Any], b: dict[str, Any], objective: str) -> str:
     ra, sa, rb, sb = a["mean_rise"], a["mean_rise_std"], b["mean_rise"], b["mean_rise_std"]
     seeds = min(a["surface_seeds"], b["surface_seeds"])
     ratio = f"{rb / ra:.2f}x lower" if ra > 0 and rb > 0 else f"{rb - ra:.3g} lower"
-    text = (f"On the {objective} loss, {a['model']} is flatter than {b['model']}: mean rise over the grid "
-            f"{ra:.3g} ± {sa:.2g} vs {rb:.3g} ± {sb:.2g} ({ratio}, {seeds} direction seeds)")
-    if rb - ra <= sa + sb:
-        text += ", but the gap is within the spread over direction seeds: the surfaces do not separate them"
+    numbers = f"mean rise over the grid {ra:.3g} ± {sa:.2g} vs {rb:.3g} ± {sb:.2g}"
+    if rb - ra <= sa + sb:  # the gap within the spread: no ranking
+        text = (f"On the {objective} loss, {a['model']} and {b['model']} are indistinguishable in flatness: "
+                f"{numbers}, a gap within the spread over {seeds} direction seeds")
+    else:
+        text = f"On the {objective} loss, {a['model']} is flatter than {b['model']}: {numbers} ({ratio}, " \
+               f"{seeds} direction seeds)"
     ea, eb = a["top_eigenvalue"], b["top_eigenvalue"]
     if not (math.isnan(ea) or math.isnan(eb)):
         agree = "agrees" if abs(ea) < abs(eb) else "disagrees"
