@@ -165,10 +165,22 @@ def _compare(a: dict[str, Any], b: dict[str, Any], objective: str) -> str:
     return text + "."
 
 
+OWN_OBJECTIVES = ("pretrain",)  # each model's own training loss (RC-MAE's adds its consistency term)
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[str]:
-    """Sentences for every pair of models sharing an objective, the flatter (by mean rise) first."""
+    """Sentences for every pair of models sharing an objective, the flatter (by mean rise) first.
+
+    An objective of :data:`OWN_OBJECTIVES` is a different function per method, so its models are not
+    compared; one sentence says so.
+    """
     out = []
     for objective in dict.fromkeys(r["objective"] for r in rows):
+        if objective in OWN_OBJECTIVES:
+            names = ", ".join(r["model"] for r in rows if r["objective"] == objective)
+            out.append(f"The {objective} loss is each model's own objective ({names}): shown beside each "
+                       "model, not compared across them (the recon loss is the like-for-like one).")
+            continue
         group = [r for r in rows if r["objective"] == objective and not math.isnan(r["mean_rise"])]
         group.sort(key=lambda r: r["mean_rise"])
         out.extend(_compare(a, b, objective) for i, a in enumerate(group) for b in group[i + 1 :])
