@@ -39,12 +39,15 @@ class Band:
         wavelength_nm: Central wavelength in nanometres.
         gsd_m: Native ground sample distance in metres (``None`` when not defined).
         aliases: Other spellings that resolve to this band (``"B08A"``, ``"nir08"``).
+        bandwidth_nm: Full width at half maximum of the spectral response in nanometres (``None``
+            when not defined, e.g. plain RGB cameras).
     """
 
     name: str
     wavelength_nm: float
     gsd_m: float | None
     aliases: tuple[str, ...] = ()
+    bandwidth_nm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,43 +103,43 @@ def _norm(name: str) -> str:
 
 
 def _s2(l2a: bool) -> tuple[Band, ...]:
-    table = [
-        ("B01", 442.7, 60, ("B1", "coastal")),
-        ("B02", 492.4, 10, ("B2", "blue")),
-        ("B03", 559.8, 10, ("B3", "green")),
-        ("B04", 664.6, 10, ("B4", "red")),
-        ("B05", 704.1, 20, ("B5", "rededge1")),
-        ("B06", 740.5, 20, ("B6", "rededge2")),
-        ("B07", 782.8, 20, ("B7", "rededge3")),
-        ("B08", 832.8, 10, ("B8", "nir")),
-        ("B8A", 864.7, 20, ("B08A", "nir08")),
-        ("B09", 945.1, 60, ("B9", "watervapour")),
-        ("B10", 1373.5, 60, ("cirrus",)),
-        ("B11", 1613.7, 20, ("swir16",)),
-        ("B12", 2202.4, 20, ("swir22",)),
+    table = [  # name, central wavelength and bandwidth (nm) of Sentinel-2A, GSD (m), aliases
+        ("B01", 442.7, 21, 60, ("B1", "coastal")),
+        ("B02", 492.4, 66, 10, ("B2", "blue")),
+        ("B03", 559.8, 36, 10, ("B3", "green")),
+        ("B04", 664.6, 31, 10, ("B4", "red")),
+        ("B05", 704.1, 15, 20, ("B5", "rededge1")),
+        ("B06", 740.5, 15, 20, ("B6", "rededge2")),
+        ("B07", 782.8, 20, 20, ("B7", "rededge3")),
+        ("B08", 832.8, 106, 10, ("B8", "nir")),
+        ("B8A", 864.7, 21, 20, ("B08A", "nir08")),
+        ("B09", 945.1, 20, 60, ("B9", "watervapour")),
+        ("B10", 1373.5, 31, 60, ("cirrus",)),
+        ("B11", 1613.7, 91, 20, ("swir16",)),
+        ("B12", 2202.4, 175, 20, ("swir22",)),
     ]
-    return tuple(Band(n, w, g, a) for n, w, g, a in table if not (l2a and n == "B10"))
+    return tuple(Band(n, w, g, a, float(bw)) for n, w, bw, g, a in table if not (l2a and n == "B10"))
 
 
-_OLI = (
-    Band("B1", 443.0, 30, ("B01", "coastal", "SR_B1")),
-    Band("B2", 482.0, 30, ("B02", "blue", "SR_B2")),
-    Band("B3", 561.4, 30, ("B03", "green", "SR_B3")),
-    Band("B4", 654.6, 30, ("B04", "red", "SR_B4")),
-    Band("B5", 864.7, 30, ("B05", "nir08", "SR_B5")),
-    Band("B6", 1608.9, 30, ("B06", "swir16", "SR_B6")),
-    Band("B7", 2200.7, 30, ("B07", "swir22", "SR_B7")),
-    Band("B8", 589.5, 15, ("B08", "pan")),
-    Band("B9", 1373.4, 30, ("B09", "cirrus")),
+_OLI = (  # bandwidths: USGS Landsat 8 OLI band edges
+    Band("B1", 443.0, 30, ("B01", "coastal", "SR_B1"), 16.0),
+    Band("B2", 482.0, 30, ("B02", "blue", "SR_B2"), 60.0),
+    Band("B3", 561.4, 30, ("B03", "green", "SR_B3"), 57.0),
+    Band("B4", 654.6, 30, ("B04", "red", "SR_B4"), 37.0),
+    Band("B5", 864.7, 30, ("B05", "nir08", "SR_B5"), 28.0),
+    Band("B6", 1608.9, 30, ("B06", "swir16", "SR_B6"), 85.0),
+    Band("B7", 2200.7, 30, ("B07", "swir22", "SR_B7"), 187.0),
+    Band("B8", 589.5, 15, ("B08", "pan"), 173.0),
+    Band("B9", 1373.4, 30, ("B09", "cirrus"), 21.0),
 )
 
-_TM = (
-    Band("B1", 485.0, 30, ("B01", "blue")),
-    Band("B2", 560.0, 30, ("B02", "green")),
-    Band("B3", 660.0, 30, ("B03", "red")),
-    Band("B4", 830.0, 30, ("B04", "nir")),
-    Band("B5", 1650.0, 30, ("B05", "swir16")),
-    Band("B7", 2215.0, 30, ("B07", "swir22")),
+_TM = (  # bandwidths: USGS Landsat 4-5 TM band edges
+    Band("B1", 485.0, 30, ("B01", "blue"), 70.0),
+    Band("B2", 560.0, 30, ("B02", "green"), 80.0),
+    Band("B3", 660.0, 30, ("B03", "red"), 60.0),
+    Band("B4", 830.0, 30, ("B04", "nir"), 140.0),
+    Band("B5", 1650.0, 30, ("B05", "swir16"), 200.0),
+    Band("B7", 2215.0, 30, ("B07", "swir22"), 270.0),
 )
 
 _RGB = (
