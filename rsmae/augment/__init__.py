@@ -15,10 +15,13 @@ Randomness comes only from the ``generator`` passed to ``forward`` (torch's defa
 same augmentation on CPU and GPU. Interpolating ops are kornia's (bilinear); the dihedral group is
 exact (``torch.rot90``/``torch.flip``).
 
+:func:`drop_bands` keeps a random subset of a batch's bands (for encoders that take any bands).
+
 The pure tensor ops live in :mod:`rsmae.augment.functional`, the random modules in
 :mod:`rsmae.augment.modules`; both are re-exported here.
 """
 
+from rsmae.augment.band_drop import drop_bands
 from rsmae.augment.functional import d4_inverse, d4_transform, resized_crop, rotate_inscribed
 from rsmae.augment.modules import Batch as Batch  # the batch dict type
 from rsmae.augment.modules import RandomDihedral, RandomResizedCropGSD, RandomRotation, RSAugment
@@ -30,6 +33,7 @@ __all__ = [
     "RandomRotation",
     "d4_inverse",
     "d4_transform",
+    "drop_bands",
     "resized_crop",
     "rotate_inscribed",
 ]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.testing import assert_close
 
+from rsmae.augment import drop_bands
 from rsmae.bands import LAYOUTS, get_sensor
 from rsmae.errors import BandError, ModelConfigError
 from rsmae.models.spectral_embed import (
@@ -187,3 +188,28 @@ def test_another_patch_size_resizes_the_generated_kernels() -> None:
     assert embed(_x()).shape == (2, 64, DIM)
     embed.set_input_size(patch_size=16)
     assert embed.grid_size == (2, 2) and embed(_x()).shape == (2, 4, DIM)
+
+
+# ---------------------------------------------------------------- band dropout
+
+
+def test_band_dropout_never_empties_and_follows_the_generator() -> None:
+    x = _x()
+    seen = set()
+    for seed in range(200):
+        kept, names = drop_bands(x, L1C, torch.Generator().manual_seed(seed))
+        assert 1 <= len(names) == kept.shape[1] <= 13 and list(names) == sorted(names, key=L1C.index)
+        assert torch.equal(kept, x[:, [L1C.index(n) for n in names]])
+        seen.add(len(names))
+    assert seen == set(range(1, 14))  # every count, from one band to all
+    again = [drop_bands(x, L1C, torch.Generator().manual_seed(7))[1] for _ in range(2)]
+    assert again[0] == again[1]
+    one = drop_bands(x[:, :1], L1C[:1], torch.Generator().manual_seed(0), p_keep_max=0.0)[1]
+    assert one == ("B01",)  # a single band is always kept
+    for seed in range(20):
+        names = drop_bands(x, L1C, torch.Generator().manual_seed(seed), p_keep_min=0.5, p_keep_max=0.7)[1]
+        assert 7 <= len(names) <= 9
+    with pytest.raises(BandError, match="one name per channel"):
+        drop_bands(x, L1C[:3])
+    with pytest.raises(ValueError, match="p_keep_min"):
+        drop_bands(x, L1C, p_keep_min=0.8, p_keep_max=0.2)
