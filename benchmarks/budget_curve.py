@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -45,11 +46,13 @@ from rsmae.errors import StoreError
 from rsmae.evaluation.floors import FloorConfig, evaluate_floor
 from rsmae.evaluation.folds import Fold, stratified_kfold
 from rsmae.evaluation.kfold_probe import PROTOCOLS, ProbeConfig, evaluate_backbone
-from rsmae.evaluation.speed import cpu_name
+from rsmae.evaluation.speed import count_flops, cpu_name, matmul_peak
 from rsmae.models.registry import sha256_file
 from rsmae.models.weights import read_backbone_meta
 from rsmae.stats import bootstrap_interval, paired_bootstrap, verdict
 from rsmae.store import TileStore
+from rsmae.tasks import PretrainTask
+from rsmae.tasks.precision import default_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ("rsmae/evaluation/kfold_probe.py", "rsmae/evaluation/floors.py", "rsmae/evaluation/folds.py",
@@ -72,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--fold-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    parser.add_argument("--train-threads", type=int, default=1,
+                        help="threads the pretrainings ran with (OMP_NUM_THREADS): the matmul peak's")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "budget" / "probe_cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="budget", help="stem of the written files")
@@ -123,6 +128,27 @@ def budget(name: str, folder: Path, step: int) -> str:
     return (f"- {name}: {step} steps of {batch} = {seen:,} samples, {seen / tiles:.0f} passes "
             f"over its corpus of {tiles:,} tiles; MAE's ImageNet recipe runs 800-1,600 passes over "
             "1.28 M images")
+
+
+def step_gflop(folder: Path) -> float:
+    """FLOP of one training step (forward and backward, batch of ``data.batch_size``) of a run's task."""
+    hp = yaml.safe_load((folder / "hparams.yaml").read_text())
+    task = PretrainTask(**{k: v for k, v in hp.items() if k in inspect.signature(PretrainTask).parameters})
+    batch = yaml.safe_load((folder / "config.yaml").read_text())["data"]["batch_size"]
+    x = torch.randn(batch, hp["in_chans"], hp["img_size"], hp["img_size"])
+    noise = task.student.make_noise(batch, generator=torch.Generator().manual_seed(0))
+    return count_flops(lambda: task.model(x, noise=noise).loss.backward()) / 1e9
+
+
+def speed(name: str, folder: Path, found: list[tuple[int, Path]], peak: float) -> str:
+    """Steps/s between the first and last snapshot (file times), GFLOP/s and MFU against ``peak``."""
+    (s0, p0), (s1, p1) = found[0], found[-1]
+    seconds = p1.stat().st_mtime - p0.stat().st_mtime
+    if s1 <= s0 or seconds <= 0:
+        return f"- {name}: one snapshot only, no speed"
+    rate, gflop = (s1 - s0) / seconds, step_gflop(folder)
+    return (f"- {name}: {rate:.2f} steps/s over steps {s0}-{s1} ({seconds / 60:.0f} min), {gflop:.1f} GFLOP "
+            f"per step, {rate * gflop:.1f} GFLOP/s = {100 * rate * gflop / peak:.0f} % MFU")
 
 
 def probe_rows(path: Path, images: torch.Tensor, labels: torch.Tensor, folds: list[Fold], config: ProbeConfig,
@@ -261,11 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     config = ProbeConfig()
     floors = {RANDOM: probe_rows(args.random, images, labels, folds, config, args.cache),
               SPECTRAL: spectral_rows(images, labels, folds)}
-    results, budgets = {}, []
+    precision = default_precision("cpu")  # what trainer.precision "auto" chose for the runs on this machine
+    torch.set_num_threads(args.train_threads)
+    peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+    torch.set_num_threads(args.threads)
+    results, budgets, speeds = {}, [], []
     for spec in args.run:
         name, _, folder = spec.partition("=")
         found = snapshots(Path(folder), args.every)
         budgets.append(budget(name, Path(folder), found[-1][0]))
+        speeds.append(speed(name, Path(folder), snapshots(Path(folder)), peak))
         for step, path in found:
             t = time.perf_counter()
             rows = probe_rows(path, images, labels, folds, config, args.cache)
@@ -296,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         f"- random init: `{args.random}` (a run's step 0 is shown only when it predicts otherwise); "
         "spectral floor: per-band mean and std "
         "-> linear classifier, same folds", "", *lines, "", *sentences, "",
-        "Budgets at the last snapshot:", "", *budgets, ""])
+        "Budgets at the last snapshot:", "", *budgets, "",
+        f"Training speed (from the snapshots' file times, on this machine while other jobs shared it; "
+        f"{precision}; matmul peak in that precision {peak:.0f} GFLOP/s at {args.train_threads} thread(s), "
+        "measured in this run):", "",
+        *speeds, ""])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text(text)
     plot(results, floors, n, args.out / f"{args.name}.png")
