@@ -1,4 +1,10 @@
-"""Shared fixtures: the real data in ../shared/data and small tiled stores made from it."""
+"""Shared fixtures: the real data in ../shared/data, small tiled stores made from it, real EuroSAT tiles,
+a datamodule and a CPU trainer, and :func:`load_script` for the scripts of ``pipelines/``, ``benchmarks/``
+and ``datasets/``.
+
+Test files import the paths below as ``from tests.conftest import ROOT`` (``tests`` is a package, its
+folders mirror those of ``rsmae``).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # suite. Set before torch is imported (its first cache lookup fixes the folder); subprocesses inherit it.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "torchinductor"))
 
-import json  # noqa: E402
+import functools  # noqa: E402
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
 
 import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from mae_helpers import tiles  # noqa: E402, F401  (the model tests' real-EuroSAT fixture)
+import torch  # noqa: E402
 
+from rsmae.data import TileDataModule  # noqa: E402
 from rsmae.tiling import TileConfig, tile_scenes  # noqa: E402
 
 DATA = Path(os.environ.get("RSMAE_DATA", ROOT.parent / "shared" / "data"))
@@ -57,37 +70,65 @@ def eurosat_train_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-# ---------------------------------------------------------------- pretraining helpers
-# Callbacks named by class path in the pretraining tests' YAML configs ("conftest.KillAt"); the DDP
-# test's subprocesses import them with tests/ on PYTHONPATH.
+@functools.cache
+def load_script(path: str) -> ModuleType:
+    """The script at ``path`` (relative to the checkout, e.g. ``"pipelines/tile.py"``) as a module, once.
 
-class SimulatedKill(RuntimeError):
-    """Stands in for a killed process."""
+    ``pipelines/``, ``benchmarks/`` and ``datasets/<name>/`` are folders of scripts, not packages: the
+    script's folder is first on ``sys.path`` while it loads (as when it runs: benchmarks import the
+    modules beside them), and taken off again. The module is named after its path
+    (``pipelines_tile``, ``datasets_tinyimagenet_prepare``), so two ``prepare.py`` never clash.
+    """
+    file = ROOT / path
+    name = "_".join(Path(path).with_suffix("").parts)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickle look the module up by name
+    sys.path.insert(0, str(file.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(str(file.parent))
+    return module
 
 
-class KillAt(L.Callback):
-    """Die at the start of the batch after global step ``step`` (its checkpoint is on disk)."""
+@pytest.fixture(scope="module")
+def tiles() -> torch.Tensor:
+    """Four real 13-band EuroSAT tiles, standardised per band, cropped to 32 px (the model tests)."""
+    rasterio = pytest.importorskip("rasterio")
+    files = sorted(EUROSAT.glob("train/*/*.tif"))[::50][:4]
+    if len(files) < 4:
+        pytest.skip(f"EuroSAT subset not found under {EUROSAT}")
+    arrays = []
+    for f in files:
+        with rasterio.open(f) as src:
+            arrays.append(src.read().astype(np.float32))
+    x = torch.from_numpy(np.stack(arrays))[..., :32, :32]
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.std(dim=(0, 2, 3), keepdim=True)
+    return (x - mean) / (std + 1e-6)
 
-    def __init__(self, step: int) -> None:
-        self.step = step
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise SimulatedKill(f"killed at step {self.step}")
+@pytest.fixture(scope="session")
+def tile_datamodule() -> Callable[..., TileDataModule]:
+    """``tile_datamodule(store, batch_size=8)``: a :class:`TileDataModule` of one store, no workers."""
+
+    def make(store: Path, batch_size: int = 8) -> TileDataModule:
+        return TileDataModule([str(store)], batch_size=batch_size, num_workers=0)
+
+    return make
 
 
-class RecordBatches(L.Callback):
-    """Write the tile indices each rank trained on and a checksum of its final weights."""
+@pytest.fixture(scope="session")
+def cpu_trainer() -> Callable[..., L.Trainer]:
+    """``cpu_trainer(steps, **kw)``: a quiet one-device CPU Trainer of ``steps`` steps, no validation."""
 
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = out_dir
-        self.indices: list[int] = []
+    def make(steps: int, **kw: Any) -> L.Trainer:
+        return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, **kw)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.indices.extend(int(i) for i in batch["index"])
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        checksum = float(sum(p.detach().double().sum() for p in pl_module.parameters()))
-        record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
-                  "indices": self.indices, "checksum": checksum}
-        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+    return make

@@ -1,0 +1,111 @@
+"""The transfer grid: one result file per cell, resume without recomputing, tables from finished cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rsmae.bands import get_sensor
+from rsmae.evaluation.data import backbone_meta
+from rsmae.evaluation.features import file_digest
+from rsmae.experiments import (
+    GridConfig,
+    cell_path,
+    grid,
+    inits,
+    manifest_from_paths,
+    plan_cells,
+    run_cell,
+    run_grid,
+)
+from rsmae.models import BackboneMeta, create_encoder, save_backbone
+from tests.conftest import EUROSAT, load_script
+
+S2 = list(get_sensor("s2-l1c").names)
+
+
+def _backbone(path: Path, seed: int) -> dict:
+    torch.manual_seed(seed)
+    enc = create_encoder("vit_test", in_chans=13, img_size=64, patch_size=16)
+    meta = BackboneMeta(preset="vit_test", img_size=64, patch_size=16, in_chans=13, bands=S2, sensor="s2-l1c",
+                        mean=[1000.0] * 13, std=[600.0] * 13, gsd=10.0)
+    save_backbone(enc, path, meta)
+    return {"path": str(path), "sha256": file_digest(path), "steps": 0, "corpus": "none", "images": 0,
+            "scenes": 0, "bands": S2, "sensor": "s2-l1c", "leak_check": {"store_files": 0}}
+
+
+def _config(tmp: Path, **changes: object) -> GridConfig:
+    return GridConfig.from_dict({"config_path": "test.yaml", "inits": ["random", "rs_mae"], "seeds": [0, 1],
+            "data": {"train_root": str(EUROSAT / "train"), "test_root": str(EUROSAT / "test")},
+            "grid": [{"protocols": ["knn", "linear"], "fractions": ["100%"]},
+                     {"protocols": ["linear"], "fractions": ["5-shot"]}],
+            "cells_dir": str(tmp / "cells"), "cache_dir": str(tmp / "cache"), "backbones_dir": str(tmp),
+                                 **changes})
+
+
+def test_grid_resumes_and_recomputes_only_changed_backbones(tmp_path: Path) -> None:
+    manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
+                "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
+    config = _config(tmp_path)
+    cells = plan_cells(config)
+    assert len(cells) == 2 * 2 * 2 + 2 * 1 * 2
+    assert run_grid(config, cells[:5], manifest, log=lambda s: None) == 5  # "killed" after 5
+    first = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")}
+    assert len(first) == 5
+    assert run_grid(config, cells, manifest, log=lambda s: None) == len(cells) - 5
+    for path, mtime in first.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
+    assert run_grid(config, cells, manifest, log=lambda s: None) == 0
+    manifest["rs_mae"] = _backbone(tmp_path / "rs.safetensors", 2)  # the file changed: its cells rerun
+    assert run_grid(config, cells, manifest, log=lambda s: None) == len(cells) // 2
+    result = json.loads(cell_path(config.cells_dir, cells[0]).read_text())
+    assert {"accuracy", "trainable_params", "wall_s", "fingerprint", "init", "seed"} <= set(result)
+
+
+def test_tables_and_plots_from_finished_cells(tmp_path: Path) -> None:
+    manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
+                "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
+    config = _config(tmp_path)
+    cells = plan_cells(config)
+    run_grid(config, cells[:4], manifest, log=lambda s: None)
+    transfer_tables = load_script("benchmarks/transfer_tables.py")
+    paths = transfer_tables.write_tables(config, cells, manifest, tmp_path / "results")
+    md = (tmp_path / "results" / "transfer_eurosat.md").read_text()
+    assert "4 of 12 cells done" in md and "± " in md and "published" in md.lower() and "not run" in md
+    rows = (tmp_path / "results" / "transfer_eurosat.csv").read_text().splitlines()
+    assert rows[0].startswith("init,protocol,fraction,accuracy_mean") and len(rows) == 1 + 4  # seed 0 first
+    assert all(p.is_file() for p in paths) and any(p.suffix == ".png" for p in paths)
+
+
+def test_backbones_given_by_path_and_a_derived_random_init(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(inits, "ROOT", tmp_path)
+    (tmp_path / "runs" / "v1").mkdir(parents=True)
+    _backbone(tmp_path / "runs" / "v1" / "backbone.safetensors", 3)
+    config = _config(tmp_path, backbones={"demo_mae": "runs/v*/backbone.safetensors"},
+                     inits=["random", "demo_mae"])
+    manifest = manifest_from_paths(config)
+    assert set(manifest) == {"random", "demo_mae"}
+    assert manifest["random"]["sha256"] != manifest["demo_mae"]["sha256"]
+    meta = backbone_meta(manifest["random"]["path"])
+    assert meta.bands == S2 and meta.mean == [1000.0] * 13 and "random init" in meta.source
+    config.backbones = {"demo_mae": "runs/none*/backbone.safetensors"}
+    with pytest.raises(FileNotFoundError, match="pretrain first"):
+        manifest_from_paths(config)
+
+
+def test_a_cell_fails_before_its_work_when_its_key_cannot_be_made(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    ran = []
+    monkeypatch.setattr(grid, "_classification", lambda *a: ran.append(a) or {})
+
+    def broken(*_):
+        raise ImportError("cannot import name 'X' (a module edited under a running grid)")
+
+    monkeypatch.setattr(grid, "fingerprint", broken)
+    cell = {"init": "random", "protocol": "knn", "fraction": "100%", "seed": 0}
+    with pytest.raises(ImportError, match="cannot import name"):
+        run_cell(cell, {"path": None}, GridConfig(cells_dir=str(tmp_path)))
+    assert ran == [] and not list(tmp_path.iterdir())  # nothing evaluated, nothing written
