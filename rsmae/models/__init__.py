@@ -16,6 +16,7 @@ from rsmae.models.mae import (
 from rsmae.models.patch_embed import GroupedPatchEmbed, embed_patch_tokens, extract_patches
 from rsmae.models.rcmae import RCMAE, teacher_momentum
 from rsmae.models.registry import Weights, get_weights, list_weights, register_backbone, register_weights
+from rsmae.models.spectral_embed import SpectralPatchEmbed, set_bands, use_bands
 from rsmae.models.timm_cfg import timm_model_name
 from rsmae.models.vit import (
     ENCODER_PRESETS,
@@ -44,6 +45,7 @@ __all__ = [
     "MAE_DECODER_PRESETS",
     "RCMAE",
     "GroupedPatchEmbed",
+    "SpectralPatchEmbed",
     "MAEOutput",
     "MaskedAutoencoder",
     "create_encoder",
@@ -56,9 +58,11 @@ __all__ = [
     "masked_mse",
     "patchify",
     "random_masking",
+    "set_bands",
     "set_fused_attention",
     "sincos_pos_embed_2d",
     "teacher_momentum",
     "timm_model_name",
     "unpatchify",
+    "use_bands",
 ]

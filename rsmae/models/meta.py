@@ -14,14 +14,15 @@ from pathlib import Path
 from safetensors import safe_open
 
 from rsmae.errors import WeightsError
-from rsmae.models.timm_cfg import ENCODER_KWARGS, refused_encoder_kwargs
+from rsmae.models.timm_cfg import ENCODER_KWARGS, PATCH_EMBEDS, refused_encoder_kwargs
 
 __all__ = ["FORMAT_VERSION", "META_KEY", "BackboneMeta", "check_encoder_kwargs", "parse_meta",
            "peek_backbone_meta", "read_backbone_meta"]
 
 META_KEY = "rsmae"
-# 1: the first files (no version field); 2: adds format_version, gsd_pos_embed and reference_gsd.
-FORMAT_VERSION = 2
+# 1: the first files (no version field); 2: adds format_version, gsd_pos_embed and reference_gsd;
+# 3: adds patch_embed, for spectral backbones only: conv and grouped ones stay version 2 (to_json).
+FORMAT_VERSION = 3
 
 
 @dataclasses.dataclass
@@ -44,7 +45,12 @@ class BackboneMeta:
         gsd_pos_embed: The encoder was trained with position embeddings scaled by each sample's
             GSD (``MaskedAutoencoder(gsd_pos_embed=True)``); feed it the GSD to keep that meaning.
         reference_gsd: GSD (metres per pixel) at which the scaled table equals the fixed one.
-        format_version: Version of this metadata layout (:data:`FORMAT_VERSION`).
+        patch_embed: The patch embedding (:data:`~rsmae.models.timm_cfg.PATCH_EMBEDS`): ``"conv"``
+            (timm's), ``"grouped"`` (set from ``band_groups`` in ``encoder_kwargs``), or ``"spectral"``
+            (kernels generated from band wavelengths, options in ``encoder_kwargs["spectral_embed"]``):
+            such a backbone takes any bands with a wavelength; ``bands`` are those it is built for.
+        format_version: Version of this metadata layout (:data:`FORMAT_VERSION`; conv and grouped
+            backbones stay at 2, the last layout change concerns spectral ones).
     """
 
     preset: str
@@ -60,6 +66,7 @@ class BackboneMeta:
     source: str = ""
     gsd_pos_embed: bool = False
     reference_gsd: float = 10.0
+    patch_embed: str = "conv"
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -69,6 +76,7 @@ class BackboneMeta:
                 f"reads ({FORMAT_VERSION}); upgrade rsmae"
             )
         check_encoder_kwargs(self.encoder_kwargs)
+        self._check_patch_embed()
         self.bands = list(self.bands)
         if len(self.bands) != self.in_chans:
             raise WeightsError(f"in_chans={self.in_chans} but {len(self.bands)} bands {self.bands}")
@@ -79,10 +87,35 @@ class BackboneMeta:
                     raise WeightsError(f"{name} has {len(stats)} values for {self.in_chans} bands")
                 setattr(self, name, [float(v) for v in stats])
 
+    def _check_patch_embed(self) -> None:
+        grouped = self.encoder_kwargs.get("band_groups") is not None
+        if grouped and self.patch_embed == "conv":
+            self.patch_embed = "grouped"
+        if self.patch_embed not in PATCH_EMBEDS:
+            raise WeightsError(f"backbone metadata patch_embed={self.patch_embed!r} is none of "
+                               f"{', '.join(PATCH_EMBEDS)}; upgrade rsmae or fix the metadata")
+        if (self.patch_embed == "grouped") != grouped:
+            raise WeightsError(f"backbone metadata patch_embed={self.patch_embed!r} but band_groups "
+                               f"{'given' if grouped else 'missing'} in encoder_kwargs; they go together")
+        if "spectral_embed" in self.encoder_kwargs and self.patch_embed != "spectral":
+            raise WeightsError(f"backbone metadata holds spectral_embed options but patch_embed="
+                               f"{self.patch_embed!r}; set patch_embed='spectral' or drop them")
+        if self.patch_embed != "spectral":  # the version-2 layout holds conv and grouped backbones
+            self.format_version = min(self.format_version, 2)
+
     def to_json(self) -> str:
-        """Serialise to a JSON string (raises ``WeightsError`` on non-JSON encoder arguments)."""
+        """Serialise to a JSON string (raises ``WeightsError`` on non-JSON encoder arguments).
+
+        Conv and grouped backbones keep the version-2 layout (no ``patch_embed``), so rsmae releases
+        before version 3 still read them; spectral ones are version 3.
+        """
+        data = dataclasses.asdict(self)
+        if self.patch_embed == "spectral":
+            data["format_version"] = max(self.format_version, 3)
+        else:
+            del data["patch_embed"]
         try:
-            return json.dumps(dataclasses.asdict(self), sort_keys=True)
+            return json.dumps(data, sort_keys=True)
         except TypeError as err:
             raise WeightsError(
                 f"backbone metadata is not JSON-serialisable ({err}); encoder_kwargs must hold "

@@ -25,18 +25,20 @@ from rsmae.errors import ModelConfigError
 if TYPE_CHECKING:
     from rsmae.models.weights import BackboneMeta
 
-__all__ = ["ENCODER_KWARGS", "TIMM_PREFIX", "attach_meta", "parse_model_tag", "refused_encoder_kwargs",
-           "timm_model_name"]
+__all__ = ["ENCODER_KWARGS", "PATCH_EMBEDS", "TIMM_PREFIX", "attach_meta", "parse_model_tag",
+           "refused_encoder_kwargs", "timm_model_name"]
 
 TIMM_PREFIX = "rsmae_"  # timm name of a preset: rsmae_vit_small...
 # encoder_kwargs a backbone file, a checkpoint or a model name may hold: plain VisionTransformer sizes and
-# options, band_groups. They are data: timm options (pretrained_cfg_overlay, checkpoint_path...) would fetch
-# or read files; refused.
+# options, band_groups, spectral_embed (options of the spectral patch embedding). They are data: timm
+# options (pretrained_cfg_overlay, checkpoint_path...) would fetch or read files; refused.
 ENCODER_KWARGS = frozenset({"band_groups", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
     "qk_norm", "proj_bias", "scale_attn_norm", "scale_mlp_norm", "init_values", "class_token",
     "no_embed_class", "reg_tokens", "pre_norm", "final_norm", "fc_norm", "global_pool",
     "pool_include_prefix", "dynamic_img_size", "dynamic_img_pad", "drop_rate", "pos_drop_rate",
-    "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"})
+    "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate", "spectral_embed"})
+# Patch embeddings: timm's conv, one conv per band group, kernels generated from band wavelengths.
+PATCH_EMBEDS = ("conv", "grouped", "spectral")
 _TAG_KWARGS = ENCODER_KWARGS | {"img_size", "patch_size"}
 _FORBIDDEN = ("/", "\\", ":")  # timm reads a name holding these as a path or a hub id
 

@@ -21,6 +21,11 @@ Pretrained files go through :func:`~rsmae.models.adapt.checkpoint_filter_fn` (pr
 position-table resampling). Band mapping needs band names, which a timm state dict lacks: load
 files of other bands with :func:`~rsmae.models.load_backbone` (``bands=``).
 
+``patch_embed="spectral"`` builds the patch embedding as a
+:class:`~rsmae.models.spectral_embed.SpectralPatchEmbed`: kernels generated from the bands' wavelengths,
+so one encoder takes any bands (``bands=[...]`` at creation, :func:`~rsmae.models.spectral_embed.use_bands`
+per batch); ``model(x)`` and every timm feature path are unchanged.
+
 The models are registered with timm when :mod:`rsmae.models` is imported; ``import rsmae`` does that
 as soon as timm is imported (:mod:`rsmae`).
 """
@@ -43,7 +48,9 @@ from rsmae.models.adapt import checkpoint_filter_fn
 from rsmae.models.layers import ENCODER_PRESETS, sincos_pos_embed_2d
 from rsmae.models.meta import peek_backbone_meta
 from rsmae.models.patch_embed import GroupedPatchEmbed
-from rsmae.models.timm_cfg import ENCODER_KWARGS, TIMM_PREFIX, attach_meta, parse_model_tag
+from rsmae.models.spectral import check_spectral_options
+from rsmae.models.spectral_embed import SpectralPatchEmbed
+from rsmae.models.timm_cfg import ENCODER_KWARGS, PATCH_EMBEDS, TIMM_PREFIX, attach_meta, parse_model_tag
 
 if TYPE_CHECKING:
     from rsmae.models.meta import BackboneMeta
@@ -140,20 +147,47 @@ def _preset(name: str, pretrained: bool, kwargs: dict[str, Any]) -> VisionTransf
     if meta is not None:
         args.update(in_chans=meta.in_chans, img_size=meta.img_size, patch_size=meta.patch_size,
                     **meta.encoder_kwargs)
+        if meta.patch_embed == "spectral":
+            args.update(patch_embed="spectral", bands=meta.bands, sensor=meta.sensor)
     if isinstance(cfg, str):
         args.update(parse_model_tag(cfg, variant))
         overlay["tag"], cfg = cfg, None
     args.update(kwargs)
-    groups = args.pop("band_groups", None)
-    if groups is not None:
-        if "embed_layer" in args:
-            raise ModelConfigError(f"{variant}: pass either band_groups or embed_layer, not both")
-        args["embed_layer"] = functools.partial(GroupedPatchEmbed, groups=[list(g) for g in groups])
+    _set_embed_layer(variant, args)
     model = _create_rsmae_vit(variant, pretrained, pretrained_cfg=cfg, pretrained_cfg_overlay=overlay, **args)
     if meta is not None:  # the file's metadata, at the sizes built (a resampled file says so)
         img, patch = (args[k] if isinstance(args[k], int) else args[k][0] for k in ("img_size", "patch_size"))
         attach_meta(model, dataclasses.replace(meta, img_size=int(img), patch_size=int(patch)))
     return model
+
+
+def _set_embed_layer(variant: str, args: dict[str, Any]) -> None:
+    """Turn the patch-embedding arguments in ``args`` into timm's ``embed_layer`` (in place).
+
+    ``patch_embed`` (:data:`~rsmae.models.timm_cfg.PATCH_EMBEDS`, default ``"conv"``, ``"grouped"``
+    when ``band_groups`` are given); ``bands``, ``sensor`` and ``spectral_embed`` (options) belong to
+    ``"spectral"``.
+    """
+    kind = args.pop("patch_embed", None) or "conv"
+    groups = args.pop("band_groups", None)
+    popped = {k: args.pop(k, None) for k in ("bands", "sensor", "spectral_embed")}
+    spectral = {k: v for k, v in popped.items() if v is not None}
+    if kind not in PATCH_EMBEDS:
+        raise ModelConfigError(f"{variant}: unknown patch_embed {kind!r}; choose one of "
+                               f"{', '.join(PATCH_EMBEDS)}")
+    if spectral and kind != "spectral":
+        raise ModelConfigError(f"{variant}: {', '.join(spectral)} are options of patch_embed='spectral', "
+                               f"not {kind!r}")
+    if (kind == "grouped") != (groups is not None) and kind != "conv":
+        raise ModelConfigError(f"{variant}: patch_embed={kind!r} and band_groups={groups!r} do not go "
+                               "together; band_groups make a grouped embedding")
+    if "embed_layer" in args and (groups is not None or kind == "spectral"):
+        raise ModelConfigError(f"{variant}: pass either band_groups / patch_embed or embed_layer, not both")
+    if groups is not None:
+        args["embed_layer"] = functools.partial(GroupedPatchEmbed, groups=[list(g) for g in groups])
+    elif kind == "spectral":
+        options = check_spectral_options(spectral.pop("spectral_embed", {}))
+        args["embed_layer"] = functools.partial(SpectralPatchEmbed, **spectral, **options)
 
 
 def _file_meta(name: str, overlay: Mapping[str, Any], cfg: Any) -> BackboneMeta | None:
@@ -209,6 +243,9 @@ def create_encoder(
     img_size: int = 128,
     patch_size: int = 16,
     band_groups: Sequence[Sequence[int]] | None = None,
+    patch_embed: str = "conv",
+    bands: Sequence[str] | None = None,
+    sensor: str | None = None,
     **overrides: Any,
 ) -> VisionTransformer:
     """Create a timm ViT encoder with a fixed sin-cos position embedding.
@@ -222,6 +259,14 @@ def create_encoder(
         patch_size: Patch size in pixels.
         band_groups: Channel indices of spectral band groups; when given, the patch embedding is
             a :class:`~rsmae.models.patch_embed.GroupedPatchEmbed` (one kernel per group).
+        patch_embed: ``"conv"`` (timm's), ``"grouped"`` (with ``band_groups``) or ``"spectral"``: a
+            :class:`~rsmae.models.spectral_embed.SpectralPatchEmbed` whose kernels are generated from
+            the bands' wavelengths, so the encoder takes any bands; ``model(x)`` embeds ``x`` as the
+            embedding's current ``bands``, changed per batch with
+            :func:`~rsmae.models.spectral_embed.use_bands`. Its options go in
+            ``spectral_embed={...}`` (:data:`~rsmae.models.spectral.SPECTRAL_OPTIONS`).
+        bands: For ``"spectral"``: band names of the ``in_chans`` input channels.
+        sensor: For ``"spectral"``: the sensor of plain band names (``"B04"``).
         **overrides: Any other ``VisionTransformer`` argument (``depth``, ``drop_path_rate``,
             ``embed_layer``...) or ``timm.create_model`` option (``features_only``...).
 
@@ -235,8 +280,10 @@ def create_encoder(
             "(model.preset in a pretraining config)"
         )
     kwargs: dict[str, Any] = {"num_classes": 0, **overrides}
-    if band_groups is not None:
-        kwargs["band_groups"] = band_groups
+    extra = {"band_groups": band_groups, "bands": bands, "sensor": sensor}
+    kwargs.update({k: v for k, v in extra.items() if v is not None})
+    if patch_embed != "conv":
+        kwargs["patch_embed"] = patch_embed
     return timm.create_model(
         f"{TIMM_PREFIX}{preset}", in_chans=in_chans, img_size=img_size, patch_size=patch_size, **kwargs
     )

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from rsmae.errors import WeightsError
+from rsmae.errors import BandError, WeightsError
 from rsmae.files import atomic_path
 from rsmae.models.adapt import checkpoint_filter_fn, match_bands
 from rsmae.models.keys import load_checked
@@ -37,6 +37,7 @@ from rsmae.models.meta import (
     peek_backbone_meta,
     read_backbone_meta,
 )
+from rsmae.models.spectral_embed import SpectralPatchEmbed
 from rsmae.models.timm_cfg import ENCODER_KWARGS, attach_meta
 from rsmae.models.vit import create_encoder
 
@@ -111,11 +112,18 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
 def save_backbone(encoder: VisionTransformer, path: str | Path, meta: BackboneMeta) -> Path:
     """Write ``encoder`` and ``meta`` to a safetensors file, atomically (:func:`~rsmae.files.atomic_path`).
 
+    A spectral patch embedding (:class:`~rsmae.models.spectral_embed.SpectralPatchEmbed`) is recorded
+    from the encoder itself: ``patch_embed="spectral"`` and its options (learned bands included).
+
     Raises:
         WeightsError: when ``meta`` does not describe ``encoder`` (it could not be rebuilt).
     """
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    embed = getattr(encoder, "patch_embed", None)
+    if isinstance(embed, SpectralPatchEmbed):
+        meta = dataclasses.replace(meta, patch_embed="spectral",
+                                   encoder_kwargs={**meta.encoder_kwargs, "spectral_embed": embed.config()})
     meta = dataclasses.replace(meta, format_version=FORMAT_VERSION)  # written in today's layout
     _check_meta_builds(meta, state)
     try:
@@ -128,11 +136,13 @@ def save_backbone(encoder: VisionTransformer, path: str | Path, meta: BackboneMe
 
 
 def _build(meta: BackboneMeta) -> VisionTransformer:
+    spectral = meta.patch_embed == "spectral"
     return create_encoder(
         meta.preset,
         in_chans=meta.in_chans,
         img_size=meta.img_size,
         patch_size=meta.patch_size,
+        **({"patch_embed": "spectral", "bands": meta.bands, "sensor": meta.sensor} if spectral else {}),
         **meta.encoder_kwargs,
     )
 
@@ -155,6 +165,8 @@ def retarget(meta: BackboneMeta, bands: Sequence[str] | None, sensor: str | None
     """Metadata for the same backbone on other bands (statistics kept only for the same bands)."""
     if bands is None:
         return meta
+    if meta.patch_embed == "spectral":
+        return _retarget_spectral(meta, bands, sensor)
     match = match_bands(meta.bands, bands, src_sensor=meta.sensor, dst_sensor=sensor)
     if match.identity:
         return meta
@@ -175,6 +187,30 @@ def retarget(meta: BackboneMeta, bands: Sequence[str] | None, sensor: str | None
         std=std,
         source=f"{meta.source} (bands adapted from {meta.bands})",
     )
+
+
+def _retarget_spectral(meta: BackboneMeta, bands: Sequence[str], sensor: str | None) -> BackboneMeta:
+    """A spectral backbone on any bands: only the names and, for the same bands, statistics change."""
+    sensor = meta.sensor if sensor is None else sensor
+    if list(bands) == meta.bands and sensor == meta.sensor:
+        return meta
+    index = {name: i for i, name in enumerate(meta.bands)}
+    pairs: list[int] | None = None
+    if sensor == meta.sensor and all(b in index for b in bands):
+        pairs = [index[b] for b in bands]
+    else:
+        try:
+            match = match_bands(meta.bands, bands, src_sensor=meta.sensor, dst_sensor=sensor)
+            pairs = [match.pairs[j] for j in range(len(bands))] if match.same_bands else None
+        except BandError:  # sensor-qualified or learned bands: no registry pairing
+            pairs = None
+    mean = std = None
+    if pairs is not None and meta.mean is not None and meta.std is not None:
+        mean, std = [meta.mean[i] for i in pairs], [meta.std[i] for i in pairs]
+    elif meta.mean is not None:
+        _logger.warning("no statistics for bands %s; compute them from the data", list(bands))
+    return dataclasses.replace(meta, bands=list(bands), in_chans=len(bands), sensor=sensor, mean=mean,
+                               std=std, source=f"{meta.source} (bands {meta.bands} -> {list(bands)})")
 
 
 def build_and_load(
@@ -216,7 +252,9 @@ def load_backbone(
     Args:
         path: The safetensors file.
         bands: Bands of the data to feed; when they differ from the saved bands (other set or
-            order) the patch kernels are mapped by band name and the metadata updated.
+            order) the patch kernels are mapped by band name and the metadata updated. A spectral
+            backbone (``patch_embed="spectral"``) takes any bands with a wavelength (or a learned
+            kernel) and generates their kernels.
         sensor: Sensor of ``bands`` (default: the saved sensor, else inferred).
         img_size: Input size, when not the saved one (position embeddings are resampled).
         strict: Require every encoder tensor; with ``False`` load what fits (but not nothing).

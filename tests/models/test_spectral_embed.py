@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 from torch.testing import assert_close
 
 from rsmae.augment import drop_bands
 from rsmae.bands import LAYOUTS, get_sensor
-from rsmae.errors import BandError, ModelConfigError
-from rsmae.models.spectral_embed import (
+from rsmae.errors import BandError, ModelConfigError, WeightsError
+from rsmae.models import (
+    BackboneMeta,
     SpectralPatchEmbed,
-    band_spectrum,
-    check_spectral_options,
-    resize_kernels,
-    resize_matrix,
+    create_encoder,
+    load_backbone,
+    read_backbone_meta,
+    save_backbone,
+    set_bands,
+    use_bands,
 )
+from rsmae.models.spectral_embed import band_spectrum, check_spectral_options, resize_kernels, resize_matrix
 
 L1C = list(get_sensor("s2-l1c").names)
 IMG, PATCH, DIM = 32, 8, 64
@@ -213,3 +223,78 @@ def test_band_dropout_never_empties_and_follows_the_generator() -> None:
         drop_bands(x, L1C[:3])
     with pytest.raises(ValueError, match="p_keep_min"):
         drop_bands(x, L1C, p_keep_min=0.8, p_keep_max=0.2)
+
+
+# ---------------------------------------------------------------- the encoder and its backbone file
+
+
+def _encoder(**kw: object) -> VisionTransformer:
+    torch.manual_seed(0)
+    return create_encoder("vit_test", in_chans=13, img_size=IMG, patch_size=PATCH, patch_embed="spectral",
+                          bands=L1C, sensor="s2-l1c", **kw).eval()
+
+
+def _meta(**kw: object) -> BackboneMeta:
+    stats = {"mean": [float(i) for i in range(13)], "std": [1.0 + i for i in range(13)]}
+    return BackboneMeta(preset="vit_test", img_size=IMG, patch_size=PATCH, in_chans=13, bands=L1C,
+                        sensor="s2-l1c", gsd=10.0, **{**stats, **kw})
+
+
+def test_spectral_encoder_takes_any_bands_per_batch() -> None:
+    enc, x = _encoder(), _x()
+    assert isinstance(enc.patch_embed, SpectralPatchEmbed) and enc(x).shape == (2, 64)
+    rgb = ["B4", "B3", "B2"]
+    with use_bands(enc, rgb, sensor="landsat-oli") as model:
+        assert model.forward_features(x[:, :3]).shape == (2, 17, 64)
+        assert enc.patch_embed.bands == tuple(rgb) and enc.patch_embed.sensor == "landsat-oli"
+    assert enc.patch_embed.bands == tuple(L1C) and enc.patch_embed.sensor == "s2-l1c"  # restored
+    with pytest.raises(BandError, match="3 channels"):
+        enc(x[:, :3])
+    with pytest.raises(ModelConfigError, match="options of patch_embed='spectral'"):
+        create_encoder("vit_test", in_chans=3, img_size=IMG, patch_size=PATCH, bands=rgb)
+    with pytest.raises(ModelConfigError, match="unknown patch_embed 'wave'"):
+        create_encoder("vit_test", in_chans=3, img_size=IMG, patch_size=PATCH, patch_embed="wave")
+    with pytest.raises(ModelConfigError, match="no spectral patch embedding"):
+        set_bands(create_encoder("vit_test", in_chans=3, img_size=IMG, patch_size=PATCH), rgb)
+
+
+def test_backbone_round_trip_loads_on_other_bands(tmp_path: Path) -> None:
+    enc, x = _encoder(spectral_embed={"rank": 16, "learned_bands": ["DEM"]}), _x()
+    path = save_backbone(enc, tmp_path / "spectral.safetensors", _meta())
+    saved = read_backbone_meta(path)
+    assert (saved.patch_embed, saved.format_version) == ("spectral", 3)
+    assert saved.encoder_kwargs["spectral_embed"]["learned_bands"] == ["DEM"]
+    same = load_backbone(path)
+    assert torch.equal(same(x), enc(x))
+
+    oli = load_backbone(path, bands=["B4", "B3", "B2", "DEM"], sensor="landsat-oli")
+    with use_bands(enc, ["landsat-oli:B4", "landsat-oli:B3", "landsat-oli:B2", "DEM"]):
+        assert_close(oli(x[:, :4]), enc(x[:, :4]))
+    assert oli.rsmae_meta.bands == ["B4", "B3", "B2", "DEM"] and oli.rsmae_meta.mean is None  # other sensor
+
+    sub = load_backbone(path, bands=["B8A", "B02"])  # same sensor: statistics follow the bands
+    assert (sub.rsmae_meta.mean, sub.rsmae_meta.std) == ([8.0, 1.0], [9.0, 2.0])
+    with use_bands(enc, ["B8A", "B02"]):
+        assert_close(sub(x[:, :2]), enc(x[:, :2]))
+    with pytest.raises(BandError, match="'SAR_VV' has no wavelength"):
+        load_backbone(path, bands=["B04", "SAR_VV"])
+
+    # timm's own loader rebuilds it from the file too
+    model = timm.create_model("rsmae_vit_test", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    assert isinstance(model.patch_embed, SpectralPatchEmbed) and torch.equal(model.eval()(x), enc(x))
+
+
+def test_conv_backbones_keep_format_version_2(tmp_path: Path) -> None:
+    """Older rsmae reads conv backbones: they are written without patch_embed, as version 2."""
+    conv = create_encoder("vit_test", in_chans=13, img_size=IMG, patch_size=PATCH)
+    path = save_backbone(conv, tmp_path / "conv.safetensors", _meta())
+    with safe_open(str(path), framework="pt") as f:
+        data = json.loads(f.metadata()["rsmae"])
+    assert data["format_version"] == 2 and "patch_embed" not in data
+    assert read_backbone_meta(path).patch_embed == "conv"
+    grouped = BackboneMeta.from_json(_meta(encoder_kwargs={"band_groups": [[0, 1], [2]]}).to_json())
+    assert grouped.patch_embed == "grouped"
+    with pytest.raises(WeightsError, match="patch_embed='wave'"):
+        _meta(patch_embed="wave")
+    with pytest.raises(WeightsError, match="spectral_embed options"):
+        _meta(encoder_kwargs={"spectral_embed": {}})
