@@ -1,4 +1,4 @@
-"""Whole-scene prediction: embeddings and change maps as COGs (exit 0 done, 2 error).
+"""Whole-scene prediction: embeddings, change and class maps as COGs (exit 0 done, 2 error).
 
 Thin wrapper of rsmae/cli/predict.py: the command ``rsmae predict``.
 """

@@ -31,7 +31,7 @@ COMMANDS = {
     "export": Command("export", "export the encoder of a pretraining checkpoint as a backbone file"),
     "inspect": Command("inspect_store", "print a summary of tile stores"),
     "report": Command("report", "summarise a pretraining run: loss and probe curves, its files"),
-    "predict": Command("predict", "whole-scene embeddings and change maps as COGs, in constant memory"),
+    "predict": Command("predict", "whole-scene embeddings, change and class maps as COGs"),
     "landscape": Command("landscape", "loss landscapes and flatness of pretrained and supervised ViTs"),
 }
 

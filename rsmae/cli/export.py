@@ -1,8 +1,9 @@
 """Export the encoder of a pretraining checkpoint as a backbone file (weights + bands + statistics).
 
-With ``--format onnx``: a checkpoint's encoder, a backbone file or a change model (``rsmae evaluate
---task ... --out``) as an ONNX model of raw pixels (normalisation inside, dynamic batch axis) with
-its bands and window in the file's metadata (needs ``pip install 'rsmae[onnx]'``).
+With ``--format onnx``: a checkpoint's encoder, a backbone file, a change model or a scene
+classifier (``rsmae evaluate ... --out``) as an ONNX model of raw pixels (normalisation inside,
+dynamic batch axis) with its bands and window in the file's metadata (needs ``pip install
+'rsmae[onnx]'``).
 
 Examples:
     rsmae export runs/mae_tiny/checkpoints/last.ckpt --out backbone.safetensors
@@ -22,7 +23,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Command-line options."""
     p = make_parser(__doc__, prog)
     p.add_argument("checkpoint", help="Lightning checkpoint of rsmae fit (pipelines/pretrain.py); with "
-                   "--format onnx also a backbone .safetensors or a change model")
+                   "--format onnx also a backbone .safetensors, a change model or a classifier")
     p.add_argument("--out", required=True, help="output .safetensors (or .onnx)")
     p.add_argument("--weights", choices=["student", "teacher"], default="student",
                    help="RC-MAE: export the student or the EMA teacher")

@@ -1,4 +1,4 @@
-"""Whole-scene prediction: georeferenced embeddings and change maps of any size, in constant memory.
+"""Whole-scene prediction: georeferenced embeddings, change and class maps of any size, in constant memory.
 
 Writes one folder per scene under --out (made under a temporary name and renamed when complete: a
 rerun skips finished scenes and redoes a killed one). Exit status: 0 done; 2 bad input (error: <file>:
@@ -9,6 +9,10 @@ Examples (one command per line)::
     rsmae predict embed --backbone B.safetensors SCENE_FOLDER_OR_FILE --out embeddings/
     rsmae predict embed --backbone B.safetensors 'scenes/*.tif' --pool --out pooled/ --engine onnx
     rsmae predict change --model runs/cd/change_model.safetensors DATE1 DATE2 --out changes/ --min-area 200
+    rsmae predict classify --model runs/eval/classifier.safetensors SCENE --out classes/
+
+``classify`` spreads each window's class probabilities over its pixels and blends overlapping windows
+(as ``change`` does): class_index.tif and class_prob.tif per pixel, on the scene's grid.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import argparse
 from tqdm import tqdm
 
 from rsmae.cli.common import HelpFormatter, make_parser, run
-from rsmae.predict import PredictConfig, predict_change, predict_embed
+from rsmae.predict import PredictConfig, predict_change, predict_classify, predict_embed
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -53,6 +57,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     change.add_argument("--threshold", type=float, help="change probability threshold (default: the model's)")
     change.add_argument("--min-area", type=float, default=0.0, help="smallest change polygon in m²")
     _common(change)
+    classify = tasks.add_parser("classify", help="class index and class probabilities per pixel as COGs",
+                                formatter_class=HelpFormatter)
+    classify.add_argument("inputs", nargs="+", metavar="SCENE", help="scene files, folders or globs")
+    classify.add_argument("--model", required=True,
+                          help="scene classifier saved by rsmae evaluate --protocol full|mlp|lastK --out "
+                               "(classifier.safetensors)")
+    _common(classify)
     return p
 
 
@@ -68,6 +79,8 @@ def _predict(args: argparse.Namespace) -> int:
     with tqdm(unit="window", desc=args.task, disable=None) as bar:
         if args.task == "embed":
             folders = predict_embed(args.inputs, args.backbone, args.out, cfg, progress=bar.update)
+        elif args.task == "classify":
+            folders = predict_classify(args.inputs, args.model, args.out, cfg, progress=bar.update)
         else:
             folders = [predict_change(args.date1, args.date2, args.model, args.out, cfg, progress=bar.update)]
     for folder in folders:
@@ -76,6 +89,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Run ``predict embed|change``; return the exit code."""
+    """Run ``predict embed|change|classify``; return the exit code."""
     args = build_parser(prog).parse_args(argv)
     return run(lambda: _predict(args), verbose=args.verbose)

@@ -47,7 +47,7 @@ from rsmae.evaluation.speed import count_flops, matmul_peak
 from rsmae.models.trainable import FEATURE_PROTOCOLS, Protocol
 from rsmae.models.trainable import parse_protocol as parse_protocol_spec
 from rsmae.models.weights import save_backbone
-from rsmae.tasks.finetune import FinetuneTask
+from rsmae.tasks.finetune import FinetuneTask, save_classifier
 from rsmae.tasks.precision import default_precision
 from rsmae.tasks.probe import LR_SWEEP, fit_head, knn_predict, sweep_lr
 
@@ -132,8 +132,9 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     """Train a FinetuneTask on ``device``; test logits, trainable parameters, images/s and MFU.
 
     With ``out_dir`` the tuned model is saved there: ``backbone.safetensors`` (the encoder with its
-    metadata) and ``head.safetensors`` (the :class:`~rsmae.tasks.finetune.PooledHead`: ``fc.*``, ``norm.*``,
-    its pooling in the metadata).
+    metadata), ``head.safetensors`` (the :class:`~rsmae.tasks.finetune.PooledHead`: ``fc.*``, ``norm.*``,
+    its pooling in the metadata) and both with the class names as one ``classifier.safetensors``
+    (:func:`~rsmae.tasks.finetune.save_classifier`, the model ``rsmae predict classify`` takes).
     """
     L.seed_everything(seed, workers=True, verbose=False)
     epochs = int(hparams.pop("epochs", 30))
@@ -167,14 +168,7 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         logits = task.to(device).predict_logits(data.test[0])
     val_acc = trainer.callback_metrics.get("val/acc")
-    saved = {}
-    if out_dir is not None:
-        task.cpu()
-        meta = dataclasses.replace(encoder.rsmae_meta, mean=data.mean, std=data.std,
-                                   source=f"{encoder.rsmae_meta.source} fine-tuned ({tune}, seed {seed})")
-        saved["model_path"] = str(save_backbone(task.encoder, Path(out_dir) / "backbone.safetensors", meta))
-        save_file({k: v.detach().contiguous() for k, v in task.head.state_dict().items()},
-                  str(Path(out_dir) / "head.safetensors"), metadata={"pool": task.head.pool})
+    saved = {} if out_dir is None else _save_tuned(task, data, f"fine-tuned ({tune}, seed {seed})", out_dir)
     return logits, {**saved,
         "trainable_params": task.trainable_params,
         "images_per_s": ips,
@@ -188,6 +182,20 @@ def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, see
     }
 
 
+def _save_tuned(task: FinetuneTask, data: ClassificationData, note: str,
+                out_dir: str | Path) -> dict[str, str]:
+    """Write the tuned encoder, its head and both as one classifier under ``out_dir``; their paths."""
+    task.cpu()
+    encoder = task.encoder
+    meta = dataclasses.replace(encoder.rsmae_meta, mean=data.mean, std=data.std,
+                               source=f"{encoder.rsmae_meta.source} {note}")
+    backbone = save_backbone(encoder, Path(out_dir) / "backbone.safetensors", meta)
+    save_file({k: v.detach().contiguous() for k, v in task.head.state_dict().items()},
+              str(Path(out_dir) / "head.safetensors"), metadata={"pool": task.head.pool})
+    classifier = save_classifier(task, Path(out_dir) / "classifier.safetensors", meta, data.classes)
+    return {"model_path": str(backbone), "classifier_path": str(classifier)}
+
+
 @dataclasses.dataclass(kw_only=True)
 class ClassificationOptions:
     """Options of :func:`evaluate_classification` (keyword arguments of the same names).
@@ -197,7 +205,8 @@ class ClassificationOptions:
         seed: Seed of the label fraction, the heads and fine-tuning.
         cache_dir: Feature cache folder (``None``: no cache).
         out_dir: Where to write the confusion matrix (``confusion.csv``) and, for tuned protocols,
-            the tuned model (``backbone.safetensors`` + ``head.safetensors``); ``None``: not written.
+            the tuned model (``backbone.safetensors`` + ``head.safetensors``, and both as one
+            ``classifier.safetensors`` for ``rsmae predict classify``); ``None``: not written.
         sensor: Sensor of the files' bands.
         layout: Band order in the files.
         k: Neighbours of the k-NN protocol.

@@ -1,10 +1,13 @@
-"""What a prediction runs: a backbone or a change model as one export-friendly module, on an engine.
+"""What a prediction runs: a backbone, a change model or a classifier as one export-friendly module.
 
 :class:`EmbedNet` (raw pixels -> normalised -> encoder -> patch features ``(N, K, h, w)``, or one
-pooled vector per window) and :class:`ChangeNet` (raw pairs -> change probability ``(N, 1, H, W)``)
-hold the normalisation inside, so the same module runs in PyTorch or, exported, in onnxruntime
-(:mod:`rsmae.predict.onnx`). A :class:`Predictor` adds what the scan needs: the bands, the window,
-the cell size, and the fill of nodata pixels (the band's mean, i.e. 0 after normalisation).
+pooled vector per window), :class:`ChangeNet` (raw pairs -> change probability ``(N, 1, H, W)``) and
+:class:`ClassifyNet` (raw pixels -> class probabilities ``(N, K)``) hold the normalisation inside,
+so the same module runs in PyTorch or, exported, in onnxruntime (:mod:`rsmae.predict.onnx`). A
+:class:`Predictor` adds what the scan needs: the bands, the window, the cell size, and the fill of
+nodata pixels (the band's mean, i.e. 0 after normalisation). A classifier's window probabilities are
+spread over the window's pixels, so the scan blends overlapping windows into a per-pixel map as it
+blends change probabilities.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from rsmae.errors import WeightsError
 from rsmae.models import fused_attention_pays, load_backbone, read_backbone_meta, set_fused_attention
 from rsmae.predict.errors import PredictError
 
-__all__ = ["ChangeNet", "EmbedNet", "Predictor", "load_change_predictor", "load_embed_predictor",
-           "load_onnx_predictor"]
+__all__ = ["ChangeNet", "ClassifyNet", "EmbedNet", "Predictor", "load_change_predictor",
+           "load_classify_predictor", "load_embed_predictor", "load_onnx_predictor"]
 
 _logger = logging.getLogger(__name__)
 
@@ -69,14 +72,28 @@ class ChangeNet(nn.Module):
         return torch.sigmoid(self.model((pair - self.mean) / self.std))[:, None]
 
 
+class ClassifyNet(nn.Module):
+    """Raw pixels ``(N, C, H, W)`` -> class probabilities ``(N, K)`` (softmax of the classifier)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Probabilities of raw windows."""
+        return torch.softmax(self.head(self.encoder.forward_features((x - self.mean) / self.std)), dim=1)
+
+
 @dataclass
 class Predictor:
     """A model ready for the scan.
 
     Attributes:
-        kind: ``"embed"`` or ``"change"``.
+        kind: ``"embed"``, ``"change"`` or ``"classify"``.
         path: The model file.
-        module: The PyTorch module (:class:`EmbedNet` / :class:`ChangeNet`).
+        module: The PyTorch module (:class:`EmbedNet` / :class:`ChangeNet` / :class:`ClassifyNet`).
         bands: Input bands, in channel order.
         sensor: Registry sensor of the bands.
         mean: Per-band fill value of nodata pixels.
@@ -84,6 +101,7 @@ class Predictor:
         scale: Pixels per output cell.
         channels: Output channels.
         threshold: Change threshold (change models).
+        classes: Class names in output-channel order (classifiers).
         run: ``(N, T, C, w, w)`` filled float32 -> ``(N, K, ...)``; set by :meth:`use`.
     """
 
@@ -97,6 +115,7 @@ class Predictor:
     scale: int
     channels: int
     threshold: float = 0.5
+    classes: list[str] = field(default_factory=list)
     run: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     def use(self, engine: str = "torch", threads: int | None = None) -> Predictor:
@@ -126,12 +145,18 @@ class Predictor:
         return self
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Outputs of a batch ``(N, T, C, w, w)`` with NaN at nodata pixels."""
+        """Outputs of a batch ``(N, T, C, w, w)`` with NaN at nodata pixels.
+
+        A classifier's ``(N, K)`` probabilities come back as ``(N, K, w, w)`` (each window's at its pixels).
+        """
         fill = np.asarray(self.mean, np.float32)[:, None, None]
         x = np.where(np.isnan(batch), fill, batch).astype(np.float32, copy=False)
-        if self.kind == "embed":
+        if self.kind != "change":
             x = x[:, 0]
-        return self.run(np.ascontiguousarray(x))
+        out = self.run(np.ascontiguousarray(x))
+        if self.kind == "classify":
+            out = np.broadcast_to(out[:, :, None, None], (*out.shape[:2], self.window, self.window))
+        return out
 
 
 def _torch_runner(module: nn.Module, kind: str, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -151,8 +176,14 @@ def _torch_runner(module: nn.Module, kind: str, threads: int | None) -> Callable
     return run
 
 
+_FILE_KINDS = {"rsmae_change": "change", "rsmae_classifier": "classify"}  # metadata key -> task
+_NAMES = {"embed": "a backbone", "change": "a change model", "classify": "a scene classifier"}
+_TRAIN = {"change": ", or train a change model with rsmae evaluate --task oscd --out DIR",
+          "classify": ", or train a classifier with rsmae evaluate --protocol full (mlp, lastK) --out DIR"}
+
+
 def _check_kind(path: Path, wanted: str) -> None:
-    """Refuse a model file of the other task, saying which command takes it."""
+    """Refuse a model file of another task, saying which command takes it."""
     try:
         from safetensors import safe_open
 
@@ -160,11 +191,12 @@ def _check_kind(path: Path, wanted: str) -> None:
             keys = set(f.metadata() or {})
     except Exception:  # not safetensors: the loader names the problem
         return
-    if wanted == "embed" and "rsmae_change" in keys:
-        raise WeightsError(f"{path}: a change model, not a backbone; run rsmae predict change --model {path}")
-    if wanted == "change" and "rsmae" in keys and "rsmae_change" not in keys:
-        raise WeightsError(f"{path}: a backbone, not a change model; run rsmae predict embed --backbone "
-                           f"{path}, or train a change model with rsmae evaluate --task oscd --out DIR")
+    backbone = "embed" if "rsmae" in keys else None
+    found = next((kind for key, kind in _FILE_KINDS.items() if key in keys), backbone)
+    if found is not None and found != wanted:
+        option = "--backbone" if found == "embed" else "--model"
+        raise WeightsError(f"{path}: {_NAMES[found]}, not {_NAMES[wanted]}; run rsmae predict {found} "
+                           f"{option} {path}{_TRAIN.get(wanted, '')}")
 
 
 def load_embed_predictor(path: str | Path, *, pool: bool = False) -> Predictor:
@@ -213,6 +245,25 @@ def load_change_predictor(path: str | Path) -> Predictor:
                      threshold=threshold)
 
 
+def load_classify_predictor(path: str | Path) -> Predictor:
+    """A scene classifier saved by ``rsmae evaluate --protocol full|mlp|lastK --out`` as a :class:`Predictor`.
+
+    Raises:
+        WeightsError: naming ``path``, when it is not a classifier (a backbone, a change model).
+    """
+    from rsmae.tasks.finetune import load_classifier
+
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return load_onnx_predictor(path, "classify")
+    _check_kind(path, "classify")
+    task, classes = load_classifier(path)
+    meta = task.encoder.rsmae_meta
+    net = ClassifyNet(task.encoder, task.head, list(meta.mean), list(meta.std))
+    return Predictor("classify", path, net, list(meta.bands), meta.sensor, list(meta.mean),
+                     int(meta.img_size), 1, len(classes), classes=classes)
+
+
 def load_onnx_predictor(path: str | Path, kind: str) -> Predictor:
     """An exported ``.onnx`` file as a :class:`Predictor` running in onnxruntime.
 
@@ -227,6 +278,6 @@ def load_onnx_predictor(path: str | Path, kind: str) -> Predictor:
         raise WeightsError(f"{path}: an ONNX {meta['task']} model, not a {kind} model; run rsmae predict "
                            f"{meta['task']}")
     p = Predictor(kind, path, None, meta["bands"], meta["sensor"], meta["mean"], meta["window"], meta["cell"],
-                  meta["channels"], threshold=meta["threshold"])
+                  meta["channels"], threshold=meta["threshold"], classes=list(meta.get("classes") or []))
     p.run = session_runner(str(path))
     return p

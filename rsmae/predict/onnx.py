@@ -1,10 +1,11 @@
-"""ONNX export of backbones and change models, and onnxruntime as a prediction engine.
+"""ONNX export of backbones, change models and classifiers, and onnxruntime as a prediction engine.
 
 What is exported is the module the scan runs (:class:`~rsmae.predict.models.EmbedNet`,
-:class:`~rsmae.predict.models.ChangeNet`): raw pixels in, normalisation inside, features or change
-probabilities out; the batch axis is dynamic, the window is the model's input size. The file's
-metadata (``metadata_props``) holds ``rsmae_onnx``: the task, bands, sensor, per-band mean (the fill
-of nodata pixels), window, cell size, output channels and threshold, so a runtime needs nothing else.
+:class:`~rsmae.predict.models.ChangeNet`, :class:`~rsmae.predict.models.ClassifyNet`): raw pixels
+in, normalisation inside, features, change probabilities or class probabilities out; the batch axis
+is dynamic, the window is the model's input size. The file's metadata (``metadata_props``) holds
+``rsmae_onnx``: the task, bands, sensor, per-band mean (the fill of nodata pixels), window, cell
+size, output channels, threshold and class names, so a runtime needs nothing else.
 
 ``onnx`` and ``onnxruntime`` are the optional extra ``rsmae[onnx]``; they are imported only here and
 only when used.
@@ -42,7 +43,7 @@ def _optional(name: str) -> ModuleType:
 
 
 def _example(kind: str, channels: int, window: int, batch: int = 2) -> torch.Tensor:
-    shape = (batch, channels, window, window) if kind == "embed" else (batch, 2, channels, window, window)
+    shape = (batch, 2, channels, window, window) if kind == "change" else (batch, channels, window, window)
     return torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 3000
 
 
@@ -99,7 +100,8 @@ def export_onnx(predictor: object, out: str | Path) -> Path:
     model = onnx.load_from_string(onnx_bytes(p.module, p.kind, len(p.bands), p.window))
     meta = {"task": p.kind, "source": str(p.path), "bands": p.bands, "sensor": p.sensor, "mean": p.mean,
             "window": p.window, "cell": p.scale, "channels": p.channels, "threshold": p.threshold,
-            "input": "raw pixels (N, C, W, W)" if p.kind == "embed" else "raw pairs (N, 2, C, W, W)"}
+            "classes": p.classes,
+            "input": "raw pairs (N, 2, C, W, W)" if p.kind == "change" else "raw pixels (N, C, W, W)"}
     entry = model.metadata_props.add()
     entry.key, entry.value = _META, json.dumps(meta)
     onnx.checker.check_model(model)

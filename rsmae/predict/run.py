@@ -1,4 +1,4 @@
-"""Whole-scene prediction: ``embed`` over scenes, ``change`` over a pair of dates.
+"""Whole-scene prediction: ``embed`` and ``classify`` over scenes, ``change`` over a pair of dates.
 
 Everything a run needs is checked before anything is written (the model file, the scenes, their
 bands, grids and overlap), so bad input leaves no output. Each scene's outputs are made in a
@@ -21,7 +21,12 @@ import rasterio
 
 from rsmae.bands import get_sensor
 from rsmae.predict.errors import PredictError
-from rsmae.predict.models import Predictor, load_change_predictor, load_embed_predictor
+from rsmae.predict.models import (
+    Predictor,
+    load_change_predictor,
+    load_classify_predictor,
+    load_embed_predictor,
+)
 from rsmae.predict.products import CovarianceSum, change_polygons, pca_preview
 from rsmae.predict.scene import (
     OnGridReader,
@@ -35,7 +40,7 @@ from rsmae.predict.sink import RasterSink, cell_grid, scene_output
 from rsmae.predict.windows import ScanSpec, scan
 from rsmae.tiling.grid import SceneReader
 
-__all__ = ["PredictConfig", "predict_change", "predict_embed"]
+__all__ = ["PredictConfig", "predict_change", "predict_classify", "predict_embed"]
 
 _logger = logging.getLogger(__name__)
 # GDAL's block cache (default 5 % of RAM) keeps blocks read and written until it is full: capped here so
@@ -119,6 +124,12 @@ def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
         if min(spec.cells(s.grid.height, s.grid.width)) == 0:
             raise PredictError(f"{s.scene.files[0]}: {s.grid.width}x{s.grid.height} px is smaller than one "
                                f"output cell ({spec.scale} px); use a larger scene")
+    return _each_scene(scenes, out, lambda s, folder: _embed_scene(pred, s, folder, config, spec, progress))
+
+
+def _each_scene(scenes: Sequence[PredictScene], out: str | Path,
+                write: Callable[[PredictScene, Path], None]) -> list[Path]:
+    """Write each scene's folder ``out/<scene>`` unless an earlier run finished it; the folders."""
     folders = []
     for s in scenes:
         folder = Path(out) / s.name
@@ -126,7 +137,7 @@ def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
             _logger.info("%s: done by an earlier run, skipped", folder)
         else:
             with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-                _embed_scene(pred, s, folder, config, spec, progress)
+                write(s, folder)
         folders.append(folder)
     return folders
 
@@ -152,6 +163,54 @@ def _embed_scene(pred: Predictor, s: PredictScene, target: Path, cfg: PredictCon
         pca_preview(raster, folder / "preview.png", pca)
         _info(folder, pred, cfg, spec, s.scene.files, time.perf_counter() - start,
               pixels=[g.height, g.width], cells=[rows, cols])
+
+
+def predict_classify(inputs: Sequence[str], model: str | Path, out: str | Path,
+                     config: PredictConfig = PredictConfig(), progress: Progress | None = None) -> list[Path]:
+    """Class index and class probability COGs of every scene in ``inputs``, on the scene's grid.
+
+    Each window's class probabilities are spread over its pixels and overlapping windows blended with
+    cosine weights, as ``change`` blends its probabilities: one value per pixel of the scene's finest
+    band grid (its CRS and transform). The class index is the argmax of the blended probabilities.
+
+    Returns:
+        The output folders, one per scene (finished ones of an earlier run are skipped).
+
+    Raises:
+        WeightsError: ``model`` is not a scene classifier.
+        BandError: a scene lacks a band of the classifier.
+        RasterReadError, GridError: a scene's file is unreadable or its bands disagree.
+    """
+    pred = load_classify_predictor(model).use(config.engine, config.threads)
+    scenes = _scenes(inputs, pred, config)
+    spec = _spec(pred, config)
+    return _each_scene(scenes, out,
+                       lambda s, folder: _classify_scene(pred, s, folder, config, spec, progress))
+
+
+def _classify_scene(pred: Predictor, s: PredictScene, target: Path, cfg: PredictConfig, spec: ScanSpec,
+                    progress: Progress | None) -> None:
+    start = time.perf_counter()
+    g, k = s.grid, pred.channels
+    classes = pred.classes or [f"class_{i}" for i in range(k)]
+    dtype, nodata = ("uint8", 255) if k <= 255 else ("uint16", 65535)
+    with scene_output(target.parent, target.name) as folder:
+        prob = RasterSink(folder / "class_prob.tif", g, count=k, dtype="float32", nodata=float("nan"),
+                          descriptions=classes)
+        index = RasterSink(folder / "class_index.tif", g, count=1, dtype=dtype, nodata=nodata,
+                           descriptions=["class"], resampling="nearest",
+                           tags={"CLASSES": json.dumps(classes)})
+        with SceneReader(s.scene, g, s.dtype, nodata=s.nodata) as reader, prob, index:
+            def emit(row: int, block: np.ndarray) -> None:
+                prob.write(row, block)
+                bad = np.isnan(block).any(axis=0)
+                best = np.where(bad, nodata, np.where(np.isnan(block), -1.0, block).argmax(axis=0))
+                index.write(row, best[None])
+
+            scan([partial(read_float, reader, s.nodata)], pred, spec, height=g.height, width=g.width,
+                 channels=k, emit=emit, on_batch=progress)
+        _info(folder, pred, cfg, spec, s.scene.files, time.perf_counter() - start, classes=classes,
+              pixels=[g.height, g.width])
 
 
 def _one(inputs: str, pred: Predictor, cfg: PredictConfig) -> PredictScene:

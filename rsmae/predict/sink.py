@@ -9,6 +9,9 @@ when every file is complete, so a folder under its real name is always finished)
         change_prob.tif   change: float32 change probability, NaN = nodata
         change_mask.tif   change: uint8, 1 = change at the model's threshold, 0 = none, 255 = nodata
         changes.gpkg      change: polygons of changed areas (layer "changes", area_m2)
+        class_index.tif   classify: uint8 class index (uint16 beyond 255 classes), 255 (65535) = nodata;
+                          the class names in its tag CLASSES (JSON) and in info.json
+        class_prob.tif    classify: float32, one band per class (description = class name), NaN = nodata
         info.json         inputs, model, window, engine, seconds
 
 Each raster is first written block by block to a tiled GeoTIFF (``<name>.part.tif``), then copied
@@ -20,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,12 +51,15 @@ class RasterSink:
         nodata: Nodata value (NaN for float outputs).
         descriptions: Band names.
         resampling: Overview resampling (``"average"`` for continuous values, ``"nearest"`` for classes).
+        tags: Dataset metadata items (GDAL tags).
     """
 
     def __init__(self, path: Path, grid: Grid, *, count: int, dtype: str, nodata: float,
-                 descriptions: Sequence[str] = (), resampling: str = "average") -> None:
+                 descriptions: Sequence[str] = (), resampling: str = "average",
+                 tags: Mapping[str, str] | None = None) -> None:
         self.path, self.grid, self.count, self.dtype = Path(path), grid, count, dtype
         self.nodata, self.descriptions, self.resampling = nodata, list(descriptions), resampling
+        self.tags = dict(tags or {})
         self.part = self.path.with_name(self.path.name + ".part.tif")
         self._ds: rasterio.io.DatasetWriter | None = None
 
@@ -67,6 +73,8 @@ class RasterSink:
         self._ds = rasterio.open(self.part, "w", **profile)
         for i, text in enumerate(self.descriptions[:self.count], start=1):
             self._ds.set_band_description(i, text)
+        if self.tags:
+            self._ds.update_tags(**self.tags)
         return self
 
     def write(self, row: int, data: np.ndarray) -> None:

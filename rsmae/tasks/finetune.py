@@ -6,25 +6,43 @@ stay in eval mode during training. Full and partial fine-tuning use MAE's recipe
 layer-wise learning-rate decay (timm's ``param_groups_layer_decay``), drop-path on the tuned blocks,
 linear warmup then cosine, and the remote-sensing augmentations of :mod:`rsmae.augment` (D4 and
 multiscale crops) on the device.
+
+A tuned classifier is saved as one file (:func:`save_classifier`, as
+:func:`~rsmae.tasks.change.save_change_model` saves a change model): the encoder and head tensors
+(``encoder.*``, ``head.*``), and in the metadata the task's arguments, the encoder's
+:class:`~rsmae.models.BackboneMeta` (bands, sensor, window and the normalisation the model was
+trained with) and the class names; :func:`load_classifier` rebuilds it from the file alone.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from timm.layers import DropPath
 from timm.models.vision_transformer import VisionTransformer
 from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
 from rsmae.augment import RSAugment
+from rsmae.errors import WeightsError
+from rsmae.files import atomic_path
+from rsmae.models import BackboneMeta
+from rsmae.models.meta import META_KEY, parse_meta
 from rsmae.models.trainable import Tune, configure_trainable, count_trainable, freeze_eval, parse_tune
+from rsmae.models.weights import build_and_load
 from rsmae.tasks.optim import scheduled
 
-__all__ = ["FinetuneTask", "PooledHead"]
+__all__ = ["CLASSIFIER_KEY", "FinetuneTask", "PooledHead", "load_classifier", "save_classifier"]
+
+CLASSIFIER_KEY = "rsmae_classifier"  # metadata key of a saved classifier (a backbone file has "rsmae")
 
 
 class PooledHead(nn.Module):
@@ -182,3 +200,69 @@ class FinetuneTask(L.LightningModule):
         finally:
             self.train(was)
         return torch.cat(out)
+
+
+def save_classifier(task: FinetuneTask, path: str | Path, meta: BackboneMeta, classes: list[str]) -> Path:
+    """Write a tuned classifier (encoder + head, its arguments, ``meta`` and ``classes``), atomically.
+
+    Args:
+        task: The trained task.
+        path: Output ``.safetensors``.
+        meta: The encoder's metadata with the normalisation the task was trained with (``mean``, ``std``).
+        classes: Class names in label order.
+
+    Raises:
+        WeightsError: naming ``path``, when ``classes`` do not match the head or ``meta`` has no statistics.
+    """
+    path = Path(path)
+    if len(classes) != task.head.fc.out_features or meta.mean is None or meta.std is None:
+        raise WeightsError(f"{path}: {len(classes)} class names for {task.head.fc.out_features} outputs, or "
+                           "no mean/std in meta: pass the training data's classes and statistics")
+    state = {f"{part}.{k}": v.detach().cpu().contiguous()
+             for part in ("encoder", "head") for k, v in getattr(task, part).state_dict().items()}
+    info = {"task": dict(task.hparams), "classes": list(classes)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={CLASSIFIER_KEY: json.dumps(info), "encoder": meta.to_json()})
+    return path
+
+
+def load_classifier(path: str | Path) -> tuple[FinetuneTask, list[str]]:
+    """Rebuild a classifier written by :func:`save_classifier`: the task (eval mode) and its class names.
+
+    The encoder's metadata (``task.encoder.rsmae_meta``) holds its bands, sensor, window and statistics.
+
+    Raises:
+        WeightsError: naming ``path``, when it is missing, not a classifier, or its metadata holds
+            more than ``FinetuneTask`` arguments.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such classifier; save one with rsmae evaluate --protocol full "
+                           "--out DIR")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            file_meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
+    if CLASSIFIER_KEY not in file_meta or "encoder" not in file_meta:
+        raise WeightsError(f"{path}: no classifier metadata; it was not written by save_classifier (rsmae "
+                           "evaluate --protocol full|mlp|lastK --out DIR)")
+    try:
+        info = json.loads(file_meta[CLASSIFIER_KEY])
+        hparams, classes = dict(info["task"]), [str(c) for c in info["classes"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise WeightsError(f"{path}: classifier metadata is not valid ({err}); save the model again") from err
+    allowed = set(inspect.signature(FinetuneTask.__init__).parameters) - {"self", "encoder"}
+    refused = sorted(set(hparams) - allowed)
+    if refused or hparams.get("num_classes") != len(classes):
+        raise WeightsError(f"{path}: classifier metadata key(s) {refused} refused, or {len(classes)} classes "
+                           f"for num_classes={hparams.get('num_classes')}; save the model again")
+    meta = parse_meta(path, {META_KEY: file_meta["encoder"]})
+    part = {name: {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{name}.")}
+            for name in ("encoder", "head")}
+    encoder = build_and_load(part["encoder"], path, meta, meta, strict=True)
+    task = FinetuneTask(encoder, **hparams)
+    task.head.load_state_dict(part["head"])
+    return task.eval(), classes
