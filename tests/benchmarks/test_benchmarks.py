@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DATA, ROOT
+
+pytestmark = pytest.mark.slow  # end to end, several seconds each (make quick leaves them out)
 
 # The two MAE code paths sum in different orders: equal to the bit on an AVX-512 CPU, 1.2e-07 apart on
 # an AVX2-only one (the loss is ~1.15). Any CPU must stay within float32 rounding of a few ops.

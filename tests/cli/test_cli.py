@@ -215,6 +215,7 @@ def test_fit_by_name_parses_as_base_plus_override(capsys, tmp_path, monkeypatch)
 # ---------------------------------------------------------------- quiet logs
 
 
+@pytest.mark.slow
 def test_dask_chatter_only_with_verbose(tmp_path):
     base = [sys.executable, "-m", "rsmae", "tile", str(RIVER), "--band-order", "eurosat", "--tile-size", "64",
             "--workers", "2"]

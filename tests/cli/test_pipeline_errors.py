@@ -85,6 +85,7 @@ def _fit(store: Path, tmp: Path, *extra: str) -> list[str]:
             "--trainer.default_root_dir", str(tmp), *extra]
 
 
+@pytest.mark.slow
 def test_pretrain_bad_inputs(capsys, checkpoints, eurosat_train_store, tmp_path):
     _fails(capsys, "pretrain", _fit(tmp_path / "none.zarr", tmp_path), "none.zarr", "pipelines/tile.py")
     _fails(capsys, "pretrain", _fit(EUROSAT, tmp_path), str(EUROSAT), "tile store")

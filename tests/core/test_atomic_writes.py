@@ -41,6 +41,7 @@ class _Value:
         return {"x": self.x}
 
 
+@pytest.mark.slow
 def test_study_cache_temporary_names_differ_between_processes(tmp_path: Path) -> None:
     names = []
     for i in range(2):

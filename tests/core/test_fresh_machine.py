@@ -38,6 +38,7 @@ print(tuple(batch["image"].shape))
 """
 
 
+@pytest.mark.slow
 def test_torchgeo_datasets_and_samplers_work() -> None:
     """``import torchgeo.datasets`` (it needs ``requests``) and a RasterDataset sample, in a new process."""
     proc = subprocess.run([sys.executable, "-c", TORCHGEO_SAMPLE], capture_output=True, text=True,

@@ -42,6 +42,7 @@ def test_in_this_process_in_order_and_progress() -> None:
     assert list(parallel_map(_square, [], workers=2)) == []
 
 
+@pytest.mark.slow
 def test_two_local_processes() -> None:
     items = list(range(8))
     seen: list[int] = []
@@ -59,6 +60,7 @@ def test_local_error_cancels_the_rest_and_is_raised() -> None:
     assert len(seen) < 10  # the items not started were cancelled
 
 
+@pytest.mark.slow
 def test_dask_local_cluster() -> None:
     items = list(range(6))
     assert list(parallel_map(_square, items, workers=2, dask="local", ordered=True)) == [x * x for x in items]
@@ -78,6 +80,7 @@ def test_dask_open_client_is_left_open() -> None:
         assert client.submit(_square, 4).result() == 16  # still usable
 
 
+@pytest.mark.slow
 def test_landscape_process_map_keeps_row_order_and_sets_threads() -> None:
     from rsmae.landscape.surface import process_map  # not at the top: spawned workers import this file
 

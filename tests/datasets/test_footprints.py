@@ -41,6 +41,7 @@ def test_a_store_gives_the_footprints_of_its_files(tmp_path: Path) -> None:
     assert footprint_overlaps([stored], file_footprints([RESIDENTIAL]))[0].overlap == 1.0
 
 
+@pytest.mark.slow
 def test_the_default_corpus_keeps_away_from_every_evaluation_image(tmp_path: Path) -> None:
     def run(*args: str) -> int:
         return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "footprint_leaks.py"), *args],

@@ -87,6 +87,7 @@ def test_finetuning_gets_the_configured_accelerator(trainer_args: dict[str, Any]
     assert trainer_args["accelerator"] == "cuda" and trainer_args["devices"] == 1
 
 
+@pytest.mark.slow
 def test_change_runs_on_the_cpu_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--task", "levircd", "--model", "fc-siam-diff", "--test-root", str(LEVIR), "--test-cities",
             "test_7_0256_0512", "--accelerator", "cpu", "--set", "crop_size=32", "--set", "overlap=8",

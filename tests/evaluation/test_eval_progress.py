@@ -86,6 +86,7 @@ def test_step_progress_follows_the_trainers_steps(caplog: pytest.LogCaptureFixtu
         "tiny: training: 5/5 step (100 %)"]
 
 
+@pytest.mark.slow
 def test_evaluations_report_progress_in_a_log(tmp_path, caplog: pytest.LogCaptureFixture, bigearthnet_layout,
                                               multilabel_backbone) -> None:
     from rsmae.evaluation.change import evaluate_change

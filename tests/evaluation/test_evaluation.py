@@ -131,6 +131,7 @@ def test_band_mismatch_is_refused_or_adapted_and_logged(tmp_path: Path) -> None:
     assert enc.rsmae_meta.mean is None  # RGB statistics are not Sentinel-2 statistics
 
 
+@pytest.mark.slow
 def test_protocols_on_real_eurosat(tmp_path: Path) -> None:
     path = _backbone(tmp_path / "b.safetensors", stats=True)
     root = dict(train_root=EUROSAT / "train", test_root=EUROSAT / "test", cache_dir=tmp_path / "cache")

@@ -90,6 +90,7 @@ def test_torchgeo_checkpoint_reloads_from_its_hparams(tuned: tuple[Path, torch.T
         assert torch.equal(task.model.eval()(images), expected)
 
 
+@pytest.mark.slow
 def test_torchgeo_checkpoint_reloads_in_a_fresh_interpreter(tuned: tuple[Path, torch.Tensor, torch.Tensor],
                                                             tmp_path: Path) -> None:
     ckpt, _, expected = tuned

@@ -47,6 +47,7 @@ BEFORE = {"linear": {"map": 0.6666666865348816, "map_micro": 0.2108440101146698,
           "knn": {"map": 0.75, "map_micro": 0.30921053886413574, "f1_micro": 0.1666666716337204, "k": 20}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["linear", "knn"])
 def test_streamed_splits_score_as_the_whole_splits_did(tmp_path: Path, protocol: str,
                                                       monkeypatch: pytest.MonkeyPatch, bigearthnet_layout,

@@ -84,6 +84,7 @@ def test_change_configs_plan_their_cells(name: str) -> None:
             assert test == [data["held_out"]] and data["held_out"] not in train and len(train) == 6
 
 
+@pytest.mark.slow
 def test_the_change_grid_resumes_without_recomputing_finished_cells(tmp_path: Path) -> None:
     levir = {"task": "levircd", "test_root": str(DATA / "levircd_samples"),
              "settings": {"test_cities": ["test_2_0000_0000"]}}

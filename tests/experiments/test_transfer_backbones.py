@@ -123,6 +123,7 @@ def test_benchmark_configs_share_one_recipe_and_budget(capsys: pytest.CaptureFix
     assert ref["model"]["preset"] == "vit_tiny" and ref["model"]["patch_size"] == 8
 
 
+@pytest.mark.slow
 def test_random_backbone_has_the_corpus_bands_and_statistics(tmp_path: Path, clean_store: Path) -> None:
     path = tb.random_backbone(tmp_path, clean_store)
     encoder = load_backbone(path)

@@ -46,6 +46,7 @@ def _config(tmp: Path, **changes: object) -> GridConfig:
                                  **changes})
 
 
+@pytest.mark.slow
 def test_grid_resumes_and_recomputes_only_changed_backbones(tmp_path: Path) -> None:
     manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
                 "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
@@ -65,6 +66,7 @@ def test_grid_resumes_and_recomputes_only_changed_backbones(tmp_path: Path) -> N
     assert {"accuracy", "trainable_params", "wall_s", "fingerprint", "init", "seed"} <= set(result)
 
 
+@pytest.mark.slow
 def test_tables_and_plots_from_finished_cells(tmp_path: Path) -> None:
     manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
                 "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}

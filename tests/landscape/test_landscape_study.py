@@ -123,6 +123,7 @@ def _config(tmp: Path, files: dict[str, Path], store: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_study_writes_surfaces_figures_table_and_resumes(tmp_path: Path, model_files: dict[str, Path],
                                                          eurosat_store: Path) -> None:
     cfg = LandscapeConfig.from_dict(_config(tmp_path, model_files, eurosat_store))

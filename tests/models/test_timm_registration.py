@@ -19,6 +19,7 @@ def _run(code: str) -> str:
 
 @pytest.mark.parametrize("imports", ["import rsmae; import timm", "import timm; import rsmae",
                                      "import rsmae.models; import timm"])
+@pytest.mark.slow
 def test_import_rsmae_registers_the_timm_models(imports: str) -> None:
     out = _run(f"{imports}\n"
                "enc = timm.create_model('rsmae_vit_test', in_chans=4, img_size=32, patch_size=8)\n"
@@ -33,5 +34,6 @@ def test_import_rsmae_alone_imports_no_torch() -> None:
     assert out == "[]"
 
 
+@pytest.mark.slow
 def test_without_rsmae_timm_does_not_know_them() -> None:  # the tests above can fail
     assert _run("import timm; print(timm.is_model('rsmae_vit_test'))") == "False"

@@ -33,6 +33,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "change": tiny_change_model(root / "change.safetensors")}
 
 
+@pytest.mark.slow
 def test_embed_of_a_real_city_is_georeferenced_at_patch_resolution_and_a_rerun_skips_it(
         tmp_path: Path, models: dict[str, Path]) -> None:
     (folder,) = predict_embed([str(PISA / "imgs_1")], models["backbone"], tmp_path / "out")
@@ -98,6 +99,7 @@ def test_nodata_in_any_band_is_nodata_in_every_output_it_touches(tmp_path: Path,
     assert (np.isnan(prob) == bad).all() and (mask[bad] == 255).all() and set(np.unique(mask[~bad])) <= {0, 1}
 
 
+@pytest.mark.slow
 def test_change_is_on_date_1s_grid_with_date_2_reprojected_and_polygons_cover_the_mask(
         tmp_path: Path, models: dict[str, Path]) -> None:
     d1 = city_stack(tmp_path / "d1" / "d1.tif", "pisa", 1, (300, 200, 96, 128))

@@ -168,7 +168,7 @@ def _fit(task: ChangeTask, data: OSCD, steps: int = 2) -> None:
     trainer.fit(task, loader)
 
 
-@pytest.mark.parametrize("tune", ["frozen", 1])
+@pytest.mark.parametrize("tune", ["frozen", pytest.param(1, marks=pytest.mark.slow)])
 def test_frozen_means_frozen(tune: str | int, tmp_path: Path, oscd_crop: OSCD) -> None:
     task = ChangeTask(bands=S2, backbone=str(_backbone(tmp_path / "b.safetensors")), img_size=32, tune=tune,
                       sensor="s2-l1c", warmup_steps=0)
@@ -209,6 +209,7 @@ def test_a_saved_model_reloads_without_its_backbone_and_predicts_the_same(tmp_pa
         ChangeTask(bands=S2, img_size=32, preset="vit_test", patch_size=8).normalize(pair)
 
 
+@pytest.mark.slow
 def test_evaluate_change_trains_scores_whole_scenes_and_the_pipeline_reloads(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     backbone = _backbone(tmp_path / "rgb.safetensors", bands=["R", "G", "B"], sensor="rgb")
@@ -238,6 +239,7 @@ def test_evaluate_change_trains_scores_whole_scenes_and_the_pipeline_reloads(
     assert "error: OSCD not found at" in err and "unknown change-detection setting(s) ['stpes']" in err
 
 
+@pytest.mark.slow
 def test_fc_siam_diff_baseline_runs_end_to_end(tmp_path: Path) -> None:
     result = evaluate_change(None, model="fc-siam-diff", test_root=LEVIR, dataset="levircd",
                              test_cities=["test_7_0256_0512"], crop_size=32, overlap=8, steps=2, batch_size=2,
@@ -246,6 +248,7 @@ def test_fc_siam_diff_baseline_runs_end_to_end(tmp_path: Path) -> None:
     assert LEVIRCD(LEVIR, "val").change_fraction() > 0
 
 
+@pytest.mark.slow
 def test_bench_change_runs_and_writes_its_table(tmp_path: Path) -> None:
     bench_change = load_script("benchmarks/bench_change.py")
 

@@ -87,6 +87,7 @@ def test_one_option_turns_the_probe_on(capsys: pytest.CaptureFixture[str]) -> No
     assert probe["root"] == given and probe["every_n_epochs"] == 2  # the rest of the shipped entry kept
 
 
+@pytest.mark.slow
 def test_shipped_config_fits_outside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A user's own store, cwd far from ../shared: the shipped base + mae_tiny run as they are."""
@@ -151,6 +152,7 @@ def test_documented_commands_give_the_base_first(doc: str) -> None:
         assert re.search(r"--config\s+\S*configs/pretrain/base\.yaml\s+--config", line), line
 
 
+@pytest.mark.slow
 def test_one_seed_drives_model_and_data(capsys: pytest.CaptureFixture[str], eurosat_store: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from rsmae.tasks import AutoPrecisionTrainer

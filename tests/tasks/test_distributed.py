@@ -15,6 +15,8 @@ from rsmae.data import ShardSampler
 from tests.conftest import ROOT
 from tests.tasks import fsdp_worker
 
+pytestmark = pytest.mark.slow  # end to end, several seconds each (make quick leaves them out)
+
 
 @pytest.mark.parametrize("method", ["mae", "rcmae"])
 def test_fsdp_two_processes_match_one(tmp_path: Path, method: str) -> None:

@@ -47,7 +47,7 @@ def test_bf16_clips_gradients_of_fused_adamw(eurosat_store: Path, tile_datamodul
     assert max(float(p.grad.abs().max()) for p in params) <= 0.5
 
 
-@pytest.mark.parametrize("fused", [None, True])
+@pytest.mark.parametrize("fused", [pytest.param(None, marks=pytest.mark.slow), True])  # None: torch.compile
 def test_attention_kernel_by_device_and_compile(eurosat_store: Path, fused: bool | None, tile_datamodule,
                                                 cpu_trainer) -> None:
     task = PretrainTask(preset="vit_test", patch_size=8, img_size=64, in_chans=13, warmup_steps=0,

@@ -13,6 +13,8 @@ from rsmae.models.weights import load_backbone
 from tests.conftest import load_script
 from tests.tasks.conftest import SimulatedKill
 
+pytestmark = pytest.mark.slow  # end to end, several seconds each (make quick leaves them out)
+
 export = load_script("pipelines/export.py")
 pretrain = load_script("pipelines/pretrain.py")
 report = load_script("pipelines/report.py")

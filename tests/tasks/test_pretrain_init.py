@@ -80,6 +80,7 @@ def test_refuses_other_architecture_or_unknown_bands(tmp_path: Path) -> None:
         _task(init_backbone=str(tmp_path / "missing.safetensors"))
 
 
+@pytest.mark.slow
 def test_cli_run_starts_from_the_backbone(tmp_path: Path, eurosat_store: Path, pretrain_config) -> None:
     """Through the CLI (data_info linked from the store): with a zero learning rate the exported
     encoder is exactly the adapted backbone; the checkpoint rebuilds without the init file."""

@@ -14,6 +14,7 @@ from rsmae.tasks import PretrainTask
 OPTIMIZERS = [("sgd", torch.optim.SGD), ("lamb", Lamb), ("adamw", torch.optim.AdamW)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "cls"), OPTIMIZERS)
 def test_each_optimizer_trains_with_the_scaled_lr(eurosat_store: Path, name: str, cls: type, tile_datamodule,
                                                   cpu_trainer) -> None:

@@ -148,6 +148,7 @@ def _torchgeo_layout(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_eurosat_and_the_probe_read_torchgeos_layout(tmp_path: Path, eurosat_store: Path,
                                                      tile_datamodule) -> None:
     root = _torchgeo_layout(tmp_path / "torchgeo")

@@ -37,6 +37,7 @@ def test_corpus_record_ignores_the_path_and_follows_the_contents(tmp_path: Path)
     check_corpus("last.ckpt", [record], [dict(record)])  # unchanged: resumes
 
 
+@pytest.mark.slow
 def test_resume_after_the_store_was_appended_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                         capsys: pytest.CaptureFixture[str],
                                                         pretrain_config) -> None:

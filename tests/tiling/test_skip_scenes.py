@@ -97,6 +97,7 @@ def test_strict_keeps_all_or_nothing(patches, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: ") and not out.exists()
 
 
+@pytest.mark.slow
 def test_damaged_block_leaves_no_tile_of_its_scene(tmp_path, capsys):
     """A band whose tail is cut: its scene's first units read, later ones fail: all of it goes."""
     bad = tmp_path / "bad" / "imgs_1"

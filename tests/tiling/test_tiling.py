@@ -108,6 +108,7 @@ def test_landsat_zero_collar_dropped(tmp_path: Path) -> None:
     assert store.attrs["stats"]["B2"]["min"] > 0  # collar zeros are not in the statistics
 
 
+@pytest.mark.slow
 def test_output_independent_of_workers(tmp_path: Path) -> None:
     config = TileConfig(tile_size=64, shard_tiles=16)
     tile_scenes(TWO_CITIES, tmp_path / "w1.zarr", config, workers=1)
@@ -115,6 +116,7 @@ def test_output_independent_of_workers(tmp_path: Path) -> None:
     assert_same_store(tmp_path / "w1.zarr", tmp_path / "w2.zarr")
 
 
+@pytest.mark.slow
 def test_dask_same_output_local_cluster_and_scheduler_address(tmp_path: Path) -> None:
     from distributed import LocalCluster
 
@@ -133,6 +135,7 @@ def _tile_cmd(out: Path) -> list[str]:
             "--tile-size", "64", "--shard-tiles", "4"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_store(tmp_path: Path) -> None:
     reference = tmp_path / "ref.zarr"
     subprocess.run(_tile_cmd(reference), check=True, capture_output=True)
@@ -157,6 +160,7 @@ def test_kill_and_resume_gives_identical_store(tmp_path: Path) -> None:
     assert_same_store(reference, out)
 
 
+@pytest.mark.slow
 def test_rerun_is_noop_and_new_scenes_append(tmp_path: Path) -> None:
     out = tmp_path / "s.zarr"
     config = TileConfig(tile_size=64, shard_tiles=16)
