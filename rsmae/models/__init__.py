@@ -17,6 +17,7 @@ from rsmae.models.patch_embed import GroupedPatchEmbed, embed_patch_tokens, extr
 from rsmae.models.rcmae import RCMAE, teacher_momentum
 from rsmae.models.registry import Weights, get_weights, list_weights, register_backbone, register_weights
 from rsmae.models.spectral_embed import SpectralPatchEmbed, set_bands, use_bands
+from rsmae.models.spectral_head import SpectralPatchHead
 from rsmae.models.timm_cfg import timm_model_name
 from rsmae.models.vit import (
     ENCODER_PRESETS,
@@ -46,6 +47,7 @@ __all__ = [
     "RCMAE",
     "GroupedPatchEmbed",
     "SpectralPatchEmbed",
+    "SpectralPatchHead",
     "MAEOutput",
     "MaskedAutoencoder",
     "create_encoder",

@@ -3,7 +3,11 @@
 The encoder sees the cls token and the visible patches only, and only the visible patches are
 embedded (:func:`~rsmae.models.patch_embed.embed_patch_tokens`): no work is spent on the 75 % that
 are hidden. The decoder is light: a projection, learned mask tokens, a fixed sin-cos position
-table, a few timm ``Block`` s and a linear head to ``P * P * C`` pixel values per patch.
+table, a few timm ``Block`` s and a linear head to ``P * P * C`` pixel values per patch. With a
+spectral encoder (``create_encoder(..., patch_embed="spectral")``) the batch may hold any bands
+(:func:`~rsmae.models.spectral_embed.use_bands`) and the head is a
+:class:`~rsmae.models.spectral_head.SpectralPatchHead`: ``P * P`` values per band of the batch, from
+weights generated from each band's wavelength.
 
 Everything that is random is explicit: pass ``noise`` (from :meth:`MaskedAutoencoder.make_noise`
 with a seeded ``torch.Generator``) and the same weights and batch give the same loss, as loss
@@ -30,7 +34,11 @@ from torch import Tensor, nn
 
 from rsmae.errors import BandError, ModelConfigError
 from rsmae.models.layers import sincos_pos_embed_2d
+from rsmae.models.masking import masked_mse, random_masking
+from rsmae.models.masking import take_tokens as _take
 from rsmae.models.patch_embed import embed_patch_tokens, patchify, unpatchify
+from rsmae.models.spectral_embed import SpectralPatchEmbed
+from rsmae.models.spectral_head import SpectralPatchHead
 
 __all__ = [
     "MAE_DECODER_PRESETS",
@@ -91,52 +99,6 @@ def mae_decoder_defaults(preset: str) -> dict[str, int]:
         known = ", ".join(MAE_DECODER_PRESETS)
         raise ModelConfigError(f"no decoder defaults for preset {preset!r}; choose one of {known}")
     return dict(MAE_DECODER_PRESETS[preset])
-
-
-def random_masking(noise: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample masking by sorting noise: the ``int(N * (1 - r))`` lowest are kept.
-
-    Args:
-        noise: ``(B, N)`` values (uniform noise); lower = kept.
-        mask_ratio: Fraction ``r`` of patches to hide.
-
-    Returns:
-        ``ids_keep (B, L)``, ``mask (B, N)`` (1 = masked, dtype of ``noise``) and
-        ``ids_restore (B, N)`` (position of every patch in the shuffled order).
-    """
-    n = noise.shape[1]
-    len_keep = int(n * (1 - mask_ratio))
-    if not 0 < len_keep < n:
-        raise ValueError(
-            f"mask_ratio={mask_ratio} keeps {len_keep} of {n} patches; choose a ratio that keeps "
-            "at least one patch visible and one masked (e.g. 0.75)"
-        )
-    ids_shuffle = torch.argsort(noise, dim=1, stable=True)
-    ids_restore = torch.argsort(ids_shuffle, dim=1, stable=True)
-    mask = (ids_restore >= len_keep).to(noise.dtype)
-    return ids_shuffle[:, :len_keep], mask, ids_restore
-
-
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean over masked patches of the per-patch mean squared error.
-
-    Args:
-        pred: ``(B, N, D)``.
-        target: ``(B, N, D)``.
-        mask: ``(B, N)``, 1 where the patch counts.
-
-    Returns:
-        Scalar loss.
-    """
-    per_patch = (pred - target).square().mean(dim=-1)
-    return (per_patch * mask).sum() / mask.sum()
-
-
-def _take(tokens: Tensor, ids: Tensor) -> Tensor:
-    """Select tokens ``ids (B, L)`` from ``(B, N, D)`` or a shared ``(1, N, D)`` table."""
-    if tokens.shape[0] == 1:
-        return tokens[0][ids]
-    return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 class MaskedAutoencoder(nn.Module):
@@ -202,9 +164,15 @@ class MaskedAutoencoder(nn.Module):
             *(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth))
         )
         self.decoder_norm = LayerNorm(dim)
-        self.decoder_pred = nn.Linear(dim, self.patch_size**2 * self.in_chans)
+        embed = self.encoder.patch_embed
+        if isinstance(embed, SpectralPatchEmbed):  # any bands: per-band weights from their wavelengths
+            options = {k: v for k, v in embed.config().items() if k != "kernel_size"}
+            self.decoder_pred: nn.Module = SpectralPatchHead(dim, self.patch_size, **options)
+        else:
+            self.decoder_pred = nn.Linear(dim, self.patch_size**2 * self.in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
-        for m in [self.decoder_embed, *self.decoder_blocks.modules(), self.decoder_pred]:
+        linears = [self.decoder_pred] if isinstance(self.decoder_pred, nn.Linear) else []
+        for m in [self.decoder_embed, *self.decoder_blocks.modules(), *linears]:
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
@@ -231,13 +199,19 @@ class MaskedAutoencoder(nn.Module):
         noise = torch.rand(batch_size, self.num_patches, generator=generator, device=src)
         return noise.to(self.mask_token.device if device is None else device)
 
+    @property
+    def bands(self) -> tuple[str, ...] | None:
+        """The bands a spectral encoder is set to (:func:`~rsmae.models.use_bands`); ``None``: fixed bands."""
+        embed = self.encoder.patch_embed
+        return embed.bands if isinstance(embed, SpectralPatchEmbed) else None
+
     def _check_inputs(self, images: Tensor, noise: Tensor | None, gsd: Tensor | None) -> None:
-        if images.ndim != 4 or images.shape[1] != self.in_chans:
-            raise BandError(
-                f"images of shape {tuple(images.shape)} do not match the encoder's "
-                f"{self.in_chans} bands; pass (B, {self.in_chans}, H, W) or build the encoder "
-                "with in_chans equal to the band count"
-            )
+        chans = len(self.bands or ()) or self.in_chans
+        if images.ndim != 4 or images.shape[1] != chans:
+            fix = ("set the batch's bands with rsmae.models.use_bands(model, bands)" if self.bands else
+                   "build the encoder with in_chans equal to the band count")
+            raise BandError(f"images of shape {tuple(images.shape)} do not match the encoder's {chans} "
+                            f"bands; pass (B, {chans}, H, W) or {fix}")
         expect = tuple(s * self.patch_size for s in self.grid_size)
         if tuple(images.shape[-2:]) != expect:
             raise ValueError(
@@ -320,7 +294,7 @@ class MaskedAutoencoder(nn.Module):
             gsd: Optional ``(B,)`` metres per pixel (``gsd_pos_embed`` models).
 
         Returns:
-            ``(B, N, P*P*C)`` predicted pixels.
+            ``(B, N, P*P*C)`` predicted pixels (of the encoder's current bands for a spectral one).
         """
         npt = self.num_prefix_tokens
         x = self.decoder_embed(latent)
@@ -335,7 +309,10 @@ class MaskedAutoencoder(nn.Module):
             x = checkpoint_seq(self.decoder_blocks, x)
         else:
             x = self.decoder_blocks(x)
-        return self.decoder_pred(self.decoder_norm(x[:, npt:]))
+        x = self.decoder_norm(x[:, npt:])
+        if isinstance(self.decoder_pred, SpectralPatchHead):
+            return self.decoder_pred(x, self.bands, self.encoder.patch_embed.sensor)
+        return self.decoder_pred(x)
 
     def target(self, images: Tensor) -> Tensor:
         """Reconstruction target ``(B, N, P*P*C)``: patches, per-patch normalised if configured."""

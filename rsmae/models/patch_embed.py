@@ -9,8 +9,9 @@ patch kernel and a learned group embedding, and the groups are averaged into one
 so the token grid (and everything downstream, the MAE included) is unchanged.
 
 :func:`embed_patch_tokens` embeds a chosen subset of patches (the visible ones of an MAE) without
-running the kernel over the whole image. It understands timm's ``PatchEmbed`` and
-:class:`GroupedPatchEmbed`; for any other embedding it returns ``None`` and the caller embeds the
+running the kernel over the whole image. It understands timm's ``PatchEmbed``,
+:class:`GroupedPatchEmbed` and :class:`~rsmae.models.spectral_embed.SpectralPatchEmbed`; for any other
+embedding it returns ``None`` and the caller embeds the
 whole image and gathers.
 """
 
@@ -27,6 +28,7 @@ from timm.layers.format import Format, nchw_to
 from torch import Tensor, nn
 
 from rsmae.errors import BandError
+from rsmae.models.spectral_embed import SpectralPatchEmbed
 
 __all__ = ["GroupedPatchEmbed", "embed_patch_tokens", "extract_patches", "patchify", "unpatchify"]
 
@@ -260,7 +262,8 @@ def embed_patch_tokens(patch_embed: nn.Module, images: Tensor, ids: Tensor) -> T
     the others.
 
     Args:
-        patch_embed: timm ``PatchEmbed`` or :class:`GroupedPatchEmbed`.
+        patch_embed: timm ``PatchEmbed``, :class:`GroupedPatchEmbed` or a ``SpectralPatchEmbed``
+            (its current bands).
         images: ``(B, C, H, W)``.
         ids: ``(B, L)`` patch indices.
 
@@ -274,6 +277,10 @@ def embed_patch_tokens(patch_embed: nn.Module, images: Tensor, ids: Tensor) -> T
         patch_embed._check_input(images)
         patches = extract_patches(images, ids, patch_embed.patch_size[0])
         return patch_embed.embed_patches(patches)
+    if isinstance(patch_embed, SpectralPatchEmbed) and not patch_embed.dynamic_img_pad:
+        weight, bias = patch_embed.conv_params(patch_embed._check_input(images, None))
+        patches = extract_patches(images, ids, patch_embed.patch_size[0]).flatten(2)
+        return patch_embed.norm(F.linear(patches, weight.flatten(1), bias))
     if not _is_plain_conv_embed(patch_embed):
         return None
     proj = patch_embed.proj

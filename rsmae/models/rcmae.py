@@ -1,11 +1,11 @@
 """Reconstruction-consistent MAE (Lee et al. 2022): an MAE student and its EMA teacher.
 
-The teacher sees the same visible patches as the student (same noise, same mask) and its
-reconstruction is a second target: ``loss = recon + gamma * MSE(pred, stopgrad(teacher_pred))``,
-both averaged over masked patches. The teacher follows the student by an exponential moving
-average whose momentum rises from ``base`` to 1 on a cosine over the whole run
-(:func:`teacher_momentum`, counted in global steps). Call :meth:`RCMAE.update_teacher` after every
-optimiser step.
+The teacher sees the same visible patches as the student (same noise, same mask; with a spectral
+encoder, the student's current bands) and its reconstruction is a second target:
+``loss = recon + gamma * MSE(pred, stopgrad(teacher_pred))``, both averaged over masked patches.
+The teacher follows the student by an exponential moving average whose momentum rises from ``base``
+to 1 on a cosine over the whole run (:func:`teacher_momentum`, counted in global steps). Call
+:meth:`RCMAE.update_teacher` after every optimiser step.
 
 Under FSDP shard the teacher exactly like the student (the same modules wrapped): the EMA then pairs
 local shards, and the teacher runs through its ``forward``, so FSDP gathers its weights.
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
 
 from rsmae.models.mae import MAEOutput, MaskedAutoencoder, masked_mse
+from rsmae.models.spectral_embed import use_bands
 
 __all__ = ["RCMAE", "teacher_momentum"]
 
@@ -99,7 +101,10 @@ class RCMAE(nn.Module):
             noise = self.student.make_noise(images.shape[0], device=images.device)
         ratio = self.student.mask_ratio if mask_ratio is None else mask_ratio
         out = self.student(images, noise=noise, mask_ratio=ratio, gsd=gsd)
-        with torch.no_grad():  # called as a module, so FSDP's hooks gather a sharded teacher
+        bands = self.student.bands  # a spectral teacher sees the student's bands
+        same_bands = (use_bands(self.teacher, bands, sensor=self.student.encoder.patch_embed.sensor)
+                      if bands else nullcontext())
+        with torch.no_grad(), same_bands:  # called as a module, so FSDP's hooks gather a sharded teacher
             teacher = self.teacher(images, noise=noise, mask_ratio=ratio, gsd=gsd, target=out.target)
         out.teacher_loss = teacher.recon_loss
         consistency = masked_mse(out.pred, teacher.pred.detach(), out.mask)

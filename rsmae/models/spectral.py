@@ -1,24 +1,28 @@
-"""Pure helpers of the wavelength-conditioned patch embedding: band spectra, options, kernel resizing.
+"""Pure helpers of the wavelength-conditioned layers: band spectra, options, generator, kernel resizing.
 
-:func:`band_spectrum` turns a band name into the central wavelength and bandwidth (µm) the kernel
-generator of :class:`~rsmae.models.spectral_embed.SpectralPatchEmbed` reads; :func:`resize_kernels`
-is FlexiViT's pseudo-inverse resize (Beyer et al. 2023) of patch kernels to another patch size.
+:func:`band_spectrum` turns a band name into the central wavelength and bandwidth (µm) the weight
+generators of :class:`~rsmae.models.spectral_embed.SpectralPatchEmbed` (patch kernels) and
+:class:`~rsmae.models.spectral_head.SpectralPatchHead` (the MAE decoder's pixel output) read;
+:func:`band_keys` checks a band list, :func:`spectral_features` and :func:`spectral_mlp` are the
+generator's input encoding and MLP; :func:`resize_kernels` is FlexiViT's pseudo-inverse resize (Beyer
+et al. 2023) of patch kernels to another patch size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from rsmae.bands import SENSORS, Band, Sensor, get_sensor
 from rsmae.errors import BandError, ModelConfigError
 
-__all__ = ["DEFAULT_BANDWIDTH_NM", "SPECTRAL_OPTIONS", "band_spectrum", "check_spectral_options",
-           "resize_kernels", "resize_matrix"]
+__all__ = ["DEFAULT_BANDWIDTH_NM", "SPECTRAL_OPTIONS", "band_keys", "band_spectrum", "check_spectral_options",
+           "resize_kernels", "resize_matrix", "spectral_features", "spectral_mlp"]
 
 DEFAULT_BANDWIDTH_NM = 100.0  # bands without one in the registry (plain RGB cameras: ~100 nm filters)
 SPECTRAL_OPTIONS = frozenset({"kernel_size", "hidden_dim", "rank", "num_freqs", "learned_bands"})
@@ -55,6 +59,56 @@ def band_spectrum(name: str, sensor: str | None = None) -> tuple[float, float] |
         raise BandError(f"band {name!r} means different bands ({where}); name it as "
                         f"'<sensor>:{name}' or set the sensor (use_bands(model, bands, sensor=...))")
     return next(iter(found), None)
+
+
+_HOW_TO_REGISTER = ("add it to a sensor of rsmae/bands.py (name, wavelength_nm, bandwidth_nm), name it as "
+                    "'<sensor>:<band>', or give it a learned kernel with "
+                    "patch_embed.register_band_embedding({name!r}) (or create_encoder(..., "
+                    "spectral_embed={{'learned_bands': [{name!r}]}}))")
+
+
+def band_keys(bands: Sequence[str], sensor: str | None,
+              learned: Collection[str] = ()) -> list[str | tuple[float, float]]:
+    """What generates each band's weights: a ``learned`` band's name or ``(wavelength, bandwidth)`` in µm.
+
+    Raises:
+        BandError: naming a band without wavelength or learned weights, or repeated bands.
+    """
+    if isinstance(bands, str) or not bands:
+        raise BandError(f"bands must be a non-empty list of band names, got {bands!r}")
+    keys: list[str | tuple[float, float]] = []
+    for name in bands:
+        key = name if name in learned else band_spectrum(name, sensor)
+        if key is None:
+            raise BandError(f"band {name!r} has no wavelength: no sensor of rsmae.bands "
+                            f"({', '.join(SENSORS)}) knows it and it has no learned kernel; "
+                            + _HOW_TO_REGISTER.format(name=name))
+        keys.append(key)
+    repeated = sorted({str(b) for b, k in zip(bands, keys, strict=True) if keys.count(k) > 1})
+    if repeated:
+        raise BandError(f"bands {list(bands)} repeat a band ({', '.join(repeated)}); give each band once")
+    return keys
+
+
+def spectral_mlp(num_freqs: int, hidden_dim: int, rank: int, **dd: Any) -> nn.Sequential:
+    """The generator MLP: :func:`spectral_features` ``(N, 2F + 8)`` to ``rank`` layer-normed coefficients."""
+    return nn.Sequential(
+        nn.Linear(2 * num_freqs + 8, hidden_dim, **dd), nn.GELU(),
+        nn.Linear(hidden_dim, hidden_dim, **dd), nn.GELU(),
+        nn.Linear(hidden_dim, rank, **dd), nn.LayerNorm(rank, **dd))
+
+
+def spectral_frequencies(num_freqs: int, device: Any = None) -> tuple[Tensor, Tensor]:
+    """Frequencies of the wavelength (cycles per µm: periods 16 µm to 31 nm) and bandwidth encodings."""
+    return (2.0 ** torch.linspace(-4, 5, num_freqs, device=device),
+            2.0 ** torch.linspace(-3, 0, 4, device=device))  # cycles per octave of bandwidth
+
+
+def spectral_features(spectra: Tensor, wavelength_freqs: Tensor, bandwidth_freqs: Tensor) -> Tensor:
+    """Fourier features ``(N, 2F + 8)`` of ``(N, 2)`` wavelengths and bandwidths in µm."""
+    wave = 2 * math.pi * spectra[:, :1].float() * wavelength_freqs
+    width = 2 * math.pi * torch.log2(spectra[:, 1:].float()) * bandwidth_freqs
+    return torch.cat([wave.sin(), wave.cos(), width.sin(), width.cos()], dim=1)
 
 
 def _find(sensor: Sensor, name: str) -> Band | None:

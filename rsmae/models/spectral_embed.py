@@ -32,7 +32,6 @@ generator in eval mode too (Hessians of :mod:`rsmae.landscape`).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -43,27 +42,24 @@ from timm.layers import to_2tuple
 from timm.layers.format import Format, nchw_to
 from torch import Tensor, nn
 
-from rsmae.bands import SENSORS
 from rsmae.errors import BandError, ModelConfigError
 from rsmae.models.spectral import (
     DEFAULT_BANDWIDTH_NM,
     SPECTRAL_OPTIONS,
+    band_keys,
     band_spectrum,
     check_spectral_options,
     resize_kernels,
     resize_matrix,
+    spectral_features,
+    spectral_frequencies,
+    spectral_mlp,
 )
 
 __all__ = ["DEFAULT_BANDWIDTH_NM", "SPECTRAL_OPTIONS", "SpectralPatchEmbed", "band_spectrum",
            "check_spectral_options", "resize_kernels", "resize_matrix", "set_bands", "use_bands"]
 
 _logger = logging.getLogger(__name__)
-
-_HOW_TO_REGISTER = ("add it to a sensor of rsmae/bands.py (name, wavelength_nm, bandwidth_nm), name it as "
-                    "'<sensor>:<band>', or give it a learned kernel with "
-                    "patch_embed.register_band_embedding({name!r}) (or create_encoder(..., "
-                    "spectral_embed={{'learned_bands': [{name!r}]}}))")
-
 
 class SpectralPatchEmbed(nn.Module):
     """Patch embedding with one generated kernel per band: see :mod:`rsmae.models.spectral_embed`.
@@ -115,14 +111,10 @@ class SpectralPatchEmbed(nn.Module):
         self.flatten = flatten if output_fmt is None else False
         self.output_fmt = Format(output_fmt) if output_fmt is not None else Format.NCHW
         self.strict_img_size, self.dynamic_img_pad = strict_img_size, dynamic_img_pad
-        self.register_buffer("wavelength_freqs", 2.0 ** torch.linspace(-4, 5, num_freqs, device=device),
-                             persistent=False)  # cycles per µm: periods 16 µm to 31 nm
-        self.register_buffer("bandwidth_freqs", 2.0 ** torch.linspace(-3, 0, 4, device=device),
-                             persistent=False)  # cycles per octave of bandwidth
-        self.hyper = nn.Sequential(
-            nn.Linear(2 * num_freqs + 8, hidden_dim, **dd), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim, **dd), nn.GELU(),
-            nn.Linear(hidden_dim, rank, **dd), nn.LayerNorm(rank, **dd))
+        wave_freqs, width_freqs = spectral_frequencies(num_freqs, device)
+        self.register_buffer("wavelength_freqs", wave_freqs, persistent=False)
+        self.register_buffer("bandwidth_freqs", width_freqs, persistent=False)
+        self.hyper = spectral_mlp(num_freqs, hidden_dim, rank, **dd)
         self.to_kernel = nn.Linear(rank, embed_dim * self.kernel_size**2, **dd)
         self.to_bias = nn.Linear(rank, embed_dim, **dd) if bias else None
         self.learned_kernels = nn.ParameterDict()
@@ -224,20 +216,7 @@ class SpectralPatchEmbed(nn.Module):
 
     def _keys(self, bands: Sequence[str], sensor: str | None) -> list[str | tuple[float, float]]:
         """What generates each band's kernel: a learned band's name or ``(wavelength, bandwidth)`` in µm."""
-        if isinstance(bands, str) or not bands:
-            raise BandError(f"bands must be a non-empty list of band names, got {bands!r}")
-        keys: list[str | tuple[float, float]] = []
-        for name in bands:
-            key = name if name in self.learned_kernels else band_spectrum(name, sensor)
-            if key is None:
-                raise BandError(f"band {name!r} has no wavelength: no sensor of rsmae.bands "
-                                f"({', '.join(SENSORS)}) knows it and it has no learned kernel; "
-                                + _HOW_TO_REGISTER.format(name=name))
-            keys.append(key)
-        repeated = sorted({str(b) for b, k in zip(bands, keys, strict=True) if keys.count(k) > 1})
-        if repeated:
-            raise BandError(f"bands {list(bands)} repeat a band ({', '.join(repeated)}); give each band once")
-        return keys
+        return band_keys(bands, sensor, self.learned_kernels)
 
     # ------------------------------------------------------------------ kernels
     def band_kernels(self, bands: Sequence[str]) -> tuple[Tensor, Tensor | None]:
@@ -265,9 +244,7 @@ class SpectralPatchEmbed(nn.Module):
 
     def _features(self, spectra: Tensor) -> Tensor:
         """Fourier features ``(N, 2F + 8)`` of ``(N, 2)`` wavelengths and bandwidths in µm."""
-        wave = 2 * math.pi * spectra[:, :1].float() * self.wavelength_freqs
-        width = 2 * math.pi * torch.log2(spectra[:, 1:].float()) * self.bandwidth_freqs
-        return torch.cat([wave.sin(), wave.cos(), width.sin(), width.cos()], dim=1)
+        return spectral_features(spectra, self.wavelength_freqs, self.bandwidth_freqs)
 
     def _pinv_matrix(self, old: int, new: int) -> Tensor:
         if (old, new) not in self._pinv:
