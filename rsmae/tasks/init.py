@@ -40,8 +40,9 @@ __all__ = ["backbone_kind", "check_corpus", "check_resume", "checkpoint_hparams"
            "init_encoder", "load_init_backbone", "vet_encoder_kwargs"]
 
 # Hyper-parameters that fix the model's tensors: a checkpoint resumes only into the same ones.
-ARCHITECTURE = ("method", "preset", "patch_size", "img_size", "in_chans", "encoder_kwargs", "decoder_dim",
-                "decoder_depth", "decoder_heads")
+ARCHITECTURE = ("method", "preset", "patch_size", "img_size", "in_chans", "encoder_kwargs", "patch_embed",
+                "decoder_dim", "decoder_depth", "decoder_heads")
+_ARCHITECTURE_DEFAULTS = {"patch_embed": "conv"}  # what a checkpoint made before the key was added holds
 # ckpt_path values Lightning resolves itself.
 _KEYWORDS = ("last", "best", "hpc", "registry")
 
@@ -179,8 +180,11 @@ def check_resume(ckpt_path: str | Path | None, hparams: Mapping[str, Any]) -> No
     if ckpt_path is None or str(ckpt_path) in _KEYWORDS:
         return
     saved = checkpoint_hparams(ckpt_path)
+    def value(hp: Mapping[str, Any], key: str) -> Any:
+        return hp.get(key) or _ARCHITECTURE_DEFAULTS.get(key)
+
     diff = [f"{k}={saved.get(k)!r} (config: {hparams.get(k)!r})" for k in ARCHITECTURE
-            if (saved.get(k) or None) != (hparams.get(k) or None)]
+            if value(saved, k) != value(hparams, k)]
     if diff:
         raise CheckpointError(f"{ckpt_path}: made by another model: {', '.join(diff)}; resume with the "
                               "config of that run (config.yaml in its log folder)")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from timm.optim import Lamb
 from torch import nn
 
-__all__ = ["NO_DECAY_NAMES", "OPTIMIZERS", "WarmupCosine", "fused_adamw_available", "make_optimizer",
-           "param_groups", "scheduled"]
+__all__ = ["NO_DECAY_NAMES", "OPTIMIZERS", "WarmupCosine", "effective_batch", "fused_adamw_available",
+           "make_optimizer", "param_groups", "scheduled", "task_optimizer"]
+
+_logger = logging.getLogger(__name__)
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
 
@@ -75,3 +80,45 @@ def make_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float,
     if name == "lamb":
         return Lamb(groups, lr=lr, betas=betas)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, **fast)
+
+
+def effective_batch(trainer: Any) -> int:
+    """Samples per optimiser step: the datamodule's ``batch_size`` x accumulation x world size.
+
+    Raises:
+        ValueError: when neither the datamodule nor the train loader gives a batch size.
+    """
+    hparams = getattr(trainer.datamodule, "hparams", {}) if trainer.datamodule is not None else {}
+    batch = hparams.get("batch_size") or getattr(trainer.train_dataloader, "batch_size", None)
+    if not batch:
+        raise ValueError("cannot find the batch size to scale the learning rate; use a datamodule "
+                         "with a batch_size hyperparameter")
+    return int(batch) * trainer.accumulate_grad_batches * trainer.world_size
+
+
+def task_optimizer(model: nn.Module, hparams: Mapping[str, Any], trainer: Any,
+                   device: torch.device) -> tuple[dict, int]:
+    """A pretraining task's optimiser and per-step schedule, from its hyper-parameters.
+
+    ``lr = base_lr * effective_batch / 256`` (:func:`effective_batch`), ``optimizer`` of
+    :data:`OPTIMIZERS` over :func:`param_groups`, linear warmup (``warmup_steps``, default 5 % of the
+    run) and cosine to ``min_lr``; fused where the device has it, unless an fp16 gradient scaler would
+    have to unscale it before clipping.
+
+    Returns:
+        Lightning's optimiser configuration and the run's total optimiser steps.
+    """
+    total = int(trainer.estimated_stepping_batches)
+    effective = effective_batch(trainer)
+    lr = hparams["base_lr"] * effective / 256
+    groups = param_groups(model, hparams["weight_decay"])
+    # a gradient scaler (fp16) cannot unscale a fused optimizer's gradients before clipping
+    scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
+    fused = fused_adamw_available(device) and not (scaled and trainer.gradient_clip_val)
+    fast = {"fused": True} if fused else {"foreach": True}
+    optimizer = make_optimizer(hparams.get("optimizer", "adamw"), groups, lr, tuple(hparams["betas"]),
+                               hparams.get("momentum", 0.9), fast)
+    warmup = hparams["warmup_steps"] if hparams.get("warmup_steps") is not None else round(0.05 * total)
+    _logger.info("%s lr %.3g (base %.3g x %d / 256), %d steps, warmup %d, %s", type(optimizer).__name__,
+                 lr, hparams["base_lr"], effective, total, warmup, next(iter(fast)))
+    return scheduled(optimizer, warmup, total, hparams["min_lr"] / lr if lr > 0 else 0.0), total

@@ -19,8 +19,9 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
-__all__ = ["AutoPrecisionTrainer", "cpu_has_native_bf16", "cpu_flags", "default_precision"]
+__all__ = ["AutoPrecisionTrainer", "clip_unscaled", "cpu_has_native_bf16", "cpu_flags", "default_precision"]
 
 _logger = logging.getLogger(__name__)
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -65,6 +66,28 @@ def default_precision(accelerator: str = "auto", *, flags: Collection[str] | Non
     if accelerator in ("auto", "cpu") and cpu_has_native_bf16(flags):
         return "bf16-mixed"
     return "32-true"
+
+
+def clip_unscaled(plugin: Precision, optimizer: torch.optim.Optimizer, value: float | None,
+                  algorithm: str | None) -> bool:
+    """Clip the gradients of ``optimizer`` under bf16 autocast, where no gradient scaler exists.
+
+    Lightning's mixed-precision plugin refuses to clip for a fused optimizer because it cannot
+    unscale its gradients; with ``bf16-mixed`` there is nothing to unscale, so the gradients are
+    clipped here directly and fused AdamW stays usable. Any other plugin (fp32, fp16 with a
+    scaler, FSDP's sharded clipping) keeps Lightning's own clipping.
+
+    Returns:
+        Whether the gradients were clipped here (``False``: leave it to Lightning).
+    """
+    if not value or not isinstance(plugin, MixedPrecision) or plugin.scaler is not None:
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, value)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, value)
+    return True
 
 
 class AutoPrecisionTrainer(L.Trainer):

@@ -12,6 +12,8 @@ batch counter and the stores' corpus record are saved in checkpoints. Together w
 (:class:`~rsmae.data.ResumableDataLoader`) a resumed run reproduces the uninterrupted one.
 
 Integer batches (``TileDataModule(native=True)``) are normalised on the device with ``data_info``.
+``patch_embed="spectral"`` pretrains one encoder for any sensor, with ``band_dropout`` per batch
+(:mod:`rsmae.tasks.spectral`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
@@ -37,12 +38,15 @@ from rsmae.models import (
     create_encoder,
     fused_attention_pays,
     mae_decoder_defaults,
+    set_bands,
     set_fused_attention,
 )
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
 from rsmae.tasks.init import check_corpus, checkpoint_hparams, corpus_record, init_encoder, vet_encoder_kwargs
-from rsmae.tasks.optim import OPTIMIZERS, fused_adamw_available, make_optimizer, param_groups, scheduled
+from rsmae.tasks.optim import OPTIMIZERS, task_optimizer
+from rsmae.tasks.precision import clip_unscaled
+from rsmae.tasks.spectral import batch_bands, check_band_dropout, drop_batch_bands, encoder_band_args
 
 __all__ = ["PretrainTask", "export_backbone"]
 
@@ -59,7 +63,12 @@ class PretrainTask(L.LightningModule):
         patch_size: Patch size in pixels.
         img_size: Input size in pixels (linked from the data's tile size by the CLI).
         in_chans: Number of bands (linked from the data by the CLI).
-        encoder_kwargs: Further :func:`~rsmae.models.create_encoder` arguments (``drop_path_rate``).
+        encoder_kwargs: Further :func:`~rsmae.models.create_encoder` arguments (``drop_path_rate``;
+            ``spectral_embed``: options of the spectral patch embedding).
+        patch_embed: ``"conv"`` (fixed bands) or ``"spectral"`` (kernels and decoder outputs generated
+            from each band's wavelength: one encoder for any bands).
+        band_dropout: ``{"p_keep_min", "p_keep_max"}``: each training batch keeps a random subset of its
+            bands, between those fractions (spectral only); ``None``: all bands.
         decoder_dim: Decoder width; default from :func:`~rsmae.models.mae_decoder_defaults`.
         decoder_depth: Decoder blocks; default from the preset.
         decoder_heads: Decoder heads; default from the preset.
@@ -101,6 +110,8 @@ class PretrainTask(L.LightningModule):
         img_size: int = 128,
         in_chans: int = 13,
         encoder_kwargs: dict[str, Any] | None = None,
+        patch_embed: Literal["conv", "spectral"] = "conv",
+        band_dropout: dict[str, float] | None = None,
         decoder_dim: int | None = None,
         decoder_depth: int | None = None,
         decoder_heads: int | None = None,
@@ -134,7 +145,9 @@ class PretrainTask(L.LightningModule):
         if optimizer not in OPTIMIZERS:
             raise ModelConfigError(f"optimizer={optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.save_hyperparameters()
+        self._band_dropout = check_band_dropout(band_dropout, patch_embed)
         encoder = create_encoder(preset, in_chans=in_chans, img_size=img_size, patch_size=patch_size,
+                                 **encoder_band_args(patch_embed, data_info),
                                  **vet_encoder_kwargs(encoder_kwargs))  # also a checkpoint's: data
         if init_backbone:
             init_encoder(encoder, init_backbone, data_info, preset=preset, patch_size=patch_size,
@@ -182,6 +195,7 @@ class PretrainTask(L.LightningModule):
             bands=list(info["bands"]), sensor=info.get("sensor"), mean=info.get("mean"),
             std=info.get("std"), gsd=info.get("gsd"), encoder_kwargs=dict(hp.encoder_kwargs or {}),
             gsd_pos_embed=bool(hp.gsd_pos_embed), reference_gsd=float(hp.reference_gsd),
+            patch_embed=hp.get("patch_embed") or "conv",
             source=f"rsmae {hp.method} pretraining, {weights} encoder, global step {self.global_step}"
             + (f", started from {hp.init_backbone}" if hp.get("init_backbone") else ""),
         )
@@ -210,7 +224,9 @@ class PretrainTask(L.LightningModule):
             raise BandError(f"the data's bands {dataset.bands} differ from the model's {info['bands']}; "
                             "resume and fine-tune only on data with the same bands in the same order")
         if not info:
-            self.hparams["data_info"] = describe_data(dataset)
+            self.hparams["data_info"] = info = describe_data(dataset)
+        if self.student.bands is None and self.hparams.get("patch_embed") == "spectral":
+            set_bands(self.model, info["bands"], sensor=info.get("sensor"))
         self._stats = None
         self._corpus = corpus_record(datamodule.stores) if getattr(datamodule, "stores", None) else None
 
@@ -251,6 +267,8 @@ class PretrainTask(L.LightningModule):
         self.train_batches += 1
         batch = self.augment(batch, generator=generator)
         noise = self.student.make_noise(batch["image"].shape[0], generator=generator)
+        if self._band_dropout:  # drawn last: augmentations and masks as without dropout
+            batch = drop_batch_bands(batch, self.hparams.data_info["bands"], generator, self._band_dropout)
         return {**batch, "mask_noise": noise.to(batch["image"].device)}
 
     def _shared_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> MAEOutput:
@@ -260,7 +278,8 @@ class PretrainTask(L.LightningModule):
             generator = self._generator(_VAL_STREAM, batch_idx)
             noise = self.student.make_noise(images.shape[0], generator=generator).to(images.device)
         gsd = batch["gsd"].float() if self.hparams.gsd_pos_embed else None
-        out = self.model(images, noise=noise, gsd=gsd)
+        with batch_bands(self.model, batch):
+            out = self.model(images, noise=noise, gsd=gsd)
         train = stage == "train"
         kwargs = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(images)}
         self.log(f"{stage}/loss", out.loss, prog_bar=True, **kwargs)
@@ -303,22 +322,10 @@ class PretrainTask(L.LightningModule):
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        """Clip as Lightning does, except under bf16 autocast, where no gradient scaler exists.
-
-        Lightning's mixed-precision plugin refuses to clip for a fused optimizer because it cannot
-        unscale its gradients; with ``bf16-mixed`` there is nothing to unscale, so the gradients are
-        clipped here directly and fused AdamW stays usable. Any other plugin (fp32, fp16 with a
-        scaler, FSDP's sharded clipping) keeps Lightning's own clipping.
-        """
+        """Clip as Lightning does; under bf16 autocast here (:func:`~rsmae.tasks.precision.clip_unscaled`)."""
         plugin = self.trainer.precision_plugin
-        if not gradient_clip_val or not isinstance(plugin, MixedPrecision) or plugin.scaler is not None:
+        if not clip_unscaled(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
@@ -345,32 +352,10 @@ class PretrainTask(L.LightningModule):
         self.train_batches = int(checkpoint.get("rsmae_train_batches", 0))
 
     # ------------------------------------------------------------------ optimisation
-    def _effective_batch(self) -> int:
-        trainer = self.trainer
-        hparams = getattr(trainer.datamodule, "hparams", {}) if trainer.datamodule is not None else {}
-        batch = hparams.get("batch_size") or getattr(trainer.train_dataloader, "batch_size", None)
-        if not batch:
-            raise ValueError("cannot find the batch size to scale the learning rate; use a datamodule "
-                             "with a batch_size hyperparameter")
-        return int(batch) * trainer.accumulate_grad_batches * trainer.world_size
-
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW at ``base_lr * effective_batch / 256``, warmup + cosine per step, no decay on 1-D."""
-        hp = self.hparams
-        self._total_steps = int(self.trainer.estimated_stepping_batches)
-        effective = self._effective_batch()
-        lr = hp.base_lr * effective / 256
-        groups = param_groups(self.model, hp.weight_decay)
-        # a gradient scaler (fp16) cannot unscale a fused optimizer's gradients before clipping
-        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
-        fused = fused_adamw_available(self.device) and not (scaled and self.trainer.gradient_clip_val)
-        fast = {"fused": True} if fused else {"foreach": True}
-        optimizer = make_optimizer(hp.get("optimizer", "adamw"), groups, lr, tuple(hp.betas),
-                                   hp.get("momentum", 0.9), fast)
-        warmup = hp.warmup_steps if hp.warmup_steps is not None else round(0.05 * self._total_steps)
-        _logger.info("%s lr %.3g (base %.3g x %d / 256), %d steps, warmup %d, %s", type(optimizer).__name__,
-                     lr, hp.base_lr, effective, self._total_steps, warmup, next(iter(fast)))
-        return scheduled(optimizer, warmup, self._total_steps, hp.min_lr / lr if lr > 0 else 0.0)
+        config, self._total_steps = task_optimizer(self.model, self.hparams, self.trainer, self.device)
+        return config
 
 
 def export_backbone(checkpoint: str | Path, out: str | Path,
