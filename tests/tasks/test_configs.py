@@ -25,6 +25,10 @@ RCMAE = {"method": "rcmae", "consistency_weight": 1.0, "teacher_momentum": 0.996
 EXPECTED: dict[str, dict[str, Any]] = {
     "mae_tiny": {"model": {"method": "mae", **TINY}, "batch_size": 32, "accelerator": "cpu", "every": 50},
     "rcmae_tiny": {"model": {**RCMAE, **TINY}, "batch_size": 32, "accelerator": "cpu", "every": 50},
+    # issue 24: one encoder for any sensor (spectral patch embedding, band dropout per batch)
+    "mae_spectral_tiny": {"model": {"method": "mae", **TINY, "patch_embed": "spectral",
+                                    "band_dropout": {"p_keep_min": 0.25, "p_keep_max": 1.0}},
+                          "batch_size": 32, "accelerator": "cpu", "every": 50},
     "mae_vit_s16_s2": {"model": {"method": "mae", "preset": "vit_small", **S2}, "batch_size": 128,
                        "accelerator": "gpu", "every": 2000},
     "rcmae_vit_s16_s2": {"model": {**RCMAE, "preset": "vit_small", **S2}, "batch_size": 128,

@@ -19,6 +19,7 @@ from rsmae.models.weights import load_backbone, read_backbone_meta, save_backbon
 from rsmae.tasks import PretrainTask
 from tests.conftest import load_script
 from tests.tasks.conftest import SimulatedKill
+from tests.tasks.pretrain_helpers import PRETRAIN
 
 pretrain = load_script("pipelines/pretrain.py")
 
@@ -87,6 +88,25 @@ def test_spectral_rcmae_trains_on_band_subsets_and_exports_for_any_sensor(
 
 def _fit(config: Path, *extra: str) -> int:
     return pretrain.main(["fit", "--config", str(config), *extra])
+
+
+@pytest.mark.slow
+def test_shipped_spectral_config_fits_and_exports(tmp_path: Path, eurosat_store: Path) -> None:
+    """base + mae_spectral_tiny as shipped, 4 CPU steps of a tiny ViT on the real EuroSAT store."""
+    configs = [a for n in ("base", "mae_spectral_tiny") for a in ("--config", str(PRETRAIN / f"{n}.yaml"))]
+    argv = ["fit", *configs, "--data.stores", f"[{eurosat_store}]", "--data.num_workers", "0",
+            "--data.batch_size", "8", "--model.preset", "vit_test", "--trainer.max_steps", "4",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]
+    assert pretrain.main(argv) == 0
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert ckpt["global_step"] == 4 and hp["patch_embed"] == "spectral"
+    assert hp["band_dropout"] == {"p_keep_min": 0.25, "p_keep_max": 1.0}
+    assert any(k.startswith("model.decoder_pred.to_weight") for k in ckpt["state_dict"])
+    backbone = tmp_path / "logs" / "version_0" / "backbone.safetensors"
+    assert read_backbone_meta(backbone).patch_embed == "spectral"
+    encoder = load_backbone(backbone, bands=["B4", "B3", "B2"], sensor="landsat-oli")
+    assert encoder(torch.randn(1, 3, 64, 64)).shape == (1, 64)
 
 
 @pytest.mark.slow
