@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rsmae.evaluation.folds import Fold, choose_by_inner_cv
+from rsmae.evaluation.kfold_probe import encoder_features
 from rsmae.models.vit import create_encoder
 from rsmae.tasks.probe import fit_linear_probe
 
@@ -173,13 +174,7 @@ def random_vit_features(images: Tensor, *, preset: str = "vit_tiny", patch_size:
         torch.manual_seed(seed)
         encoder = create_encoder(preset, in_chans=images.shape[1], img_size=images.shape[-1],
                                  patch_size=patch_size).eval()
-    prefix = int(getattr(encoder, "num_prefix_tokens", 1))
-    cls, mean = [], []
-    for x in images.split(batch_size):
-        tokens = encoder.forward_features(x.float())
-        cls.append(tokens[:, 0])
-        mean.append(tokens[:, prefix:].mean(1))
-    return {"cls": torch.cat(cls), "mean": torch.cat(mean)}
+    return encoder_features(encoder, images, batch_size)
 
 
 def fold_features(method: str, images: Tensor, train: np.ndarray, config: FloorConfig) -> dict[str, Tensor]:
