@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "budget" / "probe_cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="missing_bands", help="stem of the written files")
     return parser.parse_args(argv)
 
 
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "- 95 % CI: bootstrap over the images; differences paired on the same images; a difference is "
         "called only when its interval excludes 0", "", *lines, "", *sentences, ""])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "missing_bands.md").write_text(text)
-    with (args.out / "missing_bands.csv").open("w", newline="") as fh:
+    (args.out / f"{args.name}.md").write_text(text)
+    with (args.out / f"{args.name}.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["backbone", "subset", "image", "path", "label", "correct", "commit", "command",
                          "machine"])
