@@ -326,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         "images (paired bootstrap); a difference is called only when its interval excludes 0",
         f"- random init: `{args.random}` (a run's step 0 is shown only when it predicts otherwise); "
         "spectral floor: per-band mean and std "
-        "-> linear classifier, same folds", "", *lines, "", *sentences, "",
+        "-> linear classifier, same folds",
+        "- a run's snapshots before its last are taken mid-schedule (warmup + cosine over its max_steps): "
+        "only its last point is an annealed budget; the plot's bars are each row's own interval, the "
+        "comparisons are the paired columns", "", *lines, "", *sentences, "",
         "Budgets at the last snapshot:", "", *budgets, "",
         f"Training speed (from the snapshots' file times, on this machine while other jobs shared it; "
         f"{precision}; matmul peak in that precision {peak:.0f} GFLOP/s at {args.train_threads} thread(s), "
