@@ -76,9 +76,15 @@ def test_fit_writes_checkpoint_logs_images_backbone(tmp_path: Path, eurosat_trai
 # the shipped configs (base + overrides) are parsed and checked in tests/tasks/test_configs.py
 
 
-def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, eurosat_store: Path, pretrain_config) -> None:
+@pytest.mark.parametrize("embed", [
+    {},  # the fixed conv embedding
+    # the spectral one, band dropout drawn per batch (2 to 7 of the 13 bands); its decoder head is generated
+    {"patch_embed": "spectral", "band_dropout": {"p_keep_min": 0.1, "p_keep_max": 0.6}}],
+    ids=["conv", "spectral"])
+def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, eurosat_store: Path, pretrain_config,
+                                                embed: dict) -> None:
     # 2-batch epochs: killed after step 3 (mid-epoch 1), the resumed run goes on into epoch 2
-    kw = {"steps": 5, "every": 1, "method": "rcmae",
+    kw = {"steps": 5, "every": 1, "method": "rcmae", **embed,
           "trainer_args": {"limit_train_batches": 2, "val_check_interval": 2}}
     straight = tmp_path / "straight"
     assert _fit(pretrain_config(straight, eurosat_store, **kw)) == 0
