@@ -44,7 +44,7 @@ from provenance import git_commit
 from rsmae.datasets import EuroSAT
 from rsmae.errors import StoreError
 from rsmae.evaluation.floors import FloorConfig, evaluate_floor
-from rsmae.evaluation.folds import Fold, stratified_kfold
+from rsmae.evaluation.folds import Fold, fixed_split, stratified_kfold
 from rsmae.evaluation.kfold_probe import PROTOCOLS, ProbeConfig, evaluate_backbone
 from rsmae.evaluation.speed import count_flops, cpu_name, matmul_peak
 from rsmae.models.registry import sha256_file
@@ -70,8 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--random", type=Path, required=True, help="the random-init backbone (step 0)")
     parser.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "data" / "eurosat_ms_subset",
                         help="folder in the EuroSAT layout holding train/ and test/")
-    parser.add_argument("--evaluation", choices=["kfold", "train"], default="kfold",
-                        help="kfold: all labelled images; train: the training split only (recipe choice)")
+    parser.add_argument("--evaluation", choices=["kfold", "train", "fixed"], default="kfold",
+                        help="kfold: all labelled images; train: the training split only (recipe choice); "
+                        "fixed: the folders' own split (test images untouched by the recipe choice)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--fold-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
@@ -187,11 +188,12 @@ def _same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
 
 
 def correct_vector(rows: list[dict[str, Any]], protocol: str, n: int) -> np.ndarray:
+    """0/1 correctness of the tested images (of ``n``), in image order: aligned across runs."""
     out = np.full(n, np.nan)
     for r in rows:
         if r["protocol"] == protocol:
             out[r["image"]] = r["correct"]
-    return out
+    return out[~np.isnan(out)]
 
 
 def _pct(x: float) -> str:
@@ -241,7 +243,8 @@ def tables(results: dict[tuple[str, int], list[dict[str, Any]]], floors: dict[st
 Rows = list[dict[str, Any]]
 
 
-def plot(results: dict[tuple[str, int], Rows], floors: dict[str, Rows], n: int, path: Path) -> None:
+def plot(results: dict[tuple[str, int], Rows], floors: dict[str, Rows], n: int, path: Path,
+         scored: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -265,7 +268,9 @@ def plot(results: dict[tuple[str, int], Rows], floors: dict[str, Rows], n: int, 
                 err.append([100 * (c.mean() - lo), 100 * (hi - c.mean())])
             ax.errorbar(steps, acc, yerr=np.array(err).T, marker="o", capsize=3, label=run)
         ax.set_xlabel("pretraining steps (batch 32)")
-        ax.set_title(f"{'linear probe' if p == 'linear' else 'k-NN'}: EuroSAT 5-fold CV, {n} images")
+        tested = len(correct_vector(floors[RANDOM], p, n))
+        ax.set_title(f"{'linear probe' if p == 'linear' else 'k-NN'}: EuroSAT {scored}, {tested} images",
+                     fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%), 95 % CI over the images")
     handles = dict(zip(*reversed(axes[0].get_legend_handles_labels()), strict=True))
@@ -283,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join([".venv/bin/python", "benchmarks/budget_curve.py", *given])
     load_start, started = os.getloadavg()[0], time.perf_counter()
     images, labels, names = load_images(args.root, args.evaluation)
-    folds = stratified_kfold(labels.numpy(), args.folds, seed=args.fold_seed)
+    if args.evaluation == "fixed":
+        n_train = len(EuroSAT(args.root, "train"))
+        folds = [fixed_split(n_train, len(labels) - n_train)]
+    else:
+        folds = stratified_kfold(labels.numpy(), args.folds, seed=args.fold_seed)
     config = ProbeConfig()
     floors = {RANDOM: probe_rows(args.random, images, labels, folds, config, args.cache),
               SPECTRAL: spectral_rows(images, labels, folds)}
@@ -310,14 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     head = {"commit": git_commit(dirty), "command": command,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} thread(s)"}
-    scored = "all labelled images (train/ + test/)" if args.evaluation == "kfold" else "the train/ split only"
+    scored = {"kfold": f"all labelled images (train/ + test/), stratified {args.folds}-fold CV (fold seed "
+                       f"{args.fold_seed})",
+              "train": f"the train/ split only, stratified {args.folds}-fold CV (fold seed {args.fold_seed})",
+              "fixed": "trained on train/, scored on test/ (the folders' split)"}[args.evaluation]
     text = "\n".join([
-        f"# Budget curve: EuroSAT {args.folds}-fold probe of the pretraining snapshots", "",
+        "# Budget curve: EuroSAT probes of the pretraining snapshots", "",
         f"- commit: {head['commit']}", f"- command: `{command}`", f"- machine: {head['machine']}",
         f"- load average (1 min) at start / end: {load_start:.2f} / {os.getloadavg()[0]:.2f}; "
         f"wall time {(time.perf_counter() - started) / 60:.1f} min",
-        f"- data: `{args.root}`, {scored}: {n} images, stratified {args.folds}-fold CV (fold seed "
-        f"{args.fold_seed}); each image tested once",
+        f"- data: `{args.root}`, {scored}; {len(folds[0].test) if len(folds) == 1 else n} test images, "
+        "each tested once",
         f"- frozen probes (`rsmae.evaluation.kfold_probe`): linear (L2 among {config.l2}) and weighted "
         f"cosine k-NN (k among {config.knn_k}); pooling (cls token or mean patch token) and setting chosen "
         f"by inner {config.inner_folds}-fold CV of each training fold; every init normalised with the "
@@ -337,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         *speeds, ""])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text(text)
-    plot(results, floors, n, args.out / f"{args.name}.png")
+    plot(results, floors, n, args.out / f"{args.name}.png",
+         "fixed split" if args.evaluation == "fixed" else f"{args.folds}-fold CV")
     with (args.out / f"{args.name}.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["run", "step", "protocol", "fold", "image", "path", "label", "prediction", "correct",
