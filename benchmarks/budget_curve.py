@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from floors import load
 from provenance import git_commit
 
 from rsmae.datasets import EuroSAT
@@ -84,12 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_images(root: Path, evaluation: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Raw images (all EuroSAT bands, file order), labels and relative paths of the scored images."""
-    splits = ["train"] if evaluation == "train" else ["train", "test"]
-    sets = [EuroSAT(root, s) for s in splits]
-    names = [str(Path(p).relative_to(root)) for ds in sets for p in ds.paths]
-    return torch.cat([ds.images for ds in sets]), torch.cat([ds.labels for ds in sets]), names
+def load_images(root: Path, evaluation: str) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+    """Images, labels, paths and train count of :func:`floors.load`; only the train split for "train"."""
+    images, labels, names, n_train = load(root)
+    if evaluation == "train":
+        return images[:n_train], labels[:n_train], names[:n_train], n_train
+    return images, labels, names, n_train
 
 
 def snapshots(folder: Path, every: int = 1) -> list[tuple[int, Path]]:
@@ -287,9 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     command = " ".join([".venv/bin/python", "benchmarks/budget_curve.py", *given])
     load_start, started = os.getloadavg()[0], time.perf_counter()
-    images, labels, names = load_images(args.root, args.evaluation)
+    images, labels, names, n_train = load_images(args.root, args.evaluation)
     if args.evaluation == "fixed":
-        n_train = len(EuroSAT(args.root, "train"))
         folds = [fixed_split(n_train, len(labels) - n_train)]
     else:
         folds = stratified_kfold(labels.numpy(), args.folds, seed=args.fold_seed)
@@ -303,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     results, budgets, speeds = {}, [], []
     for spec in args.run:
         name, _, folder = spec.partition("=")
-        found = snapshots(Path(folder), args.every)
+        every = snapshots(Path(folder))
+        found = [(step, p) for step, p in every if step % args.every == 0 or step == every[-1][0]]
         budgets.append(budget(name, Path(folder), found[-1][0]))
-        speeds.append(speed(name, Path(folder), snapshots(Path(folder)), peak))
+        speeds.append(speed(name, Path(folder), every, peak))
         for step, path in found:
             t = time.perf_counter()
             rows = probe_rows(path, images, labels, folds, config, args.cache)

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     command = " ".join([".venv/bin/python", "benchmarks/missing_bands.py", *given])
     load_start, started = os.getloadavg()[0], time.perf_counter()
-    images, labels, paths = load_images(args.root, "kfold")
+    images, labels, paths, _ = load_images(args.root, "kfold")
     folds = stratified_kfold(labels.numpy(), args.folds, seed=args.fold_seed)
     backbones = dict(spec.split("=", 1) for spec in args.backbone)
     chosen = {k: v for k, v in subsets().items() if not args.subsets or k in args.subsets}
