@@ -128,7 +128,7 @@ def create_aside(path: Path, *, bands: Sequence[dict[str, Any]], dtype: str, til
     try:
         group = zarr.open_group(tmp, mode="w-", zarr_format=3)
         create_layout(group, bands=bands, dtype=dtype, tile=tile, shard_tiles=shard_tiles, codec=codec)
-        group.attrs.update(attrs)
+        group.update_attributes(attrs)  # one write (attrs.update writes once per key)
         os.rename(tmp, path)
     finally:
         remove_tree(tmp)

@@ -142,8 +142,12 @@ class TileStore(SkippedTableMixin):
         return int(self._group.attrs["n_scenes"])
 
     def update_attrs(self, **values: Any) -> None:
-        """Write root attributes (one metadata write)."""
-        self._group.attrs.update(values)
+        """Write root attributes in one metadata write (the commit points of a run rely on it).
+
+        ``zarr.Group.attrs.update`` would write the metadata once per key (``MutableMapping``):
+        a kill between two keys would leave half a commit.
+        """
+        self._group.update_attributes(values)
 
     def check_config(self, config: dict[str, Any]) -> None:
         """Raise :class:`StoreConfigError` unless ``config`` equals the stored one."""

@@ -34,6 +34,43 @@ def _child(args: tuple[Any, ...], kwargs: dict[str, Any], ready: Any) -> None:  
     tile_scenes(*args, **kwargs)
 
 
+def _crashing_child(limit: int, root_only: bool, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> None:  # noqa: ANN401
+    from zarr.storage import LocalStore
+
+    from rsmae.tiling import tile_scenes
+
+    count, if_absent = [0], LocalStore.set_if_not_exists  # never overwrites an existing root
+    for name in ("set", "set_if_not_exists", "delete", "delete_dir", "move"):
+        method = getattr(LocalStore, name)
+
+        async def counted(self: LocalStore, key: str = "", *rest: Any, _method: Any = method,
+                          **kw: Any) -> Any:  # noqa: ANN401
+            if not root_only or (key == "zarr.json" and _method is not if_absent):
+                count[0] += 1
+                if count[0] > limit:
+                    os._exit(9)  # as SIGKILL: no cleanup, no flush
+            return await _method(self, key, *rest, **kw)
+
+        setattr(LocalStore, name, counted)
+    tile_scenes(*args, **kwargs)
+
+
+def crash_after_writes(limit: int, *args: Any, root_only: bool = True, **kwargs: Any) -> bool:  # noqa: ANN401
+    """Run ``tile_scenes(*args, **kwargs)``, dying the moment it makes store write ``limit + 1``.
+
+    Writes are the store's mutations (set, delete, move); ``root_only`` counts only the root
+    ``zarr.json`` (not the no-op ``set_if_not_exists`` of parents), where a run's commit points
+    are. Returns whether the run finished first.
+    """
+    proc = _CTX.Process(target=_crashing_child, args=(limit, root_only, args, kwargs))
+    proc.start()
+    proc.join(300)
+    if proc.exitcode not in (0, 9):
+        raise RuntimeError(f"tiling child failed (exit {proc.exitcode})")
+    return proc.exitcode == 0
+
+
 def run_until(delay: float | None, *args: Any, **kwargs: Any) -> float:  # noqa: ANN401
     """Run ``tile_scenes(*args, **kwargs)`` in a process group, SIGKILLed ``delay`` s after it starts.
 

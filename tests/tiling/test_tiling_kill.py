@@ -16,7 +16,13 @@ import pytest
 
 from rsmae.tiling import TileConfig, tile_scenes
 from tests.conftest import LANDSAT, OSCD
-from tests.tiling.kill_helpers import assert_same_store, crop_band_folder, crop_scenes, run_until
+from tests.tiling.kill_helpers import (
+    assert_same_store,
+    crash_after_writes,
+    crop_band_folder,
+    crop_scenes,
+    run_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +72,22 @@ def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_single_file_scenes(crops: Path, tmp_path: Path) -> None:
     _kill_and_resume(tmp_path, [str(crops / "single")], LANDSAT_CONFIG, seed=0)
+
+
+def test_a_crash_at_every_root_metadata_write_resumes(crops: Path, tmp_path: Path) -> None:
+    """Deterministic: the run dies after each of its root ``zarr.json`` writes (its commit points)."""
+    inputs = [str(crops / "single")]
+    reference = tmp_path / "reference.zarr"
+    tile_scenes(inputs, reference, LANDSAT_CONFIG)
+    for limit in range(100):
+        out = tmp_path / f"crashed{limit}.zarr"
+        finished = crash_after_writes(limit, inputs, out, LANDSAT_CONFIG)
+        tile_scenes(inputs, out, LANDSAT_CONFIG)
+        assert_same_store(reference, out)
+        shutil.rmtree(out)
+        if finished:
+            break
+    assert finished and limit > 3, f"the run made only {limit} root writes"
 
 
 def test_single_file_scenes_two_workers(crops: Path, tmp_path: Path) -> None:
