@@ -21,12 +21,14 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# One test process per core (pytest-xdist; each file's tests stay in one process, so its module
+# fixtures are built once); tests/conftest.py gives each process its share of torch's threads.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The tests not marked slow (end-to-end runs of more than ~3 s), for the edit-test loop; CI runs `make test`.
 quick: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
 
 # The demo corpus: the real Sentinel-2 L1C scenes of $(DATA) that no evaluation scores on or lies next to
 # (9 unlabelled OSCD cities and eo-learn's scenes) in one store. EuroSAT (the probe) and oscd_subset (change

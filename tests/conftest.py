@@ -40,6 +40,9 @@ LANDSAT = DATA / "landsat8_scene" / "LC08_L1TP_224078_20200518_20200518_01_RT.TI
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # `make test` runs one worker per core: each gets its share of the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     if not OSCD.is_dir():
         raise pytest.UsageError(
             f"real test data not found at {DATA}; put shared/data beside the repo or set RSMAE_DATA"
