@@ -49,8 +49,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sensor", default="s2-l1c", help="sensor of the files")
     p.add_argument("--band-order", default="eurosat", help="band layout of the files")
     p.add_argument("--cache-dir", default=".cache/features", help="frozen-feature cache ('' = off)")
-    p.add_argument("--out", default=None, help="folder for the confusion matrix and metrics.json; tuned "
-                   "protocols also save the model (classifier.safetensors: rsmae predict classify --model)")
+    p.add_argument("--out", default=None, help="folder for the confusion matrix and metrics.json; linear and "
+                   "tuned protocols also save the model (classifier.safetensors: rsmae predict classify "
+                   "--model); knn and head save none")
     p.add_argument("--epochs", type=int, default=30, help="tuned protocols: training epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="tuned protocols: peak learning rate")
     p.add_argument("--no-adapt", action="store_true", help="refuse a backbone of other bands")

@@ -61,8 +61,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     classify.add_argument("inputs", nargs="+", metavar="SCENE", help="scene files, folders or globs")
     classify.add_argument("--model", required=True,
-                          help="scene classifier saved by rsmae evaluate --protocol full|mlp|lastK --out "
-                               "(classifier.safetensors)")
+                          help="scene classifier saved by rsmae evaluate --protocol "
+                               "linear|mlp|lastK|full --out (classifier.safetensors)")
     _common(classify)
     return p
 

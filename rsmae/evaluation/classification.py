@@ -14,6 +14,7 @@ Frozen-feature protocols run on features cached on disk (:mod:`rsmae.evaluation.
 protocols train a :class:`~rsmae.tasks.finetune.FinetuneTask` with Lightning and report images/s and
 MFU. Choices (learning rates) are made on the validation split, never on the test split. Features and
 training run on the ``accelerator``'s device (a GPU when present by default), with progress shown.
+With ``out_dir``, tuned protocols and the linear probe save the model ``rsmae predict classify`` runs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from rsmae.evaluation.data import (
 )
 from rsmae.evaluation.features import cached_features, file_digest
 from rsmae.evaluation.metrics import classification_metrics
+from rsmae.evaluation.probe import no_model_note, probe_classifier
 from rsmae.evaluation.progress import Progress, StepProgress
 from rsmae.evaluation.speed import count_flops, matmul_peak
 from rsmae.models.trainable import FEATURE_PROTOCOLS, Protocol
@@ -109,13 +111,13 @@ def _features(encoder: nn.Module, data: ClassificationData, digest: str, cache_d
 
 
 def _frozen(kind: str, data: ClassificationData, feats: dict[str, Tensor], seed: int, k: int
-            ) -> tuple[Tensor, dict[str, Any]]:
-    """Test logits of a frozen-feature protocol and its chosen settings."""
+            ) -> tuple[Tensor, dict[str, Any], nn.Module | None]:
+    """Test logits of a frozen-feature protocol, its chosen settings and its head (``None`` for k-NN)."""
     (_, ytr), (_, yval) = data.train, data.val
     n = len(data.classes)
     if kind == "knn":
         votes = knn_predict(feats["train"], ytr, feats["test"], k, num_classes=n)
-        return votes, {"k": k, "trainable_params": 0}
+        return votes, {"k": k, "trainable_params": 0}, None
     head = "linear" if kind == "linear" else "mlp"
     model, lr, val_acc = sweep_lr(
         lambda lr: fit_head(feats["train"], ytr, head=head, lr=lr, num_classes=n, seed=seed),
@@ -123,7 +125,17 @@ def _frozen(kind: str, data: ClassificationData, feats: dict[str, Tensor], seed:
     with torch.no_grad():
         logits = model(feats["test"])
     params = sum(p.numel() for p in model.parameters())
-    return logits, {"lr": lr, "val_accuracy": val_acc, "trainable_params": params}
+    return logits, {"lr": lr, "val_accuracy": val_acc, "trainable_params": params}, model
+
+
+def _save_frozen(kind: str, encoder: nn.Module, head: nn.Module | None, data: ClassificationData,
+                 note: str, out_dir: str | Path) -> dict[str, str]:
+    """Save a linear probe as tuned models are (:mod:`rsmae.evaluation.probe`); other kinds log why not."""
+    if kind != "linear" or head is None:
+        _logger.warning("%s: %s", Path(out_dir) / "classifier.safetensors", no_model_note(kind))
+        return {}
+    task = probe_classifier(encoder.cpu(), head, len(data.classes))
+    return _save_tuned(task, data, note, out_dir)
 
 
 def _finetune(encoder: nn.Module, data: ClassificationData, tune: str | int, seed: int,
@@ -204,9 +216,11 @@ class ClassificationOptions:
         fraction: Label fraction of the training split (``"100%"``, ``"25%"``, ``"5-shot"``).
         seed: Seed of the label fraction, the heads and fine-tuning.
         cache_dir: Feature cache folder (``None``: no cache).
-        out_dir: Where to write the confusion matrix (``confusion.csv``) and, for tuned protocols,
-            the tuned model (``backbone.safetensors`` + ``head.safetensors``, and both as one
-            ``classifier.safetensors`` for ``rsmae predict classify``); ``None``: not written.
+        out_dir: Where to write the confusion matrix (``confusion.csv``) and, for tuned protocols and
+            the linear probe, the model (``backbone.safetensors`` + ``head.safetensors``, and both as
+            one ``classifier.safetensors`` for ``rsmae predict classify``; the probe's normalisation
+            folded into its head, :mod:`rsmae.evaluation.probe`); ``knn`` and ``head`` save no model
+            (a warning says which protocol to use); ``None``: not written.
         sensor: Sensor of the files' bands.
         layout: Band order in the files.
         k: Neighbours of the k-NN protocol.
@@ -270,7 +284,10 @@ def evaluate_classification(backbone: str | Path, protocol: str, train_root: str
                                   device=device, progress=opts.progress)
     else:
         feats = _features(encoder.to(device), data, file_digest(backbone), opts.cache_dir, opts.progress)
-        logits, extra = _frozen(spec.kind, data, feats, opts.seed, opts.k)
+        logits, extra, head = _frozen(spec.kind, data, feats, opts.seed, opts.k)
+        if opts.out_dir is not None:
+            source = f"linear probe (frozen encoder, cls token, lr {extra.get('lr')}, seed {opts.seed})"
+            extra.update(_save_frozen(spec.kind, encoder, head, data, source, opts.out_dir))
     metrics = classification_metrics(logits.argmax(1), data.test[1], data.classes, opts.out_dir)
     return {
         "task": "classification", "protocol": protocol, "fraction": str(opts.fraction), "seed": opts.seed,

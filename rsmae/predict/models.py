@@ -12,6 +12,7 @@ blends change probabilities.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,7 +180,8 @@ def _torch_runner(module: nn.Module, kind: str, threads: int | None) -> Callable
 _FILE_KINDS = {"rsmae_change": "change", "rsmae_classifier": "classify"}  # metadata key -> task
 _NAMES = {"embed": "a backbone", "change": "a change model", "classify": "a scene classifier"}
 _TRAIN = {"change": ", or train a change model with rsmae evaluate --task oscd --out DIR",
-          "classify": ", or train a classifier with rsmae evaluate --protocol full (mlp, lastK) --out DIR"}
+          "classify": ", or train a classifier with rsmae evaluate --protocol linear (mlp, lastK, full) "
+                      "--out DIR"}
 
 
 def _check_kind(path: Path, wanted: str) -> None:
@@ -245,17 +247,38 @@ def load_change_predictor(path: str | Path) -> Predictor:
                      threshold=threshold)
 
 
+def _check_saved(path: Path) -> None:
+    """Refuse a missing classifier beside the metrics of a protocol that saves none (``knn``, ``head``)."""
+    from rsmae.evaluation.probe import no_model_note
+
+    if path.exists():
+        return
+    try:
+        metrics = json.loads((path.parent / "metrics.json").read_text(encoding="utf-8"))
+        protocol = str(metrics["protocol"]).strip().lower()
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no evaluation here: the loader says the file is missing
+    if protocol in ("knn", "head"):
+        raise WeightsError(f"{path}: not saved by rsmae evaluate --out {path.parent}: "
+                           f"{no_model_note(protocol)}")
+
+
 def load_classify_predictor(path: str | Path) -> Predictor:
-    """A scene classifier saved by ``rsmae evaluate --protocol full|mlp|lastK --out`` as a :class:`Predictor`.
+    """A classifier saved by ``rsmae evaluate --protocol linear|mlp|lastK|full --out``: a :class:`Predictor`.
+
+    A linear probe is saved as a classifier whose head holds the probe's normalisation
+    (:mod:`rsmae.evaluation.probe`); ``knn`` and ``head`` save no model.
 
     Raises:
-        WeightsError: naming ``path``, when it is not a classifier (a backbone, a change model).
+        WeightsError: naming ``path``, when it is not a classifier (a backbone, a change model), or is
+            missing beside the metrics of a protocol that saves none (saying which protocol does).
     """
     from rsmae.tasks.finetune import load_classifier
 
     path = Path(path)
     if path.suffix == ".onnx":
         return load_onnx_predictor(path, "classify")
+    _check_saved(path)
     _check_kind(path, "classify")
     task, classes = load_classifier(path)
     meta = task.encoder.rsmae_meta
