@@ -19,7 +19,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from rsmae.data.sampler import ShardSampler
+from rsmae.data.sampler import MixedBatchSampler, ShardSampler
 
 __all__ = ["ResumableDataLoader"]
 
@@ -34,22 +34,25 @@ class ResumableDataLoader(DataLoader):
     full epoch length, as Lightning expects of a resumed loader. Lightning asks for the state at
     ``on_train_batch_end`` without prefetching (the loader has a length), so the count is exact.
 
-    Takes the arguments of ``DataLoader``; ``sampler`` must be a :class:`~rsmae.data.ShardSampler`.
+    Takes the arguments of ``DataLoader``; ``sampler`` must be a :class:`~rsmae.data.ShardSampler`, or
+    ``batch_sampler`` a :class:`~rsmae.data.MixedBatchSampler` (batches of a mix of store groups).
 
     Raises:
-        TypeError: The sampler is not a ``ShardSampler``.
+        TypeError: The sampler is not a ``ShardSampler`` (nor the batch sampler a ``MixedBatchSampler``).
     """
-
-    sampler: ShardSampler
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, ShardSampler):
+        mixed = isinstance(self.batch_sampler, MixedBatchSampler)
+        self.order: ShardSampler | MixedBatchSampler = self.batch_sampler if mixed else self.sampler
+        if not isinstance(self.order, ShardSampler | MixedBatchSampler):
             raise TypeError(
-                f"ResumableDataLoader needs sampler=ShardSampler(...), got "
-                f"{type(self.sampler).__name__}; if Lightning replaced it, set "
+                "ResumableDataLoader needs sampler=ShardSampler(...) or "
+                f"batch_sampler=MixedBatchSampler(...), got {type(self.sampler).__name__}; if Lightning "
+                "replaced it, set "
                 "trainer.use_distributed_sampler: false (ShardSampler already gives each rank its own shards)"
             )
+        self._per_batch = 1 if mixed else (self.batch_size or 1)  # the order's skip counts batches / indices
         self._served = 0
         self._resume: tuple[int, int] | None = None
 
@@ -59,10 +62,10 @@ class ResumableDataLoader(DataLoader):
         if self._resume is not None:
             epoch, served = self._resume
             self._resume = None
-            if epoch == self.sampler.epoch and 0 < served < len(self):
+            if epoch == self.order.epoch and 0 < served < len(self):
                 skip = served
                 _logger.info("resuming epoch %d after batch %d", epoch, served)
-        self.sampler.skip = skip * (self.batch_size or 1)
+        self.order.skip = skip * self._per_batch
         self._served = skip
         for batch in super().__iter__():
             self._served += 1
@@ -70,7 +73,7 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         """Epoch and batches served in it."""
-        return {"epoch": self.sampler.epoch, "batches": self._served}
+        return {"epoch": self.order.epoch, "batches": self._served}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Skip the batches already served when this epoch is iterated next."""

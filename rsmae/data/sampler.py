@@ -9,7 +9,7 @@ from torch.utils.data import Sampler
 
 from rsmae.data.dataset import ShardDataset
 
-__all__ = ["ShardSampler"]
+__all__ = ["MixedBatchSampler", "ShardSampler", "apportion"]
 
 
 class ShardSampler(Sampler[int]):
@@ -78,3 +78,111 @@ def _shard_groups(dataset: ShardDataset) -> list[np.ndarray]:
     key_s, key_h = store[order], shard[order]
     cuts = np.flatnonzero((np.diff(key_s) != 0) | (np.diff(key_h) != 0)) + 1
     return np.split(order, cuts)
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Batches of a mix of store groups, each batch drawn from one group (issue 24).
+
+    Group ``g``'s tiles are the indices ``offsets[g] + i`` of a concatenated dataset, ``i`` in the order
+    of that group's :class:`ShardSampler` (whole shards, shuffled within a buffer; each rank its own
+    shards). With ``shuffle`` an epoch has as many batches as the groups hold full batches; each group
+    gets its ``weights`` share of them (largest remainders, so the ratio holds exactly per epoch), in
+    an order drawn from ``(seed, epoch)`` (the same on every rank: a step trains one band set). A group
+    that needs more batches than it holds goes through its tiles again in a new order. Without
+    ``shuffle`` (validation) every tile comes once, group after group, the last batch of each group
+    short.
+
+    ``skip`` drops that many *batches* from the start of the next iteration (then it is reset to 0);
+    :class:`~rsmae.data.ResumableDataLoader` sets it to resume mid-epoch, and no tile is read for the
+    skipped batches. The order depends only on the seed, the epoch and the rank.
+
+    Args:
+        samplers: One sampler per group (over that group's own dataset).
+        offsets: Index of each group's first tile in the concatenated dataset.
+        weights: Share of the batches of each group (normalised; ``shuffle`` only).
+        batch_size: Tiles per batch.
+        shuffle: Mix groups and tiles; ``False`` yields every tile once in storage order.
+        seed: Base seed of the group order and of the groups' tile orders.
+    """
+
+    def __init__(self, samplers: list[ShardSampler], offsets: list[int], weights: list[float], *,
+                 batch_size: int, shuffle: bool = True, seed: int = 0) -> None:
+        if len(samplers) != len(offsets) or len(samplers) != len(weights):
+            raise ValueError(f"{len(samplers)} samplers, {len(offsets)} offsets, {len(weights)} weights: "
+                             "give one of each per group")
+        total = float(sum(weights))
+        if not all(w >= 0 for w in weights) or total <= 0:
+            raise ValueError(f"mix weights {list(weights)} must be >= 0 with a positive sum")
+        self.samplers, self.offsets = list(samplers), [int(o) for o in offsets]
+        self.weights = [float(w) / total for w in weights]
+        self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed
+        self.epoch = 0
+        self.skip = 0
+        if shuffle:
+            full = max(1, sum(len(s) // self.batch_size for s in self.samplers))
+            self.counts = apportion(self.weights, full)
+        else:
+            self.counts = [-(-len(s) // self.batch_size) for s in self.samplers]
+
+    @property
+    def sampler(self) -> MixedBatchSampler:
+        """Itself: Lightning sets the epoch of ``loader.batch_sampler.sampler``."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch (its group order and tile orders differ from other epochs')."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def schedule(self) -> np.ndarray:
+        """The group of every batch of this epoch, in order."""
+        groups = np.repeat(np.arange(len(self.counts)), self.counts)
+        if not self.shuffle:
+            return groups
+        return np.random.default_rng([self.seed, self.epoch, len(self.counts)]).permutation(groups)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = max(0, int(self.skip)), 0
+        groups = self.schedule()
+        done = np.bincount(groups[:skip], minlength=len(self.counts))
+        streams = [self._batches(g, int(done[g])) for g in range(len(self.counts))]
+        for g in groups[skip:].tolist():
+            yield next(streams[g])
+
+    def _batches(self, group: int, start: int) -> Iterator[list[int]]:
+        """Batches of ``group`` from its batch ``start`` on (its tiles again in a new order when used up)."""
+        sampler, size, offset = self.samplers[group], self.batch_size, self.offsets[group]
+        if not self.shuffle:
+            flat = np.asarray(list(iter(sampler)), dtype=np.int64) + offset
+            for at in range(start * size, len(flat), size):
+                yield flat[at : at + size].tolist()
+            return
+        per_pass = len(sampler)
+        if per_pass == 0:
+            raise ValueError(f"group {group} of the mix has no tile for this rank; give it weight 0")
+        first = start * size
+        turn, at = divmod(first, per_pass)
+        buffer = np.zeros(0, dtype=np.int64)
+        while True:
+            sampler.set_epoch(_pass_key(self.seed, self.epoch, group, turn))
+            buffer = np.concatenate([buffer, np.asarray(list(iter(sampler)), dtype=np.int64)[at:] + offset])
+            turn, at = turn + 1, 0
+            while len(buffer) >= size:
+                yield buffer[:size].tolist()
+                buffer = buffer[size:]
+
+
+def apportion(weights: list[float], total: int) -> list[int]:
+    """``total`` split by ``weights`` (summing to 1) into integers, by largest remainders (ties: first)."""
+    raw = np.asarray(weights, dtype=np.float64) * total
+    counts = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: total - int(counts.sum())]] += 1
+    return counts.tolist()
+
+
+def _pass_key(seed: int, epoch: int, group: int, turn: int) -> int:
+    """The epoch given to a group's ShardSampler for its ``turn``-th pass in ``epoch``: distinct per key."""
+    return int(np.random.SeedSequence([seed, epoch, group, turn]).generate_state(1, np.uint32)[0])

@@ -11,8 +11,9 @@ from a generator seeded by ``(seed, rank, n)``, validation masks by ``(seed, ran
 batch counter and the stores' corpus record are saved in checkpoints. Together with the resumable loader
 (:class:`~rsmae.data.ResumableDataLoader`) a resumed run reproduces the uninterrupted one.
 
-Integer batches (``TileDataModule(native=True)``) are normalised on the device with ``data_info``.
-``patch_embed="spectral"`` pretrains one encoder for any sensor, with ``band_dropout`` per batch
+Integer batches (``TileDataModule(native=True)``) are normalised on the device with ``data_info``
+(a batch of a mix of store groups: with its group's statistics). ``patch_embed="spectral"`` pretrains
+one encoder for any sensor, also on stores of different bands, with ``band_dropout`` per batch
 (:mod:`rsmae.tasks.spectral`).
 """
 
@@ -46,7 +47,14 @@ from rsmae.models.weights import BackboneMeta, save_backbone
 from rsmae.tasks.init import check_corpus, checkpoint_hparams, corpus_record, init_encoder, vet_encoder_kwargs
 from rsmae.tasks.optim import OPTIMIZERS, task_optimizer
 from rsmae.tasks.precision import clip_unscaled
-from rsmae.tasks.spectral import batch_bands, check_band_dropout, drop_batch_bands, encoder_band_args
+from rsmae.tasks.spectral import (
+    batch_bands,
+    batch_statistics,
+    check_band_dropout,
+    check_mixed_bands,
+    drop_batch_bands,
+    encoder_band_args,
+)
 
 __all__ = ["PretrainTask", "export_backbone"]
 
@@ -213,6 +221,9 @@ class PretrainTask(L.LightningModule):
         dataset = getattr(datamodule, "train_set", None)
         if dataset is None:
             return
+        mixed = getattr(datamodule, "mixed", False)  # stores of several band sets: batches of one group each
+        if mixed:
+            check_mixed_bands(datamodule.data_info, self.hparams.get("patch_embed") or "conv")
         if len(dataset.bands) != self.hparams.in_chans:
             raise BandError(f"the data have {len(dataset.bands)} bands {dataset.bands} but the model was "
                             f"built for in_chans={self.hparams.in_chans}; link in_chans from the data")
@@ -224,7 +235,7 @@ class PretrainTask(L.LightningModule):
             raise BandError(f"the data's bands {dataset.bands} differ from the model's {info['bands']}; "
                             "resume and fine-tune only on data with the same bands in the same order")
         if not info:
-            self.hparams["data_info"] = info = describe_data(dataset)
+            self.hparams["data_info"] = info = datamodule.data_info if mixed else describe_data(dataset)
         if self.student.bands is None and self.hparams.get("patch_embed") == "spectral":
             set_bands(self.model, info["bands"], sensor=info.get("sensor"))
         self._stats = None
@@ -240,14 +251,14 @@ class PretrainTask(L.LightningModule):
             self.model.compile()
             self._compiled = True
 
-    def normalize(self, images: Tensor) -> Tensor:
-        """Integer images normalised with ``data_info``'s mean and std on their device; float ones as is.
+    def normalize(self, images: Tensor, stats: tuple[Any, Any] | None = None) -> Tensor:
+        """Integer images normalised with ``stats`` (else ``data_info``'s mean and std); float ones as is.
 
         Raises:
             ValueError: The images are integers and ``data_info`` has no ``mean``/``std``.
         """
-        if images.is_floating_point():
-            return images
+        if images.is_floating_point() or stats is not None:
+            return images if images.is_floating_point() else normalize_images(images, *stats)
         if self._stats is None or self._stats[0].device != images.device:
             info = self.hparams.get("data_info") or {}
             if info.get("mean") is None or info.get("std") is None:
@@ -260,7 +271,7 @@ class PretrainTask(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Normalise integer images (every batch); augment training batches and draw their masks."""
-        batch = {**batch, "image": self.normalize(batch["image"])}
+        batch = {**batch, "image": self.normalize(batch["image"], batch_statistics(batch))}
         if self._trainer is None or not self.trainer.training:
             return batch
         generator = self._generator(_TRAIN_STREAM, self.train_batches)
@@ -268,7 +279,8 @@ class PretrainTask(L.LightningModule):
         batch = self.augment(batch, generator=generator)
         noise = self.student.make_noise(batch["image"].shape[0], generator=generator)
         if self._band_dropout:  # drawn last: augmentations and masks as without dropout
-            batch = drop_batch_bands(batch, self.hparams.data_info["bands"], generator, self._band_dropout)
+            bands = batch.get("bands") or self.hparams.data_info["bands"]  # a mixed batch names its own
+            batch = drop_batch_bands(batch, list(bands), generator, self._band_dropout)
         return {**batch, "mask_noise": noise.to(batch["image"].device)}
 
     def _shared_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> MAEOutput:

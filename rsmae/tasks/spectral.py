@@ -9,6 +9,11 @@ its MAE decoder predicts the pixels of whatever bands a batch holds
 masks (those stay what they are without dropout), so a resumed run draws the same subsets. The kept
 band names travel in the batch as ``batch["bands"]``; :func:`batch_bands` sets them on the model for
 the forward. Validation batches keep all their bands.
+
+Stores of different band sets (:mod:`rsmae.data.mixed`) give batches of one store group each, carrying
+the group's band names (sensor-qualified) and statistics: the task normalises each batch with its own
+group's ``mean``/``std`` and sets its bands; a fixed (``"conv"``) embedding refuses such a mix
+(:func:`check_mixed_bands`).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from torch import nn
 
 from rsmae.augment import drop_bands
 from rsmae.errors import ModelConfigError
-from rsmae.models import use_bands
+from rsmae.models import SpectralPatchEmbed, use_bands
 
-__all__ = ["BAND_DROPOUT_KEYS", "PATCH_EMBEDS", "batch_bands", "check_band_dropout", "drop_batch_bands",
-           "encoder_band_args"]
+__all__ = ["BAND_DROPOUT_KEYS", "PATCH_EMBEDS", "batch_bands", "batch_statistics", "check_band_dropout",
+           "check_mixed_bands", "drop_batch_bands", "encoder_band_args"]
 
 PATCH_EMBEDS = ("conv", "spectral")  # of a pretraining task: timm's conv, or kernels from wavelengths
 BAND_DROPOUT_KEYS = ("p_keep_min", "p_keep_max")
@@ -35,15 +40,39 @@ def encoder_band_args(patch_embed: str, data_info: Mapping[str, Any] | None) -> 
     """The :func:`~rsmae.models.create_encoder` arguments of the patch embedding (none for ``"conv"``).
 
     Raises:
-        ModelConfigError: for a patch embedding outside :data:`PATCH_EMBEDS`.
+        ModelConfigError: for a patch embedding outside :data:`PATCH_EMBEDS`, or ``"conv"`` on a mix of
+            stores of different bands (:func:`check_mixed_bands`).
     """
     if patch_embed not in PATCH_EMBEDS:
         raise ModelConfigError(f"patch_embed={patch_embed!r}; choose one of {', '.join(PATCH_EMBEDS)} "
                                "(model.patch_embed)")
+    check_mixed_bands(data_info, patch_embed)
     if patch_embed == "conv":
         return {}
     info = data_info or {}  # without data: the bands are set in setup()
     return {"patch_embed": "spectral", "bands": info.get("bands"), "sensor": info.get("sensor")}
+
+
+def check_mixed_bands(data_info: Mapping[str, Any] | None, patch_embed: str) -> None:
+    """Refuse a fixed patch embedding on store groups of different bands (``data_info["groups"]``).
+
+    Raises:
+        ModelConfigError: naming each group's stores and bands, and ``model.patch_embed: spectral``.
+    """
+    groups = (data_info or {}).get("groups") or []
+    if patch_embed == "spectral" or len({tuple(g["bands"]) for g in groups}) <= 1:
+        return
+    where = "; ".join(f"{g['name']} ({', '.join(map(str, g['stores']))}): {', '.join(g['bands'])}"
+                      for g in groups)
+    raise ModelConfigError(f"the stores hold different bands ({where}); a fixed patch embedding "
+                           f"(model.patch_embed: {patch_embed}) takes one band set. Set model.patch_embed: "
+                           "spectral (kernels from each band's wavelength: one encoder for every band set), "
+                           "or pretrain on stores of one band set")
+
+
+def batch_statistics(batch: Mapping[str, Any]) -> tuple[Any, Any] | None:
+    """The ``mean``/``std`` of a mixed batch's store group (:mod:`rsmae.data.mixed`); ``None``: the task's."""
+    return (batch["mean"], batch["std"]) if batch.get("mean") is not None else None
 
 
 def check_band_dropout(options: Mapping[str, Any] | None, patch_embed: str) -> dict[str, float] | None:
@@ -77,6 +106,11 @@ def drop_batch_bands(batch: dict[str, Any], bands: list[str], generator: torch.G
 
 
 def batch_bands(model: nn.Module, batch: Mapping[str, Any]) -> AbstractContextManager:
-    """Inside the block ``model`` takes the bands of ``batch["bands"]``; a batch without them: as it is."""
+    """Inside the block ``model`` takes the bands of ``batch["bands"]``.
+
+    A batch without them, or a model of fixed bands (a mix of same-band groups names them too): as it is.
+    """
     bands = batch.get("bands")
-    return use_bands(model, bands) if bands is not None else nullcontext(model)
+    if bands is None or not any(isinstance(m, SpectralPatchEmbed) for m in model.modules()):
+        return nullcontext(model)
+    return use_bands(model, bands)
