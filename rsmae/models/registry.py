@@ -13,8 +13,9 @@ entry) and loaded by name (``get_weights(name).load(bands=...)``), which checks 
 The registry is a plain dict of this module, filled only by explicit calls (nothing at import).
 
 :data:`WEIGHTS_FORMATS` is the one table of weights formats (an rsmae backbone, an official MAE
-``.pth``, timm or torchgeo ViT weights) and their loaders; :func:`load_weights` loads a file of any of
-them. ``"official_mae"`` is a deprecated spelling of ``"mae"``.
+``.pth``, timm or torchgeo ViT weights, DOFA and Copernicus-FM state dicts, which load into the
+wavelength-conditioned patch embedding: :mod:`rsmae.models.dofa`) and their loaders;
+:func:`load_weights` loads a file of any of them. ``"official_mae"`` is a deprecated spelling of ``"mae"``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from timm.models.vision_transformer import VisionTransformer
 
 from rsmae.errors import WeightsError
+from rsmae.models.dofa import load_copernicusfm, load_dofa
 from rsmae.models.foreign import load_official_mae, load_timm_weights, load_torchgeo_vit
 from rsmae.models.weights import load_backbone, read_backbone_meta
 
@@ -78,6 +80,10 @@ WEIGHTS_FORMATS: dict[str, WeightsFormat] = {
                           source_bands=True),
     "torchgeo": WeightsFormat("torchgeo", "torchgeo's Sentinel-2 ViT weights (13 L1C bands)",
                               load_torchgeo_vit, source_bands=True),
+    "dofa": WeightsFormat("dofa", "a DOFA state dict in torchgeo's keys (any bands with a wavelength)",
+                          load_dofa),
+    "copernicusfm": WeightsFormat("copernicusfm", "a Copernicus-FM state dict in torchgeo's keys (its "
+                                  "spectral generator; any bands with a wavelength)", load_copernicusfm),
 }
 FORMATS = tuple(WEIGHTS_FORMATS)
 _DEPRECATED_SPELLINGS = {"official_mae": "mae"}
@@ -87,7 +93,7 @@ def weights_format(name: str, *, what: str = "weights") -> WeightsFormat:
     """The format ``name`` of :data:`WEIGHTS_FORMATS` (a deprecated spelling warns and is accepted).
 
     Args:
-        name: ``"rsmae"``, ``"mae"``, ``"timm"`` or ``"torchgeo"`` (``"official_mae"``: deprecated).
+        name: A key of :data:`WEIGHTS_FORMATS` (``"official_mae"``: deprecated spelling of ``"mae"``).
         what: What the error names (a file, a registry entry).
 
     Raises:
@@ -150,7 +156,8 @@ class Weights:
         mean: Per-band mean in the units of the pixel values (``None`` if unknown).
         std: Per-band standard deviation, same units.
         transforms: What to apply before the encoder, e.g. ``{"normalize": "(x - mean) / std"}``.
-        format: ``"rsmae"`` (a backbone file) or a foreign layout: ``"mae"``, ``"timm"``, ``"torchgeo"``.
+        format: ``"rsmae"`` (a backbone file) or a foreign layout: ``"mae"``, ``"timm"``, ``"torchgeo"``,
+            ``"dofa"``, ``"copernicusfm"``.
     """
 
     name: str
