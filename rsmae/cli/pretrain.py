@@ -33,7 +33,7 @@ from rsmae.cli.configs import expand_pretrain_configs
 from rsmae.data import TileDataModule
 from rsmae.errors import ModelConfigError
 from rsmae.tasks import AutoPrecisionTrainer, PretrainTask
-from rsmae.tasks.init import check_resume
+from rsmae.tasks.init import ARCHITECTURE, check_resume
 
 # LightningCLI's subcommands that a pretraining run supports (no test or predict step)
 SUBCOMMANDS = ("fit", "validate")
@@ -113,8 +113,21 @@ class PretrainCLI(LightningCLI):
             parser.link_arguments("seed_everything", target, compute_fn=_seed, apply_on="parse")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse ``args``: always given (``main`` reads ``sys.argv``), so no warning that both are."""
+        """Parse ``args`` (always given: ``main`` reads ``sys.argv``), then check a --ckpt_path file.
+
+        Lightning next replaces the model's arguments with the hyper-parameters saved in the
+        checkpoint, which would silently undo a changed architecture (``--model.patch_size``): the
+        model as given is compared here, the linked ``in_chans`` and ``img_size`` in :meth:`before_fit`.
+
+        Raises:
+            CheckpointError: naming the checkpoint and the settings that differ.
+        """
         self.config = parser.parse_args(args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            given = self.config[subcommand].model.as_dict()
+            check_resume(self.config[subcommand].get("ckpt_path"), given,
+                         keys=[k for k in ARCHITECTURE if k in given])
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, reported to ``on_trainer`` (the caller learns whether a run was interrupted)."""

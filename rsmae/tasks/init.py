@@ -166,13 +166,16 @@ def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     return dict(hp)
 
 
-def check_resume(ckpt_path: str | Path | None, hparams: Mapping[str, Any]) -> None:
+def check_resume(ckpt_path: str | Path | None, hparams: Mapping[str, Any], *,
+                 keys: Sequence[str] = ARCHITECTURE) -> None:
     """Refuse to resume from a checkpoint of another model than the one ``hparams`` builds.
 
     Args:
         ckpt_path: The ``--ckpt_path`` given (``None`` and Lightning's keywords such as ``"last"``
             are left to Lightning).
         hparams: The hyper-parameters of the task the config builds.
+        keys: The settings compared (default: all of :data:`ARCHITECTURE`); a config parsed before
+            the data is read holds no ``in_chans`` or ``img_size`` yet.
 
     Raises:
         CheckpointError: naming the file and the differing settings.
@@ -180,14 +183,18 @@ def check_resume(ckpt_path: str | Path | None, hparams: Mapping[str, Any]) -> No
     if ckpt_path is None or str(ckpt_path) in _KEYWORDS:
         return
     saved = checkpoint_hparams(ckpt_path)
-    def value(hp: Mapping[str, Any], key: str) -> Any:
-        return hp.get(key) or _ARCHITECTURE_DEFAULTS.get(key)
-
-    diff = [f"{k}={saved.get(k)!r} (config: {hparams.get(k)!r})" for k in ARCHITECTURE
-            if value(saved, k) != value(hparams, k)]
+    diff = [f"{k}={saved.get(k)!r} (config: {hparams.get(k)!r})" for k in keys
+            if _setting(saved, k) != _setting(hparams, k)]
     if diff:
         raise CheckpointError(f"{ckpt_path}: made by another model: {', '.join(diff)}; resume with the "
-                              "config of that run (config.yaml in its log folder)")
+                              "config of that run (config.yaml in its log folder), or train the changed "
+                              "model as a new run, without --ckpt_path")
+
+
+def _setting(hp: Mapping[str, Any], key: str) -> Any:
+    """``hp[key]`` as compared by :func:`check_resume`: a missing key as its old default, tuples as lists."""
+    value = hp.get(key) or _ARCHITECTURE_DEFAULTS.get(key)
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def corpus_record(stores: Sequence[str | Path]) -> list[dict[str, Any]]:

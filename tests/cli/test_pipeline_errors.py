@@ -94,8 +94,12 @@ def test_pretrain_bad_inputs(capsys, checkpoints, eurosat_train_store, tmp_path)
     _fails(capsys, "pretrain", _fit(eurosat_train_store, tmp_path, "--ckpt_path", str(tmp_path / "x.ckpt")),
            "x.ckpt", "no such checkpoint")
     # a checkpoint of 32-px tiles cannot resume on 64-px ones: named, not a state-dict traceback
+    tiny = ("--ckpt_path", str(checkpoints["mae"]), "--model.preset", "vit_test")
+    _fails(capsys, "pretrain", _fit(eurosat_train_store, tmp_path, *tiny), str(checkpoints["mae"]),
+           "img_size=32", "config")
+    # nor with the preset of the config (vit_tiny): the config as given is compared, not the checkpoint's copy
     _fails(capsys, "pretrain", _fit(eurosat_train_store, tmp_path, "--ckpt_path", str(checkpoints["mae"])),
-           str(checkpoints["mae"]), "img_size=32", "config")
+           str(checkpoints["mae"]), "preset='vit_test' (config: 'vit_tiny')")
     _fails(capsys, "pretrain", _fit(eurosat_train_store, tmp_path, "--model.init_backbone",
                                     str(checkpoints["mae"])), str(checkpoints["mae"]), "pipelines/export.py")
 
