@@ -13,8 +13,9 @@ entry) and loaded by name (``get_weights(name).load(bands=...)``), which checks 
 The registry is a plain dict of this module, filled only by explicit calls (nothing at import).
 
 :data:`WEIGHTS_FORMATS` is the one table of weights formats (an rsmae backbone, an official MAE
-``.pth``, timm or torchgeo ViT weights, DOFA and Copernicus-FM state dicts, which load into the
-wavelength-conditioned patch embedding: :mod:`rsmae.models.dofa`) and their loaders;
+``.pth``, timm or torchgeo ViT weights, DOFA and Copernicus-FM state dicts and a fixed-band rsmae
+backbone, the last three loading into the wavelength-conditioned patch embedding:
+:mod:`rsmae.models.dofa`, :mod:`rsmae.models.spectral_warm`) and their loaders;
 :func:`load_weights` loads a file of any of them. ``"official_mae"`` is a deprecated spelling of ``"mae"``.
 """
 
@@ -33,6 +34,7 @@ from timm.models.vision_transformer import VisionTransformer
 from rsmae.errors import WeightsError
 from rsmae.models.dofa import load_copernicusfm, load_dofa
 from rsmae.models.foreign import load_official_mae, load_timm_weights, load_torchgeo_vit
+from rsmae.models.spectral_warm import load_spectral_backbone
 from rsmae.models.weights import load_backbone, read_backbone_meta
 
 __all__ = [
@@ -84,6 +86,9 @@ WEIGHTS_FORMATS: dict[str, WeightsFormat] = {
                           load_dofa),
     "copernicusfm": WeightsFormat("copernicusfm", "a Copernicus-FM state dict in torchgeo's keys (its "
                                   "spectral generator; any bands with a wavelength)", load_copernicusfm),
+    "rsmae_spectral": WeightsFormat("rsmae_spectral", "an rsmae backbone file loaded as an any-sensor "
+                                    "encoder (conv kernels fitted into the spectral embedding)",
+                                    load_spectral_backbone, foreign=False),
 }
 FORMATS = tuple(WEIGHTS_FORMATS)
 _DEPRECATED_SPELLINGS = {"official_mae": "mae"}

@@ -16,7 +16,7 @@ from torch.testing import assert_close
 
 from rsmae.bands import get_sensor
 from rsmae.errors import BandError, WeightsError
-from rsmae.models import create_encoder, load_backbone, save_backbone, use_bands
+from rsmae.models import BackboneMeta, create_encoder, load_backbone, save_backbone, use_bands
 from rsmae.models.dofa import load_copernicusfm, load_dofa, map_keys
 from rsmae.models.layers import sincos_pos_embed_2d
 from rsmae.models.registry import load_weights
@@ -181,3 +181,19 @@ def test_copernicusfm_maps_its_spectral_generator_and_folds_unknown_metadata(cop
         assert_close(ours_w, weight.view(13, 8, 8, 64).permute(3, 0, 1, 2) * 0.01, atol=1e-6, rtol=1e-4)
         assert_close(ours_b, bias * 0.01 + const.flatten(), atol=1e-6, rtol=1e-4)
         assert encoder.forward_features(tiles).isfinite().all()
+
+
+def test_a_fixed_band_backbone_warm_starts_the_spectral_embedding(tmp_path: Path, tiles: Tensor) -> None:
+    torch.manual_seed(0)
+    conv = create_encoder("vit_test", in_chans=13, img_size=32, patch_size=8).eval()
+    meta = BackboneMeta(preset="vit_test", img_size=32, patch_size=8, in_chans=13, bands=L1C,
+                        sensor="s2-l1c", mean=[0.0] * 13, std=[1.0] * 13, gsd=10.0)
+    path = save_backbone(conv, tmp_path / "conv.safetensors", meta)
+    spectral = load_weights(path, "rsmae_spectral").eval()
+    assert spectral.rsmae_meta.patch_embed == "spectral" and spectral.rsmae_meta.mean == [0.0] * 13
+    with torch.no_grad():  # on its own bands it is the backbone
+        assert_close(spectral.forward_features(tiles), conv.forward_features(tiles), atol=1e-5, rtol=1e-4)
+        with use_bands(spectral, OLI, sensor="landsat-oli"):
+            assert spectral.forward_features(tiles[:, OLI_FROM_S2]).isfinite().all()
+    out = save_backbone(spectral, tmp_path / "spectral.safetensors", spectral.rsmae_meta)
+    assert load_weights(out, "rsmae_spectral", bands=OLI, sensor="landsat-oli").patch_embed.in_chans == 6

@@ -82,7 +82,7 @@ def test_one_table_of_weights_formats_and_one_spelling(backbone: Path) -> None:
     """Registry, init and import choose loaders from WEIGHTS_FORMATS; "official_mae" is "mae", deprecated."""
     from rsmae.models.registry import FORMATS, WEIGHTS_FORMATS, load_weights, weights_format
 
-    assert FORMATS == ("rsmae", "mae", "timm", "torchgeo", "dofa", "copernicusfm")
+    assert FORMATS == ("rsmae", "mae", "timm", "torchgeo", "dofa", "copernicusfm", "rsmae_spectral")
     assert weights_format("mae") is WEIGHTS_FORMATS["mae"]
     with pytest.deprecated_call(match="'official_mae' is deprecated"):
         assert weights_format("official_mae") is WEIGHTS_FORMATS["mae"]
