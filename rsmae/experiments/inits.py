@@ -135,15 +135,36 @@ def summary_rows(manifest: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def manifest_table(manifest: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of :func:`summary_rows`."""
+    """Markdown table of :func:`summary_rows`; a backbone given as a file is named by path and sha256.
+
+    Counts this benchmark did not make (a file given in the config, converted foreign weights) are ``-``.
+    """
     def num(value: float | None, fmt: str = ".3f") -> str:
         return "-" if value is None else format(value, fmt)
+
+    def count(value: int | None) -> str:
+        return "-" if value is None else str(value)
 
     lines = ["| init | steps | corpus | images | scenes | minutes | final loss (recon) | kNN: step 0, end "
              "| linear: step 0, end |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summary_rows(manifest):
-        cells = [r["init"], r["steps"], r["corpus"], r["images"], r["scenes"], num(r["minutes"], ".1f"),
+        cells = [r["init"], count(r["steps"]), _corpus_cell(r, manifest[r["init"]]), count(r["images"]),
+                 count(r["scenes"]), num(r["minutes"], ".1f"),
                  f"{num(r['final_loss'], '.4f')} ({num(r['final_recon_loss'], '.4f')})",
                  *(f"{num(r[k + '_start'])}, {num(r[k + '_end'])}" for k in ("knn", "linear"))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _corpus_cell(row: dict[str, Any], entry: dict[str, Any]) -> str:
+    """The corpus of a backbone pretrained here; else its file (path under the checkout, sha256 prefix).
+
+    A file given in the config (:func:`manifest_from_paths`, its corpus its folder) is named alone; a
+    converted one (:func:`add_external`) also names its source.
+    """
+    if row["steps"] is not None or not entry.get("path"):
+        return str(row["corpus"])
+    path = Path(entry["path"])
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    cell = f"file {shown} (sha256 {str(row['sha256'])[:12]})"
+    return cell if row["corpus"] in (None, str(path.parent)) else f"{cell}, converted from {row['corpus']}"
