@@ -29,6 +29,10 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "mae_spectral_tiny": {"model": {"method": "mae", **TINY, "patch_embed": "spectral",
                                     "band_dropout": {"p_keep_min": 0.25, "p_keep_max": 1.0}},
                           "batch_size": 32, "accelerator": "cpu", "every": 50},
+    # issue 24: one run over stores of different band sets (S2 + Landsat groups, the mix ratio in the file)
+    "mae_spectral_mixed_tiny": {"model": {"method": "mae", **TINY, "patch_embed": "spectral",
+                                          "band_dropout": {"p_keep_min": 0.25, "p_keep_max": 1.0}},
+                                "batch_size": 32, "accelerator": "cpu", "every": 50},
     "mae_vit_s16_s2": {"model": {"method": "mae", "preset": "vit_small", **S2}, "batch_size": 128,
                        "accelerator": "gpu", "every": 2000},
     "rcmae_vit_s16_s2": {"model": {**RCMAE, "preset": "vit_small", **S2}, "batch_size": 128,
