@@ -10,9 +10,12 @@ Examples (one command per line)::
     rsmae predict embed --backbone B.safetensors 'scenes/*.tif' --pool --out pooled/ --engine onnx
     rsmae predict change --model runs/cd/change_model.safetensors DATE1 DATE2 --out changes/ --min-area 200
     rsmae predict classify --model runs/eval/classifier.safetensors SCENE --out classes/
+    rsmae predict classify --model M 'scenes/*.tif' --out classes/ --dask tcp://HOST:8786  # or --workers 4
 
 ``classify`` spreads each window's class probabilities over its pixels and blends overlapping windows
-(as ``change`` does): class_index.tif and class_prob.tif per pixel, on the scene's grid.
+(as ``change`` does): class_index.tif and class_prob.tif per pixel, on the scene's grid. ``embed`` and
+``classify`` run many scenes one per task on ``--workers`` local processes or on Dask (``--dask``, as
+``rsmae tile``); a rerun skips the scenes finished by any of them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import argparse
 
 from tqdm import tqdm
 
-from rsmae.cli.common import HelpFormatter, make_parser, run
+from rsmae.cli.common import HelpFormatter, dask_target, make_parser, run
 from rsmae.predict import PredictConfig, predict_change, predict_classify, predict_embed
 
 
@@ -38,6 +41,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--band-order", help="band order of multi-band files without band descriptions (a layout)")
 
 
+def _many(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=1, help="local processes, one scene per task (1: this "
+                   "process); with --dask local, the cluster's workers")
+    p.add_argument("--dask", nargs="?", const=True, default=None, type=dask_target, metavar="ADDRESS|local",
+                   help="run the scenes on Dask: 'local' (a LocalCluster of --workers processes; also the "
+                        "bare flag) or a scheduler address such as tcp://HOST:8786")
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Command-line options."""
     p = make_parser(__doc__, prog)
@@ -48,6 +59,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     embed.add_argument("--backbone", required=True, help="backbone .safetensors (rsmae export)")
     embed.add_argument("--pool", action="store_true", help="one vector per window (windows tile the scene)")
     _common(embed)
+    _many(embed)
     change = tasks.add_parser("change", help="change probability, mask and polygons of two dates",
                               formatter_class=HelpFormatter)
     change.add_argument("date1", help="scene of date 1 (its grid is the output grid)")
@@ -64,6 +76,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                           help="scene classifier saved by rsmae evaluate --protocol "
                                "linear|mlp|lastK|full --out (classifier.safetensors)")
     _common(classify)
+    _many(classify)
     return p
 
 
@@ -78,9 +91,11 @@ def _predict(args: argparse.Namespace) -> int:
     cfg = _config(args)
     with tqdm(unit="window", desc=args.task, disable=None) as bar:
         if args.task == "embed":
-            folders = predict_embed(args.inputs, args.backbone, args.out, cfg, progress=bar.update)
+            folders = predict_embed(args.inputs, args.backbone, args.out, cfg, progress=bar.update,
+                                    workers=args.workers, dask=args.dask)
         elif args.task == "classify":
-            folders = predict_classify(args.inputs, args.model, args.out, cfg, progress=bar.update)
+            folders = predict_classify(args.inputs, args.model, args.out, cfg, progress=bar.update,
+                                       workers=args.workers, dask=args.dask)
         else:
             folders = [predict_change(args.date1, args.date2, args.model, args.out, cfg, progress=bar.update)]
     for folder in folders:

@@ -3,23 +3,28 @@
 Everything a run needs is checked before anything is written (the model file, the scenes, their
 bands, grids and overlap), so bad input leaves no output. Each scene's outputs are made in a
 temporary folder and renamed to ``OUT/<scene>`` when complete (:mod:`rsmae.predict.sink`): a rerun
-skips finished scenes and redoes a killed one.
+skips finished scenes and redoes a killed one. Many scenes run one per task on local processes or a Dask
+cluster (``workers``, ``dask``) through the one map of rsmae (:func:`rsmae.parallel.parallel_map`); each
+worker loads the model once from its file.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from functools import partial
+from dataclasses import asdict, dataclass, replace
+from functools import cached_property, partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 
 from rsmae.bands import get_sensor
+from rsmae.parallel import parallel_map
 from rsmae.predict.errors import PredictError
 from rsmae.predict.models import (
     Predictor,
@@ -106,8 +111,20 @@ def _info(folder: Path, pred: Predictor, cfg: PredictConfig, spec: ScanSpec, inp
 
 
 def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
-                  config: PredictConfig = PredictConfig(), progress: Progress | None = None) -> list[Path]:
+                  config: PredictConfig = PredictConfig(), progress: Progress | None = None, *,
+                  workers: int = 1, dask: Any = None) -> list[Path]:
     """Patch features of every scene in ``inputs`` as georeferenced COGs with a PCA preview.
+
+    Args:
+        inputs: Scene files, folders or globs.
+        backbone: A backbone file (or its ONNX export).
+        out: Output folder (one subfolder per scene).
+        config: Prediction options.
+        progress: Called with the windows of each model call (scenes run in this process only).
+        workers: Local processes, one scene per task (1: this process); with ``dask="local"`` the
+            workers of the local cluster.
+        dask: ``None``; ``"local"``/``True`` (a Dask ``LocalCluster``); a scheduler address; or an open
+            ``distributed.Client`` (:func:`rsmae.parallel.parallel_map`).
 
     Returns:
         The output folders, one per scene (finished ones of an earlier run are skipped).
@@ -117,6 +134,7 @@ def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
         BandError: a scene lacks a band of the backbone.
         RasterReadError, GridError: a scene's file is unreadable or its bands disagree.
     """
+    job = _SceneJob("embed", str(backbone), str(out), _worker_config(config, workers, dask))
     pred = load_embed_predictor(backbone, pool=config.pool).use(config.engine, config.threads)
     scenes = _scenes(inputs, pred, config)
     spec = _spec(pred, config)
@@ -124,21 +142,73 @@ def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
         if min(spec.cells(s.grid.height, s.grid.width)) == 0:
             raise PredictError(f"{s.scene.files[0]}: {s.grid.width}x{s.grid.height} px is smaller than one "
                                f"output cell ({spec.scale} px); use a larger scene")
-    return _each_scene(scenes, out, lambda s, folder: _embed_scene(pred, s, folder, config, spec, progress))
+    return _each_scene(scenes, job, pred, progress, workers=workers, dask=dask)
 
 
-def _each_scene(scenes: Sequence[PredictScene], out: str | Path,
-                write: Callable[[PredictScene, Path], None]) -> list[Path]:
-    """Write each scene's folder ``out/<scene>`` unless an earlier run finished it; the folders."""
-    folders = []
-    for s in scenes:
-        folder = Path(out) / s.name
+def _worker_config(config: PredictConfig, workers: int, dask: Any) -> PredictConfig:
+    """``config`` for the workers: local processes share the cores unless ``threads`` says otherwise."""
+    if config.threads is not None or workers <= 1 or (dask is not None and dask is not False):
+        return config  # Dask workers run one thread each (its nanny sets OMP_NUM_THREADS)
+    return replace(config, threads=max(1, (os.cpu_count() or 1) // workers))
+
+
+@dataclass(frozen=True)
+class _SceneJob:
+    """One scene's outputs as a picklable task: the model is loaded from its file once per job object.
+
+    Attributes:
+        kind: ``"embed"`` or ``"classify"``.
+        model: The model file.
+        out: The output folder.
+        config: Prediction options.
+    """
+
+    kind: str
+    model: str
+    out: str
+    config: PredictConfig
+
+    @cached_property
+    def predictor(self) -> Predictor:
+        """The model, loaded where the job runs (a Dask worker keeps it for all its scenes)."""
+        if self.kind == "embed":
+            pred = load_embed_predictor(self.model, pool=self.config.pool)
+        else:
+            pred = load_classify_predictor(self.model)
+        return pred.use(self.config.engine, self.config.threads)
+
+    def write(self, pred: Predictor, s: PredictScene, progress: Progress | None = None) -> Path:
+        """Write ``s``'s folder with ``pred``; the folder."""
+        folder = Path(self.out) / s.name
+        write = _embed_scene if self.kind == "embed" else _classify_scene
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            write(pred, s, folder, self.config, _spec(pred, self.config), progress)
+        return folder
+
+    def __call__(self, s: PredictScene) -> Path:
+        """Write ``s``'s folder (in a worker); the folder."""
+        return self.write(self.predictor, s)
+
+
+def _each_scene(scenes: Sequence[PredictScene], job: _SceneJob, pred: Predictor, progress: Progress | None,
+                *, workers: int = 1, dask: Any = None) -> list[Path]:
+    """Write each scene's folder ``out/<scene>`` unless an earlier run finished it; all the folders.
+
+    In this process with ``pred``, or one scene per task over ``workers`` processes or ``dask``.
+    """
+    folders = [Path(job.out) / s.name for s in scenes]
+    todo = []
+    for s, folder in zip(scenes, folders, strict=True):
         if folder.is_dir():
             _logger.info("%s: done by an earlier run, skipped", folder)
         else:
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-                write(s, folder)
-        folders.append(folder)
+            todo.append(s)
+    if workers <= 1 and (dask is None or dask is False):
+        for s in todo:
+            job.write(pred, s, progress)
+        return folders
+    for folder in parallel_map(job, todo, workers=workers, dask=dask):
+        _logger.info("%s: done", folder)
     return folders
 
 
@@ -166,12 +236,14 @@ def _embed_scene(pred: Predictor, s: PredictScene, target: Path, cfg: PredictCon
 
 
 def predict_classify(inputs: Sequence[str], model: str | Path, out: str | Path,
-                     config: PredictConfig = PredictConfig(), progress: Progress | None = None) -> list[Path]:
+                     config: PredictConfig = PredictConfig(), progress: Progress | None = None, *,
+                     workers: int = 1, dask: Any = None) -> list[Path]:
     """Class index and class probability COGs of every scene in ``inputs``, on the scene's grid.
 
     Each window's class probabilities are spread over its pixels and overlapping windows blended with
     cosine weights, as ``change`` blends its probabilities: one value per pixel of the scene's finest
     band grid (its CRS and transform). The class index is the argmax of the blended probabilities.
+    Arguments as :func:`predict_embed`'s (``model``: a classifier saved by ``rsmae evaluate --out``).
 
     Returns:
         The output folders, one per scene (finished ones of an earlier run are skipped).
@@ -181,11 +253,10 @@ def predict_classify(inputs: Sequence[str], model: str | Path, out: str | Path,
         BandError: a scene lacks a band of the classifier.
         RasterReadError, GridError: a scene's file is unreadable or its bands disagree.
     """
+    job = _SceneJob("classify", str(model), str(out), _worker_config(config, workers, dask))
     pred = load_classify_predictor(model).use(config.engine, config.threads)
     scenes = _scenes(inputs, pred, config)
-    spec = _spec(pred, config)
-    return _each_scene(scenes, out,
-                       lambda s, folder: _classify_scene(pred, s, folder, config, spec, progress))
+    return _each_scene(scenes, job, pred, progress, workers=workers, dask=dask)
 
 
 def _classify_scene(pred: Predictor, s: PredictScene, target: Path, cfg: PredictConfig, spec: ScanSpec,
