@@ -11,11 +11,16 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from rsmae.data import ShardDataset, TileDataModule
 from rsmae.errors import ModelConfigError
 from rsmae.tasks import PretrainTask
+from tests.conftest import load_script
 from tests.data.mixed_helpers import tile_landsat
+from tests.tasks.conftest import SimulatedKill
+
+pretrain = load_script("pipelines/pretrain.py")
 
 OLI = ["landsat-oli:B2", "landsat-oli:B3", "landsat-oli:B4"]
 
@@ -111,3 +116,39 @@ def test_conv_on_groups_of_the_same_bands_trains(eurosat_store: Path, eurosat_tr
     task = _task(dm, patch_embed="conv")
     cpu_trainer(2, callbacks=[record], precision=32).fit(task, datamodule=dm)
     assert len(record.seen) == 2 and all(math.isfinite(loss) for *_, loss in record.seen)
+
+
+def _mixed_config(tmp: Path, eurosat: Path, landsat: Path, pretrain_config, **kw: Any) -> Path:
+    """The shipped mae_spectral_mixed_tiny config, tiny model and run, on the two real stores."""
+    path = pretrain_config(tmp, eurosat, method="mae_spectral_mixed", **kw)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"]["stores"] = {"s2": [str(eurosat)], "landsat": [str(landsat)]}
+    cfg["data"]["mix"] = {"s2": 1, "landsat": 1}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the groups in order: s2 first
+    return path
+
+
+def test_shipped_mixed_config_resumes_after_a_kill_as_uninterrupted(
+        tmp_path: Path, eurosat_store: Path, landsat_store: Path, pretrain_config) -> None:
+    # 3-batch epochs: killed after step 4 (mid-epoch 1), the resumed run trains steps 5 and 6
+    kw = {"steps": 6, "every": 1, "trainer_args": {"limit_train_batches": 3, "limit_val_batches": 0,
+                                                   "precision": "32-true"}}
+    straight = _mixed_config(tmp_path / "straight", eurosat_store, landsat_store, pretrain_config, **kw)
+    assert pretrain.main(["fit", "--config", str(straight)]) == 0
+    kill = [{"class_path": "tests.tasks.conftest.KillAt", "init_args": {"step": 4}}]
+    resumed = _mixed_config(tmp_path / "resumed", eurosat_store, landsat_store, pretrain_config,
+                            callbacks=kill, **kw)
+    with pytest.raises(SimulatedKill):
+        pretrain.main(["fit", "--config", str(resumed)])
+    ckpt = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    first = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert first["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 1}]
+    assert [g["name"] for g in first["hyper_parameters"]["data_info"]["groups"]] == ["s2", "landsat"]
+    resumed = _mixed_config(tmp_path / "resumed", eurosat_store, landsat_store, pretrain_config, **kw)
+    assert pretrain.main(["fit", "--config", str(resumed), "--ckpt_path", "last"]) == 0
+    a, b = (torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)["state_dict"] for run in ("straight", "resumed"))
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert a.keys() == b.keys() and not different, different[:5]
+    key = "model.encoder.cls_token"
+    assert not torch.equal(a[key], first["state_dict"][key])  # it did train after the resume
