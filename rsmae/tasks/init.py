@@ -36,8 +36,8 @@ from rsmae.models.timm_cfg import refused_encoder_kwargs
 from rsmae.models.weights import ENCODER_KWARGS, META_KEY, read_weights
 from rsmae.store import TileStore
 
-__all__ = ["backbone_kind", "check_corpus", "check_resume", "checkpoint_hparams", "corpus_record",
-           "init_encoder", "load_init_backbone", "vet_encoder_kwargs"]
+__all__ = ["backbone_kind", "check_architecture", "check_checkpoint", "check_corpus", "check_resume",
+           "checkpoint_hparams", "corpus_record", "init_encoder", "load_init_backbone", "vet_encoder_kwargs"]
 
 # Hyper-parameters that fix the model's tensors: a checkpoint resumes only into the same ones.
 ARCHITECTURE = ("method", "preset", "patch_size", "img_size", "in_chans", "encoder_kwargs", "patch_embed",
@@ -182,7 +182,15 @@ def check_resume(ckpt_path: str | Path | None, hparams: Mapping[str, Any], *,
     """
     if ckpt_path is None or str(ckpt_path) in _KEYWORDS:
         return
-    saved = checkpoint_hparams(ckpt_path)
+    check_architecture(ckpt_path, checkpoint_hparams(ckpt_path), hparams, keys=keys)
+
+
+def check_architecture(ckpt_path: str | Path | None, saved: Mapping[str, Any], hparams: Mapping[str, Any],
+                       *, keys: Sequence[str] = ARCHITECTURE) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint's hyper-parameters ``saved`` build ``hparams``'s.
+
+    The check of :func:`check_resume` on a checkpoint already read, so also for ``--ckpt_path last``.
+    """
     diff = [f"{k}={saved.get(k)!r} (config: {hparams.get(k)!r})" for k in keys
             if _setting(saved, k) != _setting(hparams, k)]
     if diff:
@@ -219,6 +227,17 @@ def corpus_record(stores: Sequence[str | Path]) -> list[dict[str, Any]]:
         record.append({"n_scenes": int(committed.get("n_scenes", store.n_scenes)),
                        "tiles": int(committed.get("tiles", attrs["tiles"])), "stats": digest})
     return record
+
+
+def check_checkpoint(ckpt_path: str | Path | None, checkpoint: Mapping[str, Any], hparams: Mapping[str, Any],
+                     corpus: Sequence[Mapping[str, Any]] | None) -> None:
+    """Refuse to resume ``checkpoint`` into another model (:func:`check_architecture`) or on changed stores.
+
+    ``PretrainTask.on_load_checkpoint`` calls it, before the weights are loaded: a clear error instead
+    of a state-dict size mismatch, whatever ``--ckpt_path`` named (a file, ``last``).
+    """
+    check_architecture(ckpt_path, checkpoint.get("hyper_parameters") or {}, hparams)
+    check_corpus(ckpt_path, checkpoint.get("rsmae_corpus"), corpus)
 
 
 def check_corpus(ckpt_path: str | Path | None, saved: Sequence[Mapping[str, Any]] | None,

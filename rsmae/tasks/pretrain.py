@@ -6,15 +6,12 @@ are not typed twice: the CLI links ``in_chans``, ``img_size`` and ``data_info`` 
 when it instantiates it (``link_arguments(..., apply_on="instantiate")``), and :meth:`setup` checks
 them against the data actually loaded.
 
-Randomness is explicit and restartable: the augmentation and the masks of training batch ``n`` come
-from a generator seeded by ``(seed, rank, n)``, validation masks by ``(seed, rank, batch_idx)``; the
-batch counter and the stores' corpus record are saved in checkpoints. Together with the resumable loader
-(:class:`~rsmae.data.ResumableDataLoader`) a resumed run reproduces the uninterrupted one.
-
-Integer batches (``TileDataModule(native=True)``) are normalised on the device with ``data_info``
-(a batch of a mix of store groups: with its group's statistics). ``patch_embed="spectral"`` pretrains
-one encoder for any sensor, also on stores of different bands, with ``band_dropout`` per batch
-(:mod:`rsmae.tasks.spectral`).
+Randomness is restartable: training batch ``n``'s augmentation and masks come from a generator seeded
+by ``(seed, rank, n)``, validation masks by ``(seed, rank, batch_idx)``; checkpoints keep the batch
+counter and the corpus record: with :class:`~rsmae.data.ResumableDataLoader` a resume is exact.
+Integer batches are normalised on the device with ``data_info`` (a batch of a mix of store groups:
+with its group's statistics). ``patch_embed="spectral"`` pretrains one encoder for any sensor, also
+on stores of different bands, with ``band_dropout`` per batch (:mod:`rsmae.tasks.spectral`).
 """
 
 from __future__ import annotations
@@ -44,7 +41,13 @@ from rsmae.models import (
 )
 from rsmae.models import teacher_momentum as momentum_schedule
 from rsmae.models.weights import BackboneMeta, save_backbone
-from rsmae.tasks.init import check_corpus, checkpoint_hparams, corpus_record, init_encoder, vet_encoder_kwargs
+from rsmae.tasks.init import (
+    check_checkpoint,
+    checkpoint_hparams,
+    corpus_record,
+    init_encoder,
+    vet_encoder_kwargs,
+)
 from rsmae.tasks.optim import OPTIMIZERS, task_optimizer
 from rsmae.tasks.precision import clip_unscaled
 from rsmae.tasks.spectral import (
@@ -359,8 +362,8 @@ class PretrainTask(L.LightningModule):
             checkpoint["hyper_parameters"]["init_backbone"] = None  # rebuilding it must not need that file
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the batch counter; refuse a resume on changed stores (``check_corpus``)."""
-        check_corpus(self._trainer and self._trainer.ckpt_path, checkpoint.get("rsmae_corpus"), self._corpus)
+        """Restore the batch counter; refuse another model or changed stores, before the weights load."""
+        check_checkpoint(self._trainer and self._trainer.ckpt_path, checkpoint, self.hparams, self._corpus)
         self.train_batches = int(checkpoint.get("rsmae_train_batches", 0))
 
     # ------------------------------------------------------------------ optimisation

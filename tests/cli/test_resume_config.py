@@ -68,3 +68,17 @@ def test_the_same_config_resumes_from_the_file(run: Path) -> None:
     assert pretrain.main(argv) == 0
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 3 and last["hyper_parameters"]["patch_size"] == 8
+
+
+def test_last_of_another_architecture_is_refused_before_the_weights(run: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``--ckpt_path last`` is resolved by Lightning: the check runs when the file is read, not a size mismatch."""
+    checkpoints = _files(run / "checkpoints")
+    capsys.readouterr()
+    argv = ["fit", "--config", str(run / "config.yaml"), "--ckpt_path", "last", "--model.decoder_depth", "2"]
+    assert pretrain.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "size mismatch" not in err
+    line = next(line for line in err.splitlines() if line.startswith("error: "))
+    assert "last.ckpt: made by another model: decoder_depth=None (config: 2)" in line, line
+    assert _files(run / "checkpoints") == checkpoints
