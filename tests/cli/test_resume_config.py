@@ -70,9 +70,8 @@ def test_the_same_config_resumes_from_the_file(run: Path) -> None:
     assert last["global_step"] == 3 and last["hyper_parameters"]["patch_size"] == 8
 
 
-def test_last_of_another_architecture_is_refused_before_the_weights(run: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """``--ckpt_path last`` is resolved by Lightning: the check runs when the file is read, not a size mismatch."""
+def test_last_of_another_architecture_is_refused(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--ckpt_path last`` is resolved by Lightning: checked when the file is read, before the weights."""
     checkpoints = _files(run / "checkpoints")
     capsys.readouterr()
     argv = ["fit", "--config", str(run / "config.yaml"), "--ckpt_path", "last", "--model.decoder_depth", "2"]
