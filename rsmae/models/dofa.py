@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from rsmae.models.vit import create_encoder
 from rsmae.models.wavegen import WaveGenerator
 from rsmae.models.weights import read_weights
 
-__all__ = ["KeyReport", "WAVE_FORMATS", "load_copernicusfm", "load_dofa", "map_keys"]
+__all__ = ["KeyReport", "WAVE_FORMATS", "load_copernicusfm", "load_dofa", "map_keys", "wave_format"]
 
 _logger = logging.getLogger(__name__)
 
@@ -90,6 +90,12 @@ def _strip_wrappers(key: str) -> str:
     while key.startswith(PREFIXES):
         key = key[len(next(p for p in PREFIXES if key.startswith(p))):]
     return key
+
+
+def wave_format(names: Iterable[str]) -> str | None:
+    """``"dofa"`` or ``"copernicusfm"`` when the state-dict keys ``names`` hold its kernel generator."""
+    stripped = {_strip_wrappers(n) for n in names}
+    return next((f for f, p in WAVE_FORMATS.items() if f"{p}{_MARKER}" in stripped), None)
 
 
 def _check_format(names: Sequence[str], fmt: str, path: Path) -> None:

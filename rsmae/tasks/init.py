@@ -30,6 +30,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from rsmae.errors import CheckpointError, ModelConfigError, WeightsError
+from rsmae.models.dofa import WAVE_FORMATS, wave_format
 from rsmae.models.keys import PATCH_KEY, strip_prefixes
 from rsmae.models.registry import load_weights
 from rsmae.models.timm_cfg import refused_encoder_kwargs
@@ -50,7 +51,10 @@ _logger = logging.getLogger(__name__)
 
 
 def backbone_kind(path: str | Path) -> str:
-    """The format of a weights file: ``"rsmae"``, ``"mae"`` (official), ``"timm"`` or ``"torchgeo"``.
+    """The format of a weights file: rsmae, official MAE, timm, torchgeo, DOFA or Copernicus-FM.
+
+    ``"rsmae"``, ``"mae"``, ``"timm"``, ``"torchgeo"``, ``"dofa"`` or ``"copernicusfm"`` (the last two
+    any-sensor: they start a ``patch_embed: spectral`` task).
 
     The formats and their loaders are :data:`~rsmae.models.registry.WEIGHTS_FORMATS`.
 
@@ -63,6 +67,9 @@ def backbone_kind(path: str | Path) -> str:
     if str(path).endswith(".ckpt") or any(k.startswith("model.") for k in state):  # PretrainTask's
         raise WeightsError(f"{path}: a training checkpoint, not a backbone; export its encoder first "
                            "(pipelines/export.py CKPT --out B.safetensors) or resume it with --ckpt_path")
+    wave = wave_format(state)
+    if wave is not None:
+        return wave
     kernel = strip_prefixes(state).get(PATCH_KEY)
     chans = None if kernel is None else int(kernel.shape[1])
     if chans == 3:
@@ -75,10 +82,23 @@ def backbone_kind(path: str | Path) -> str:
 
 
 def load_init_backbone(path: str | Path, bands: list[str], sensor: str | None, *, patch_size: int,
-                       img_size: int) -> VisionTransformer:
-    """Load any supported backbone file (:func:`backbone_kind`) adapted to ``bands`` and the task's sizes."""
-    return load_weights(path, backbone_kind(path), bands=bands, sensor=sensor, img_size=img_size,
-                        patch_size=patch_size)
+                       img_size: int, spectral: Mapping[str, Any] | None = None) -> VisionTransformer:
+    """Load any supported backbone file (:func:`backbone_kind`) adapted to ``bands`` and the task's sizes.
+
+    ``spectral``: the task's spectral embedding options (``SpectralPatchEmbed.config()``); a DOFA or
+    Copernicus-FM file is fitted into a generator of that size (exact when its ``rank`` is at least
+    the number of band spectra fitted, see :mod:`rsmae.models.dofa`).
+    """
+    kind = backbone_kind(path)
+    extra = {}
+    if kind in WAVE_FORMATS and spectral is None:
+        raise WeightsError(f"{path}: {kind} weights generate a kernel per band: they start only an "
+                           "any-sensor task; set model.patch_embed: spectral")
+    if kind in WAVE_FORMATS:
+        options = {k: v for k, v in spectral.items() if k != "kernel_size"}  # the file's, resized
+        extra = {"encoder_kwargs": {"spectral_embed": options}}
+    return load_weights(path, kind, bands=bands, sensor=sensor, img_size=img_size, patch_size=patch_size,
+                        **extra)
 
 
 def init_encoder(encoder: VisionTransformer, path: str | Path, data_info: dict[str, Any] | None, *,
@@ -102,7 +122,9 @@ def init_encoder(encoder: VisionTransformer, path: str | Path, data_info: dict[s
     if not data_info or not data_info.get("bands"):
         raise WeightsError(f"{path}: init_backbone needs the pretraining data's bands (data_info) to "
                            "adapt the backbone; build the task with its data (the CLI links data_info)")
+    config = getattr(encoder.patch_embed, "config", None)  # a spectral embedding's options
     source = load_init_backbone(path, list(data_info["bands"]), data_info.get("sensor"),
+                                spectral=config() if callable(config) else None,
                                 patch_size=patch_size, img_size=img_size)
     meta = source.rsmae_meta
     if meta.preset != preset or meta.patch_size != patch_size:
