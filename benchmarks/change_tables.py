@@ -29,16 +29,21 @@ from typing import Any
 
 import matplotlib
 import matplotlib.pyplot as plt
+from provenance import git_commit
 
 from rsmae.evaluation.speed import cpu_name
 from rsmae.experiments import LABELS, cell_path, read_cells
 from rsmae.experiments.config import GridConfig
 from rsmae.models.trainable import tuned_blocks
+from rsmae.stats import paired_bootstrap, verdict, wilcoxon_signed_rank
 
 matplotlib.use("Agg")
 
 CD_LABELS = {**LABELS, "fc_siam_diff": "FC-Siam-diff U-Net (from scratch)"}
 METRICS = ("f1", "iou", "precision", "recall", "accuracy")
+# code whose uncommitted changes would change a cell's numbers (named beside the commit)
+MEASURED = ("rsmae/evaluation", "rsmae/models", "rsmae/tasks", "rsmae/datasets",
+            "benchmarks/change_tables.py")
 PUBLISHED = [
     ("FC-Siam-diff (13 bands / RGB)", "OSCD", "57.9 / 48.9"),
     ("FC-EF (13 bands / RGB)", "OSCD", "56.9 / 48.9"),
@@ -83,14 +88,10 @@ def write_change_tables(config: GridConfig, cells: list[dict[str, Any]], manifes
     protocols = list(dict.fromkeys(c["protocol"] for c in cells))
     name = config.results_name
     folder.mkdir(parents=True, exist_ok=True)
-    csv_path = folder / f"{name}.csv"
-    with csv_path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["dataset", "init", "protocol", "seeds",
-                         *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")], "wall_s"])
-        for (init, p, d), r in sorted(rows.items()):
-            stats = [f"{r[k]:.2f}" if r[k] is not None else "" for m in METRICS for k in (m, f"{m}_std")]
-            writer.writerow([d, init, p, r["n"], *stats, f"{r['wall_s']:.0f}"])
+    command = f"python benchmarks/change_tables.py --config {config.config_path}"
+    provenance = {"commit": git_commit(MEASURED), "command": command,
+                  "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
+    csv_path = _write_cells_csv(folder / f"{name}.csv", results, config, provenance)
     cell_s = sum(float(r.get("wall_s") or 0.0) for r in results)
     workers = max(1, config.workers or 1)
     splits = [f"{d}: train {config.datasets[d].get('train_note', 'dataset split')}"
@@ -99,7 +100,7 @@ def write_change_tables(config: GridConfig, cells: list[dict[str, Any]], manifes
     md = [f"# Change detection ({len(results)} of {len(cells)} cells done)", "",
           f"- machine: {cpu_name()}, {os.cpu_count()} cores; {this_run}cell time of the {len(results)} "
           f"cells {cell_s / 60:.1f} min, i.e. {cell_s / 60 / workers:.1f} min on {workers} worker(s); "
-          f"command `python benchmarks/change_tables.py --config {config.config_path}`",
+          f"command `{command}`; commit {provenance['commit']}; `{name}.csv`: one row per cell",
           "- F1 / IoU / precision / recall of the change class in %, mean ± std over seeds (n), pooled over "
           "whole test scenes scored by overlapping sliding windows with blended logits (not a centre crop), "
           "at the threshold chosen on a validation part of the training scenes",
@@ -141,11 +142,12 @@ def _folds_table(config: GridConfig, rows: dict, inits: list[str], protocols: li
           f"Each column trains on the other {len(folds) - 1} cities "
           f"({data[folds[0]].get('train_note', 'the remaining cities')}) and scores the whole held-out city; "
           "then the mean ± std over cities (the spread between cities, not between seeds), and the "
-          f"difference to {CD_LABELS['random']} paired by city: mean ± standard error, cities better / "
-          "worse.", "",
+          f"difference to {CD_LABELS['random']} paired by city: mean [paired bootstrap 95 % CI over the "
+          "cities], cities better / worse (F1 per city: mean over seeds).", "",
           "| init | protocol | " + " | ".join(cities) + " | mean over cities | vs random init, paired |",
           "|---|---|" + "---|" * (len(cities) + 2)]
     random_f1 = {d: rows[key]["f1"] for d in folds if (key := ("random", "frozen", d)) in rows}
+    sentences = []
     for init in inits:
         for p in protocols:
             scores = {d: rows[(init, p, d)]["f1"] for d in folds if (init, p, d) in rows}
@@ -154,13 +156,42 @@ def _folds_table(config: GridConfig, rows: dict, inits: list[str], protocols: li
             f1 = list(scores.values())
             spread = statistics.stdev(f1) if len(f1) > 1 else 0.0
             cols = " | ".join(f"{scores[d]:.1f}" if d in scores else "—" for d in folds)
-            diff = [scores[d] - random_f1[d] for d in scores if d in random_f1]
-            paired = "—" if init == "random" or len(diff) < 2 else (
-                f"{statistics.fmean(diff):+.1f} ± {statistics.stdev(diff) / len(diff) ** 0.5:.1f}, "
-                f"{sum(x > 0 for x in diff)} / {sum(x < 0 for x in diff)}")
+            shared = [d for d in scores if d in random_f1]
+            paired, sentence = ("—", "") if init == "random" else _paired_cities(
+                f"{CD_LABELS.get(init, init)} ({p})", [scores[d] for d in shared],
+                [random_f1[d] for d in shared])
             mean = f"{statistics.fmean(f1):.1f} ± {spread:.1f} ({len(f1)} cities)"
             md.append(f"| {CD_LABELS.get(init, init)} | {p} | {cols} | {mean} | {paired} |")
-    return [*md, ""]
+            sentences += [f"- {sentence}"] if sentence else []
+    return [*md, "", *sentences, *([""] if sentences else [])]
+
+
+def _paired_cities(name: str, f1: list[float], random_f1: list[float]) -> tuple[str, str]:
+    """Table cell and sentence of ``name`` minus random init, F1 paired by city (needs 2+ cities)."""
+    if len(f1) < 2:
+        return "—", ""
+    diff = paired_bootstrap(f1, random_f1)
+    wins = sum(a > b for a, b in zip(f1, random_f1, strict=True))
+    losses = sum(a < b for a, b in zip(f1, random_f1, strict=True))
+    cell = f"{diff.difference:+.1f} [{diff.low:+.1f}, {diff.high:+.1f}], {wins} / {losses}"
+    test = wilcoxon_signed_rank(f1, random_f1)
+    sentence = verdict(name, CD_LABELS["random"], diff, scale=1.0, unit="F1 points", units="cities",
+                       p_value=test.p_value if test.n else None, test="Wilcoxon signed-rank")
+    return cell, sentence
+
+
+def _write_cells_csv(path: Path, results: list[dict[str, Any]], config: GridConfig,
+                     provenance: dict[str, str]) -> Path:
+    """One row per finished cell (metrics in %), with the commit, command and machine of the table."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["dataset", "held_out", "init", "protocol", "seed", *METRICS, "wall_s", *provenance])
+        for r in sorted(results, key=lambda r: (r["dataset"], r["init"], r["protocol"], r["seed"])):
+            held = config.datasets.get(r["dataset"], {}).get("held_out", "")
+            scores = [f"{100 * r[m]:.2f}" if r.get(m) is not None else "" for m in METRICS]
+            writer.writerow([r["dataset"], held, r["init"], r["protocol"], r["seed"], *scores,
+                             f"{float(r.get('wall_s') or 0.0):.0f}", *provenance.values()])
+    return path
 
 
 def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str], path: Path) -> Path:

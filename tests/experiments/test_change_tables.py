@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -44,13 +45,33 @@ def test_folds_get_one_table_with_a_column_per_city_and_the_mean_over_cities(tmp
     assert "5 of 6 cells done" in md and "## Leave one city out" in md
     assert "| init | protocol | pisa | beihai | mumbai | mean over cities | vs random init, paired |" in md
     assert "| random init | frozen | 20.0 | 40.0 | 60.0 | 40.0 ± 20.0 (3 cities) | — |" in md
-    # paired by city with random init: +10 in both cities it has, none worse
-    row = "| our MAE (Sentinel-2) | frozen | 30.0 | 50.0 | — | 40.0 ± 14.1 (2 cities) | +10.0 ± 0.0, 2 / 0 |"
+    # paired by city with random init: +10 in both cities it has, none worse; every resample the same
+    row = ("| our MAE (Sentinel-2) | frozen | 30.0 | 50.0 | — | 40.0 ± 14.1 (2 cities) "
+           "| +10.0 [+10.0, +10.0], 2 / 0 |")
     assert row in md
+    assert "- our MAE (Sentinel-2) (frozen) is higher than random init by 10.0 F1 points" in md
+    assert "over 2 cities; Wilcoxon signed-rank p = 0.5)" in md  # 2 cities: the exact test cannot call it
     assert "## oscd-pisa" not in md and "- splits:" not in md  # folds are not listed as datasets
+    assert "commit " in md and "one row per cell" in md
     assert not any(p.suffix == ".png" for p in paths)  # no tuned-blocks plot of frozen-only folds
-    rows = (tmp_path / "results" / "change_loco.csv").read_text().splitlines()
-    assert len(rows) == 1 + 5 and rows[0].startswith("dataset,init,protocol,seeds,f1_mean")
+    rows = list(csv.DictReader((tmp_path / "results" / "change_loco.csv").open()))
+    assert len(rows) == 5 and {r["held_out"] for r in rows} == {"pisa", "beihai", "mumbai"}
+    pisa = next(r for r in rows if r["init"] == "rs_mae" and r["held_out"] == "pisa")
+    assert (pisa["seed"], pisa["f1"], pisa["command"]) == ("0", "30.00", "python benchmarks/change_tables.py "
+                                                           "--config loco.yaml")
+    assert pisa["commit"] and "cores" in pisa["machine"]
+
+
+def test_a_difference_within_the_spread_of_cities_is_not_called(tmp_path: Path) -> None:
+    config = GridConfig.from_dict(_config(tmp_path, ["pisa", "beihai", "mumbai", "hongkong"]))
+    cells = plan_cells(config)
+    shift = {"pisa": 0.1, "beihai": -0.1, "mumbai": 0.05, "hongkong": -0.02}  # signs disagree
+    for cell in cells:
+        city = cell["dataset"][5:]
+        _write_cell(config, cell, 0.4 + (shift[city] if cell["init"] == "rs_mae" else 0.0))
+    change_tables.write_change_tables(config, cells, MANIFEST, tmp_path / "results")
+    md = (tmp_path / "results" / "change_loco.md").read_text()
+    assert "- No clear difference between our MAE (Sentinel-2) (frozen) and random init: +0.8 F1 points" in md
 
 
 def test_plain_datasets_get_sections_and_a_plot(tmp_path: Path) -> None:
