@@ -1,19 +1,31 @@
-"""Derived outputs: the PCA preview of an embedding raster and the polygons of a change mask.
+"""Derived outputs: the PCA preview of an embedding raster, the change preview and change polygons.
 
-Both read the finished rasters block by block (the preview keeps 3 values per cell; polygons come
-from GDAL's polygonize over the raster band), so neither holds a whole feature raster in memory.
+All read the finished rasters (and date 1) block by block: the previews keep 3 values per cell of an
+image of at most ``max_side`` px, polygons come from GDAL's polygonize over the raster band, so none
+holds a whole-scene array at full resolution.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
 from rasterio.features import shapes
 from rasterio.windows import Window
 
-__all__ = ["CovarianceSum", "change_polygons", "pca_preview"]
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = ["CHANGE_RGB", "NODATA_RGB", "CovarianceSum", "change_polygons", "change_preview", "pca_preview",
+           "true_colour"]
+
+CHANGE_RGB = (255, 0, 200)  # predicted change: a magenta fill and outline (rare in true colour)
+NODATA_RGB = (96, 96, 96)  # nodata cells in the change preview
+_FILL_ALPHA = 0.45
+Read = Callable[[int, int, int, int], np.ndarray]
 
 
 class CovarianceSum:
@@ -67,13 +79,138 @@ def pca_preview(raster: Path, png: Path, pca: CovarianceSum, *, max_side: int = 
             block = ds.read(window=Window(0, r, ds.width, min(rows, ds.height - r)))[:, ::step, ::step]
             parts.append(np.einsum("kc,chw->khw", axes, block - mean[:, None, None]))
     rgb = np.concatenate(parts, axis=1) if parts else np.zeros((3, 1, 1))
+    Image.fromarray(_stretch(rgb)[0]).save(png)
+
+
+def _stretch(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(3, h, w)`` float (NaN = nodata) stretched per band from its 2nd to 98th percentile.
+
+    Returns:
+        ``(h, w, 3)`` uint8 (nodata black) and the ``(h, w)`` nodata mask.
+    """
     ok = ~np.isnan(rgb).any(axis=0)
     out = np.zeros(rgb.shape[1:] + (3,), np.uint8)
     if ok.any():
         lo, hi = np.percentile(rgb[:, ok], [2, 98], axis=1)
         scaled = (rgb - lo[:, None, None]) / np.maximum(hi - lo, 1e-12)[:, None, None]
         out[ok] = (np.clip(scaled, 0, 1)[:, ok].T * 255).astype(np.uint8)
-    Image.fromarray(out).save(png)
+    return out, ~ok
+
+
+def _blocks(height: int, step: int, rows: int) -> Iterator[tuple[int, int]]:
+    """(first row, rows) of blocks starting at multiples of ``step`` (``[::step]`` samples one grid)."""
+    rows = max(step, rows // step * step)
+    for r in range(0, height, rows):
+        yield r, min(rows, height - r)
+
+
+def _step(height: int, width: int, max_side: int) -> int:
+    return max(1, -(-max(height, width) // max_side))
+
+
+def true_colour(read: Read, height: int, width: int, *, max_side: int = 1024,
+                rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """A percentile-stretched true-colour image of a scene, every ``step``-th pixel.
+
+    Args:
+        read: ``(row, col, h, w) -> (3, h, w)`` float32 red, green, blue (NaN = nodata).
+        height: Scene height in pixels.
+        width: Scene width in pixels.
+        max_side: Longest side of the image (``step`` = the smallest integer that fits it).
+        rows: Rows read per block.
+
+    Returns:
+        ``(h, w, 3)`` uint8 (nodata black) and the ``(h, w)`` nodata mask.
+    """
+    step = _step(height, width, max_side)
+    parts = [read(r, 0, n, width)[:, ::step, ::step] for r, n in _blocks(height, step, rows)]
+    return _stretch(np.concatenate(parts, axis=1) if parts else np.full((3, 1, 1), np.nan))
+
+
+def _change_cells(mask: Path, step: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of ``step`` x ``step`` px of a change mask: any pixel changed; the sampled pixel nodata."""
+    changed, nodata = [], []
+    with rasterio.open(mask) as ds:
+        for r, n in _blocks(ds.height, step, rows):
+            block = ds.read(1, window=Window(0, r, ds.width, n))
+            nodata.append(block[::step, ::step] == 255)
+            h, w = -(-n // step), -(-ds.width // step)
+            padded = np.zeros((h * step, w * step), bool)
+            padded[:n, :ds.width] = block == 1
+            changed.append(padded.reshape(h, step, w, step).any(axis=(1, 3)))
+    return np.concatenate(changed), np.concatenate(nodata)
+
+
+def _overlay(rgb: np.ndarray, changed: np.ndarray, nodata: np.ndarray) -> np.ndarray:
+    """``rgb`` with nodata in grey and change filled semi-transparent, outlined in full colour."""
+    out = rgb.astype(np.float32)
+    out[nodata] = NODATA_RGB
+    colour = np.asarray(CHANGE_RGB, np.float32)
+    out[changed] = (1 - _FILL_ALPHA) * out[changed] + _FILL_ALPHA * colour
+    inner = np.pad(changed, 1, constant_values=False)
+    inner = inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+    out[changed & ~inner] = colour
+    return out.round().astype(np.uint8)
+
+
+def change_preview(read: Read, mask: Path, png: Path, *, title: str, threshold: float,
+                   max_side: int = 1024, rows: int = 256) -> tuple[int, int]:
+    """Write date 1 in true colour with the predicted change drawn over it, a title and a key.
+
+    The map (every ``step``-th pixel of date 1, a cell drawn as change when any of its pixels is) sits at
+    the PNG's top left, at most ``max_side`` px on its longest side; the caption is a strip below it.
+
+    Args:
+        read: Date 1's ``(row, col, h, w) -> (3, h, w)`` float32 red, green, blue on the mask's grid.
+        mask: The finished ``change_mask.tif`` (1 = change, 0 = none, 255 = nodata).
+        png: Output PNG.
+        title: The scene pair (the threshold is appended).
+        threshold: The mask's probability threshold.
+        max_side: Longest side of the map.
+        rows: Rows read per block.
+
+    Returns:
+        The map's ``(rows, columns)`` in the PNG.
+    """
+    with rasterio.open(mask) as ds:
+        height, width = ds.height, ds.width
+    step = _step(height, width, max_side)
+    rgb, blank = true_colour(read, height, width, max_side=max_side, rows=rows)
+    changed, nodata = _change_cells(mask, step, rows)
+    image = _overlay(rgb, changed, nodata | blank)
+    legend = [(CHANGE_RGB, f"predicted change (p >= {threshold:.2f})"), (NODATA_RGB, "nodata")]
+    _captioned(image, f"{title}, threshold {threshold:.2f}", legend).save(png, optimize=True)
+    return image.shape[0], image.shape[1]
+
+
+def _captioned(image: np.ndarray, title: str, legend: list[tuple[tuple[int, int, int], str]]) -> Image:
+    """``image`` above a white strip holding ``title`` and the ``legend`` swatches, wrapped to its width."""
+    from PIL import Image, ImageDraw, ImageFont  # noqa: F811 (the module here, the class above)
+
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: the bitmap font
+        font = ImageFont.load_default()
+    width, line, pad = max(image.shape[1], 1), 18, 4
+    items = [(None, word) for word in title.split()] + [(None, "\n")] + legend
+    placed, x, y = [], pad, pad
+    for colour, text in items:
+        size = font.getlength(text) + (line if colour else 0)
+        if text == "\n" or (x > pad and x + size > width - pad):
+            x, y = pad, y + line
+        if text != "\n":
+            placed.append((x, y, colour, text))
+            x += size + (2 * line // 3 if colour else font.getlength(" "))
+    canvas = Image.new("RGB", (width, image.shape[0] + y + line + pad), "white")
+    canvas.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    top = image.shape[0]
+    for x, y, colour, text in placed:
+        if colour:
+            draw.rectangle((x, top + y + 3, x + line - 6, top + y + line - 3), fill=colour, outline="black")
+            x += line
+        draw.text((x, top + y + 1), text, fill="black", font=font)
+    return canvas
 
 
 def change_polygons(changed: Path, gpkg: Path, *, min_area: float = 0.0) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from rsmae.bands import get_sensor
+from rsmae.bands import get_sensor, rgb_indices
 from rsmae.parallel import parallel_map
 from rsmae.predict.errors import PredictError
 from rsmae.predict.models import (
@@ -32,7 +32,7 @@ from rsmae.predict.models import (
     load_classify_predictor,
     load_embed_predictor,
 )
-from rsmae.predict.products import CovarianceSum, change_polygons, pca_preview
+from rsmae.predict.products import CovarianceSum, change_polygons, change_preview, pca_preview
 from rsmae.predict.scene import (
     OnGridReader,
     PredictScene,
@@ -319,9 +319,10 @@ def predict_change(date1: str, date2: str, model: str | Path, out: str | Path,
         changed = folder / "changed.part.tif"
         polygons = change_polygons(changed, folder / "changes.gpkg", min_area=config.min_area)
         changed.unlink()
+        shown = _change_preview(pred, first, f"Change {first.name} -> {second.name}", folder, threshold)
         _info(folder, pred, config, spec, [*first.scene.files, *second.scene.files],
               time.perf_counter() - start, threshold=threshold, polygons=polygons,
-              pixels=[first.grid.height, first.grid.width])
+              pixels=[first.grid.height, first.grid.width], preview=list(shown))
     return target
 
 
@@ -345,3 +346,19 @@ def _change_rasters(pred: Predictor, first: PredictScene, second: PredictScene, 
 
         readers = [partial(read_float, r1, first.nodata), partial(read_float, r2, second.nodata)]
         scan(readers, pred, spec, height=g.height, width=g.width, channels=1, emit=emit, on_batch=progress)
+
+
+def _change_preview(pred: Predictor, first: PredictScene, title: str, folder: Path,
+                    threshold: float) -> tuple[int, int]:
+    """Write ``preview.png``: date 1 in true colour with the change of ``change_mask.tif`` over it.
+
+    The sensor's red, green and blue bands are picked by name (a model without them: its first band in
+    grey). Returns the map's size in the PNG.
+    """
+    picks = rgb_indices(pred.bands, pred.sensor) or (0, 0, 0)
+    if picks == (0, 0, 0):
+        _logger.info("%s: no red, green and blue bands; preview in %s", pred.path, pred.bands[0])
+    scene = replace(first.scene, sources=tuple(first.scene.sources[i] for i in picks))
+    with SceneReader(scene, first.grid, first.dtype, nodata=first.nodata) as reader:
+        return change_preview(partial(read_float, reader, first.nodata), folder / "change_mask.tif",
+                              folder / "preview.png", title=title, threshold=threshold)

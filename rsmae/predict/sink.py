@@ -9,6 +9,9 @@ when every file is complete, so a folder under its real name is always finished)
         change_prob.tif   change: float32 change probability, NaN = nodata
         change_mask.tif   change: uint8, 1 = change at the model's threshold, 0 = none, 255 = nodata
         changes.gpkg      change: polygons of changed areas (layer "changes", area_m2)
+        preview.png       change: date 1 in true colour (red/green/blue bands by name, stretched) with the
+                          mask's change filled and outlined, nodata grey, a caption with the pair,
+                          threshold and key; at most 1024 px a side (a cell is change if any pixel is)
         class_index.tif   classify: uint8 class index (uint16 beyond 255 classes), 255 (65535) = nodata;
                           the class names in its tag CLASSES (JSON) and in info.json
         class_prob.tif    classify: float32, one band per class (description = class name), NaN = nodata
