@@ -1,0 +1,294 @@
+"""Any-sensor vs per-sensor backbones (issue 24): does one spectral MAE match one backbone per sensor?
+
+Three spectral ViT-Tiny/8 MAE backbones of the bench recipe at equal budget (1,500 steps of batch 32):
+``--s2`` pretrained on the Sentinel-2 L1C store only, ``--landsat`` on the Landsat-8 OLI store only,
+``--mixed`` one run over both stores (``data.mix`` 1:1: half of its batches from each store). Each is
+scored on each sensor's data, paired on the same units:
+
+- EuroSAT (Sentinel-2): the stratified 5-fold frozen linear probe of ``missing_bands.py`` (its
+  ``probe``: same folds, probe settings, per-image 0/1) on all 13 bands and on the Landsat-OLI-like
+  subset; 95 % CI by bootstrap over the 270 images, differences paired on the images.
+- Landsat change detection (TM bands B1-B5, B7; train Nanjing, test Taizhou): the frozen protocol of
+  ``configs/bench/cd-cpu-small.yaml`` (its ``change`` settings and seeds), each backbone loaded on the
+  TM bands by wavelength. F1 of the change class pooled over the test scene at the validation
+  threshold, mean over seeds; 95 % CI by bootstrap over seeds and 64-px test tiles (each draw
+  resamples seeds and tiles and pools the tiles' TP / FP / FN per seed); differences paired on the
+  same draws.
+
+The matched per-sensor backbone of an evaluation is the one pretrained on that sensor (S2 only for
+EuroSAT, Landsat only for Landsat CD). Probes and change cells are cached under ``--cache`` (keyed by
+the backbone file's hash and the settings): a rerun only assembles the table. Writes
+``any_sensor.md`` and ``any_sensor.csv`` (one row per backbone and evaluation).
+
+Run::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/any_sensor.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from budget_curve import load_images
+from missing_bands import CONFIG, NAMED, probe
+from provenance import git_commit
+
+from rsmae.datasets import LandsatCD
+from rsmae.evaluation.change import ChangeConfig, evaluate_change, predict_scene
+from rsmae.evaluation.folds import stratified_kfold
+from rsmae.evaluation.speed import cpu_name
+from rsmae.models.registry import sha256_file
+from rsmae.stats import PairedDifference, bootstrap_interval, paired_bootstrap, verdict
+from rsmae.tasks.change import load_change_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+MEASURED = ("rsmae/evaluation", "rsmae/models", "benchmarks/any_sensor.py", "benchmarks/missing_bands.py")
+ROLES = {"s2": "S2 only", "landsat": "Landsat only", "mixed": "mixed S2 + Landsat (1:1)"}
+PER_SENSOR = ("s2", "landsat")
+EUROSAT = {"EuroSAT, all 13 bands": "all 13 bands",
+           "EuroSAT, Landsat-OLI-like (B01 B02 B03 B04 B8A B11 B12)":
+               "Landsat-OLI-like (B01 B02 B03 B04 B8A B11 B12)"}
+CHANGE = "Landsat CD, TM B1-B5 B7, frozen (F1 of change)"
+TILE = 64  # test tiles of the change bootstrap: the evaluation window
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One backbone on one evaluation: its score, interval and ``mixed - this backbone`` (paired)."""
+
+    evaluation: str
+    sensor: str  # the data's sensor = the role of the matched per-sensor backbone
+    backbone: str  # a key of ROLES
+    score: float
+    low: float
+    high: float
+    units: str
+    diff: PairedDifference | None  # mixed minus this backbone; None on the mixed row
+
+
+def f1(counts: np.ndarray) -> np.ndarray:
+    """F1 of the change class from ``(..., 3)`` TP / FP / FN counts (0 where nothing is called or true)."""
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0)
+
+
+def tile_counts(changed: np.ndarray, mask: np.ndarray, tile: int, ignore_index: int) -> np.ndarray:
+    """TP / FP / FN of the labelled pixels of each ``tile``-px tile of a scene, ``(tiles, 3)``."""
+    out = []
+    for r in range(0, mask.shape[0], tile):
+        for c in range(0, mask.shape[1], tile):
+            m, p = mask[r:r + tile, c:c + tile], changed[r:r + tile, c:c + tile]
+            valid = m != ignore_index
+            truth, called = (m == 1) & valid, p & valid
+            out.append([int((truth & called).sum()), int((~truth & called).sum()),
+                        int((truth & ~called).sum())])
+    return np.array(out, dtype=np.int64)
+
+
+def eurosat_rows(evaluation: str, correct: dict[str, np.ndarray]) -> list[Row]:
+    """Rows of one EuroSAT evaluation from per-image 0/1 correctness per backbone (same images)."""
+    rows = []
+    for role, c in correct.items():
+        low, high = bootstrap_interval(c)
+        diff = None if role == "mixed" else paired_bootstrap(correct["mixed"], c)
+        rows.append(Row(evaluation, "s2", role, float(c.mean()), low, high, "images", diff))
+    return rows
+
+
+def change_rows(evaluation: str, counts: dict[str, np.ndarray], *, resamples: int = 10_000,
+                rng: int = 0) -> list[Row]:
+    """Rows of one change evaluation from TP / FP / FN counts ``(seeds, tiles, 3)`` per backbone.
+
+    The score is the mean over seeds of the F1 pooled over the test tiles. Every bootstrap draw
+    resamples seeds and tiles with replacement, the same draw for every backbone (paired).
+    """
+    seeds, tiles = next(iter(counts.values())).shape[:2]
+    gen = np.random.default_rng(rng)
+    weights = gen.multinomial(tiles, np.full(tiles, 1 / tiles), size=resamples)  # (draws, tiles)
+    picks = gen.integers(0, seeds, size=(resamples, seeds))  # (draws, seeds)
+    draws, score = {}, {}
+    for role, c in counts.items():
+        per_seed = f1(np.einsum("dt,stk->dsk", weights, c))  # (draws, seeds)
+        draws[role] = np.take_along_axis(per_seed, picks, axis=1).mean(axis=1)
+        score[role] = float(f1(c.sum(axis=1)).mean())
+    units = f"test tiles x {seeds} seeds"
+    rows = []
+    for role in counts:
+        low, high = np.percentile(draws[role], [2.5, 97.5])
+        diff = None
+        if role != "mixed":
+            dlow, dhigh = np.percentile(draws["mixed"] - draws[role], [2.5, 97.5])
+            diff = PairedDifference(score["mixed"] - score[role], float(dlow), float(dhigh), tiles, 0.95,
+                                    resamples)
+        rows.append(Row(evaluation, "landsat", role, score[role], float(low), float(high), units, diff))
+    return rows
+
+
+def _ci(value: float, low: float, high: float, sign: str = "") -> str:
+    return f"{100 * value:{sign}.1f} [{100 * low:{sign}.1f}, {100 * high:{sign}.1f}]"
+
+
+def table(rows: list[Row]) -> tuple[list[str], list[str]]:
+    """Markdown table lines and one verdict per evaluation and per-sensor backbone (mixed − it)."""
+    lines = ["| evaluation | backbone | score % [95 % CI] | mixed − this backbone [paired 95 % CI] |",
+             "|---|---|---|---|"]
+    sentences = []
+    for r in rows:
+        name = ROLES[r.backbone] + (" (per-sensor)" if r.backbone == r.sensor else "")
+        diff = "" if r.diff is None else _ci(r.diff.difference, r.diff.low, r.diff.high, "+")
+        lines.append(f"| {r.evaluation} | {name} | {_ci(r.score, r.low, r.high)} | {diff} |")
+        if r.diff is not None:
+            tag = "the per-sensor backbone" if r.backbone == r.sensor else "the other sensor's backbone"
+            sentences.append(f"- {r.evaluation}, against {tag}: "
+                             + verdict(ROLES["mixed"], ROLES[r.backbone], r.diff, units=r.units))
+    return lines, sentences
+
+
+def write_csv(path: Path, rows: list[Row], files: dict[str, str], provenance: dict[str, str]) -> None:
+    """One line per backbone and evaluation, with the paired difference and the provenance."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["evaluation", "data_sensor", "backbone", "backbone_file", "per_sensor", "score",
+                         "low", "high", "mixed_minus_this", "diff_low", "diff_high", "units", "verdict",
+                         *provenance])
+        for r in rows:
+            d = r.diff
+            said = "" if d is None else verdict(ROLES["mixed"], ROLES[r.backbone], d, units=r.units)
+            diff = ["", "", ""] if d is None else [f"{d.difference:.4f}", f"{d.low:.4f}", f"{d.high:.4f}"]
+            writer.writerow([r.evaluation, r.sensor, ROLES[r.backbone], files.get(r.backbone, ""),
+                             int(r.backbone == r.sensor), f"{r.score:.4f}", f"{r.low:.4f}", f"{r.high:.4f}",
+                             *diff, r.units, said, *provenance.values()])
+
+
+def pretrain_speed(backbone: Path) -> str:
+    """Steps/s of the run that wrote ``backbone``: max_steps over config.yaml -> backbone file times."""
+    config = backbone.parent / "config.yaml"
+    if not config.is_file():
+        return f"{backbone}: no config.yaml beside it"
+    steps = yaml.safe_load(config.read_text())["trainer"]["max_steps"]
+    seconds = backbone.stat().st_mtime - config.stat().st_mtime
+    return f"{steps} steps in {seconds / 60:.1f} min = {steps / seconds:.2f} steps/s (with start-up)"
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the checkout when it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def change_counts(path: Path, seed: int, settings: dict, root: Path, cache: Path) -> np.ndarray:
+    """Tile TP / FP / FN ``(tiles, 3)`` of one frozen Landsat CD cell of ``path`` (cached)."""
+    key = _key(sha256_file(path), seed, settings, TILE, str(root))
+    hit = cache / f"cd_{key}.json"
+    if hit.is_file():
+        return np.array(json.loads(hit.read_text())["tiles"])
+    result = evaluate_change(path, "frozen", test_root=root, dataset="landsat", seed=seed,
+                             out_dir=cache / f"cd_{key}", maps=False, **settings)
+    task, extra = load_change_model(result["model_path"])
+    cfg = ChangeConfig.from_kwargs(**settings)
+    test = LandsatCD(root, "test", bands=result["bands"])
+    counts = []
+    for scene in test.scenes:
+        scene = scene.match_dates() if extra.get("match_dates") else scene
+        probs = predict_scene(task, scene, overlap=cfg.overlap, window_batch=cfg.window_batch,
+                              blend=cfg.blend, precision=result["compute_precision"])
+        counts.append(tile_counts(probs.numpy() > result["threshold"], scene.mask, TILE, test.ignore_index))
+    tiles = np.concatenate(counts)
+    pooled = float(f1(tiles.sum(axis=0)))
+    if abs(pooled - result["f1"]) > 2e-3:
+        raise RuntimeError(f"{path} seed {seed}: tile counts give F1 {pooled:.4f}, the evaluation "
+                           f"{result['f1']:.4f}; the rescoring does not match evaluate_change")
+    cache.mkdir(parents=True, exist_ok=True)
+    hit.write_text(json.dumps({"tiles": tiles.tolist(), "f1": result["f1"], "threshold": result["threshold"],
+                               "val_f1": result["val_f1"], "seed": seed, "backbone": str(path)}))
+    return tiles
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    runs = ROOT / "runs"
+    parser.add_argument("--s2", type=Path, default=runs / "budget/spectral_1x/backbone.safetensors")
+    parser.add_argument("--landsat", type=Path, default=runs / "anysensor/landsat_1x/backbone.safetensors")
+    parser.add_argument("--mixed", type=Path, default=runs / "anysensor/mixed_1x/backbone.safetensors")
+    parser.add_argument("--eurosat", type=Path, default=DATA / "eurosat_ms_subset")
+    parser.add_argument("--landsat-cd", type=Path, default=DATA / "landsat_cd_taizhou_nanjing")
+    parser.add_argument("--change-config", type=Path, default=ROOT / "configs/bench/cd-cpu-small.yaml")
+    parser.add_argument("--skip-change", action="store_true", help="EuroSAT rows only")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "anysensor" / "cache")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    return parser.parse_args(argv)
+
+
+def measure(args: argparse.Namespace, files: dict[str, Path]) -> list[Row]:
+    """Every evaluation of every backbone (from the cache where it holds them)."""
+    images, labels, _, _ = load_images(args.eurosat, "kfold")
+    folds = stratified_kfold(labels.numpy(), 5, seed=0)
+    rows = []
+    for evaluation, subset in EUROSAT.items():
+        correct = {role: probe(path, NAMED[subset], images, labels, folds, args.cache)
+                   for role, path in files.items()}
+        rows += eurosat_rows(evaluation, correct)
+        logging.info("%s: %s", evaluation, {r: round(100 * c.mean(), 1) for r, c in correct.items()})
+    if not args.skip_change:
+        grid = yaml.safe_load(args.change_config.read_text())
+        settings = {**grid["change"], "threads": args.threads}
+        counts = {role: np.stack([change_counts(path, seed, settings, args.landsat_cd, args.cache)
+                                  for seed in grid["seeds"]]) for role, path in files.items()}
+        rows += change_rows(CHANGE, counts)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    given = sys.argv[1:] if argv is None else argv
+    files = {"s2": args.s2, "landsat": args.landsat, "mixed": args.mixed}
+    rows = measure(args, files)
+    dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
+    command = ["OMP_NUM_THREADS=1", ".venv/bin/python", "benchmarks/any_sensor.py", *given]
+    provenance = {"commit": git_commit(dirty), "command": " ".join(command),
+                  "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                             f"{args.threads} thread(s)",
+                  "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    lines, sentences = table(rows)
+    text = "\n".join([
+        "# Any sensor: one spectral MAE over Sentinel-2 + Landsat vs one per sensor, equal budget", "",
+        *[f"- {k}: {v if k != 'command' else f'`{v}`'}" for k, v in provenance.items()],
+        *[f"- {ROLES[r]}: `{_rel(p)}`; pretraining {pretrain_speed(p)}" for r, p in files.items()],
+        "- EuroSAT: all 270 labelled images, stratified 5-fold CV (fold seed 0), frozen linear probe on the "
+        f"mean patch token (L2 among {CONFIG.l2} by {CONFIG.inner_folds} inner folds), each backbone "
+        "loaded on the subset's bands; 95 % CI by bootstrap over images, differences paired on images",
+        f"- {CHANGE}: `{_rel(args.change_config)}` change settings and seeds, train Nanjing, test Taizhou "
+        f"(whole scene, sliding windows); 95 % CI by bootstrap over seeds and {TILE}-px test tiles, "
+        "differences paired on the same draws",
+        "- a difference is called only when its interval excludes 0", "", *lines, "", *sentences, ""])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "any_sensor.md").write_text(text)
+    write_csv(args.out / "any_sensor.csv", rows, {r: _rel(p) for r, p in files.items()}, provenance)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""benchmarks/any_sensor.py: tile counts, the paired rows of both evaluations, the table and the CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import load_script
+
+anysensor = load_script("benchmarks/any_sensor.py")
+
+
+def test_tile_counts_cover_the_labelled_pixels_of_the_scene_once() -> None:
+    gen = np.random.default_rng(0)
+    mask = gen.choice([0, 1, 255], size=(70, 50), p=[0.6, 0.1, 0.3])
+    changed = gen.random((70, 50)) > 0.7
+    tiles = anysensor.tile_counts(changed, mask, 32, 255)
+    assert tiles.shape == (3 * 2, 3)  # partial tiles at the right and bottom edges count too
+    labelled = mask != 255
+    whole = [(changed & (mask == 1)).sum(), (changed & (mask == 0)).sum(), (~changed & (mask == 1)).sum()]
+    assert tiles.sum(axis=0).tolist() == [int(v) for v in whole]
+    assert tiles.sum() == labelled.sum() - (~changed & (mask == 0)).sum()
+
+
+def test_change_rows_score_the_seed_mean_of_pooled_f1_and_pair_the_draws() -> None:
+    gen = np.random.default_rng(1)
+    per_sensor = gen.integers(0, 20, size=(3, 12, 3))
+    counts = {"s2": per_sensor.copy(), "landsat": per_sensor.copy(), "mixed": per_sensor.copy()}
+    counts["mixed"][..., 0] += 30  # more true positives: a clearly higher F1 on every tile and seed
+    counts["s2"][..., 1] += 15  # more false positives: lower than the unchanged Landsat backbone
+    rows = {r.backbone: r for r in anysensor.change_rows("cd", counts, resamples=2000)}
+    tp, fp, fn = per_sensor.sum(axis=1).T
+    assert np.isclose(rows["landsat"].score, np.mean(2 * tp / (2 * tp + fp + fn)))
+    assert rows["landsat"].low <= rows["landsat"].score <= rows["landsat"].high
+    assert rows["mixed"].diff is None and rows["landsat"].sensor == "landsat"
+    assert rows["landsat"].diff.low > 0 and rows["s2"].diff.low > rows["landsat"].diff.low
+    same = anysensor.change_rows("cd", {"landsat": per_sensor, "mixed": per_sensor}, resamples=500)
+    assert same[0].diff.difference == 0 and same[0].diff.low == 0 == same[0].diff.high
+
+
+def test_table_marks_the_per_sensor_backbone_and_says_no_clear_difference(tmp_path: Path) -> None:
+    gen = np.random.default_rng(2)
+    base = (gen.random(60) > 0.4).astype(float)
+    better = base.copy()
+    better[base == 0] = 1.0
+    rows = anysensor.eurosat_rows("EuroSAT, all 13 bands", {"s2": base, "landsat": base * 0,
+                                                             "mixed": base})
+    rows += anysensor.eurosat_rows("EuroSAT, subset", {"s2": base, "landsat": base, "mixed": better})
+    lines, sentences = anysensor.table(rows)
+    assert len(lines) == 2 + 6
+    assert "S2 only (per-sensor)" in lines[2] and "(per-sensor)" not in lines[3]
+    assert sentences[0].startswith("- EuroSAT, all 13 bands, against the per-sensor backbone: No clear diff")
+    assert "is higher than S2 only" in sentences[2] and "over 60 images" in sentences[2]
+    anysensor.write_csv(tmp_path / "t.csv", rows, {"s2": "a.safetensors"},
+                        {"commit": "abc", "command": "x", "machine": "m", "date": "d"})
+    with (tmp_path / "t.csv").open() as fh:
+        lines_csv = list(csv.DictReader(fh))
+    assert [r["per_sensor"] for r in lines_csv] == ["1", "0", "0", "1", "0", "0"]
+    assert lines_csv[0]["backbone_file"] == "a.safetensors" and lines_csv[0]["commit"] == "abc"
+    assert float(lines_csv[3]["mixed_minus_this"]) == round(float(better.mean() - base.mean()), 4)
+    assert lines_csv[2]["verdict"] == "" and lines_csv[3]["verdict"].startswith("mixed S2 + Landsat")
