@@ -26,6 +26,7 @@ import rasterio
 from rsmae.bands import get_sensor, rgb_indices
 from rsmae.parallel import parallel_map
 from rsmae.predict.errors import PredictError
+from rsmae.predict.matching import BandStatistics, matched_reader, model_matches_dates
 from rsmae.predict.models import (
     Predictor,
     load_change_predictor,
@@ -313,22 +314,27 @@ def predict_change(date1: str, date2: str, model: str | Path, out: str | Path,
         return target
     spec = _spec(pred, config)
     threshold = pred.threshold if config.threshold is None else config.threshold
+    match = model_matches_dates(pred.path)
     start = time.perf_counter()
     with scene_output(target.parent, target.name) as folder, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        _change_rasters(pred, first, second, folder, spec, threshold, progress)
+        _change_rasters(pred, (first, second), folder, spec, threshold, progress, match=match)
         changed = folder / "changed.part.tif"
         polygons = change_polygons(changed, folder / "changes.gpkg", min_area=config.min_area)
         changed.unlink()
         shown = _change_preview(pred, first, f"Change {first.name} -> {second.name}", folder, threshold)
         _info(folder, pred, config, spec, [*first.scene.files, *second.scene.files],
               time.perf_counter() - start, threshold=threshold, polygons=polygons,
-              pixels=[first.grid.height, first.grid.width], preview=list(shown))
+              pixels=[first.grid.height, first.grid.width], preview=list(shown), match_dates=match)
     return target
 
 
-def _change_rasters(pred: Predictor, first: PredictScene, second: PredictScene, folder: Path, spec: ScanSpec,
-                    threshold: float, progress: Progress | None) -> None:
-    """Scan the pair: probability and mask COGs, and ``changed.part.tif`` (1 = change) for polygons."""
+def _change_rasters(pred: Predictor, pair: tuple[PredictScene, PredictScene], folder: Path, spec: ScanSpec,
+                    threshold: float, progress: Progress | None, *, match: bool = False) -> None:
+    """Scan the pair: probability and mask COGs, and ``changed.part.tif`` (1 = change) for polygons.
+
+    With ``match`` date 2 is first rescaled per band to date 1's statistics (:mod:`rsmae.predict.matching`).
+    """
+    first, second = pair
     g = first.grid
     prob = RasterSink(folder / "change_prob.tif", g, count=1, dtype="float32", nodata=float("nan"),
                       descriptions=["change_probability"])
@@ -345,6 +351,9 @@ def _change_rasters(pred: Predictor, first: PredictScene, second: PredictScene, 
             flag.write(row, (m == 1).astype(np.uint8))
 
         readers = [partial(read_float, r1, first.nodata), partial(read_float, r2, second.nodata)]
+        if match:
+            stats = [BandStatistics(read, g.height, g.width) for read in readers]
+            readers[1] = matched_reader(readers[1], stats[1], stats[0], second.dtype)
         scan(readers, pred, spec, height=g.height, width=g.width, channels=1, emit=emit, on_batch=progress)
 
 

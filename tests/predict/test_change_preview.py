@@ -1,4 +1,4 @@
-"""The change preview: date 1 in true colour with the predicted change over it, on a real OSCD crop."""
+"""predict change on real OSCD crops: the preview (date 1 in true colour, change over it), date matching."""
 
 from __future__ import annotations
 
@@ -81,3 +81,30 @@ def test_change_preview_is_downsampled_to_max_side_keeping_small_changes(change:
     assert changed.any() and differs[changed].all()  # a cell with any changed pixel is drawn
     quiet = (cells == 0).all(axis=-1)
     assert quiet.any() and not differs[quiet].any()
+
+
+def test_a_model_trained_on_matched_dates_gets_date_2_matched_to_date_1(tmp_path: Path) -> None:
+    """A global darkening of date 2 is undone for a model saved with ``match_dates`` (as evaluate saves)."""
+    import torch
+
+    from rsmae.tasks.change import ChangeTask, save_change_model
+    from tests.predict.predict_helpers import S2
+
+    torch.manual_seed(0)
+    task = ChangeTask(bands=S2, preset="vit_test", patch_size=8, img_size=32, sensor="s2-l1c")
+    task.set_statistics([1500.0] * 13, [600.0] * 13)
+    matched = save_change_model(task, tmp_path / "matched.safetensors", extra={"match_dates": True})
+    raw = save_change_model(task, tmp_path / "raw.safetensors", extra={})
+    pixels, transform, crs = read_city("pisa", 1, (300, 200, 64, 64))
+    d1 = write_stack(tmp_path / "d1" / "d1.tif", pixels, transform, crs)
+    dark = write_stack(tmp_path / "d2" / "d2.tif", np.rint(pixels * 0.7).astype(pixels.dtype), transform, crs)
+
+    def prob(model: Path, date2: Path, out: str) -> np.ndarray:
+        folder = predict_change(str(d1), str(date2), model, tmp_path / out)
+        return read(folder / "change_prob.tif")[0]
+
+    same = prob(raw, d1, "same")  # no change: the (untrained) model's output for identical dates
+    unmatched = np.abs(prob(raw, dark, "raw") - same).max()  # the darkening shows
+    assert unmatched > 1e-4 and np.abs(prob(matched, dark, "matched") - same).max() < unmatched / 20
+    (info,) = (tmp_path / "matched").glob("*/info.json")
+    assert json.loads(info.read_text())["match_dates"] is True
