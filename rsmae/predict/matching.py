@@ -11,13 +11,11 @@ does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BandStatistics", "matched_reader", "model_matches_dates"]
+__all__ = ["BandStatistics", "matched_reader"]
 
 Read = Callable[[int, int, int, int], np.ndarray]
 
@@ -55,20 +53,3 @@ def matched_reader(read: Read, own: BandStatistics, reference: BandStatistics, d
         return x.astype(np.float32)
 
     return matched
-
-
-def model_matches_dates(path: Path) -> bool:
-    """Whether a change model file says it was trained on matched dates (``extra["match_dates"]``).
-
-    Files that do not say so (exported ONNX files, models saved by hand) are fed raw dates.
-    """
-    if path.suffix != ".safetensors":
-        return False
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        extra = (f.metadata() or {}).get("extra", "{}")
-    try:
-        return bool(json.loads(extra).get("match_dates", False))
-    except (ValueError, AttributeError):
-        return False

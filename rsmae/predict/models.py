@@ -103,6 +103,7 @@ class Predictor:
         channels: Output channels.
         threshold: Change threshold (change models).
         classes: Class names in output-channel order (classifiers).
+        match_dates: Date 2 is matched to date 1 before the model (a change model trained so).
         run: ``(N, T, C, w, w)`` filled float32 -> ``(N, K, ...)``; set by :meth:`use`.
     """
 
@@ -117,6 +118,7 @@ class Predictor:
     channels: int
     threshold: float = 0.5
     classes: list[str] = field(default_factory=list)
+    match_dates: bool = False
     run: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     def use(self, engine: str = "torch", threads: int | None = None) -> Predictor:
@@ -244,7 +246,7 @@ def load_change_predictor(path: str | Path) -> Predictor:
     threshold = float(extra.get("threshold", 0.5))
     sensor = hp.sensor or (hp.encoder or {}).get("sensor")
     return Predictor("change", path, net, list(hp.bands), sensor, list(hp.mean), int(hp.img_size), 1, 1,
-                     threshold=threshold)
+                     threshold=threshold, match_dates=bool(extra.get("match_dates", False)))
 
 
 def _check_saved(path: Path) -> None:
@@ -301,6 +303,7 @@ def load_onnx_predictor(path: str | Path, kind: str) -> Predictor:
         raise WeightsError(f"{path}: an ONNX {meta['task']} model, not a {kind} model; run rsmae predict "
                            f"{meta['task']}")
     p = Predictor(kind, path, None, meta["bands"], meta["sensor"], meta["mean"], meta["window"], meta["cell"],
-                  meta["channels"], threshold=meta["threshold"], classes=list(meta.get("classes") or []))
+                  meta["channels"], threshold=meta["threshold"], classes=list(meta.get("classes") or []),
+                  match_dates=bool(meta.get("match_dates", False)))  # exports before it was recorded: raw
     p.run = session_runner(str(path))
     return p

@@ -100,7 +100,7 @@ def export_onnx(predictor: object, out: str | Path) -> Path:
     model = onnx.load_from_string(onnx_bytes(p.module, p.kind, len(p.bands), p.window))
     meta = {"task": p.kind, "source": str(p.path), "bands": p.bands, "sensor": p.sensor, "mean": p.mean,
             "window": p.window, "cell": p.scale, "channels": p.channels, "threshold": p.threshold,
-            "classes": p.classes,
+            "classes": p.classes, "match_dates": p.match_dates,
             "input": "raw pairs (N, 2, C, W, W)" if p.kind == "change" else "raw pixels (N, C, W, W)"}
     entry = model.metadata_props.add()
     entry.key, entry.value = _META, json.dumps(meta)

@@ -26,7 +26,7 @@ import rasterio
 from rsmae.bands import get_sensor, rgb_indices
 from rsmae.parallel import parallel_map
 from rsmae.predict.errors import PredictError
-from rsmae.predict.matching import BandStatistics, matched_reader, model_matches_dates
+from rsmae.predict.matching import BandStatistics, matched_reader
 from rsmae.predict.models import (
     Predictor,
     load_change_predictor,
@@ -314,7 +314,7 @@ def predict_change(date1: str, date2: str, model: str | Path, out: str | Path,
         return target
     spec = _spec(pred, config)
     threshold = pred.threshold if config.threshold is None else config.threshold
-    match = model_matches_dates(pred.path)
+    match = pred.match_dates
     start = time.perf_counter()
     with scene_output(target.parent, target.name) as folder, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         _change_rasters(pred, (first, second), folder, spec, threshold, progress, match=match)

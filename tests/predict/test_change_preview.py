@@ -108,3 +108,8 @@ def test_a_model_trained_on_matched_dates_gets_date_2_matched_to_date_1(tmp_path
     assert unmatched > 1e-4 and np.abs(prob(matched, dark, "matched") - same).max() < unmatched / 20
     (info,) = (tmp_path / "matched").glob("*/info.json")
     assert json.loads(info.read_text())["match_dates"] is True
+    from rsmae.predict.models import load_change_predictor
+    from rsmae.predict.onnx import export_onnx
+
+    exported = export_onnx(load_change_predictor(matched), tmp_path / "matched.onnx")  # carries it too
+    assert np.abs(prob(exported, dark, "onnx") - same).max() < unmatched / 20
