@@ -217,17 +217,19 @@ def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str
 def _copy_maps(config: GridConfig, results: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Change maps of the best seed-0 cell of each dataset (every test scene) into ``folder``.
 
+    They go to ``change_maps/<results_name>/``: tables sharing dataset names keep their own maps.
     Maps a dataset's earlier best cell left there are removed first.
     """
     out = []
+    maps_dir = folder / "change_maps" / config.results_name
     for d in {r["dataset"] for r in results}:
-        for stale in (folder / "change_maps").glob(f"{d}_*.png"):
+        for stale in maps_dir.glob(f"{d}_*.png"):
             stale.unlink()
         best = max((r for r in results if r["dataset"] == d and r["seed"] == 0), key=lambda r: r["f1"],
                    default=None)
         maps = cell_path(config.cells_dir, best).with_suffix("") / "maps" if best else None
         for png in sorted(maps.glob("*.png")) if maps and maps.is_dir() else []:
-            target = folder / "change_maps" / f"{d}_{best['init']}_{best['protocol']}_{png.name}"
+            target = maps_dir / f"{d}_{best['init']}_{best['protocol']}_{png.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
             out.append(Path(shutil.copyfile(png, target)))
     return out

@@ -19,6 +19,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import warnings
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None, writer: Callable[..., list[Path]] = writ
     """Build backbones, run the grid, write the tables (with ``writer``); return the exit code."""
     args = parse_args(argv)
     config = load_config(args.config)
+    if args.workers:  # the tables say how many workers ran the cells
+        config = dataclasses.replace(config, workers=args.workers)
     if args.count:
         print(len(plan_cells(config)))
         return 0
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None, writer: Callable[..., list[Path]] = writ
     if args.cell_index is not None:
         cells = [cells[args.cell_index]]
     if not args.tables_only:
-        run_grid(config, cells, manifest, workers=args.workers or config.workers,
+        run_grid(config, cells, manifest, workers=config.workers,
                  dask=args.dask, log=print)
     if args.cell_index is None:
         paths = writer(config, plan_cells(config), manifest, Path(args.out),

@@ -83,7 +83,7 @@ def test_plain_datasets_get_sections_and_a_plot(tmp_path: Path) -> None:
     cells = plan_cells(config)
     for cell in cells:
         _write_cell(config, cell, 0.3)
-    stale = tmp_path / "results" / "change_maps" / "oscd_rs_mae_frozen_pisa.png"  # an earlier best cell's
+    stale = tmp_path / "results" / "change_maps" / "change_detection" / "oscd_rs_mae_frozen_pisa.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"png")
     paths = change_tables.write_change_tables(config, cells, MANIFEST, tmp_path / "results")
