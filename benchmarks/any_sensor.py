@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ import yaml
 from budget_curve import load_images
 from missing_bands import CONFIG, NAMED, probe
 from provenance import git_commit
+from safetensors import safe_open
 
 from rsmae.datasets import LandsatCD
 from rsmae.evaluation.change import ChangeConfig, evaluate_change, predict_scene
@@ -51,7 +53,7 @@ from rsmae.evaluation.folds import stratified_kfold
 from rsmae.evaluation.speed import cpu_name
 from rsmae.models.registry import sha256_file
 from rsmae.stats import PairedDifference, bootstrap_interval, paired_bootstrap, verdict
-from rsmae.tasks.change import load_change_model
+from rsmae.tasks.change import ChangeTask
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -175,13 +177,17 @@ def write_csv(path: Path, rows: list[Row], files: dict[str, str], provenance: di
 
 
 def pretrain_speed(backbone: Path) -> str:
-    """Steps/s of the run that wrote ``backbone``: max_steps over config.yaml -> backbone file times."""
-    config = backbone.parent / "config.yaml"
-    if not config.is_file():
-        return f"{backbone}: no config.yaml beside it"
-    steps = yaml.safe_load(config.read_text())["trainer"]["max_steps"]
-    seconds = backbone.stat().st_mtime - config.stat().st_mtime
-    return f"{steps} steps in {seconds / 60:.1f} min = {steps / seconds:.2f} steps/s (with start-up)"
+    """Steps/s of the run that wrote ``backbone`` over its second half: its snapshots' file times.
+
+    ``backbones/step<N>.safetensors`` of the middle and last exported steps (``BackboneExport``); a
+    resumed run's config.yaml is rewritten, so the run's start is not used.
+    """
+    found = sorted((int(p.stem[4:]), p) for p in (backbone.parent / "backbones").glob("step*.safetensors"))
+    if len(found) < 3:
+        return "speed unknown (fewer than 3 snapshots in backbones/)"
+    (mid, a), (last, b) = found[-2], found[-1]
+    seconds = b.stat().st_mtime - a.stat().st_mtime
+    return f"{(last - mid) / seconds:.2f} steps/s over steps {mid}-{last} (snapshot file times)"
 
 
 def _rel(path: Path) -> str:
@@ -194,15 +200,35 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def reload_change_model(model_path: str | Path, backbone: Path) -> tuple[ChangeTask, dict]:
+    """A saved change model with its encoder built from ``backbone`` (then every saved weight loaded).
+
+    ``load_change_model`` rebuilds the encoder from the saved metadata, which builds the fixed
+    embedding: a spectral backbone's model does not load that way (rsmae/tasks/change.py).
+    """
+    with safe_open(str(model_path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    task = ChangeTask(**{**json.loads(meta["rsmae_change"]), "backbone": str(backbone)})
+    task.model.load_state_dict(state)
+    return task.eval(), json.loads(meta.get("extra", "{}"))
+
+
 def change_counts(path: Path, seed: int, settings: dict, root: Path, cache: Path) -> np.ndarray:
-    """Tile TP / FP / FN ``(tiles, 3)`` of one frozen Landsat CD cell of ``path`` (cached)."""
+    """Tile TP / FP / FN ``(tiles, 3)`` of one frozen Landsat CD cell of ``path`` (cached).
+
+    A cell trained earlier (its ``metrics.json`` and model in the cell folder) is rescored only.
+    """
     key = _key(sha256_file(path), seed, settings, TILE, str(root))
-    hit = cache / f"cd_{key}.json"
+    hit, out = cache / f"cd_{key}.json", cache / f"cd_{key}"
     if hit.is_file():
         return np.array(json.loads(hit.read_text())["tiles"])
-    result = evaluate_change(path, "frozen", test_root=root, dataset="landsat", seed=seed,
-                             out_dir=cache / f"cd_{key}", maps=False, **settings)
-    task, extra = load_change_model(result["model_path"])
+    if (out / "metrics.json").is_file() and (out / "change_model.safetensors").is_file():
+        result = json.loads((out / "metrics.json").read_text())
+    else:
+        result = evaluate_change(path, "frozen", test_root=root, dataset="landsat", seed=seed, out_dir=out,
+                                 maps=False, **settings)
+    task, extra = reload_change_model(out / "change_model.safetensors", path)
     cfg = ChangeConfig.from_kwargs(**settings)
     test = LandsatCD(root, "test", bands=result["bands"])
     counts = []
@@ -216,7 +242,6 @@ def change_counts(path: Path, seed: int, settings: dict, root: Path, cache: Path
     if abs(pooled - result["f1"]) > 2e-3:
         raise RuntimeError(f"{path} seed {seed}: tile counts give F1 {pooled:.4f}, the evaluation "
                            f"{result['f1']:.4f}; the rescoring does not match evaluate_change")
-    cache.mkdir(parents=True, exist_ok=True)
     hit.write_text(json.dumps({"tiles": tiles.tolist(), "f1": result["f1"], "threshold": result["threshold"],
                                "val_f1": result["val_f1"], "seed": seed, "backbone": str(path)}))
     return tiles
@@ -234,6 +259,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--change-config", type=Path, default=ROOT / "configs/bench/cd-cpu-small.yaml")
     parser.add_argument("--skip-change", action="store_true", help="EuroSAT rows only")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--note", action="append", default=[], help="a line for the table's header")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "anysensor" / "cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     return parser.parse_args(argv)
@@ -266,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     files = {"s2": args.s2, "landsat": args.landsat, "mixed": args.mixed}
     rows = measure(args, files)
     dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
-    command = ["OMP_NUM_THREADS=1", ".venv/bin/python", "benchmarks/any_sensor.py", *given]
-    provenance = {"commit": git_commit(dirty), "command": " ".join(command),
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/any_sensor.py " + shlex.join(given)
+    provenance = {"commit": git_commit(dirty), "command": command.strip(),
                   "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                              f"{args.threads} thread(s)",
                   "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
@@ -279,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         "- EuroSAT: all 270 labelled images, stratified 5-fold CV (fold seed 0), frozen linear probe on the "
         f"mean patch token (L2 among {CONFIG.l2} by {CONFIG.inner_folds} inner folds), each backbone "
         "loaded on the subset's bands; 95 % CI by bootstrap over images, differences paired on images",
-        f"- {CHANGE}: `{_rel(args.change_config)}` change settings and seeds, train Nanjing, test Taizhou "
-        f"(whole scene, sliding windows); 95 % CI by bootstrap over seeds and {TILE}-px test tiles, "
-        "differences paired on the same draws",
+        *([] if args.skip_change else [
+            f"- {CHANGE}: `{_rel(args.change_config)}` change settings and seeds, train Nanjing, test "
+            "Taizhou (whole scene, sliding windows, each backbone loaded on the TM bands by wavelength); "
+            f"95 % CI by bootstrap over seeds and {TILE}-px test tiles, differences paired on the same "
+            "draws"]),
+        *[f"- {n}" for n in args.note],
         "- a difference is called only when its interval excludes 0", "", *lines, "", *sentences, ""])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "any_sensor.md").write_text(text)
