@@ -45,7 +45,6 @@ import yaml
 from budget_curve import load_images
 from missing_bands import CONFIG, NAMED, probe
 from provenance import git_commit
-from safetensors import safe_open
 
 from rsmae.datasets import LandsatCD
 from rsmae.evaluation.change import ChangeConfig, evaluate_change, predict_scene
@@ -53,7 +52,7 @@ from rsmae.evaluation.folds import stratified_kfold
 from rsmae.evaluation.speed import cpu_name
 from rsmae.models.registry import sha256_file
 from rsmae.stats import PairedDifference, bootstrap_interval, paired_bootstrap, verdict
-from rsmae.tasks.change import ChangeTask
+from rsmae.tasks.change import load_change_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -200,20 +199,6 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def reload_change_model(model_path: str | Path, backbone: Path) -> tuple[ChangeTask, dict]:
-    """A saved change model with its encoder built from ``backbone`` (then every saved weight loaded).
-
-    ``load_change_model`` rebuilds the encoder from the saved metadata, which builds the fixed
-    embedding: a spectral backbone's model does not load that way (rsmae/tasks/change.py).
-    """
-    with safe_open(str(model_path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    task = ChangeTask(**{**json.loads(meta["rsmae_change"]), "backbone": str(backbone)})
-    task.model.load_state_dict(state)
-    return task.eval(), json.loads(meta.get("extra", "{}"))
-
-
 def change_counts(path: Path, seed: int, settings: dict, root: Path, cache: Path) -> np.ndarray:
     """Tile TP / FP / FN ``(tiles, 3)`` of one frozen Landsat CD cell of ``path`` (cached).
 
@@ -228,7 +213,7 @@ def change_counts(path: Path, seed: int, settings: dict, root: Path, cache: Path
     else:
         result = evaluate_change(path, "frozen", test_root=root, dataset="landsat", seed=seed, out_dir=out,
                                  maps=False, **settings)
-    task, extra = reload_change_model(out / "change_model.safetensors", path)
+    task, extra = load_change_model(out / "change_model.safetensors")
     cfg = ChangeConfig.from_kwargs(**settings)
     test = LandsatCD(root, "test", bands=result["bands"])
     counts = []

@@ -45,6 +45,7 @@ __all__ = [
     "ENCODER_KWARGS",
     "FORMAT_VERSION",
     "BackboneMeta",
+    "build_encoder",
     "load_backbone",
     "peek_backbone_meta",
     "read_backbone_meta",
@@ -135,7 +136,8 @@ def save_backbone(encoder: VisionTransformer, path: str | Path, meta: BackboneMe
     return path
 
 
-def _build(meta: BackboneMeta) -> VisionTransformer:
+def build_encoder(meta: BackboneMeta) -> VisionTransformer:
+    """A freshly initialised encoder of the architecture ``meta`` describes (patch embedding included)."""
     spectral = meta.patch_embed == "spectral"
     return create_encoder(
         meta.preset,
@@ -151,7 +153,7 @@ def _check_meta_builds(meta: BackboneMeta, state: Mapping[str, Tensor]) -> None:
     """Refuse metadata that would rebuild an encoder of another shape."""
     meta.to_json()
     with torch.device("meta"):
-        ref = _build(meta).state_dict()
+        ref = build_encoder(meta).state_dict()
     diff = sorted(set(ref) ^ set(state)) or [k for k in ref if tuple(ref[k].shape) != tuple(state[k].shape)]
     if diff:
         raise WeightsError(
@@ -223,7 +225,7 @@ def build_and_load(
     optional: frozenset[str] = frozenset(),
 ) -> VisionTransformer:
     """Build the encoder ``dst`` describes and load ``state`` (bands ``src.bands``) into it."""
-    model = _build(dst)
+    model = build_encoder(dst)
     try:
         filtered = checkpoint_filter_fn(
             state,

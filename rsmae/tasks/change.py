@@ -35,13 +35,13 @@ from rsmae.data import normalize_images
 from rsmae.errors import BandError, WeightsError
 from rsmae.models import (
     BackboneMeta,
-    create_encoder,
     fused_attention_pays,
     load_backbone,
     set_fused_attention,
 )
 from rsmae.models.change import FCSiamDiff, SiameseViT, change_loss
 from rsmae.models.trainable import configure_trainable, freeze_eval
+from rsmae.models.weights import build_encoder
 from rsmae.tasks.optim import param_groups, scheduled
 
 __all__ = ["ChangeTask", "augment_pair", "load_change_model", "save_change_model"]
@@ -153,8 +153,7 @@ class ChangeTask(L.LightningModule):
                 bands=list(hp.bands), sensor=hp.sensor, mean=None, std=None, gsd=None, source="random init")
             if list(meta.bands) != list(hp.bands):
                 raise BandError(f"encoder bands {meta.bands} differ from the task's {list(hp.bands)}")
-            vit = create_encoder(meta.preset, in_chans=meta.in_chans, img_size=meta.img_size,
-                                 patch_size=meta.patch_size, **meta.encoder_kwargs)
+            vit = build_encoder(meta)  # a spectral patch embedding with its bands, as saved
         self.hparams["encoder"] = dataclasses.asdict(meta)
         return vit
 

@@ -6,11 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from rsmae.models import create_encoder, save_backbone
-from rsmae.models.weights import BackboneMeta
-from rsmae.tasks.change import ChangeTask, save_change_model
 from tests.conftest import load_script
 
 anysensor = load_script("benchmarks/any_sensor.py")
@@ -65,24 +61,3 @@ def test_table_marks_the_per_sensor_backbone_and_says_no_clear_difference(tmp_pa
     assert lines_csv[0]["backbone_file"] == "a.safetensors" and lines_csv[0]["commit"] == "abc"
     assert float(lines_csv[3]["mixed_minus_this"]) == round(float(better.mean() - base.mean()), 4)
     assert lines_csv[2]["verdict"] == "" and lines_csv[3]["verdict"].startswith("mixed S2 + Landsat")
-
-
-def test_a_spectral_backbone_change_model_reloads_with_the_same_outputs(tmp_path: Path) -> None:
-    s2 = ["B02", "B03", "B04", "B08"]
-    torch.manual_seed(0)
-    enc = create_encoder("vit_test", in_chans=4, img_size=32, patch_size=8, patch_embed="spectral", bands=s2,
-                         sensor="s2-l1c")
-    backbone = save_backbone(enc, tmp_path / "b.safetensors", BackboneMeta(
-        preset="vit_test", img_size=32, patch_size=8, in_chans=4, bands=s2, sensor="s2-l1c", mean=None,
-        std=None, gsd=10.0))
-    tm = ["B1", "B2", "B3", "B4", "B5", "B7"]  # another sensor's bands, by wavelength
-    task = ChangeTask(bands=tm, backbone=str(backbone), sensor="landsat-tm", img_size=32, tune="frozen",
-                      mean=[0.0] * 6, std=[1.0] * 6).eval()
-    with torch.no_grad():
-        task.model.head.bias.fill_(0.3)  # a trained weight that the reload must carry
-    path = save_change_model(task, tmp_path / "m.safetensors", extra={"threshold": 0.4})
-    again, extra = anysensor.reload_change_model(path, backbone)
-    pair = torch.rand(2, 2, 6, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.allclose(again.predict_logits(pair), task.predict_logits(pair), atol=1e-6)
-    assert extra == {"threshold": 0.4}

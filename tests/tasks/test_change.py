@@ -259,3 +259,27 @@ def test_bench_change_runs_and_writes_its_table(tmp_path: Path) -> None:
     assert "cpu: " in table and "| training step | fp32 | fc-siam-diff |" in table
     assert "| inference, whole city | fp32 | siamese-vit | 1 window(s)/batch |" in table
     assert len((tmp_path / "change_speed.csv").read_text().splitlines()) == 1 + 4 + 4
+
+
+def test_a_change_model_on_a_spectral_backbone_reloads_from_its_file(tmp_path: Path) -> None:
+    """The saved encoder metadata rebuilds the spectral patch embedding (on the task's bands)."""
+    s2 = ["B02", "B03", "B04", "B08"]
+    torch.manual_seed(0)
+    enc = create_encoder("vit_test", in_chans=4, img_size=32, patch_size=8, patch_embed="spectral", bands=s2,
+                         sensor="s2-l1c")
+    backbone = save_backbone(enc, tmp_path / "b.safetensors", BackboneMeta(
+        preset="vit_test", img_size=32, patch_size=8, in_chans=4, bands=s2, sensor="s2-l1c", mean=None,
+        std=None, gsd=10.0))
+    tm = ["B1", "B2", "B3", "B4", "B5", "B7"]  # another sensor's bands, by wavelength
+    task = ChangeTask(bands=tm, backbone=str(backbone), sensor="landsat-tm", img_size=32, tune="frozen",
+                      mean=[0.0] * 6, std=[1.0] * 6).eval()
+    with torch.no_grad():
+        task.model.head.bias.fill_(0.3)  # a trained weight that the reload must carry
+    path = save_change_model(task, tmp_path / "m.safetensors", extra={"threshold": 0.4})
+    backbone.unlink()  # the model file alone rebuilds it
+    again, extra = load_change_model(path)
+    pair = torch.rand(2, 2, 6, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(again.predict_logits(pair), task.predict_logits(pair), rtol=1e-5,
+                                   atol=1e-6)
+    assert extra == {"threshold": 0.4}
