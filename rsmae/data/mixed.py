@@ -16,6 +16,7 @@ bands an exported backbone records) and lists every group under ``"groups"``.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -120,18 +121,15 @@ def describe_mix(parts: Mapping[str, ShardDataset], weights: Mapping[str, float]
         BandError: naming the stores and their tile sizes when the groups' tiles differ in size (one model
             input size).
     """
-    groups = []
-    for name, dataset in parts.items():
-        info = describe_data(dataset)
-        groups.append({"name": name, "stores": list(dataset.paths), **info, "tiles": len(dataset),
-                       "weight": float(weights[name])})
+    infos = {name: describe_data(dataset) for name, dataset in parts.items()}
+    groups = [{"name": name, "stores": list(dataset.paths), **infos[name], "tiles": len(dataset),
+               "weight": float(weights[name])} for name, dataset in parts.items()]
     sizes = {g["name"]: g["tile_size"] for g in groups}
     if len(set(sizes.values())) > 1:
         where = "; ".join(f"{g['name']} ({', '.join(g['stores'])}): {g['tile_size']} px" for g in groups)
         raise BandError(f"the store groups have tiles of different sizes ({where}); a model takes one input "
                         "size: tile every store at one tile_size")
-    first = next(iter(parts.values()))
-    return {**describe_data(first), "groups": groups}
+    return {**copy.deepcopy(next(iter(infos.values()))), "groups": groups}  # no list shared with a group
 
 
 class GroupBatch(TileBatch):

@@ -82,10 +82,7 @@ class PairScene:
         x1, x2 = self.image[0].astype(np.float64), self.image[1].astype(np.float64)
         m1, s1 = x1.mean(axis=(1, 2), keepdims=True), x1.std(axis=(1, 2), keepdims=True)
         m2, s2 = x2.mean(axis=(1, 2), keepdims=True), x2.std(axis=(1, 2), keepdims=True)
-        matched = (x2 - m2) * (s1 / np.maximum(s2, 1e-9)) + m1
-        if np.issubdtype(self.image.dtype, np.integer):
-            info = np.iinfo(self.image.dtype)
-            matched = np.clip(np.rint(matched), info.min, info.max)
+        matched = rescale_bands(x2, (m2, s2), (m1, s1), self.image.dtype)
         image = np.stack([self.image[0], matched.astype(self.image.dtype)])
         return replace(self, image=image)
 
@@ -94,6 +91,20 @@ class PairScene:
         return {"image": torch.from_numpy(self.image.astype(np.float32)),
                 "mask": torch.from_numpy(self.mask.astype(np.int64)), "city": self.name,
                 "path": self.paths[0]}
+
+
+def rescale_bands(x: np.ndarray, own: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray],
+                  dtype: np.dtype | str) -> np.ndarray:
+    """``x`` rescaled per band from its ``own`` (mean, std) to ``reference``'s, as float64.
+
+    Integer ``dtype``: rounded and clipped to its range (NaN kept). The one rule of date matching:
+    :meth:`PairScene.match_dates` in memory, ``rsmae.predict.matching`` block by block.
+    """
+    out = (x - own[0]) * (reference[1] / np.maximum(own[1], 1e-9)) + reference[0]
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out
 
 
 def read_pair(scene1: Scene, scene2: Scene, sensor: str, *,

@@ -23,12 +23,11 @@ from torch import nn
 
 from rsmae.tasks.finetune import FinetuneTask
 
-__all__ = ["SAVED_PROTOCOLS", "fold_linear_probe", "no_model_note", "probe_classifier"]
+__all__ = ["fold_linear_probe", "no_model_note", "probe_classifier"]
 
 # ``FinetuneTask`` refuses a frozen encoder, so the file records the smallest tuned setting: a formality
 # of the format (the encoder was not trained; the backbone's ``source`` says "linear probe")
 PROBE_TUNE = "mlp"
-SAVED_PROTOCOLS = ("linear", "mlp", "lastK", "full")  # protocols whose --out holds classifier.safetensors
 
 
 def fold_linear_probe(probe: nn.Sequential) -> nn.Linear:

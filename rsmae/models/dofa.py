@@ -224,6 +224,10 @@ def _load_wave(path: str | Path, fmt: str, into: ForeignTarget, seed: int) -> Vi
     path = Path(path)
     state, _ = read_weights(path)
     encoder, rest, report = map_keys(state, fmt, path)
+    unknown = [k for k, why in report.reported.items() if why.startswith("unknown")]
+    if unknown and into.strict:
+        raise WeightsError(f"{path}: keys {unknown[:6]} are no part of a {fmt} ViT; pass strict=False to "
+                           "ignore them")
     preset = _preset(encoder, into.preset, path)
     prefix = len(WAVE_FORMATS[fmt])
     gen_state = {k[prefix:]: v for k, v in rest.items() if k.startswith(WAVE_FORMATS[fmt])}
@@ -247,10 +251,6 @@ def _load_wave(path: str | Path, fmt: str, into: ForeignTarget, seed: int) -> Vi
     filtered = checkpoint_filter_fn(encoder, model)
     filtered.update({f"patch_embed.{k}": v for k, v in model.patch_embed.state_dict().items()})
     load_checked(model, filtered, str(path), strict=into.strict, optional={"norm.weight", "norm.bias"})
-    unknown = [k for k, why in report.reported.items() if why.startswith("unknown")]
-    if unknown and into.strict:
-        raise WeightsError(f"{path}: keys {unknown[:6]} are no part of a {fmt} ViT; pass strict=False to "
-                           "ignore them")
     _logger.info("%s: %d keys mapped by name, %d reported (%s)", path, len(report.mapped),
                  len(report.reported), sorted({why.split(":")[0] for why in report.reported.values()}))
     meta = BackboneMeta(preset=preset, img_size=into.img_size, patch_size=model.patch_embed.patch_size[0],

@@ -29,8 +29,7 @@ from rsmae.models.spectral import band_spectrum, check_spectral_options
 from rsmae.models.spectral_embed import SpectralPatchEmbed
 from rsmae.models.spectral_fit import default_rank, fit_output_layers, target_raw
 from rsmae.models.timm_cfg import attach_meta
-from rsmae.models.vit import create_encoder
-from rsmae.models.weights import load_backbone, read_weights, retarget
+from rsmae.models.weights import build_encoder, load_backbone, read_weights, retarget
 
 __all__ = ["load_spectral_backbone"]
 
@@ -86,9 +85,7 @@ def load_spectral_backbone(path: str | Path, *, bands: Sequence[str] | None = No
     dst = dataclasses.replace(retarget(spectral, bands, sensor), img_size=img_size or meta.img_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = create_encoder(dst.preset, in_chans=dst.in_chans, img_size=dst.img_size,
-                               patch_size=dst.patch_size, patch_embed="spectral", bands=dst.bands,
-                               sensor=dst.sensor, **dst.encoder_kwargs)
+        model = build_encoder(dst)
     _fit_conv_kernels(model.patch_embed, meta, state)
     filtered = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith("patch_embed.")},
                                     model)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rsmae.datasets.bitemporal import rescale_bands
+
 __all__ = ["BandStatistics", "matched_reader"]
 
 Read = Callable[[int, int, int, int], np.ndarray]
@@ -40,16 +42,13 @@ class BandStatistics:
 def matched_reader(read: Read, own: BandStatistics, reference: BandStatistics, dtype: str) -> Read:
     """``read`` rescaled per band from ``own`` statistics to ``reference``'s (NaN kept).
 
-    Integer pixels are rounded and clipped to ``dtype``'s range, as the evaluation's matching does.
+    Integer pixels are rounded and clipped to ``dtype``'s range: the evaluation's rule
+    (:func:`~rsmae.datasets.bitemporal.rescale_bands`).
     """
-    scale = (reference.std / np.maximum(own.std, 1e-9))[:, None, None]
-    shift = (reference.mean[:, None, None], own.mean[:, None, None])
-    limits = np.iinfo(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else None
+    own_stats = (own.mean[:, None, None], own.std[:, None, None])
+    ref_stats = (reference.mean[:, None, None], reference.std[:, None, None])
 
     def matched(row: int, col: int, height: int, width: int) -> np.ndarray:
-        x = (read(row, col, height, width) - shift[1]) * scale + shift[0]
-        if limits is not None:
-            x = np.clip(np.rint(x), limits.min, limits.max)
-        return x.astype(np.float32)
+        return rescale_bands(read(row, col, height, width), own_stats, ref_stats, dtype).astype(np.float32)
 
     return matched

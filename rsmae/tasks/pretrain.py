@@ -3,8 +3,7 @@
 Every hyperparameter is a plain ``__init__`` argument, so ``LightningCLI`` exposes it and the
 checkpoint's ``hyper_parameters`` rebuild the model. The band count, tile size and data statistics
 are not typed twice: the CLI links ``in_chans``, ``img_size`` and ``data_info`` from the datamodule
-when it instantiates it (``link_arguments(..., apply_on="instantiate")``), and :meth:`setup` checks
-them against the data actually loaded.
+(``link_arguments(..., apply_on="instantiate")``), and :meth:`setup` checks them against the data.
 
 Randomness is restartable: training batch ``n``'s augmentation and masks come from a generator seeded
 by ``(seed, rank, n)``, validation masks by ``(seed, rank, batch_idx)``; checkpoints keep the batch
@@ -52,7 +51,6 @@ from rsmae.tasks.optim import OPTIMIZERS, task_optimizer
 from rsmae.tasks.precision import clip_unscaled
 from rsmae.tasks.spectral import (
     batch_bands,
-    batch_statistics,
     check_band_dropout,
     check_mixed_bands,
     drop_batch_bands,
@@ -178,7 +176,7 @@ class PretrainTask(L.LightningModule):
         self._total_steps = 1
         self._bad_loss: Tensor | None = None
         self._compiled = False
-        self._stats: tuple[Tensor, Tensor] | None = None  # data_info mean/std on the batches' device
+        self._stats: dict[str | None, tuple[Tensor, Tensor]] = {}  # per store group (None: data_info's)
         self._corpus: list[dict[str, Any]] | None = None  # corpus_record of the stores trained on
 
     # ------------------------------------------------------------------ parts
@@ -241,7 +239,7 @@ class PretrainTask(L.LightningModule):
             self.hparams["data_info"] = info = datamodule.data_info if mixed else describe_data(dataset)
         if self.student.bands is None and self.hparams.get("patch_embed") == "spectral":
             set_bands(self.model, info["bands"], sensor=info.get("sensor"))
-        self._stats = None
+        self._stats = {}
         self._corpus = corpus_record(datamodule.stores) if getattr(datamodule, "stores", None) else None
 
     def on_fit_start(self) -> None:
@@ -254,27 +252,29 @@ class PretrainTask(L.LightningModule):
             self.model.compile()
             self._compiled = True
 
-    def normalize(self, images: Tensor, stats: tuple[Any, Any] | None = None) -> Tensor:
-        """Integer images normalised with ``stats`` (else ``data_info``'s mean and std); float ones as is.
+    def normalize(self, images: Tensor, batch: dict[str, Any] | None = None) -> Tensor:
+        """Integer images normalised with a mixed ``batch``'s group statistics, else ``data_info``'s.
 
         Raises:
             ValueError: The images are integers and ``data_info`` has no ``mean``/``std``.
         """
-        if images.is_floating_point() or stats is not None:
-            return images if images.is_floating_point() else normalize_images(images, *stats)
-        if self._stats is None or self._stats[0].device != images.device:
-            info = self.hparams.get("data_info") or {}
+        if images.is_floating_point():  # statistics kept on the images' device, per store group
+            return images
+        group = (batch or {}).get("group") if (batch or {}).get("mean") is not None else None
+        stats = self._stats.get(group)
+        if stats is None or stats[0].device != images.device:
+            info = batch if group is not None else self.hparams.get("data_info") or {}
             if info.get("mean") is None or info.get("std") is None:
                 raise ValueError(f"the batch holds {images.dtype} images but the task has no data_info "
                                  "mean/std to normalise them; pass data_info=datamodule.data_info (the "
                                  "CLI links it) or use TileDataModule(native=False)")
             kw = {"dtype": torch.float32, "device": images.device}
-            self._stats = torch.tensor(info["mean"], **kw), torch.tensor(info["std"], **kw)
-        return normalize_images(images, *self._stats)
+            stats = self._stats[group] = torch.tensor(info["mean"], **kw), torch.tensor(info["std"], **kw)
+        return normalize_images(images, *stats)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Normalise integer images (every batch); augment training batches and draw their masks."""
-        batch = {**batch, "image": self.normalize(batch["image"], batch_statistics(batch))}
+        batch = {**batch, "image": self.normalize(batch["image"], batch)}
         if self._trainer is None or not self.trainer.training:
             return batch
         generator = self._generator(_TRAIN_STREAM, self.train_batches)
@@ -293,7 +293,7 @@ class PretrainTask(L.LightningModule):
             generator = self._generator(_VAL_STREAM, batch_idx)
             noise = self.student.make_noise(images.shape[0], generator=generator).to(images.device)
         gsd = batch["gsd"].float() if self.hparams.gsd_pos_embed else None
-        with batch_bands(self.model, batch):
+        with batch_bands(self.model, batch, spectral=self.hparams.get("patch_embed") == "spectral"):
             out = self.model(images, noise=noise, gsd=gsd)
         train = stage == "train"
         kwargs = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(images)}

@@ -27,10 +27,10 @@ from torch import nn
 
 from rsmae.augment import drop_bands
 from rsmae.errors import ModelConfigError
-from rsmae.models import SpectralPatchEmbed, use_bands
+from rsmae.models import use_bands
 
-__all__ = ["BAND_DROPOUT_KEYS", "PATCH_EMBEDS", "batch_bands", "batch_statistics", "check_band_dropout",
-           "check_mixed_bands", "drop_batch_bands", "encoder_band_args"]
+__all__ = ["BAND_DROPOUT_KEYS", "PATCH_EMBEDS", "batch_bands", "check_band_dropout", "check_mixed_bands",
+           "drop_batch_bands", "encoder_band_args"]
 
 PATCH_EMBEDS = ("conv", "spectral")  # of a pretraining task: timm's conv, or kernels from wavelengths
 BAND_DROPOUT_KEYS = ("p_keep_min", "p_keep_max")
@@ -70,11 +70,6 @@ def check_mixed_bands(data_info: Mapping[str, Any] | None, patch_embed: str) -> 
                            "or pretrain on stores of one band set")
 
 
-def batch_statistics(batch: Mapping[str, Any]) -> tuple[Any, Any] | None:
-    """The ``mean``/``std`` of a mixed batch's store group (:mod:`rsmae.data.mixed`); ``None``: the task's."""
-    return (batch["mean"], batch["std"]) if batch.get("mean") is not None else None
-
-
 def check_band_dropout(options: Mapping[str, Any] | None, patch_embed: str) -> dict[str, float] | None:
     """``band_dropout`` checked as plain data: ``{"p_keep_min", "p_keep_max"}`` fractions, or ``None`` (off).
 
@@ -105,12 +100,10 @@ def drop_batch_bands(batch: dict[str, Any], bands: list[str], generator: torch.G
     return {**batch, "image": images, "bands": kept}
 
 
-def batch_bands(model: nn.Module, batch: Mapping[str, Any]) -> AbstractContextManager:
-    """Inside the block ``model`` takes the bands of ``batch["bands"]``.
+def batch_bands(model: nn.Module, batch: Mapping[str, Any], *, spectral: bool) -> AbstractContextManager:
+    """Inside the block a ``spectral`` ``model`` takes the bands of ``batch["bands"]``.
 
     A batch without them, or a model of fixed bands (a mix of same-band groups names them too): as it is.
     """
     bands = batch.get("bands")
-    if bands is None or not any(isinstance(m, SpectralPatchEmbed) for m in model.modules()):
-        return nullcontext(model)
-    return use_bands(model, bands)
+    return use_bands(model, bands) if spectral and bands is not None else nullcontext(model)
