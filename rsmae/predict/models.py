@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from rsmae.models import fused_attention_pays, load_backbone, read_backbone_meta
 from rsmae.predict.errors import PredictError
 
 __all__ = ["ChangeNet", "ClassifyNet", "EmbedNet", "Predictor", "load_change_predictor",
-           "load_classify_predictor", "load_embed_predictor", "load_onnx_predictor"]
+           "load_classify_predictor", "load_embed_predictor", "load_onnx_predictor", "resolve_precision"]
 
 _logger = logging.getLogger(__name__)
 
@@ -121,16 +121,33 @@ class Predictor:
     match_dates: bool = False
     run: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
-    def use(self, engine: str = "torch", threads: int | None = None) -> Predictor:
+    def use(self, engine: str = "torch", threads: int | None = None, precision: str = "32",
+            device: str | torch.device = "cpu") -> Predictor:
         """Run on ``"torch"`` or ``"onnx"`` (onnxruntime, the module exported in memory).
 
         A predictor loaded from an ``.onnx`` file runs in onnxruntime whatever ``engine`` says.
+        Outputs come back as float32 numpy arrays whatever the precision and device.
 
         Args:
             engine: ``"torch"`` or ``"onnx"``.
             threads: Intra-op threads of the model calls (``None``: the library's default). On a
                 machine shared with other jobs, fewer threads than cores can be several times faster.
+            precision: ``"auto"`` (bf16 autocast where ``device`` computes bf16 natively: a CUDA GPU
+                with bf16, a CPU with AVX512-BF16 or AMX; else fp32), ``"32"`` or ``"bf16"``
+                (Lightning's ``"32-true"``, ``"bf16-mixed"`` are accepted). onnxruntime runs fp32.
+                The default is fp32 (outputs equal to the module's); callers choose ``"auto"``.
+            device: Where the PyTorch module runs (moved there once; inputs per call).
+
+        Raises:
+            ValueError: an unknown engine or precision, or bf16 asked of onnxruntime.
         """
+        on_torch = engine == "torch" and self.module is not None
+        dtype = resolve_precision(precision, device if on_torch else "onnx")
+        if self.module is None or engine == "onnx":
+            if dtype != "32":
+                raise ValueError(f"precision {precision!r}: onnxruntime runs fp32; pass precision 32 or auto")
+            if torch.device(device).type != "cpu":
+                raise ValueError(f"device {device!r}: onnxruntime runs on the CPU here; use engine torch")
         if self.module is None:
             if threads is not None:
                 from rsmae.predict.onnx import session_runner
@@ -138,7 +155,7 @@ class Predictor:
                 self.run = session_runner(str(self.path), threads)
             return self
         if engine == "torch":
-            self.run = _torch_runner(self.module, self.kind, threads)
+            self.run = _torch_runner(self.module, threads, dtype, torch.device(device))
         elif engine == "onnx":
             from rsmae.predict.onnx import onnx_runner
 
@@ -162,9 +179,46 @@ class Predictor:
         return out
 
 
-def _torch_runner(module: nn.Module, kind: str, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    module.eval()
-    set_fused_attention(module, fused_attention_pays(torch.device("cpu")))
+_PRECISIONS = {"32": "32", "32-true": "32", "fp32": "32", "float32": "32",
+               "bf16": "bf16", "bf16-mixed": "bf16", "bf16-true": "bf16", "bfloat16": "bf16"}
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu", *,
+                      flags: Collection[str] | None = None) -> str:
+    """``"32"`` or ``"bf16"``: what ``precision`` means on ``device``.
+
+    ``"auto"`` is bf16 where ``device`` computes bf16 natively (a CUDA GPU with bf16 support, a CPU
+    with AVX512-BF16 or AMX-BF16: :func:`rsmae.tasks.precision.default_precision`), else fp32;
+    ``device="onnx"`` (onnxruntime) is always fp32.
+
+    Args:
+        precision: ``"auto"``, ``"32"`` / ``"32-true"`` or ``"bf16"`` / ``"bf16-mixed"``.
+        device: The module's device, or ``"onnx"``.
+        flags: CPU feature flags (for tests); read from ``/proc/cpuinfo`` when ``None``.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    from rsmae.tasks.precision import default_precision
+
+    key = str(precision).strip().lower()
+    if key == "auto":
+        if str(device) == "onnx":
+            return "32"
+        kind = torch.device(device).type
+        if kind not in ("cpu", "cuda"):
+            return "32"
+        return _PRECISIONS[default_precision(kind, flags=flags)]
+    if key not in _PRECISIONS:
+        raise ValueError(f"precision {precision!r}; choose auto, 32 or bf16")
+    return _PRECISIONS[key]
+
+
+def _torch_runner(module: nn.Module, threads: int | None, precision: str,
+                  device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    module.eval().to(device)
+    set_fused_attention(module, fused_attention_pays(device))
+    autocast = precision == "bf16"
 
     @torch.inference_mode()
     def run(x: np.ndarray) -> np.ndarray:
@@ -172,7 +226,10 @@ def _torch_runner(module: nn.Module, kind: str, threads: int | None) -> Callable
         if threads is not None:  # for this call only: no process-wide setting is left behind
             torch.set_num_threads(threads)
         try:
-            return module(torch.from_numpy(x)).float().numpy()
+            inputs = torch.from_numpy(x).to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = module(inputs)
+            return out.float().cpu().numpy()
         finally:
             torch.set_num_threads(before)
 
