@@ -54,6 +54,9 @@ class ModelSpec:
         path: The model file.
         head: Head file of a classifier.
         weights: RC-MAE: the encoder probed, ``"student"`` or ``"teacher"``.
+        seed: Training seed of this file. Entries sharing a ``name`` are one model trained with
+            different seeds (each with its own ``seed``, the same ``kind``): the report aggregates
+            every measure over them (and over the direction seeds). ``None``: one file per name.
     """
 
     name: str
@@ -61,6 +64,12 @@ class ModelSpec:
     path: str
     head: str | None = None
     weights: str = "student"
+    seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        """Name of this file's outputs: the model name, with ``_s<seed>`` for a training seed."""
+        return self.name if self.seed is None else f"{self.name}_s{self.seed}"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -82,8 +91,12 @@ class DataSpec:
         mask_seed: Seed of the fixed mask noise.
         seed: Seed of the choice of samples.
         eurosat: EuroSAT folder (``train/``, ``test/``) for the probe loss.
-        probe_split: EuroSAT split of the probe loss.
-        probe_samples: Images of the probe loss (``None``: the whole split).
+        probe_split: EuroSAT split the probe head is fitted on (the supervised models' training split).
+        probe_eval_split: EuroSAT split of the probe and classification losses, their Hessians and noise:
+            by default ``test``, images no model was trained on (the supervised model is fine-tuned on
+            ``train``, the pretraining corpus holds no EuroSAT image). Equal to ``probe_split``: the
+            losses on the images the head was fitted on (the studies before issue 21).
+        probe_samples: Images of the probe head fit and of the probe loss, each (``None``: the whole split).
         probe_steps: Adam steps of the probe head fit.
     """
 
@@ -94,6 +107,7 @@ class DataSpec:
     seed: int = 0
     eurosat: str = "../shared/data/eurosat_ms_subset"
     probe_split: str = "train"
+    probe_eval_split: str = "test"
     probe_samples: int | None = 64
     probe_steps: int = 300
 
@@ -179,7 +193,8 @@ class LandscapeConfig:
         directions: Direction seeds.
         hessian: Curvature measures.
         noise: Noise flatness.
-        interpolate: Pairs of model names: loss along the straight line between them.
+        interpolate: Pairs of model names: loss along the straight line between them (the first
+            listed training seed of each).
         threshold: Loss rise that ends the basin (report).
         chunk_size: Grid points per batched forward.
         workers: Local processes for surface rows (1 = this process).
@@ -214,8 +229,15 @@ class LandscapeConfig:
         if not self.directions.seeds:
             raise LandscapeError("directions.seeds is empty; give at least one seed (e.g. [0, 1, 2])")
         names = [m.name for m in self.models]
-        if not names or len(set(names)) != len(names):
-            raise LandscapeError(f"models {names}: give at least one model, each with its own name")
+        labels = [m.label for m in self.models]
+        if not names or len(set(labels)) != len(labels):
+            raise LandscapeError(f"models {labels}: give at least one model, each with its own name (or, "
+                                 "for training seeds of one model, the same name with its own seed)")
+        for name in dict.fromkeys(names):
+            group = [m for m in self.models if m.name == name]
+            if len(group) > 1 and (any(m.seed is None for m in group) or len({m.kind for m in group}) > 1):
+                raise LandscapeError(f"models named {name!r}: entries sharing a name are training seeds of "
+                                     "one model; give each a seed: and the same kind")
         for pair in self.interpolate:
             if len(pair) != 2 or not set(pair) <= set(names):
                 raise LandscapeError(f"interpolate entry {pair}: give two model names out of {names}")

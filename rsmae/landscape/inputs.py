@@ -38,7 +38,7 @@ from rsmae.models.weights import read_weights
 from rsmae.tasks import PretrainTask
 from rsmae.tasks.finetune import PooledHead
 
-__all__ = ["Classifier", "LoadedModel", "build_objective", "load_model"]
+__all__ = ["Classifier", "LoadedModel", "build_objective", "load_model", "objective_images", "probe_data"]
 
 _logger = logging.getLogger(__name__)
 
@@ -203,11 +203,26 @@ def pretrain_images(data: DataSpec, info: dict[str, Any]) -> tuple[Tensor, Tenso
     return _fit_size(normalize_images(images, mean, std), size), gsd
 
 
-def probe_data(data: DataSpec, info: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    """EuroSAT images (normalised with the model's statistics) and labels for the probe losses."""
-    ds = _eurosat(data, info, data.probe_split)
+def probe_data(data: DataSpec, info: dict[str, Any], split: str | None = None) -> tuple[Tensor, Tensor]:
+    """EuroSAT images (normalised with the model's statistics) and labels of one split.
+
+    ``data.probe_samples`` images of ``split``, by default ``data.probe_split`` (the probe head's).
+    """
+    ds = _eurosat(data, info, split or data.probe_split)
     idx = _choose(len(ds), data.probe_samples, data.seed)
     return ds.images[idx], ds.labels[idx]
+
+
+def objective_images(data: DataSpec) -> dict[str, str]:
+    """Which images each objective uses, for the report's header."""
+    store = data.store if data.store is not None else f"EuroSAT {data.probe_split}"
+    n, unseen = data.probe_samples or "all", data.probe_eval_split != data.probe_split
+    where = f"EuroSAT {data.probe_eval_split} ({n} images{', no model trained on them' if unseen else ''})"
+    pretrain = f"{store} ({data.pretrain_samples} samples, seed {data.seed}; the pretraining data)"
+    return {"recon": pretrain, "pretrain": pretrain,
+            "probe": f"head fitted on EuroSAT {data.probe_split} ({n} images, {data.probe_steps} Adam "
+                     f"steps), loss on {where}",
+            "classification": where}
 
 
 def build_objective(name: str, model: LoadedModel, data: DataSpec) -> Objective | None:
@@ -224,10 +239,14 @@ def build_objective(name: str, model: LoadedModel, data: DataSpec) -> Objective 
         return MAEObjective(module, images, **kwargs)
     if name == "probe":
         images, labels = probe_data(data, model.info)
+        held_out: dict[str, Tensor] = {}
+        if data.probe_eval_split != data.probe_split:
+            held_out = dict(zip(("eval_images", "eval_labels"),
+                                probe_data(data, model.info, data.probe_eval_split), strict=True))
         return ProbeObjective(model.encoder, images, labels, steps=data.probe_steps,
-                              batch_size=data.batch_size)
+                              batch_size=data.batch_size, **held_out)
     if name == "classification" and isinstance(module, Classifier):
-        images, labels = probe_data(data, model.info)
+        images, labels = probe_data(data, model.info, data.probe_eval_split)
         return ClassificationObjective(module, images, labels, batch_size=data.batch_size)
     _logger.info("objective %s does not apply to %s (%s): skipped", name, model.spec.name, model.spec.kind)
     return None

@@ -287,10 +287,16 @@ class _Features(nn.Module):
 class ProbeObjective(Objective):
     """Linear-probe loss: the encoder is perturbed, the probe head stays as fitted at the centre.
 
+    The head is fitted on ``images``; the loss is measured on ``eval_images`` when given (images no
+    model was trained on), else on the fitting images.
+
     Args:
         encoder: A timm ViT (``forward_features`` returns all tokens), e.g. a loaded backbone.
-        images: ``(N, C, H, W)`` normalised images (resized to the encoder's size if needed).
+        images: ``(N, C, H, W)`` normalised images the head is fitted on (resized to the encoder's
+            size if needed).
         labels: ``(N,)`` class indices.
+        eval_images: ``(M, C, H, W)`` normalised images of the loss (default ``images``).
+        eval_labels: ``(M,)`` their class indices.
         num_classes: Default ``labels.max() + 1``.
         pool: ``"cls"`` or ``"mean"``.
         steps: Adam steps of the head fit.
@@ -302,28 +308,42 @@ class ProbeObjective(Objective):
 
     name = "probe"
 
-    def __init__(self, encoder: nn.Module, images: Tensor, labels: Tensor, *, num_classes: int | None = None,
-                 pool: str = "cls", steps: int = 300, lr: float = 1e-2, weight_decay: float = 0.0,
-                 batch_size: int | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, encoder: nn.Module, images: Tensor, labels: Tensor, *,
+                 eval_images: Tensor | None = None, eval_labels: Tensor | None = None,
+                 num_classes: int | None = None, pool: str = "cls",
+                 steps: int = 300, lr: float = 1e-2, weight_decay: float = 0.0, batch_size: int | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         if pool not in ("cls", "mean"):
             raise LandscapeError(f"pool={pool!r}; choose 'cls' or 'mean'")
-        if len(labels) != len(images):
-            raise LandscapeError(f"{len(images)} images but {len(labels)} labels")
+        if (eval_images is None) != (eval_labels is None):
+            raise LandscapeError("give eval_images and eval_labels together")
+        for x, y in ((images, labels), (eval_images, eval_labels)):
+            if x is not None and y is not None and len(y) != len(x):
+                raise LandscapeError(f"{len(x)} images but {len(y)} labels")
         super().__init__(_Features(encoder, pool), dtype=dtype)
-        images = self._data(_resize(images, encoder))
-        self.images = _split(images, batch_size)
-        self.labels = labels.long().to(self.device)
+        fit_images = _split(self._data(_resize(images, encoder)), batch_size)
+        fit_labels = labels.long().to(self.device)
         num_classes = num_classes or int(labels.max()) + 1
         with torch.no_grad():
-            features = torch.cat([self.module(x) for x in self.images])
-        head = fit_linear_probe(features.float(), self.labels, steps=steps, lr=lr, weight_decay=weight_decay,
+            features = torch.cat([self.module(x) for x in fit_images])
+        head = fit_linear_probe(features.float(), fit_labels, steps=steps, lr=lr, weight_decay=weight_decay,
                                 num_classes=num_classes)
         self.head = head.to(self.dtype).eval().requires_grad_(False)
         with torch.no_grad():
-            self.train_accuracy = float((self.head(features).argmax(1) == self.labels).float().mean())
+            self.train_accuracy = float((self.head(features).argmax(1) == fit_labels).float().mean())
+        held_out = eval_images is not None and eval_labels is not None
+        if eval_images is not None and eval_labels is not None:
+            self.images = _split(self._data(_resize(eval_images, encoder)), batch_size)
+            self.labels = eval_labels.long().to(self.device)
+        else:
+            self.images, self.labels = fit_images, fit_labels
         self.options = {"samples": len(images), "pool": pool, "steps": steps, "lr": lr,
-                        "weight_decay": weight_decay, "num_classes": num_classes}
-        self._data_key = fingerprint({"images": images, "labels": self.labels})
+                        "weight_decay": weight_decay, "num_classes": num_classes,
+                        **({"eval_samples": len(self.labels)} if held_out else {})}
+        keyed = {"images": torch.cat(fit_images), "labels": fit_labels}
+        if held_out:
+            keyed |= {"eval_images": torch.cat(self.images), "eval_labels": self.labels}
+        self._data_key = fingerprint(keyed)
         _logger.info("probe head fitted at the centre: train accuracy %.3f", self.train_accuracy)
 
     def loss(self, params: Mapping[str, Tensor]) -> Tensor:

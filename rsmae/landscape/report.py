@@ -1,14 +1,20 @@
 """Flatness table (Markdown + CSV) and a generated summary of which model is flatter, and by how much.
 
-One row per model x objective: loss at the centre, top Hessian eigenvalue(s), Hessian trace
-(Hutchinson, +- standard error), loss increase under filter-normalised Gaussian noise at each sigma
-(mean +- std over draws), and two sharpness measures of the 2D surfaces, each as mean +- std over
-the direction seeds:
+One row per model x objective, aggregated over the model's training seeds (config entries sharing a
+name, :class:`~rsmae.landscape.config.ModelSpec`): loss at the centre, top Hessian eigenvalue(s),
+Hessian trace (Hutchinson; +- its standard error for one training seed, +- the std over training
+seeds for several), loss increase under filter-normalised Gaussian noise at each sigma (mean +- std
+over every draw of every training seed), and two sharpness measures of the 2D surfaces, each as mean
++- std over every surface (training seeds x direction seeds, ``n`` of them):
 
 - mean rise: the mean of ``L(grid point) - L(centre)`` over the grid;
-- basin radius: the distance from the centre (in units of the filter-normalised directions) to the
-  nearest grid point whose loss exceeds the centre's by more than ``threshold``; when no point
-  does, the grid's inscribed radius, marked ``>=``.
+- basin radius: the distance from the centre (in units of the filter-normalised directions) at which
+  the loss first rises by ``threshold``, resolved below the grid step along rays through the
+  bilinearly interpolated surface (:mod:`~rsmae.landscape.basin`); when no ray crosses, the grid's
+  inscribed radius, marked ``>=``.
+
+The summary calls one model flatter than another only when the gap in mean rise exceeds the sum of
+their spreads (the std over training seeds x direction seeds), and names that spread.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from rsmae.landscape.basin import basin_radius
 from rsmae.landscape.hessian import EigenResult, TraceResult
 from rsmae.landscape.noise import NoiseResult
 from rsmae.landscape.surface import Surface
@@ -42,17 +49,9 @@ def sharpness(surface: Surface, threshold: float) -> dict[str, Any]:
         grid point rose by more than ``threshold`` (the radius is then a lower bound).
     """
     rise = surface.values - surface.centre
-    if surface.ys is None:
-        dist = np.abs(surface.xs)
-        inscribed = float(min(abs(surface.xs.min()), abs(surface.xs.max())))
-    else:
-        xx, yy = np.meshgrid(surface.xs, surface.ys)
-        dist = np.sqrt(xx**2 + yy**2)
-        inscribed = float(min(abs(v) for v in (*surface.xs[[0, -1]], *surface.ys[[0, -1]])))
-    above = rise > threshold
-    radius = float(dist[above].min()) if above.any() else inscribed
+    basin = basin_radius(surface, threshold)
     return {"mean_rise": float(rise.mean()), "max_rise": float(rise.max()),
-            "basin_radius": min(radius, inscribed), "basin_open": not above.any() or radius >= inscribed}
+            "basin_radius": basin.radius, "basin_open": basin.open}
 
 
 @dataclass
@@ -67,6 +66,7 @@ class Measures:
         eigen: Top Hessian eigenvalues.
         trace: Hessian trace.
         noise: Gaussian-noise flatness.
+        seed: Training seed of the model file (``None``: the model's only file).
     """
 
     model: str
@@ -76,6 +76,7 @@ class Measures:
     eigen: EigenResult | None = None
     trace: TraceResult | None = None
     noise: NoiseResult | None = None
+    seed: int | None = None
 
     def surface_stats(self, threshold: float) -> dict[str, tuple[float, float]]:
         """``name -> (mean, std over direction seeds)`` of the sharpness measures."""
@@ -97,41 +98,75 @@ def _pm(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}g} ± {std:.2g}"
 
 
-def table_rows(measures: Sequence[Measures], threshold: float) -> list[dict[str, Any]]:
-    """Flat rows (numbers) for the CSV, one per model x objective."""
-    sigmas = sorted({s for m in measures if m.noise for s in m.noise.sigmas})
-    rows = []
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    vals = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if not len(vals):
+        return math.nan, math.nan
+    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+
+
+def _groups(measures: Sequence[Measures]) -> list[list[Measures]]:
+    """Measures of one model (all its training seeds) and objective, in the order first seen."""
+    groups: dict[tuple[str, str], list[Measures]] = {}
     for m in measures:
-        stats = m.surface_stats(threshold)
-        row: dict[str, Any] = {
-            "model": m.model, "objective": m.objective, "loss": m.loss,
-            "top_eigenvalue": m.eigen.values[0] if m.eigen else math.nan,
-            "eigenvalues": " ".join(f"{v:.6g}" for v in m.eigen.values) if m.eigen else "",
-            "trace": m.trace.trace if m.trace else math.nan,
-            "trace_se": m.trace.std_err if m.trace else math.nan,
-        }
-        for s in sigmas:
-            idx = m.noise.sigmas.index(s) if m.noise and s in m.noise.sigmas else None
-            row[f"noise_{s:g}_mean"] = float(m.noise.mean[idx]) if idx is not None else math.nan
-            row[f"noise_{s:g}_std"] = float(m.noise.std[idx]) if idx is not None else math.nan
-        row["surface_seeds"] = len(m.surfaces)
-        row["mean_rise"], row["mean_rise_std"] = stats["mean_rise"]
-        row["basin_radius"], row["basin_radius_std"] = stats["basin_radius"]
-        row["basin_open"] = bool(stats["basin_open"][0])
-        rows.append(row)
-    return rows
+        groups.setdefault((m.model, m.objective), []).append(m)
+    return list(groups.values())
+
+
+def _row(group: list[Measures], threshold: float, sigmas: list[float]) -> dict[str, Any]:
+    first, seeds = group[0], len(group)
+    nan = math.nan
+    tops = [m.eigen.values[0] if m.eigen else nan for m in group]
+    traces = [m.trace.trace if m.trace else nan for m in group]
+    row: dict[str, Any] = {"model": first.model, "objective": first.objective}
+    row["loss"], loss_std = _mean_std([m.loss for m in group])
+    row["top_eigenvalue"], top_std = _mean_std(tops)
+    row["eigenvalues"] = "; ".join(" ".join(f"{v:.6g}" for v in m.eigen.values) for m in group if m.eigen)
+    row["trace"], trace_std = _mean_std(traces)
+    row["trace_se"] = (first.trace.std_err if first.trace else nan) if seeds == 1 else trace_std
+    for s in sigmas:
+        draws = [m.noise.increases[m.noise.sigmas.index(s)] for m in group if m.noise and s in m.noise.sigmas]
+        pooled = np.concatenate([np.ravel(d) for d in draws]).astype(np.float64) if draws else np.zeros(0)
+        row[f"noise_{s:g}_mean"], row[f"noise_{s:g}_std"] = (
+            (float(np.mean(pooled)), float(np.std(pooled, ddof=1)) if len(pooled) > 1 else 0.0)
+            if len(pooled) else (nan, nan))
+    per_surface = [sharpness(s, threshold) for m in group for s in m.surfaces]
+    row["surface_seeds"] = min(len(m.surfaces) for m in group)
+    row["mean_rise"], row["mean_rise_std"] = _mean_std([p["mean_rise"] for p in per_surface])
+    row["basin_radius"], row["basin_radius_std"] = _mean_std([p["basin_radius"] for p in per_surface])
+    row["basin_open"] = any(p["basin_open"] for p in per_surface)
+    # after the columns of single-seed studies, in their order
+    row.update(training_seeds=seeds, surfaces=len(per_surface), loss_std=loss_std, top_eigenvalue_std=top_std)
+    return row
+
+
+def table_rows(measures: Sequence[Measures], threshold: float) -> list[dict[str, Any]]:
+    """Flat rows (numbers) for the CSV, one per model x objective, aggregated over training seeds.
+
+    ``loss``, ``top_eigenvalue`` and ``trace`` are means over the training seeds with their std
+    (``trace_se`` is the Hutchinson standard error for one seed, the std over training seeds for
+    several); noise columns pool every draw of every training seed; ``mean_rise`` and
+    ``basin_radius`` are mean and std over ``surfaces`` = ``training_seeds`` x ``surface_seeds``.
+    """
+    sigmas = sorted({s for m in measures if m.noise for s in m.noise.sigmas})
+    return [_row(group, threshold, sigmas) for group in _groups(measures)]
 
 
 def _markdown(rows: list[dict[str, Any]], threshold: float) -> str:
     sigmas = [k[len("noise_"):-len("_mean")] for k in (rows[0] if rows else {}) if k.endswith("_mean")
               and k.startswith("noise_")]
-    head = ["model", "objective", "loss", "top eigenvalue", "trace ± se",
+    several = any(r["training_seeds"] > 1 for r in rows)
+    head = ["model", "objective", "seeds (train × dir)", "loss", "top eigenvalue",
+            "trace ± " + ("std over training seeds" if several else "se"),
             *[f"Δloss σ={s}" for s in sigmas], "mean rise", f"basin radius (Δ>{threshold:g})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         radius = _pm(r["basin_radius"], r["basin_radius_std"])
-        cells = [r["model"], r["objective"], f"{r['loss']:.4g}",
-                 "-" if math.isnan(r["top_eigenvalue"]) else f"{r['top_eigenvalue']:.4g}",
+        multi = r["training_seeds"] > 1
+        top = _pm(r["top_eigenvalue"], r["top_eigenvalue_std"], 4) if multi else f"{r['top_eigenvalue']:.4g}"
+        cells = [r["model"], r["objective"], f"{r['training_seeds']} × {r['surface_seeds']}",
+                 _pm(r["loss"], r["loss_std"], 4) if multi else f"{r['loss']:.4g}",
+                 "-" if math.isnan(r["top_eigenvalue"]) else top,
                  _pm(r["trace"], r["trace_se"], 4),
                  *[_pm(r[f"noise_{s}_mean"], r[f"noise_{s}_std"]) for s in sigmas],
                  _pm(r["mean_rise"], r["mean_rise_std"]), (">= " if r["basin_open"] else "") + radius]
@@ -142,15 +177,24 @@ def _markdown(rows: list[dict[str, Any]], threshold: float) -> str:
 def _compare(a: dict[str, Any], b: dict[str, Any], objective: str) -> str:
     """One sentence: ``a`` (the flatter by mean rise) against ``b``."""
     ra, sa, rb, sb = a["mean_rise"], a["mean_rise_std"], b["mean_rise"], b["mean_rise_std"]
-    seeds = min(a["surface_seeds"], b["surface_seeds"])
+    dirs = min(a["surface_seeds"], b["surface_seeds"])
+    ta, tb = a.get("training_seeds", 1), b.get("training_seeds", 1)
+    train = f"{ta}" if ta == tb else f"{ta} and {tb}"
+    seeds = f"{dirs} direction seeds"
+    if max(ta, tb) > 1:
+        seeds = f"{train} training seeds × {seeds}"
     ratio = f"{rb / ra:.2f}x lower" if ra > 0 and rb > 0 else f"{rb - ra:.3g} lower"
     numbers = f"mean rise over the grid {ra:.3g} ± {sa:.2g} vs {rb:.3g} ± {sb:.2g}"
-    if rb - ra <= sa + sb:  # the gap within the spread: no ranking
+    single = [r["model"] for r in (a, b) if r.get("surfaces", r["surface_seeds"]) < 2]
+    if single:  # one surface: no spread to rank against
+        text = (f"On the {objective} loss, {a['model']} and {b['model']} are not ranked: {numbers}, but "
+                f"{' and '.join(single)} {'has' if len(single) == 1 else 'have'} one surface (no spread)")
+    elif rb - ra <= sa + sb:  # the gap within the spread: no ranking
         text = (f"On the {objective} loss, {a['model']} and {b['model']} are indistinguishable in flatness: "
-                f"{numbers}, a gap within the spread over {seeds} direction seeds")
+                f"{numbers}, a gap within the spread over {seeds}")
     else:
         text = f"On the {objective} loss, {a['model']} is flatter than {b['model']}: {numbers} ({ratio}, " \
-               f"{seeds} direction seeds)"
+               f"beyond the spread over {seeds})"
     ea, eb = a["top_eigenvalue"], b["top_eigenvalue"]
     if not (math.isnan(ea) or math.isnan(eb)):
         agree = "agrees" if abs(ea) < abs(eb) else "disagrees"

@@ -1,10 +1,11 @@
 """A whole landscape study: models x objectives -> surfaces, curvature, noise, figures and tables.
 
-For every model and every objective that applies to it: one 2D surface per direction seed (the
-same seeds, grid and samples for every model), the top Hessian eigenvalues and trace, the
-Gaussian-noise flatness; then per objective a side-by-side comparison with a shared colour scale,
-1D slices, convergence and noise plots; straight lines between model pairs; ``flatness.md`` /
-``flatness.csv`` with a generated summary, and ``results.json`` with every number.
+For every model file (a model's training seeds are files sharing its name) and every objective that
+applies to it: one 2D surface per direction seed (the same seeds, grid and samples for every model),
+the top Hessian eigenvalues and trace, the Gaussian-noise flatness; then per objective a side-by-side
+comparison with a shared colour scale, 1D slices, convergence and noise plots; straight lines between
+model pairs; ``flatness.md`` / ``flatness.csv`` with a generated summary, and ``results.json`` with every
+number.
 
 Resuming: surface rows are cached under ``out/cache`` (see :mod:`~rsmae.landscape.surface`), and
 eigenvalues, traces and noise results as JSON keyed by the objective's identity and settings, so
@@ -18,7 +19,7 @@ Output layout (``out/``)::
 
     config.yaml  results.json  flatness.md  flatness.csv
     comparison_<objective>.png  slices_<objective>.png  hessian_<objective>.png  noise_<objective>.png
-    surfaces/<model>__<objective>__seed<s>.npz (+ .png contour and _3d.png of the first seed)
+    surfaces/<model>[_s<training seed>]__<objective>__seed<s>.npz (+ .png contour, _3d.png of seed 1)
     lines/<a>__<b>__<objective>.npz  lines/<a>__<b>.png
     cache/...
 """
@@ -41,7 +42,7 @@ import torch
 import yaml
 
 from rsmae.files import atomic_write_json, read_json
-from rsmae.landscape.config import LandscapeConfig
+from rsmae.landscape.config import LandscapeConfig, ModelSpec
 from rsmae.landscape.directions import random_direction
 from rsmae.landscape.hessian import (
     EigenResult,
@@ -50,7 +51,7 @@ from rsmae.landscape.hessian import (
     hutchinson_trace,
     top_eigenvalues,
 )
-from rsmae.landscape.inputs import LoadedModel, build_objective, load_model
+from rsmae.landscape.inputs import LoadedModel, build_objective, load_model, objective_images
 from rsmae.landscape.noise import NoiseResult, noise_flatness
 from rsmae.landscape.objectives import Objective
 from rsmae.landscape.plots import (
@@ -136,9 +137,10 @@ def _counted(map_fn: MapFn | None, progress: Progress) -> MapFn:
     return counted
 
 
-def _measure(obj: Objective, model: str, objective: str, cfg: LandscapeConfig, out: Path,
+def _measure(obj: Objective, spec: ModelSpec, objective: str, cfg: LandscapeConfig, out: Path,
              map_fn: MapFn | None, progress: Progress) -> Measures:
-    """Surfaces over the direction seeds, Hessian and noise measures of one model and objective."""
+    """Surfaces over the direction seeds, Hessian and noise measures of one model file and objective."""
+    model = spec.label
     xs = grid(cfg.grid.size, cfg.grid.lo, cfg.grid.hi)
     cache = out / "cache"
     surfaces = []
@@ -179,7 +181,8 @@ def _measure(obj: Objective, model: str, objective: str, cfg: LandscapeConfig, o
                                                include_1d=ns.include_1d, chunk_size=cfg.chunk_size),
                         lambda d: _noise_from({k: v for k, v in d.items() if k not in ("mean", "std")}))
         progress.update()
-    return Measures(model, objective, float(obj(obj.params).detach()), surfaces, eigen, trace, noise)
+    return Measures(spec.name, objective, float(obj(obj.params).detach()), surfaces, eigen, trace, noise,
+                    spec.seed)
 
 
 def _figures(measures: list[Measures], cfg: LandscapeConfig, out: Path) -> list[Path]:
@@ -188,16 +191,22 @@ def _figures(measures: list[Measures], cfg: LandscapeConfig, out: Path) -> list[
     for m in measures:
         if not cfg.plots_per_model:
             break
-        stem = out / "surfaces" / f"{_slug(m.model)}__{m.objective}__seed{seed}"
-        title = f"{m.model} / {m.objective}"
+        label = m.model if m.seed is None else f"{m.model}_s{m.seed}"
+        stem = out / "surfaces" / f"{_slug(label)}__{m.objective}__seed{seed}"
+        title = f"{label} / {m.objective}"
         paths.append(plot_contour(m.surfaces[0], f"{stem}.png", title=f"{title} / seed {seed}"))
         if cfg.plots_3d:
             paths.append(plot_surface_3d(m.surfaces[0], f"{stem}_3d.png", title=title))
     for objective in dict.fromkeys(m.objective for m in measures):
-        group = [m for m in measures if m.objective == objective]
+        group: list[Measures] = []  # the first training seed of each model
+        for m in measures:
+            if m.objective == objective and all(g.model != m.model for g in group):
+                group.append(m)
         first = {m.model: m.surfaces[0] for m in group if m.surfaces}
         if first:
             title = f"{objective} loss, direction seed {seed}, shared colour scale"
+            if any(m.seed is not None for m in group):
+                title += " (first training seed)"
             paths.append(plot_comparison(first, out / f"comparison_{objective}.png", title=title))
             paths.append(plot_slices(first, out / f"slices_{objective}.png",
                                      title=f"{objective} loss through the centre (seed {seed})"))
@@ -267,13 +276,16 @@ def _header(cfg: LandscapeConfig, seconds: float, threads: int) -> str:
                 break
     except OSError:
         pass
-    models = "; ".join(f"{m.name} = {m.kind} `{m.path}`" for m in cfg.models)
+    models = "; ".join(f"{m.label} = {m.kind} `{m.path}`" for m in cfg.models)
+    seeds = {m.name: sum(n.name == m.name for n in cfg.models) for m in cfg.models}
     d, g = cfg.data, cfg.grid
+    images = objective_images(d)
     return "\n".join([
         f"- models: {models}",
-        f"- pretraining-loss data: {d.store or 'EuroSAT ' + d.probe_split}, {d.pretrain_samples} samples "
-        f"(seed {d.seed}), mask seed {d.mask_seed}; probe data: EuroSAT {d.probe_split}, {d.probe_samples} "
-        f"images, head fitted with {d.probe_steps} Adam steps",
+        "- training seeds per model: " + ", ".join(f"{k} {v}" for k, v in seeds.items())
+        + f"; each row aggregates training seeds x {len(cfg.directions.seeds)} direction seeds",
+        "- images per objective: " + "; ".join(f"{o}: {images[o]}" for o in cfg.objectives)
+        + f"; mask seed {d.mask_seed}",
         f"- grid {g.size} x {g.size} over [{g.lo}, {g.hi}]^2, filter-normalised directions, seeds "
         f"{cfg.directions.seeds}, 1-D parameters {'perturbed' if cfg.directions.include_1d else 'fixed'}",
         f"- Hessian: top {cfg.hessian.top_k} by block power iteration with Rayleigh-Ritz (<= "
@@ -308,17 +320,19 @@ def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None, progress: bo
     bar = Progress(pairs * _steps(cfg) + len(cfg.interpolate) * len(cfg.objectives), "landscape",
                    unit="step", enabled=progress)
     try:
-        models = {spec.name: load_model(spec) for spec in cfg.models}
+        models: dict[str, LoadedModel] = {}  # the first training seed of each name, for the lines
         measures = []
-        for name, model in models.items():
+        for spec in cfg.models:
+            model = load_model(spec)
+            models.setdefault(spec.name, model)
             for objective in cfg.objectives:
                 obj = build_objective(objective, model, cfg.data)
                 if obj is None:  # not expected after all
                     pairs -= 1
                     bar.set_total(pairs * _steps(cfg) + len(cfg.interpolate) * len(cfg.objectives))
                     continue
-                _logger.info("measuring %s / %s", name, objective)
-                measures.append(_measure(obj, name, objective, cfg, out, map_fn, bar))
+                _logger.info("measuring %s / %s", spec.label, objective)
+                measures.append(_measure(obj, spec, objective, cfg, out, map_fn, bar))
         figures = _figures(measures, cfg, out)
         line_figures, lines = _lines(models, cfg, out, map_fn, bar)
     finally:
@@ -333,7 +347,7 @@ def run_study(cfg: LandscapeConfig, *, map_fn: MapFn | None = None, progress: bo
 
 
 def _record(m: Measures, cfg: LandscapeConfig) -> dict[str, Any]:
-    return {"model": m.model, "objective": m.objective, "loss": m.loss,
+    return {"model": m.model, "training_seed": m.seed, "objective": m.objective, "loss": m.loss,
             "sharpness": [sharpness(s, cfg.threshold) for s in m.surfaces],
             "eigen": m.eigen.to_dict() if m.eigen else None, "trace": m.trace.to_dict() if m.trace else None,
             "noise": m.noise.to_dict() if m.noise else None}

@@ -31,7 +31,8 @@ def test_dotted_overrides_reach_the_config(studies: list[LandscapeConfig], tmp_p
     (cfg,) = studies
     assert (cfg.grid.size, cfg.grid.lo, cfg.noise.enabled, cfg.noise.draws) == (7, -1.0, False, 20)
     assert (cfg.out, cfg.workers, cfg.threads, cfg.dask) == (out, 2, 1, True)
-    assert [m.name for m in cfg.models] == ["MAE", "RC-MAE", "supervised"]
+    names = ("MAE", "RC-MAE", "supervised")
+    assert [m.label for m in cfg.models] == [f"{n}_s{s}" for n in names for s in range(3)]  # 3 training seeds
     assert cli.main(["--config", "cpu-small", "--dask", "tcp://scheduler:8786"]) == 0
     assert studies[-1].dask == "tcp://scheduler:8786"
 

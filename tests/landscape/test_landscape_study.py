@@ -39,7 +39,8 @@ def _bowl(scale: float, size: int = 5) -> Surface:
 def test_sharpness_and_summary_on_known_bowls(tmp_path: Path) -> None:
     s = sharpness(_bowl(0.5), threshold=0.1)
     assert s["mean_rise"] == pytest.approx(0.5 * 2 * np.mean(np.linspace(-1, 1, 5) ** 2))
-    assert s["basin_radius"] == pytest.approx(0.5) and not s["basin_open"]  # 0.5 * 0.5^2 = 0.125 > 0.1
+    # below the grid step (0.5): the analytic 0.447 less the bilinear overshoot of a 5-point grid
+    assert 0.25 < s["basin_radius"] < 0.5 and not s["basin_open"]
     assert sharpness(_bowl(0.01), threshold=0.1)["basin_open"]
     flat = Measures("flat", "recon", 1.0, [_bowl(0.2), _bowl(0.25)])
     sharp = Measures("sharp", "recon", 1.0, [_bowl(1.0), _bowl(1.1)])
@@ -208,7 +209,9 @@ def test_study_logs_progress_off_a_terminal(tmp_path: Path, model_files: dict[st
 
 def test_shipped_config_parses() -> None:
     cfg = LandscapeConfig.from_yaml(ROOT / "configs" / "landscape" / "cpu-small.yaml")
-    assert [m.kind for m in cfg.models] == ["pretrain", "pretrain", "classifier"] and cfg.noise.draws >= 20
+    assert [m.kind for m in cfg.models] == 6 * ["pretrain"] + 3 * ["classifier"]  # 3 training seeds each
+    assert {m.seed for m in cfg.models} == {0, 1, 2} and cfg.noise.draws >= 20
+    assert cfg.data.probe_eval_split == "test"
 
 
 def test_own_objectives_are_not_compared_across_models() -> None:
