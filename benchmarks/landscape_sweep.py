@@ -13,13 +13,25 @@ Finished pretrainings (:func:`rsmae.experiments.runs.resume_run`: ``run.json`` m
 settings, the bytes of its config file and the store's committed contents, not their paths) and
 landscape measures (the study's cache) are reused, so a killed sweep resumes; an unreadable
 ``run.json`` counts as not done.
+
+Issue 21, optional keys of the sweep config (absent: the sweep as before, its finished runs reused):
+
+- ``seeds: [0, 1, 2]``: every run trained once per seed (``seed_everything``; folders ``<run>_s<seed>``),
+  each table row aggregated over training seeds x direction seeds (:mod:`rsmae.landscape.report`);
+- ``checkpoint_every_samples: N``: each run keeps a checkpoint every ``N / batch`` optimizer steps
+  (:func:`rsmae.landscape.equal_loss.with_checkpoints`), and a second table compares the runs at equal
+  training loss: for each run the checkpoint whose training loss is nearest a common level
+  (``equal_loss: {level: null, window: 5}``; null: the worst final loss among the runs), with the step
+  and loss used. Runs without intermediate checkpoints get a line saying the table needs a rerun.
+
+Either key gives each run its own recipe file, ``<out>/recipes/<run>.yaml`` (the shared recipe with
+the seed and the checkpoints), so the pretrainings run again once.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import shutil
 import sys
@@ -32,25 +44,96 @@ import yaml
 from rsmae.errors import RsmaeError
 from rsmae.evaluation.speed import cpu_name
 from rsmae.experiments.config import ROOT, log_to_stdout
-from rsmae.experiments.sweep import plan, pretrain, study
-from rsmae.landscape.study import StudyResult
+from rsmae.experiments.sweep import plan, pretrain, run_folder
+from rsmae.landscape.config import LandscapeConfig
+from rsmae.landscape.equal_loss import (
+    Snapshot,
+    checkpoints,
+    choose_snapshot,
+    common_level,
+    loss_at,
+    training_curve,
+    with_checkpoints,
+)
+from rsmae.landscape.report import table_rows
+from rsmae.landscape.study import StudyResult, run_study
 
 
-def _rows(runs: list[dict[str, Any]], records: list[dict[str, Any]], result: StudyResult) -> list[dict]:
-    rows = []
+def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The planned runs, one per training seed when ``seeds`` is given (``model`` and ``seed`` added)."""
+    runs = plan(cfg)
+    if not cfg.get("seeds"):
+        return runs
+    return [{**r, "name": f"{r['name']} s{s}", "model": r["name"], "seed": int(s)}
+            for r in runs for s in cfg["seeds"]]
+
+
+def run_config(run: dict[str, Any], cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``cfg`` with the run's own recipe (its seed, checkpoints) when ``seeds`` or checkpoints are asked."""
+    every = cfg.get("checkpoint_every_samples")
+    if not every and "seed" not in run:
+        return cfg
+    recipe = yaml.safe_load((ROOT / cfg["pretrain_config"]).read_text())
+    if every:
+        recipe = with_checkpoints(recipe, max(1, int(every) // int(run["batch"])))
+    if "seed" in run:
+        recipe["seed_everything"] = run["seed"]
+    path = out / "recipes" / f"{run_folder(Path(), run).name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"# {cfg['pretrain_config']} for {run['name']} (benchmarks/landscape_sweep.py)\n" \
+        + yaml.safe_dump(recipe, sort_keys=False)
+    if not path.is_file() or path.read_text() != text:  # same bytes: the finished run is reused
+        path.write_text(text)
+    return {**cfg, "pretrain_config": str(path)}
+
+
+def _study(cfg: dict[str, Any], models: list[dict[str, Any]], out: Path) -> StudyResult:
+    spec = {**cfg["landscape"], "out": str(out), "models": models}
+    return run_study(LandscapeConfig.from_dict(spec, where="landscape"))
+
+
+def _model(run: dict[str, Any], path: Path) -> dict[str, Any]:
+    return {"name": run.get("model", run["name"]), "kind": "pretrain", "path": str(path),
+            **({"seed": run["seed"]} if "seed" in run else {})}
+
+
+def snapshots(cfg: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> dict[str, Snapshot] | None:
+    """Each run's checkpoint nearest the common training-loss level; ``None`` without intermediate ones."""
+    window = int((cfg.get("equal_loss") or {}).get("window", 5))
+    ckpts = {r["name"]: checkpoints(run_folder(out, r), final_step=r["steps"]) for r in runs}
+    if any(len(c) < 2 for c in ckpts.values()):
+        return None
+    curves = {r["name"]: training_curve(run_folder(out, r)) for r in runs}
+    finals = {r["name"]: loss_at(curves[r["name"]], r["steps"], window) for r in runs}
+    level = common_level(finals, (cfg.get("equal_loss") or {}).get("level"))
+    return {name: choose_snapshot(curves[name], ckpts[name], level, window=window) for name in curves}
+
+
+def _rows(runs: list[dict[str, Any]], records: list[dict[str, Any]], result: StudyResult,
+          snaps: dict[str, Snapshot] | None = None) -> list[dict]:
+    """One row per run (its training seeds aggregated) and objective."""
+    by_model: dict[str, list[tuple[dict, dict]]] = {}
     for run, record in zip(runs, records, strict=True):
-        for m in (m for m in result.measures if m.model == run["name"]):
-            row = {"run": run["name"], "optimizer": run["optimizer"], "batch": run["batch"],
-                   "steps": run["steps"], "lr": run["base_lr"] * run["batch"] / 256,
-                   "final_loss": record.get("final_loss"), "minutes": record["seconds"] / 60,
-                   "objective": m.objective, "loss": m.loss,
-                   "top_eigenvalue": m.eigen.values[0] if m.eigen else math.nan,
-                   "trace": m.trace.trace if m.trace else math.nan,
-                   "trace_se": m.trace.std_err if m.trace else math.nan}
-            for i, s in enumerate(m.noise.sigmas if m.noise else []):
-                row[f"noise_{s:g}"], row[f"noise_{s:g}_std"] = float(m.noise.mean[i]), float(m.noise.std[i])
-            row["mean_rise"], row["mean_rise_std"] = m.surface_stats(result_threshold(result))["mean_rise"]
-            rows.append(row)
+        by_model.setdefault(run.get("model", run["name"]), []).append((run, record))
+    rows = []
+    for stats in table_rows(result.measures, result_threshold(result)):
+        pairs = by_model[stats["model"]]
+        run = pairs[0][0]
+        finals = [r.get("final_loss") for _, r in pairs if r.get("final_loss") is not None]
+        row = {"run": stats["model"], "optimizer": run["optimizer"], "batch": run["batch"],
+               "steps": run["steps"], "lr": run["base_lr"] * run["batch"] / 256, "training_seeds": len(pairs),
+               "final_loss": sum(finals) / len(finals) if finals else None,
+               "minutes": sum(r["seconds"] for _, r in pairs) / 60 / len(pairs)}
+        if snaps is not None:
+            used = [snaps[r["name"]] for r, _ in pairs]
+            row |= {"level": used[0].level, "step_used": " ".join(str(s.step) for s in used),
+                    "training_loss_used": sum(s.loss for s in used) / len(used)}
+        row |= {key: stats[key] for key in ("objective", "loss", "top_eigenvalue", "trace", "trace_se")}
+        for key in (k for k in stats if k.startswith("noise_") and k.endswith("_mean")):
+            name = key[: -len("_mean")]
+            row[name], row[f"{name}_std"] = stats[key], stats[f"{name}_std"]
+        row["mean_rise"], row["mean_rise_std"] = stats["mean_rise"], stats["mean_rise_std"]
+        rows.append(row)
     return rows
 
 
@@ -63,15 +146,46 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Path, seconds: float,
-          config_path: str) -> list[Path]:
-    """Markdown + CSV tables, a plot, and the study's own table and comparison figures."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _csv(rows: list[dict], path: Path) -> Path:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with (folder / "landscape_sweep.csv").open("w", newline="") as fh:
+    with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
+    return path
+
+
+def _tables(rows: list[dict], noise: list[str]) -> list[str]:
+    """Per objective, one Markdown table of the runs; at equal loss with the step and loss used."""
+    md = []
+    equal = bool(rows) and "step_used" in rows[0]
+    extra = "step used | training loss there | " if equal else ""
+    for objective in dict.fromkeys(r["objective"] for r in rows):
+        md += [f"### Objective: {objective}" if equal else f"## Objective: {objective}", "",
+               "| run | seeds | steps | lr | min | final loss | " + extra + "loss | top eig | trace | "
+               + " | ".join(f"noise σ={k[6:]}" for k in noise) + " | surface rise |",
+               "|---|---:|---:|---:|---:|---:|" + "---:|" * (2 * equal) + "---:|---:|---:|"
+               + "---:|" * len(noise) + "---:|"]
+        for r in (r for r in rows if r["objective"] == objective):
+            used = f"{r['step_used']} | {r['training_loss_used']:.4f} | " if equal else ""
+            md.append(f"| {r['run']} | {r['training_seeds']} | {r['steps']} | {r['lr']:.3g} | "
+                      f"{r['minutes']:.1f} | {_fmt(r['final_loss'])} | {used}{r['loss']:.4f} | "
+                      f"{r['top_eigenvalue']:.4g} | {r['trace']:.4g} ± {r['trace_se']:.2g} | "
+                      + " | ".join(f"{r[k]:.4f} ± {r[k + '_std']:.4f}" for k in noise)
+                      + f" | {r['mean_rise']:.4f} ± {r['mean_rise_std']:.4f} |")
+        md.append("")
+    return md
+
+
+def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Path, seconds: float,
+          config_path: str, equal: list[dict] | None = None) -> list[Path]:
+    """Markdown + CSV tables, a plot, and the study's own table and comparison figures.
+
+    The tables compare the runs at equal samples, and at equal training loss when ``equal`` is given.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    _csv(rows, folder / "landscape_sweep.csv")
     noise = [k for k in keys if k.startswith("noise_") and not k.endswith("_std")]
     md = ["# Loss landscape vs pretraining batch size and optimizer", "",
           f"- machine: {cpu_name()}, {os.cpu_count()} cores; this run {seconds / 60:.1f} min (finished "
@@ -88,27 +202,49 @@ def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Pa
           "seeds); lower is flatter",
           "- same budget, not same loss: a larger batch takes fewer steps and ends at a higher loss (the "
           "`loss` column), nearer its initialisation, so a flatter landscape there is partly an earlier "
-          "point of training; compare runs of equal loss before crediting the optimizer or batch size", ""]
-    for objective in dict.fromkeys(r["objective"] for r in rows):
-        md += [f"## Objective: {objective}", "",
-               "| run | steps | lr | min | final loss | loss | top eig | trace | "
-               + " | ".join(f"noise σ={k[6:]}" for k in noise) + " | surface rise |",
-               "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(noise) + "---:|"]
-        for r in (r for r in rows if r["objective"] == objective):
-            md.append(f"| {r['run']} | {r['steps']} | {r['lr']:.3g} | {r['minutes']:.1f} | "
-                      f"{_fmt(r['final_loss'])} | {r['loss']:.4f} | {r['top_eigenvalue']:.4g} | "
-                      f"{r['trace']:.4g} ± {r['trace_se']:.2g} | "
-                      + " | ".join(f"{r[k]:.4f} ± {r[k + '_std']:.4f}" for k in noise)
-                      + f" | {r['mean_rise']:.4f} ± {r['mean_rise_std']:.4f} |")
-        md.append("")
-    (folder / "landscape_sweep.md").write_text("\n".join(md))
+          "point of training; the last section compares the runs at equal training loss",
+          "- seeds: training seeds per run (each row: mean over them; surface rise ± std over training seeds "
+          "x direction seeds; noise ± std over every draw of every seed)", "",
+          *_tables(rows, noise), "## At equal training loss", ""]
     paths = [folder / "landscape_sweep.md", folder / "landscape_sweep.csv", _plot(rows, noise, folder)]
+    options = cfg.get("equal_loss") or {}
+    if equal:
+        level = "the configured level" if options.get("level") is not None else \
+            "the worst final training loss among the runs"
+        md += [f"Each run measured at its checkpoint whose training loss (mean of the last "
+               f"{options.get('window', 5)} logged values) is nearest {equal[0]['level']:.4f}, {level}; "
+               "`step used` per training seed (study in `study_equal_loss/`).", "", *_tables(equal, noise)]
+        paths.append(_csv(equal, folder / "landscape_sweep_equal_loss.csv"))
+    else:
+        md += ["Not measured: the runs kept no intermediate checkpoint. Set `checkpoint_every_samples` in "
+               f"`{config_path}` and run the sweep again (the pretrainings rerun once, with their "
+               "checkpoints).", ""]
+    (folder / "landscape_sweep.md").write_text("\n".join(md))
     study_dir = folder / "study"
     study_dir.mkdir(exist_ok=True)
     for path in [result.table, result.csv, *(f for f in result.figures if f.name.startswith("comparison_"))]:
         shutil.copy2(path, study_dir / path.name)
         paths.append(study_dir / path.name)
     return paths
+
+
+def run_sweep(cfg: dict[str, Any], config_path: str, *, pretrain_only: bool = False) -> list[Path]:
+    """Pretrain every run (and seed), measure the landscapes at equal samples and at equal loss, write."""
+    start = time.perf_counter()
+    out = ROOT / cfg["out"]
+    runs = expand(cfg)
+    records = [pretrain(run, run_config(run, cfg, out), out) for run in runs]
+    if pretrain_only:
+        return []
+    final = [_model(r, run_folder(out, r) / "checkpoints" / "last.ckpt") for r in runs]
+    result = _study(cfg, final, out / "study")
+    rows = _rows(runs, records, result)
+    equal = None
+    snaps = snapshots(cfg, runs, out)
+    if snaps is not None:
+        models = [_model(r, snaps[r["name"]].path) for r in runs]
+        equal = _rows(runs, records, _study(cfg, models, out / "study_equal_loss"), snaps)
+    return write(cfg, rows, result, ROOT / cfg["results"], time.perf_counter() - start, config_path, equal)
 
 
 def _plot(rows: list[dict], noise: list[str], folder: Path) -> Path:
@@ -149,18 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/landscape/sweep-cpu-small.yaml")
     p.add_argument("--pretrain-only", action="store_true", help="only the pretrainings")
     args = p.parse_args(argv)
-    start = time.perf_counter()
     log_to_stdout()
     try:
         cfg = yaml.safe_load(Path(args.config).read_text())
-        out = ROOT / cfg["out"]
-        runs = plan(cfg)
-        records = [pretrain(run, cfg, out) for run in runs]
+        paths = run_sweep(cfg, args.config, pretrain_only=args.pretrain_only)
         if args.pretrain_only:
             return 0
-        result = study(cfg, runs, out)
-        rows = _rows(runs, records, result)
-        paths = write(cfg, rows, result, ROOT / cfg["results"], time.perf_counter() - start, args.config)
     except (RsmaeError, OSError, KeyError) as err:
         print(f"error: {args.config}: {err}", file=sys.stderr)
         return 2
