@@ -44,69 +44,18 @@ import yaml
 from rsmae.errors import RsmaeError
 from rsmae.evaluation.speed import cpu_name
 from rsmae.experiments.config import ROOT, log_to_stdout
-from rsmae.experiments.sweep import plan, pretrain, run_folder
-from rsmae.landscape.config import LandscapeConfig
-from rsmae.landscape.equal_loss import (
-    Snapshot,
-    checkpoints,
-    choose_snapshot,
-    common_level,
-    loss_at,
-    training_curve,
-    with_checkpoints,
+from rsmae.experiments.sweep import (
+    expand,
+    landscape_model,
+    pretrain,
+    run_config,
+    run_folder,
+    snapshots,
+    study,
 )
+from rsmae.landscape.equal_loss import Snapshot
 from rsmae.landscape.report import table_rows
-from rsmae.landscape.study import StudyResult, run_study
-
-
-def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The planned runs, one per training seed when ``seeds`` is given (``model`` and ``seed`` added)."""
-    runs = plan(cfg)
-    if not cfg.get("seeds"):
-        return runs
-    return [{**r, "name": f"{r['name']} s{s}", "model": r["name"], "seed": int(s)}
-            for r in runs for s in cfg["seeds"]]
-
-
-def run_config(run: dict[str, Any], cfg: dict[str, Any], out: Path) -> dict[str, Any]:
-    """``cfg`` with the run's own recipe (its seed, checkpoints) when ``seeds`` or checkpoints are asked."""
-    every = cfg.get("checkpoint_every_samples")
-    if not every and "seed" not in run:
-        return cfg
-    recipe = yaml.safe_load((ROOT / cfg["pretrain_config"]).read_text())
-    if every:
-        recipe = with_checkpoints(recipe, max(1, int(every) // int(run["batch"])))
-    if "seed" in run:
-        recipe["seed_everything"] = run["seed"]
-    path = out / "recipes" / f"{run_folder(Path(), run).name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = f"# {cfg['pretrain_config']} for {run['name']} (benchmarks/landscape_sweep.py)\n" \
-        + yaml.safe_dump(recipe, sort_keys=False)
-    if not path.is_file() or path.read_text() != text:  # same bytes: the finished run is reused
-        path.write_text(text)
-    return {**cfg, "pretrain_config": str(path)}
-
-
-def _study(cfg: dict[str, Any], models: list[dict[str, Any]], out: Path) -> StudyResult:
-    spec = {**cfg["landscape"], "out": str(out), "models": models}
-    return run_study(LandscapeConfig.from_dict(spec, where="landscape"))
-
-
-def _model(run: dict[str, Any], path: Path) -> dict[str, Any]:
-    return {"name": run.get("model", run["name"]), "kind": "pretrain", "path": str(path),
-            **({"seed": run["seed"]} if "seed" in run else {})}
-
-
-def snapshots(cfg: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> dict[str, Snapshot] | None:
-    """Each run's checkpoint nearest the common training-loss level; ``None`` without intermediate ones."""
-    window = int((cfg.get("equal_loss") or {}).get("window", 5))
-    ckpts = {r["name"]: checkpoints(run_folder(out, r), final_step=r["steps"]) for r in runs}
-    if any(len(c) < 2 for c in ckpts.values()):
-        return None
-    curves = {r["name"]: training_curve(run_folder(out, r)) for r in runs}
-    finals = {r["name"]: loss_at(curves[r["name"]], r["steps"], window) for r in runs}
-    level = common_level(finals, (cfg.get("equal_loss") or {}).get("level"))
-    return {name: choose_snapshot(curves[name], ckpts[name], level, window=window) for name in curves}
+from rsmae.landscape.study import StudyResult
 
 
 def _rows(runs: list[dict[str, Any]], records: list[dict[str, Any]], result: StudyResult,
@@ -236,14 +185,14 @@ def run_sweep(cfg: dict[str, Any], config_path: str, *, pretrain_only: bool = Fa
     records = [pretrain(run, run_config(run, cfg, out), out) for run in runs]
     if pretrain_only:
         return []
-    final = [_model(r, run_folder(out, r) / "checkpoints" / "last.ckpt") for r in runs]
-    result = _study(cfg, final, out / "study")
+    final = [landscape_model(r, run_folder(out, r) / "checkpoints" / "last.ckpt") for r in runs]
+    result = study(cfg, final, out / "study")
     rows = _rows(runs, records, result)
     equal = None
     snaps = snapshots(cfg, runs, out)
     if snaps is not None:
-        models = [_model(r, snaps[r["name"]].path) for r in runs]
-        equal = _rows(runs, records, _study(cfg, models, out / "study_equal_loss"), snaps)
+        models = [landscape_model(r, snaps[r["name"]].path) for r in runs]
+        equal = _rows(runs, records, study(cfg, models, out / "study_equal_loss"), snaps)
     return write(cfg, rows, result, ROOT / cfg["results"], time.perf_counter() - start, config_path, equal)
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from rsmae.errors import LandscapeError
+from rsmae.experiments import sweep
 from rsmae.landscape import Surface
 from rsmae.landscape.equal_loss import (
     Snapshot,
@@ -24,7 +25,7 @@ from rsmae.landscape.report import Measures
 from rsmae.landscape.study import StudyResult
 from tests.conftest import ROOT, load_script
 
-sweep = load_script("benchmarks/landscape_sweep.py")
+bench = load_script("benchmarks/landscape_sweep.py")
 
 
 def _run(folder: Path, losses: dict[int, float], saved: list[int]) -> Path:
@@ -94,7 +95,7 @@ def test_sweep_snapshots_and_the_equal_loss_table(tmp_path: Path) -> None:
            "objective": "recon", "loss": 0.7,
            "top_eigenvalue": 3.0, "trace": 10.0, "trace_se": 1.0, "noise_0.1": 0.01, "noise_0.1_std": 0.001,
            "mean_rise": 0.5, "mean_rise_std": 0.01}
-    table = "\n".join(sweep._tables([row], ["noise_0.1"]))
+    table = "\n".join(bench._tables([row], ["noise_0.1"]))
     assert "| step used | training loss there |" in table and "| AdamW b16 | 3 | 64 |" in table
     assert "| 32 32 36 | 0.6800 |" in table
 
@@ -110,18 +111,18 @@ def test_rows_aggregate_seeds_and_write_both_tables(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("threshold: 0.1\n")
     measures = [Measures("AdamW b16", "recon", 0.6 + 0.1 * s, [bowl], seed=s) for s in (0, 1)]
     result = StudyResult(tmp_path, measures, tmp_path / "flatness.md", tmp_path / "flatness.csv")
-    (row,) = sweep._rows(runs, records, result)
+    (row,) = bench._rows(runs, records, result)
     assert row["training_seeds"] == 2 and row["final_loss"] == pytest.approx(0.55)
     assert row["loss"] == pytest.approx(0.65)
     snaps = {r["name"]: Snapshot(8 * (1 + r["seed"]), 0.7, tmp_path / "x.ckpt", 0.7) for r in runs}
-    (equal,) = sweep._rows(runs, records, result, snaps)
+    (equal,) = bench._rows(runs, records, result, snaps)
     assert equal["step_used"] == "8 16" and equal["level"] == pytest.approx(0.7)
     cfg = {"threads": 1, "pretrain_config": "base.yaml", "samples": 1024, "store": "s.zarr",
            "warmup_fraction": 0.05, "micro_batch": 32}
-    sweep.write(cfg, [row], result, tmp_path / "res", 1.0, "sweep.yaml", [equal])
+    bench.write(cfg, [row], result, tmp_path / "res", 1.0, "sweep.yaml", [equal])
     md = (tmp_path / "res" / "landscape_sweep.md").read_text()
     assert "## At equal training loss" in md and "| 8 16 | 0.7000 |" in md and "nearest 0.7000" in md
     assert (tmp_path / "res" / "landscape_sweep_equal_loss.csv").is_file()
-    sweep.write(cfg, [row], result, tmp_path / "res", 1.0, "sweep.yaml")
+    bench.write(cfg, [row], result, tmp_path / "res", 1.0, "sweep.yaml")
     md = (tmp_path / "res" / "landscape_sweep.md").read_text()
     assert "Not measured: the runs kept no intermediate checkpoint" in md
