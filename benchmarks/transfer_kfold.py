@@ -232,7 +232,9 @@ def plot(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: int,
     names = list(results)
     for ax, protocol in zip(axes[0], protocols, strict=True):
         done = covered(results, protocol, folds)
+        ax.set_ylim(len(names) - 0.5, -0.5)  # first init on top
         if not done:
+            ax.text(0.5, 0.5, f"{protocol}: no fold done for every init", ha="center", transform=ax.transAxes)
             continue
         spec = correct_vector(_on(spectral, done), n)
         slo, shi = bootstrap_interval(spec)
@@ -244,14 +246,15 @@ def plot(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: int,
             ax.errorbar(100 * c.mean(), y, xerr=[[100 * (c.mean() - lo)], [100 * (hi - c.mean())]],
                         fmt="o", capsize=3, color="0.4" if init == RANDOM else "tab:blue")
         ax.set_title(f"{protocol}: EuroSAT, {len(folds)}-fold CV, {spec.size} test images"
-                     + ("" if len(done) == len(folds) else f" ({len(done)} folds done)"), fontsize=9)
+                     + ("" if len(done) == len(folds) else f" ({len(done)} fold(s) done)"), fontsize=9)
         ax.set_xlabel("accuracy (%), 95 % CI over the images")
         ax.grid(alpha=0.3)
     axes[0][0].set_yticks(range(len(names)), names)
     axes[0][0].set_ylabel("init")
-    axes[0][0].invert_yaxis()
-    if axes[0][-1].get_legend_handles_labels()[0]:
-        axes[0][-1].legend(loc="lower right", fontsize=8)
+    for ax in axes[0]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
+            break
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
