@@ -11,11 +11,14 @@ Examples (one command per line)::
     rsmae predict change --model runs/cd/change_model.safetensors DATE1 DATE2 --out changes/ --min-area 200
     rsmae predict classify --model runs/eval/classifier.safetensors SCENE --out classes/
     rsmae predict classify --model M 'scenes/*.tif' --out classes/ --dask tcp://HOST:8786  # or --workers 4
+    rsmae predict embed --backbone B 'scenes/*.tif' --out emb/ --accelerator gpu --devices 4 --precision bf16
 
 ``classify`` spreads each window's class probabilities over its pixels and blends overlapping windows
 (as ``change`` does): class_index.tif and class_prob.tif per pixel, on the scene's grid. ``embed`` and
 ``classify`` run many scenes one per task on ``--workers`` local processes or on Dask (``--dask``, as
-``rsmae tile``); a rerun skips the scenes finished by any of them.
+``rsmae tile``), or over ``--devices`` GPUs per node (and ``--num-nodes`` nodes started by SLURM or
+torchrun) through Lightning's predict loop, one process per device; a rerun skips the scenes finished by
+any of them. ``change`` runs its pair on one device (``--accelerator``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 from tqdm import tqdm
 
 from rsmae.cli.common import HelpFormatter, dask_target, make_parser, run
+from rsmae.evaluation.data import ACCELERATORS
 from rsmae.predict import PredictConfig, predict_change, predict_classify, predict_embed
 
 
@@ -39,6 +43,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int,
                    help="model threads (default: all cores; fewer can be much faster on a shared machine)")
     p.add_argument("--band-order", help="band order of multi-band files without band descriptions (a layout)")
+    p.add_argument("--precision", choices=["32", "bf16", "auto"], default="32",
+                   help="model arithmetic: auto = bf16 where the device computes it natively (GPUs with "
+                        "bf16, CPUs with AMX or AVX512-BF16), else fp32")
+    p.add_argument("--accelerator", choices=ACCELERATORS,
+                   help="device: auto = a GPU when one is visible, else the CPU (default: the CPU, in this "
+                        "process); embed and classify then run through Lightning's predict loop")
+
+
+def _positive(value: str) -> int:
+    """An ``int`` of at least 1 (``--devices``, ``--num-nodes``)."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return number
 
 
 def _many(p: argparse.ArgumentParser) -> None:
@@ -47,6 +65,11 @@ def _many(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask", nargs="?", const=True, default=None, type=dask_target, metavar="ADDRESS|local",
                    help="run the scenes on Dask: 'local' (a LocalCluster of --workers processes; also the "
                         "bare flag) or a scheduler address such as tcp://HOST:8786")
+    p.add_argument("--devices", type=_positive,
+                   help="devices per node, one process each, the scenes dealt over them (Lightning's ddp; "
+                        "default with --accelerator: 1)")
+    p.add_argument("--num-nodes", type=_positive, default=1,
+                   help="nodes of a multi-node run (their processes started by SLURM or torchrun)")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -69,6 +92,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     change.add_argument("--threshold", type=float, help="change probability threshold (default: the model's)")
     change.add_argument("--min-area", type=float, default=0.0, help="smallest change polygon in m²")
     _common(change)
+    change.add_argument("--devices", type=int, help=argparse.SUPPRESS)  # refused beyond 1, with the reason
+    change.add_argument("--num-nodes", type=int, default=1, help=argparse.SUPPRESS)
     classify = tasks.add_parser("classify", help="class index and class probabilities per pixel as COGs",
                                 formatter_class=HelpFormatter)
     classify.add_argument("inputs", nargs="+", metavar="SCENE", help="scene files, folders or globs")
@@ -84,7 +109,8 @@ def _config(args: argparse.Namespace) -> PredictConfig:
     return PredictConfig(overlap=args.overlap, batch=args.batch, engine=args.engine, nodata=args.nodata,
                          band_order=args.band_order, min_area=getattr(args, "min_area", 0.0),
                          threshold=getattr(args, "threshold", None),
-                         pool=getattr(args, "pool", False), threads=args.threads)
+                         pool=getattr(args, "pool", False), threads=args.threads, precision=args.precision,
+                         accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
 
 
 def _predict(args: argparse.Namespace) -> int:

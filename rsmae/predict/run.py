@@ -3,9 +3,9 @@
 Everything a run needs is checked before anything is written (the model file, the scenes, their
 bands, grids and overlap), so bad input leaves no output. Each scene's outputs are made in a
 temporary folder and renamed to ``OUT/<scene>`` when complete (:mod:`rsmae.predict.sink`): a rerun
-skips finished scenes and redoes a killed one. Many scenes run one per task on local processes or a Dask
-cluster (``workers``, ``dask``) through the one map of rsmae (:func:`rsmae.parallel.parallel_map`); each
-worker loads the model once from its file.
+skips finished scenes and redoes a killed one. Many scenes run one per task on local processes or Dask
+(``workers``, ``dask``: :func:`rsmae.parallel.parallel_map`), or over GPUs and nodes through Lightning's
+predict loop (:mod:`rsmae.predict.lightning_loop`); each worker or rank loads the model once from its file.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import torch
 
 from rsmae.bands import get_sensor, rgb_indices
 from rsmae.parallel import parallel_map
@@ -70,6 +71,11 @@ class PredictConfig:
         pool: ``embed``: one vector per window instead of one per patch.
         threshold: ``change``: probability threshold of the mask; ``None``: the model's.
         threads: Intra-op threads of the model (``None``: the engine's default).
+        precision: ``"32"`` (outputs equal to the module's), ``"bf16"`` or ``"auto"`` (:meth:`Predictor.use`).
+        accelerator: ``"cpu"``, ``"gpu"`` or ``"auto"``: ``change`` runs on the first device; ``embed``
+            and ``classify`` run through Lightning's predict loop (also when ``devices`` or ``num_nodes``).
+        devices: Devices per node (``None``: 1), one process each; the scenes are dealt over them.
+        num_nodes: Nodes (their processes started by a cluster launcher: SLURM, torchrun).
     """
 
     overlap: int | None = None
@@ -81,6 +87,10 @@ class PredictConfig:
     pool: bool = False
     threshold: float | None = None
     threads: int | None = None
+    precision: str = "32"
+    accelerator: str | None = None
+    devices: int | None = None
+    num_nodes: int = 1
 
 
 def _spec(pred: Predictor, cfg: PredictConfig) -> ScanSpec:
@@ -128,7 +138,8 @@ def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
             ``distributed.Client`` (:func:`rsmae.parallel.parallel_map`).
 
     Returns:
-        The output folders, one per scene (finished ones of an earlier run are skipped).
+        The output folders, one per scene (finished ones of an earlier run are skipped); over devices,
+        rank 0 returns them when all ranks are done, the other ranks an empty list.
 
     Raises:
         WeightsError: ``backbone`` is not a backbone file.
@@ -136,7 +147,7 @@ def predict_embed(inputs: Sequence[str], backbone: str | Path, out: str | Path,
         RasterReadError, GridError: a scene's file is unreadable or its bands disagree.
     """
     job = _SceneJob("embed", str(backbone), str(out), _worker_config(config, workers, dask))
-    pred = load_embed_predictor(backbone, pool=config.pool).use(config.engine, config.threads)
+    pred = job.load()
     scenes = _scenes(inputs, pred, config)
     spec = _spec(pred, config)
     for s in scenes:
@@ -172,11 +183,16 @@ class _SceneJob:
     @cached_property
     def predictor(self) -> Predictor:
         """The model, loaded where the job runs (a Dask worker keeps it for all its scenes)."""
+        return self.load()
+
+    def load(self, device: str = "cpu") -> Predictor:
+        """The model from its file, on ``device``."""
         if self.kind == "embed":
             pred = load_embed_predictor(self.model, pool=self.config.pool)
         else:
             pred = load_classify_predictor(self.model)
-        return pred.use(self.config.engine, self.config.threads)
+        cfg = self.config
+        return pred.use(cfg.engine, cfg.threads, precision=cfg.precision, device=device)
 
     def write(self, pred: Predictor, s: PredictScene, progress: Progress | None = None) -> Path:
         """Write ``s``'s folder with ``pred``; the folder."""
@@ -195,15 +211,20 @@ def _each_scene(scenes: Sequence[PredictScene], job: _SceneJob, pred: Predictor,
                 *, workers: int = 1, dask: Any = None) -> list[Path]:
     """Write each scene's folder ``out/<scene>`` unless an earlier run finished it; all the folders.
 
-    In this process with ``pred``, or one scene per task over ``workers`` processes or ``dask``.
+    In this process with ``pred``, one scene per task over ``workers`` processes or ``dask``, or over
+    Lightning's devices (:func:`rsmae.predict.lightning_loop.predict_scenes`).
     """
+    if job.config.accelerator is not None or job.config.devices is not None or job.config.num_nodes != 1:
+        if workers > 1 or (dask is not None and dask is not False):
+            raise PredictError("devices (accelerator, devices, num_nodes) and workers or dask both given: "
+                               "run the scenes on Lightning's devices or on local processes/Dask")
+        from rsmae.predict.lightning_loop import predict_scenes
+
+        return predict_scenes(job, scenes, progress)
     folders = [Path(job.out) / s.name for s in scenes]
-    todo = []
-    for s, folder in zip(scenes, folders, strict=True):
-        if folder.is_dir():
-            _logger.info("%s: done by an earlier run, skipped", folder)
-        else:
-            todo.append(s)
+    todo = [s for s, folder in zip(scenes, folders, strict=True) if not folder.is_dir()]
+    for folder in (f for f in folders if f.is_dir()):
+        _logger.info("%s: done by an earlier run, skipped", folder)
     if workers <= 1 and (dask is None or dask is False):
         for s in todo:
             job.write(pred, s, progress)
@@ -255,7 +276,7 @@ def predict_classify(inputs: Sequence[str], model: str | Path, out: str | Path,
         RasterReadError, GridError: a scene's file is unreadable or its bands disagree.
     """
     job = _SceneJob("classify", str(model), str(out), _worker_config(config, workers, dask))
-    pred = load_classify_predictor(model).use(config.engine, config.threads)
+    pred = job.load()
     scenes = _scenes(inputs, pred, config)
     return _each_scene(scenes, job, pred, progress, workers=workers, dask=dask)
 
@@ -295,7 +316,7 @@ def _one(inputs: str, pred: Predictor, cfg: PredictConfig) -> PredictScene:
 
 def predict_change(date1: str, date2: str, model: str | Path, out: str | Path,
                    config: PredictConfig = PredictConfig(), progress: Progress | None = None) -> Path:
-    """Change probability, mask and polygons of a pair of dates, on date 1's grid.
+    """Change probability, mask and polygons of a pair of dates, on date 1's grid, on one device.
 
     Returns:
         The output folder (skipped when an earlier run finished it).
@@ -303,9 +324,15 @@ def predict_change(date1: str, date2: str, model: str | Path, out: str | Path,
     Raises:
         WeightsError: ``model`` is not a change model.
         BandError: a date lacks a band of the model.
-        PredictError: the dates do not overlap, or a path holds more than one scene.
+        PredictError: the dates do not overlap, a path holds many scenes, or many devices are asked.
     """
-    pred = load_change_predictor(model).use(config.engine, config.threads)
+    acc = config.accelerator
+    if config.devices not in (None, 1) or config.num_nodes != 1 or acc not in (None, "auto", "cpu", "gpu"):
+        raise PredictError(f"devices {config.devices}, nodes {config.num_nodes}, accelerator {acc}: change "
+                           "runs one pair on one device; choose an accelerator (auto, cpu, gpu), not devices")
+    gpu = acc == "gpu" or (acc == "auto" and torch.cuda.is_available())
+    pred = load_change_predictor(model).use(config.engine, config.threads, precision=config.precision,
+                                            device="cuda" if gpu else "cpu")
     first, second = _one(date1, pred, config), _one(date2, pred, config)
     check_overlap(first, second)
     target = Path(out) / first.name

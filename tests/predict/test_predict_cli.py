@@ -80,6 +80,28 @@ def test_bad_input_is_one_error_line_naming_the_file_and_writes_nothing(
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("extra", [["--devices", "2"], ["--num-nodes", "2"]])
+def test_change_on_many_devices_is_refused_with_the_reason(tmp_path: Path, files: dict[str, Path],
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          extra: list[str]) -> None:
+    argv = ["predict", "change", "--model", str(files["change"]), str(files["d1"]), str(files["d2"]),
+            "--out", str(tmp_path / "out"), "--accelerator", "cpu", *extra]
+    assert rsmae_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "runs one pair on one device" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_devices_with_workers_is_one_error_line(tmp_path: Path, files: dict[str, Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["predict", "embed", "--backbone", str(files["backbone"]), str(files["d1"]), "--out",
+            str(tmp_path / "out"), "--devices", "2", "--workers", "2"]
+    assert rsmae_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "on Lightning's devices or on local processes/Dask" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def _tmp_folders(out: Path) -> list[Path]:
     return [p for p in out.iterdir() if p.name.startswith(".")] if out.is_dir() else []
 
