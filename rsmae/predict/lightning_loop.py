@@ -5,7 +5,8 @@ process per device (Lightning's launcher, or a cluster's: SLURM, torchrun), sets
 (NCCL on GPUs, Gloo on CPUs: Lightning picks) and calls :class:`ScenePredictor` on each rank. Each rank
 loads the model from its file onto its own device and writes its share of the scenes with the per-scene
 writer of :mod:`rsmae.predict.run` (a temporary folder renamed when complete; a finished scene skipped).
-Imported only when a run asks for devices, so ``import rsmae.predict`` does not import Lightning.
+Imported only when a run asks for devices: ``import rsmae.predict`` does not load this module (Lightning
+itself is imported by it today anyway, through :mod:`rsmae.data`).
 """
 
 from __future__ import annotations
