@@ -184,9 +184,9 @@ def run_case(case: dict) -> dict:
 
 def _cases(args: argparse.Namespace, sizes: list[int]) -> list[tuple[str, str, str, str, int]]:
     """(task, method, engine, precision, size) of the run."""
-    cases = []
-    for task in ("embed", "change"):
-        for size in [0, *sizes]:
+    cases = []  # small scenes first: the largest, memory-only in effect, may be stopped
+    for size in [0, *sizes]:
+        for task in ("embed", "change"):
             if task == "change" and size > args.change_max:
                 continue
             cases.append((task, "stream", "torch", "auto", size))
