@@ -5,21 +5,20 @@ protocol of ``--protocols`` (``lastK``, ``mlp``, ``full``) on the training image
 stratified k-fold over all labelled EuroSAT images, and predict the fold's test images
 (:mod:`rsmae.evaluation.kfold_finetune`: the LR chosen on one inner stratified holdout of the training
 fold, then refitted on the whole training fold; mean-pooled patch tokens; every init normalised with
-the training fold's band statistics; same epochs, batch and seeds for every init). The spectral
-floor (per-band mean and std -> linear classifier, :mod:`rsmae.evaluation.floors`) is fitted on the
-same folds, as ``budget_curve.py`` does.
+the training fold's band statistics; same epochs, batch and seeds for every init). The spectral floor
+(:mod:`rsmae.evaluation.floors`) is fitted on the same folds, as ``budget_curve.py`` does.
 
 One JSON per (backbone file, protocol, fold) cell is written atomically under ``--cache`` (keyed by the
-file's hash, the fold's test images and the recipe): a killed run resumes, and adding an init computes
-only its own cells. Writes ``<name>.md`` (accuracy with 95 % bootstrap intervals over the images; paired
+file's hash, the fold's test images and the recipe): a killed run resumes, adding an init computes only
+its cells, and ``--time-limit`` stops computing new cells (the tables then say which folds are missing).
+Writes ``<name>.md`` (accuracy with 95 % bootstrap intervals over the images; paired
 differences against the random init and the spectral floor with paired-bootstrap intervals and
 McNemar's exact p; a verdict per comparison; the LR chosen per init and fold), ``<name>.csv`` (one row
 per image, init, protocol and fold, with commit, command and machine) and ``<name>.png``.
 
 Run::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/transfer_kfold.py \
-        --random runs/budget/random/backbone.safetensors \
+    .venv/bin/python benchmarks/transfer_kfold.py --random runs/budget/random/backbone.safetensors \
         --init mae_8x=runs/budget/mae_8x/backbone.safetensors --protocols last1,full --name transfer_kfold
 """
 
@@ -130,22 +129,17 @@ def spectral_rows(images: torch.Tensor, labels: torch.Tensor, folds: list[Fold])
     return rows
 
 
-def correct_vector(rows: Rows, n: int, protocol: str | None = None) -> np.ndarray:
-    """0/1 correctness of the tested images (of ``n``) in image order: aligned across inits."""
+def correct_vector(rows: Rows, n: int) -> np.ndarray:
+    """0/1 correctness of the images ``rows`` test (of ``n``) in image order: aligned across inits."""
     out = np.full(n, np.nan)
     for r in rows:
-        if protocol is None or r["protocol"] == protocol:
-            out[r["image"]] = r["correct"]
+        out[r["image"]] = r["correct"]
     return out[~np.isnan(out)]
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
 
 
 def _acc(c: np.ndarray) -> str:
     lo, hi = bootstrap_interval(c)
-    return f"{_pct(c.mean())} [{_pct(lo)}, {_pct(hi)}]"
+    return f"{100 * c.mean():.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> str:
@@ -170,15 +164,29 @@ def covered(results: dict[str, Rows], protocol: str, folds: list[str]) -> list[s
 
 
 def _on(rows: Rows, folds: list[str], protocol: str | None = None) -> Rows:
-    return [r for r in rows if r["fold"] in folds and (protocol is None or r["protocol"] == protocol)]
+    return [r for r in rows if r["fold"] in folds and protocol in (None, r["protocol"])]
+
+
+def edge_note(results: dict[str, Rows], protocol: str, folds: list[str], grid: tuple[float, ...]) -> str:
+    """A warning when cells chose the grid's largest or smallest LR (the grid may not hold the best one)."""
+    if len(grid) < 2:
+        return ""
+    chosen = list({(init, r["fold"]): r["lr"] for init, rows in results.items()
+                   for r in _on(rows, folds, protocol)}.values())
+    top, low = sum(lr == max(grid) for lr in chosen), sum(lr == min(grid) for lr in chosen)
+    if not top + low:
+        return ""
+    return (f"Chosen LR at the grid's edge in {top + low} of {len(chosen)} cells ({top} at its largest, "
+            f"{max(grid):g}; {low} at its smallest, {min(grid):g}): the grid may not hold the best LR "
+            "for this budget.")
 
 
 def tables(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: int,
-           folds: list[str]) -> list[str]:
+           folds: list[str], grid: tuple[float, ...] = ()) -> list[str]:
     """Markdown tables (one per protocol) with their verdict sentences; ``results`` holds RANDOM.
 
     A protocol is scored on the folds every init has (all of ``folds`` once every cell is computed),
-    the spectral floor on the same images.
+    the spectral floor on the same images; ``grid`` (the LR candidates) flags choices at its edges.
     """
     out = ["| floor | accuracy % [95 % CI] |", "|---|---|",
            f"| {SPECTRAL} (every protocol's floor, all folds) | {_acc(correct_vector(spectral, n))} |", ""]
@@ -199,13 +207,13 @@ def tables(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: in
         sentences = []
         for init, rows in results.items():
             c = correct_vector(_on(rows, done, protocol), n)
-            vs_random = "" if init == RANDOM else _diff(c, base)
-            lrs = lr_choices(_on(rows, done, protocol), protocol)
+            vs_random, lrs = "" if init == RANDOM else _diff(c, base), lr_choices(_on(rows, done), protocol)
             out.append(f"| {init} | {_acc(c)} | {vs_random} | {_diff(c, spec)} | {lrs} |")
             if init != RANDOM:
                 sentences.append(f"- {protocol}: " + _said(init, RANDOM, c, base))
             sentences.append(f"- {protocol}: " + _said(init, SPECTRAL, c, spec))
-        out += ["", *sentences, ""]
+        edge = edge_note(results, protocol, done, grid)
+        out += ["", *([edge, ""] if edge else []), *sentences, ""]
     for other in protocols[1:]:
         first = protocols[0]
         done = [f for f in covered(results, other, folds) if f in covered(results, first, folds)]
@@ -277,17 +285,16 @@ def write_csv(path: Path, results: dict[str, Rows], spectral: Rows, files: dict[
 
 def recipe() -> str:
     """FinetuneTask's default settings, e.g. ``"layer_decay 0.75, weight_decay 0.05, ..."``."""
-    keep = ("layer_decay", "weight_decay", "drop_path", "label_smoothing", "warmup_fraction", "crop_scale")
     params = inspect.signature(FinetuneTask).parameters
-    return ", ".join(f"{k} {params[k].default}" for k in keep)
+    return ", ".join(f"{k} {params[k].default}" for k in ("layer_decay", "weight_decay", "drop_path",
+                                                          "label_smoothing", "warmup_fraction", "crop_scale"))
 
 
 def _quiet() -> None:
     """Lightning's per-fit banners and data-loader hints, a few hundred times, say nothing new."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|smaller than the logging int)")
 
 
 def run_cells(files: dict[str, str], protocols: list[str], folds: list[Fold], images: torch.Tensor,
@@ -322,7 +329,6 @@ def header(args: argparse.Namespace, head: dict[str, str], config: FinetuneConfi
            scored: int, cells: int, tally: dict[str, float], tested: int, load_start: float,
            wall: float) -> list[str]:
     """The bullet lines above the tables: provenance, budget, recipe, choices and statistics."""
-    fits = len(config.lrs) + 1 if len(config.lrs) > 1 else 1
     only = f", only the first {scored} fold(s) scored" if scored < args.folds else ""
     scope = (f"all labelled images (train/ + test/), stratified {args.folds}-fold CV (fold seed "
              f"{args.fold_seed}){only}")
@@ -332,10 +338,9 @@ def header(args: argparse.Namespace, head: dict[str, str], config: FinetuneConfi
         f"- load average (1 min) at start / end: {load_start:.2f} / {os.getloadavg()[0]:.2f} (2 cores "
         f"shared with other jobs); wall time {wall / 60:.1f} min; of {cells} cells {tally['computed']:.0f} "
         f"computed in this run, {tally['skipped']:.0f} skipped (time limit), the others read from the cache",
-        f"- budget: {config.epochs} epochs of batch {config.batch_size} (last partial batch dropped) per "
-        f"fit, {fits} fits per (init, protocol, fold) cell: {tally['cpu'] / 60:.1f} min of CPU time "
-        f"({tally['wall'] / 60:.1f} min wall) summed over the cells done, one thread each, as timed when "
-        "each was computed",
+        f"- budget: {config.epochs} epochs of batch {config.batch_size} (last partial batch dropped) per fit,"
+        f" {len(config.lrs) + (len(config.lrs) > 1)} fits per cell: {tally['cpu'] / 60:.1f} min of CPU "
+        f"({tally['wall'] / 60:.1f} min wall) summed over the cells done, one thread each",
         f"- data: `{args.root}`, {scope}; {tested} test images, each tested once per protocol",
         "- fine-tuning (`rsmae.evaluation.kfold_finetune`: `FinetuneTask` under a Lightning `Trainer`, "
         f"precision {config.precision or default_precision('cpu')}): mean patch token + LayerNorm + "
@@ -344,13 +349,12 @@ def header(args: argparse.Namespace, head: dict[str, str], config: FinetuneConfi
         f"- LR chosen per fold among {lrs} (ties: the first) on **one** stratified inner holdout "
         f"({100 * config.holdout:.0f} % of the training fold; one split, not inner k-fold, to keep the "
         "cost down), then refitted on the whole training fold; the test fold is never read for a choice",
-        "- normalisation, one rule for every init: each band standardised with the training fold's images",
-        "- 95 % CI: percentile bootstrap over the images (10,000 resamples); differences paired on the "
-        "same images (paired bootstrap) with McNemar's exact p on the discordant images; a difference is "
-        "called only when its interval excludes 0; the intervals cover test-set sampling, not training "
-        "noise (one seed)",
-        "- spectral floor: per-band mean and std -> linear classifier, L2 by inner "
-        f"{FloorConfig().inner_folds}-fold CV, same folds",
+        "- 95 % CI: percentile bootstrap over the images (10,000 resamples); differences paired on the same "
+        "images (paired bootstrap), McNemar's exact p on the discordant images; a difference is called only "
+        "when its interval excludes 0; intervals cover test-set sampling, not training noise (one seed)",
+        "- normalisation, one rule for every init: each band standardised with the training fold's images; "
+        f"spectral floor: per-band mean and std -> linear classifier, L2 by inner {FloorConfig().inner_folds}"
+        "-fold CV, same folds",
         "- backbones: " + "; ".join(f"{k} `{v}`" for k, v in files.items()), ""]
 
 
@@ -383,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                    cells=len(files) * len(protocols) * len(folds), tally=tally, tested=tested,
                    load_start=load_start, wall=time.perf_counter() - started)
     text = "\n".join(["# Transfer on EuroSAT by k-fold: fine-tuning protocols", "", *lines,
-                      *tables(results, spectral, protocols, n, [f.name for f in folds])])
+                      *tables(results, spectral, protocols, n, [f.name for f in folds], config.lrs)])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text(text)
     plot(results, spectral, protocols, n, [f.name for f in folds], args.out / f"{args.name}.png")

@@ -112,10 +112,11 @@ def test_the_table_says_no_clear_difference_when_the_interval_includes_zero() ->
     close[1] = 1  # one image more: the paired interval includes 0
     results = {bench.RANDOM: _rows(base), "close": _rows(close), "better": _rows([1] * 60)}
     text = "\n".join(bench.tables(results, _rows([1, 1, 0] * 20, "spectral"), ["last1"], 60,
-                                   ["fold0", "fold1"]))
+                                   ["fold0", "fold1"], (1e-3, 3e-3)))
     assert "No clear difference between close and random init: +1.7 points" in text
     assert "better is higher than random init by 50.0 points" in text
     assert "| 0.001 0.001 |" in text  # the LR chosen per fold
+    assert "Chosen LR at the grid's edge in 6 of 6 cells (0 at its largest, 0.003; 6 at its smallest" in text
 
 
 def test_a_time_limited_table_scores_the_folds_every_init_has() -> None:
