@@ -59,7 +59,7 @@ class CovarianceSum:
 
 
 def pca_preview(raster: Path, png: Path, pca: CovarianceSum, *, max_side: int = 1024,
-                rows: int = 256) -> None:
+                block_bytes: int = 32 << 20) -> None:
     """Write the first three principal components of ``raster`` as an RGB PNG (nodata black).
 
     Args:
@@ -67,16 +67,18 @@ def pca_preview(raster: Path, png: Path, pca: CovarianceSum, *, max_side: int = 
         png: Output PNG.
         pca: Sums accumulated over the raster's cells.
         max_side: Longest side of the PNG (cells are subsampled beyond it).
-        rows: Rows read per block.
+        block_bytes: Bytes of features read at once (whole rows, at least ``step`` of them): a raster
+            of many channels and a wide scene stays within it rather than a fixed number of rows.
     """
     from PIL import Image
 
     mean, axes = pca.components(3)
     with rasterio.open(raster) as ds:
-        step = max(1, -(-max(ds.width, ds.height) // max_side))
+        step = _step(ds.height, ds.width, max_side)
+        rows = max(1, block_bytes // max(1, ds.width * ds.count * 4))
         parts = []
-        for r in range(0, ds.height, rows):
-            block = ds.read(window=Window(0, r, ds.width, min(rows, ds.height - r)))[:, ::step, ::step]
+        for r, n in _blocks(ds.height, step, rows):
+            block = ds.read(window=Window(0, r, ds.width, n), out_dtype="float32")[:, ::step, ::step]
             parts.append(np.einsum("kc,chw->khw", axes, block - mean[:, None, None]))
     rgb = np.concatenate(parts, axis=1) if parts else np.zeros((3, 1, 1))
     Image.fromarray(_stretch(rgb)[0]).save(png)
