@@ -70,3 +70,23 @@ def read(path: Path, window: Window | None = None) -> np.ndarray:
     """All bands of a raster."""
     with rasterio.open(path) as ds:
         return ds.read(window=window)
+
+
+SCENE_RASTERS = {"classify": ("class_index.tif", "class_prob.tif"), "embed": ("embedding.tif",)}
+
+
+def two_cities(root: Path) -> dict[str, Path]:
+    """Two small real OSCD crops (date 1) as multi-band files under ``root/scenes``: ``pisa``, ``beihai``."""
+    return {"pisa": city_stack(root / "scenes" / "pisa.tif", "pisa", 1, (300, 200, 72, 100)),
+            "beihai": city_stack(root / "scenes" / "beihai.tif", "beihai", 1, (100, 150, 80, 64))}
+
+
+def assert_same_outputs(folders: list[Path], expected: list[Path], task: str) -> None:
+    """The scene folders of a run hold the files and rasters (atol 1e-5) of the reference run's."""
+    assert [f.name for f in folders] == [f.name for f in expected] == ["scenes__beihai", "scenes__pisa"]
+    for folder, reference in zip(folders, expected, strict=True):
+        assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in reference.iterdir())
+        for name in SCENE_RASTERS[task]:
+            got, want = read(folder / name), read(reference / name)
+            assert got.shape == want.shape, (folder, name)
+            assert np.allclose(got, want, atol=1e-5, equal_nan=True), (folder, name)

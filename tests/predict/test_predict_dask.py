@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rsmae.cli import main as rsmae_main
 from rsmae.predict import predict_classify, predict_embed
-from tests.predict.predict_helpers import city_stack, read, tiny_backbone
+from tests.predict.predict_helpers import assert_same_outputs, tiny_backbone, two_cities
 from tests.predict.test_classify import tiny_classifier
 
 distributed = pytest.importorskip("distributed")
 
-RASTERS = {"classify": ("class_index.tif", "class_prob.tif"), "embed": ("embedding.tif",)}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +22,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "classifier": tiny_classifier(root / "classifier.safetensors"),
         "backbone": tiny_backbone(root / "backbone.safetensors"),
-        "pisa": city_stack(root / "scenes" / "pisa.tif", "pisa", 1, (300, 200, 72, 100)),
-        "beihai": city_stack(root / "scenes" / "beihai.tif", "beihai", 1, (100, 150, 80, 64)),
+        **two_cities(root),
     }
 
 
@@ -36,16 +33,6 @@ def expected(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     scenes = [str(files["pisa"]), str(files["beihai"])]
     return {"classify": predict_classify(scenes, files["classifier"], out / "classify"),
             "embed": predict_embed(scenes, files["backbone"], out / "embed")}
-
-
-def _assert_same(folders: list[Path], expected: list[Path], task: str) -> None:
-    assert [f.name for f in folders] == [f.name for f in expected] == ["scenes__beihai", "scenes__pisa"]
-    for folder, reference in zip(folders, expected, strict=True):
-        assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in reference.iterdir())
-        for name in RASTERS[task]:
-            got, want = read(folder / name), read(reference / name)
-            assert got.shape == want.shape, (folder, name)
-            assert np.allclose(got, want, atol=1e-5, equal_nan=True), (folder, name)
 
 
 def _stamps(folder: Path) -> dict[str, int]:
@@ -65,8 +52,8 @@ def test_a_dask_cluster_gives_the_local_outputs_and_a_rerun_skips_finished_scene
                 str(out / "classify"), "--dask", address]
         assert rsmae_main(argv) == 0
         folders = [Path(line) for line in capsys.readouterr().out.split()]
-        _assert_same(folders, expected["classify"], "classify")
-        _assert_same(predict_embed(scenes, files["backbone"], out / "embed", dask=address),
+        assert_same_outputs(folders, expected["classify"], "classify")
+        assert_same_outputs(predict_embed(scenes, files["backbone"], out / "embed", dask=address),
                      expected["embed"], "embed")
         kept = _stamps(folders[0])
         for path in folders[1].iterdir():  # a scene lost (as by a kill): redone, the finished one skipped
@@ -74,7 +61,7 @@ def test_a_dask_cluster_gives_the_local_outputs_and_a_rerun_skips_finished_scene
         folders[1].rmdir()
         assert rsmae_main(argv) == 0
     assert _stamps(folders[0]) == kept
-    _assert_same(folders, expected["classify"], "classify")
+    assert_same_outputs(folders, expected["classify"], "classify")
     assert sorted(p.name for p in (out / "classify").iterdir()) == ["scenes__beihai", "scenes__pisa"]
 
 
@@ -83,7 +70,7 @@ def test_local_processes_give_the_local_outputs(tmp_path: Path, files: dict[str,
                                                 expected: dict[str, list[Path]]) -> None:
     scenes = [str(files["pisa"]), str(files["beihai"])]
     folders = predict_classify(scenes, files["classifier"], tmp_path / "processes", workers=2)
-    _assert_same(folders, expected["classify"], "classify")
+    assert_same_outputs(folders, expected["classify"], "classify")
 
 
 def test_a_bad_dask_address_is_refused_before_anything_is_written(

@@ -21,10 +21,9 @@ from rsmae.cli.predict import _config, build_parser
 from rsmae.predict import PredictConfig, predict_classify, predict_embed
 from rsmae.predict.models import load_embed_predictor
 from tests.conftest import ROOT
-from tests.predict.predict_helpers import city_stack, read, tiny_backbone
+from tests.predict.predict_helpers import assert_same_outputs, city_stack, read, tiny_backbone, two_cities
 from tests.predict.test_classify import tiny_classifier
 
-RASTERS = {"classify": ("class_index.tif", "class_prob.tif"), "embed": ("embedding.tif",)}
 FP32 = PredictConfig(precision="32", threads=1)
 
 
@@ -34,8 +33,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "classifier": tiny_classifier(root / "classifier.safetensors"),
         "backbone": tiny_backbone(root / "backbone.safetensors"),
-        "pisa": city_stack(root / "scenes" / "pisa.tif", "pisa", 1, (300, 200, 72, 100)),
-        "beihai": city_stack(root / "scenes" / "beihai.tif", "beihai", 1, (100, 150, 80, 64)),
+        **two_cities(root),
         "window": city_stack(root / "window" / "window.tif", "pisa", 1, (300, 200, 32, 32)),
     }
 
@@ -47,16 +45,6 @@ def expected(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     scenes = [str(files["pisa"]), str(files["beihai"])]
     return {"classify": predict_classify(scenes, files["classifier"], out / "classify", FP32),
             "embed": predict_embed(scenes, files["backbone"], out / "embed", FP32)}
-
-
-def _assert_same(folders: list[Path], expected: list[Path], task: str) -> None:
-    assert [f.name for f in folders] == [f.name for f in expected] == ["scenes__beihai", "scenes__pisa"]
-    for folder, reference in zip(folders, expected, strict=True):
-        assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in reference.iterdir())
-        for name in RASTERS[task]:
-            got, want = read(folder / name), read(reference / name)
-            assert got.shape == want.shape, (folder, name)
-            assert np.allclose(got, want, atol=1e-5, equal_nan=True), (folder, name)
 
 
 def _stamps(out: Path) -> dict[str, int]:
@@ -75,7 +63,7 @@ def test_two_cpu_processes_write_each_scene_once_as_this_process_does_and_a_reru
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]
     folders = [Path(line) for line in done.stdout.split()]  # rank 0 lists them, rank 1 lists none
-    _assert_same(folders, expected["classify"], "classify")
+    assert_same_outputs(folders, expected["classify"], "classify")
     written = re.findall(r"(scenes__\w+): done on cpu", done.stderr)
     assert sorted(written) == ["scenes__beihai", "scenes__pisa"], done.stderr[-3000:]  # once each
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr  # two Gloo ranks
@@ -109,9 +97,9 @@ def test_one_device_in_this_process_equals_the_plain_run(tmp_path: Path, files: 
     scenes = [str(files["pisa"]), str(files["beihai"])]
     config = PredictConfig(precision="32", threads=1, accelerator="cpu", devices=1)
     embedded = predict_embed(scenes, files["backbone"], tmp_path / "embed", config)
-    _assert_same(embedded, expected["embed"], "embed")
+    assert_same_outputs(embedded, expected["embed"], "embed")
     folders = predict_classify(scenes, files["classifier"], tmp_path / "classify", config)
-    _assert_same(folders, expected["classify"], "classify")
+    assert_same_outputs(folders, expected["classify"], "classify")
     kept = _stamps(tmp_path / "classify")
     assert predict_classify(scenes, files["classifier"], tmp_path / "classify", config) == folders
     assert _stamps(tmp_path / "classify") == kept  # both skipped
