@@ -143,14 +143,22 @@ def step_gflop(folder: Path) -> float:
 
 
 def speed(name: str, folder: Path, found: list[tuple[int, Path]], peak: float) -> str:
-    """Steps/s between the first and last snapshot (file times), GFLOP/s and MFU against ``peak``."""
-    (s0, p0), (s1, p1) = found[0], found[-1]
-    seconds = p1.stat().st_mtime - p0.stat().st_mtime
-    if s1 <= s0 or seconds <= 0:
+    """Steps/s from the snapshots' file times, GFLOP/s and MFU against ``peak``.
+
+    The rate is the median over consecutive snapshots: a run stopped and resumed later (a killed run
+    continued next day) has one long interval, which the median leaves out and a first-to-last rate
+    would spread over the whole run.
+    """
+    pairs = [(s1 - s0, p1.stat().st_mtime - p0.stat().st_mtime)
+             for (s0, p0), (s1, p1) in zip(found, found[1:], strict=False)]
+    rates = [steps / seconds for steps, seconds in pairs if steps > 0 and seconds > 0]
+    if not rates:
         return f"- {name}: one snapshot only, no speed"
-    rate, gflop = (s1 - s0) / seconds, step_gflop(folder)
-    return (f"- {name}: {rate:.2f} steps/s over steps {s0}-{s1} ({seconds / 60:.0f} min), {gflop:.1f} GFLOP "
-            f"per step, {rate * gflop:.1f} GFLOP/s = {100 * rate * gflop / peak:.0f} % MFU")
+    rate, gflop = float(np.median(rates)), step_gflop(folder)
+    wall = sum(seconds for _, seconds in pairs)
+    return (f"- {name}: {rate:.2f} steps/s (median over {len(rates)} intervals of steps {found[0][0]}-"
+            f"{found[-1][0]}; {wall / 60:.0f} min between first and last snapshot, pauses included), "
+            f"{gflop:.1f} GFLOP per step, {rate * gflop:.1f} GFLOP/s = {100 * rate * gflop / peak:.0f} % MFU")
 
 
 def probe_rows(path: Path, images: torch.Tensor, labels: torch.Tensor, folds: list[Fold], config: ProbeConfig,
