@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from rsmae.evaluation.folds import Fold, stratified_kfold
+from rsmae.evaluation.kfold_probe import fold_statistics
 from rsmae.models.trainable import parse_protocol
 from rsmae.models.weights import load_backbone
 from rsmae.tasks.finetune import FinetuneTask
@@ -126,12 +127,6 @@ def inner_holdout(labels: np.ndarray, share: float, seed: int) -> Fold:
     if not 0 < share <= 0.5:
         raise ValueError(f"holdout={share}: hold out a share in (0, 0.5] of the training fold")
     return stratified_kfold(labels, round(1 / share), seed=seed)[0]
-
-
-def fold_statistics(images: Tensor, train: np.ndarray) -> tuple[Tensor, Tensor]:
-    """Per-band mean and standard deviation (float64) of ``images[train]``."""
-    x = images[torch.as_tensor(train)].double()
-    return x.mean((0, 2, 3)), x.std((0, 2, 3)).clamp_min(1e-6)
 
 
 def fit_predict(path: str | Path, images: Tensor, labels: Tensor, train: np.ndarray, test: np.ndarray,

@@ -32,7 +32,7 @@ from rsmae.models.weights import load_backbone
 from rsmae.tasks.probe import fit_linear_probe, knn_predict
 
 __all__ = ["PROTOCOLS", "ProbeConfig", "ProbeResult", "backbone_features", "encoder_features",
-           "evaluate_backbone", "evaluate_features"]
+           "evaluate_backbone", "evaluate_features", "fold_statistics"]
 
 PROTOCOLS = ("linear", "knn")
 
@@ -84,6 +84,12 @@ class ProbeResult:
 
 
 @torch.no_grad()
+def fold_statistics(images: Tensor, train: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Per-band mean and standard deviation (float64) of ``images[train]``: the one normalisation rule."""
+    x = images[torch.as_tensor(train)].double()
+    return x.mean((0, 2, 3)), x.std((0, 2, 3)).clamp_min(1e-6)
+
+
 def encoder_features(encoder: torch.nn.Module, images: Tensor, batch_size: int = 64) -> dict[str, Tensor]:
     """``{"cls": (N, D), "mean": (N, D)}``: the cls token and the mean patch token of ``images``."""
     encoder = encoder.eval()
@@ -108,8 +114,7 @@ def backbone_features(path: str | Path, images: Tensor, bands: Sequence[str], se
     """
     encoder = load_backbone(path, bands=list(bands), sensor=sensor, img_size=images.shape[-1])
     if normalisation == "fold":
-        x = images[torch.as_tensor(train)].double()
-        mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3)).clamp_min(1e-6)
+        mean, std = fold_statistics(images, train)
     elif normalisation == "backbone":
         meta = encoder.rsmae_meta
         if meta.mean is None or meta.std is None:
