@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 
 from rsmae.bands import get_sensor, rgb_indices
@@ -43,16 +42,13 @@ from rsmae.predict.scene import (
     open_scene,
     read_float,
 )
-from rsmae.predict.sink import RasterSink, cell_grid, scene_output
+from rsmae.predict.sink import RUN_CACHE_MB, RasterSink, cell_grid, gdal_cache, scene_output
 from rsmae.predict.windows import ScanSpec, scan
 from rsmae.tiling.grid import SceneReader
 
 __all__ = ["PredictConfig", "predict_change", "predict_classify", "predict_embed"]
 
 _logger = logging.getLogger(__name__)
-# GDAL's block cache (default 5 % of RAM) keeps blocks read and written until it is full: capped here so
-# the memory of a run does not grow with the scene (rows are written once, strips read once)
-GDAL_CACHE_MB = 64
 Progress = Callable[[int], None]
 
 
@@ -198,7 +194,7 @@ class _SceneJob:
         """Write ``s``'s folder with ``pred``; the folder."""
         folder = Path(self.out) / s.name
         write = _embed_scene if self.kind == "embed" else _classify_scene
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        with gdal_cache(RUN_CACHE_MB):
             write(pred, s, folder, self.config, _spec(pred, self.config), progress)
         return folder
 
@@ -343,7 +339,7 @@ def predict_change(date1: str, date2: str, model: str | Path, out: str | Path,
     threshold = pred.threshold if config.threshold is None else config.threshold
     match = pred.match_dates
     start = time.perf_counter()
-    with scene_output(target.parent, target.name) as folder, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with scene_output(target.parent, target.name) as folder, gdal_cache(RUN_CACHE_MB):
         _change_rasters(pred, (first, second), folder, spec, threshold, progress, match=match)
         changed = folder / "changed.part.tif"
         polygons = change_polygons(changed, folder / "changes.gpkg", min_area=config.min_area)
