@@ -217,6 +217,9 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu", *,
 def _torch_runner(module: nn.Module, threads: int | None, precision: str,
                   device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
     module.eval().to(device)
+    for layer in module.modules():  # convolutions (patch embedding, change decoder) run faster in NHWC
+        if isinstance(layer, nn.Conv2d):  # oneDNN / cuDNN: 20-25 % of a change window on an AMX CPU
+            layer.to(memory_format=torch.channels_last)
     set_fused_attention(module, fused_attention_pays(device))
     autocast = precision == "bf16"
 

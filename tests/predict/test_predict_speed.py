@@ -64,3 +64,17 @@ def test_device_moves_the_module_once(tmp_path: Path) -> None:
     assert next(pred.module.parameters()).device.type == "cpu"
     with pytest.raises(ValueError, match="engine 'tpu'"):
         pred.use("tpu")
+
+
+def test_convolutions_run_channels_last_with_the_same_outputs(tmp_path: Path) -> None:
+    import copy
+
+    pair = np.random.default_rng(2).uniform(500, 3000, (2, 2, 13, 32, 32)).astype(np.float32)
+    pred = load_change_predictor(tiny_change_model(tmp_path / "c.safetensors"))
+    plain = copy.deepcopy(pred.module).eval()
+    out = pred.use("torch", 1, precision="32")(pair)
+    convs = [m for m in pred.module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    with torch.inference_mode():
+        expected = plain(torch.from_numpy(pair)).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
