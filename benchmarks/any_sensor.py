@@ -14,11 +14,17 @@ scored on each sensor's data, paired on the same units:
   threshold, mean over seeds; 95 % CI by bootstrap over seeds and 64-px test tiles (each draw
   resamples seeds and tiles and pools the tiles' TP / FP / FN per seed); differences paired on the
   same draws.
+- LEVIR-CD samples (RGB, 0.5 m; train on the ``train_*`` pairs, test on the labelled ``test_*`` pairs
+  of the dataset card): the same frozen protocol, settings, seeds, scores and bootstrap, the spectral
+  backbones loaded on R G B by wavelength. RGB has no store of its own, so its per-sensor backbone is
+  the natural-image MAE at equal budget (``--natural``: the conv-patch ViT-Tiny/8 MAE of 1,500 steps
+  of batch 32 on Tiny-ImageNet), scored on LEVIR only.
 
 The matched per-sensor backbone of an evaluation is the one pretrained on that sensor (S2 only for
-EuroSAT, Landsat only for Landsat CD). Probes and change cells are cached under ``--cache`` (keyed by
-the backbone file's hash and the settings): a rerun only assembles the table. Writes
-``any_sensor.md`` and ``any_sensor.csv`` (one row per backbone and evaluation).
+EuroSAT, Landsat only for Landsat CD, the natural-image MAE for LEVIR-CD; ``MATCHED``). Probes and
+change cells are cached under ``--cache`` (keyed by the backbone file's hash and the settings): a
+rerun only assembles the table. Writes ``any_sensor.md`` and ``any_sensor.csv`` (one row per
+backbone and evaluation).
 
 Run::
 
@@ -46,8 +52,8 @@ from budget_curve import load_images
 from missing_bands import CONFIG, NAMED, probe
 from provenance import git_commit
 
-from rsmae.datasets import LandsatCD
 from rsmae.evaluation.change import ChangeConfig, evaluate_change, predict_scene
+from rsmae.evaluation.change_config import change_dataset
 from rsmae.evaluation.folds import stratified_kfold
 from rsmae.evaluation.speed import cpu_name
 from rsmae.models.registry import sha256_file
@@ -57,12 +63,14 @@ from rsmae.tasks.change import load_change_model
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 MEASURED = ("rsmae/evaluation", "rsmae/models", "benchmarks/any_sensor.py", "benchmarks/missing_bands.py")
-ROLES = {"s2": "S2 only", "landsat": "Landsat only", "mixed": "mixed S2 + Landsat (1:1)"}
-PER_SENSOR = ("s2", "landsat")
+ROLES = {"s2": "S2 only", "landsat": "Landsat only", "natural": "natural-image MAE (Tiny-ImageNet)",
+         "mixed": "mixed S2 + Landsat (1:1)"}
+MATCHED = {"s2": "s2", "landsat": "landsat", "rgb": "natural"}  # data's sensor -> per-sensor backbone
 EUROSAT = {"EuroSAT, all 13 bands": "all 13 bands",
            "EuroSAT, Landsat-OLI-like (B01 B02 B03 B04 B8A B11 B12)":
                "Landsat-OLI-like (B01 B02 B03 B04 B8A B11 B12)"}
 CHANGE = "Landsat CD, TM B1-B5 B7, frozen (F1 of change)"
+LEVIR = "LEVIR-CD samples, RGB 0.5 m, frozen (F1 of change)"
 TILE = 64  # test tiles of the change bootstrap: the evaluation window
 
 
@@ -71,13 +79,18 @@ class Row:
     """One backbone on one evaluation: its score, interval and ``mixed - this backbone`` (paired)."""
 
     evaluation: str
-    sensor: str  # the data's sensor = the role of the matched per-sensor backbone
+    sensor: str  # the data's sensor, a key of MATCHED
     backbone: str  # a key of ROLES
     score: float
     low: float
     high: float
     units: str
     diff: PairedDifference | None  # mixed minus this backbone; None on the mixed row
+
+    @property
+    def per_sensor(self) -> bool:
+        """Whether this is the backbone pretrained on the evaluation's sensor."""
+        return MATCHED[self.sensor] == self.backbone
 
 
 def f1(counts: np.ndarray) -> np.ndarray:
@@ -110,9 +123,9 @@ def eurosat_rows(evaluation: str, correct: dict[str, np.ndarray]) -> list[Row]:
     return rows
 
 
-def change_rows(evaluation: str, counts: dict[str, np.ndarray], *, resamples: int = 10_000,
-                rng: int = 0) -> list[Row]:
-    """Rows of one change evaluation from TP / FP / FN counts ``(seeds, tiles, 3)`` per backbone.
+def change_rows(evaluation: str, counts: dict[str, np.ndarray], *, sensor: str = "landsat",
+                resamples: int = 10_000, rng: int = 0) -> list[Row]:
+    """Rows of one change evaluation on ``sensor``'s data from TP / FP / FN ``(seeds, tiles, 3)`` counts.
 
     The score is the mean over seeds of the F1 pooled over the test tiles. Every bootstrap draw
     resamples seeds and tiles with replacement, the same draw for every backbone (paired).
@@ -135,7 +148,7 @@ def change_rows(evaluation: str, counts: dict[str, np.ndarray], *, resamples: in
             dlow, dhigh = np.percentile(draws["mixed"] - draws[role], [2.5, 97.5])
             diff = PairedDifference(score["mixed"] - score[role], float(dlow), float(dhigh), tiles, 0.95,
                                     resamples)
-        rows.append(Row(evaluation, "landsat", role, score[role], float(low), float(high), units, diff))
+        rows.append(Row(evaluation, sensor, role, score[role], float(low), float(high), units, diff))
     return rows
 
 
@@ -149,11 +162,11 @@ def table(rows: list[Row]) -> tuple[list[str], list[str]]:
              "|---|---|---|---|"]
     sentences = []
     for r in rows:
-        name = ROLES[r.backbone] + (" (per-sensor)" if r.backbone == r.sensor else "")
+        name = ROLES[r.backbone] + (" (per-sensor)" if r.per_sensor else "")
         diff = "" if r.diff is None else _ci(r.diff.difference, r.diff.low, r.diff.high, "+")
         lines.append(f"| {r.evaluation} | {name} | {_ci(r.score, r.low, r.high)} | {diff} |")
         if r.diff is not None:
-            tag = "the per-sensor backbone" if r.backbone == r.sensor else "the other sensor's backbone"
+            tag = "the per-sensor backbone" if r.per_sensor else "another sensor's backbone"
             sentences.append(f"- {r.evaluation}, against {tag}: "
                              + verdict(ROLES["mixed"], ROLES[r.backbone], r.diff, units=r.units))
     return lines, sentences
@@ -171,7 +184,7 @@ def write_csv(path: Path, rows: list[Row], files: dict[str, str], provenance: di
             said = "" if d is None else verdict(ROLES["mixed"], ROLES[r.backbone], d, units=r.units)
             diff = ["", "", ""] if d is None else [f"{d.difference:.4f}", f"{d.low:.4f}", f"{d.high:.4f}"]
             writer.writerow([r.evaluation, r.sensor, ROLES[r.backbone], files.get(r.backbone, ""),
-                             int(r.backbone == r.sensor), f"{r.score:.4f}", f"{r.low:.4f}", f"{r.high:.4f}",
+                             int(r.per_sensor), f"{r.score:.4f}", f"{r.low:.4f}", f"{r.high:.4f}",
                              *diff, r.units, said, *provenance.values()])
 
 
@@ -199,10 +212,12 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def change_counts(path: Path, seed: int, settings: dict, root: Path, cache: Path) -> np.ndarray:
-    """Tile TP / FP / FN ``(tiles, 3)`` of one frozen Landsat CD cell of ``path`` (cached).
+def change_counts(path: Path, seed: int, settings: dict, root: Path, cache: Path, *,
+                  dataset: str = "landsat") -> np.ndarray:
+    """Tile TP / FP / FN ``(tiles, 3)`` of one frozen change cell of ``path`` on ``dataset`` (cached).
 
-    A cell trained earlier (its ``metrics.json`` and model in the cell folder) is rescored only.
+    A cell trained earlier (its ``metrics.json`` and model in the cell folder) is rescored only. The
+    key holds the data's ``root``, not ``dataset``, so the Landsat cells keep their earlier keys.
     """
     key = _key(sha256_file(path), seed, settings, TILE, str(root))
     hit, out = cache / f"cd_{key}.json", cache / f"cd_{key}"
@@ -211,11 +226,11 @@ def change_counts(path: Path, seed: int, settings: dict, root: Path, cache: Path
     if (out / "metrics.json").is_file() and (out / "change_model.safetensors").is_file():
         result = json.loads((out / "metrics.json").read_text())
     else:
-        result = evaluate_change(path, "frozen", test_root=root, dataset="landsat", seed=seed, out_dir=out,
+        result = evaluate_change(path, "frozen", test_root=root, dataset=dataset, seed=seed, out_dir=out,
                                  maps=False, **settings)
     task, extra = load_change_model(out / "change_model.safetensors")
     cfg = ChangeConfig.from_kwargs(**settings)
-    test = LandsatCD(root, "test", bands=result["bands"])
+    test = change_dataset(dataset)(root, "test", bands=result["bands"])
     counts = []
     for scene in test.scenes:
         scene = scene.match_dates() if extra.get("match_dates") else scene
@@ -239,15 +254,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--s2", type=Path, default=runs / "budget/spectral_1x/backbone.safetensors")
     parser.add_argument("--landsat", type=Path, default=runs / "anysensor/landsat_1x/backbone.safetensors")
     parser.add_argument("--mixed", type=Path, default=runs / "anysensor/mixed_1x/backbone.safetensors")
+    parser.add_argument("--natural", type=Path, default=runs / "budget/natural_1x/backbone.safetensors",
+                        help="the per-sensor backbone of RGB (LEVIR-CD): natural-image MAE at equal budget")
     parser.add_argument("--eurosat", type=Path, default=DATA / "eurosat_ms_subset")
     parser.add_argument("--landsat-cd", type=Path, default=DATA / "landsat_cd_taizhou_nanjing")
+    parser.add_argument("--levircd", type=Path, default=DATA / "levircd_samples")
     parser.add_argument("--change-config", type=Path, default=ROOT / "configs/bench/cd-cpu-small.yaml")
     parser.add_argument("--skip-change", action="store_true", help="EuroSAT rows only")
+    parser.add_argument("--skip-levir", action="store_true", help="no LEVIR-CD rows")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--note", action="append", default=[], help="a line for the table's header")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "anysensor" / "cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     return parser.parse_args(argv)
+
+
+def backbone_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The backbones by role; the natural-image MAE only when LEVIR-CD is scored (its only evaluation)."""
+    levir = not (args.skip_change or args.skip_levir)
+    return {"s2": args.s2, "landsat": args.landsat, **({"natural": args.natural} if levir else {}),
+            "mixed": args.mixed}
+
+
+def change_evaluations(args: argparse.Namespace, files: dict[str, Path]) -> list[tuple]:
+    """``(name, dataset, data sensor, root, backbones)`` of each change evaluation to run."""
+    if args.skip_change:
+        return []
+    spectral = {r: files[r] for r in ("s2", "landsat", "mixed")}
+    levir = [(LEVIR, "levircd", "rgb", args.levircd, files)] if "natural" in files else []
+    return [(CHANGE, "landsat", "landsat", args.landsat_cd, spectral), *levir]
 
 
 def measure(args: argparse.Namespace, files: dict[str, Path]) -> list[Row]:
@@ -256,17 +291,33 @@ def measure(args: argparse.Namespace, files: dict[str, Path]) -> list[Row]:
     folds = stratified_kfold(labels.numpy(), 5, seed=0)
     rows = []
     for evaluation, subset in EUROSAT.items():
-        correct = {role: probe(path, NAMED[subset], images, labels, folds, args.cache)
-                   for role, path in files.items()}
+        correct = {role: probe(files[role], NAMED[subset], images, labels, folds, args.cache)
+                   for role in ("s2", "landsat", "mixed")}
         rows += eurosat_rows(evaluation, correct)
         logging.info("%s: %s", evaluation, {r: round(100 * c.mean(), 1) for r, c in correct.items()})
-    if not args.skip_change:
-        grid = yaml.safe_load(args.change_config.read_text())
-        settings = {**grid["change"], "threads": args.threads}
-        counts = {role: np.stack([change_counts(path, seed, settings, args.landsat_cd, args.cache)
-                                  for seed in grid["seeds"]]) for role, path in files.items()}
-        rows += change_rows(CHANGE, counts)
+    grid = yaml.safe_load(args.change_config.read_text())
+    settings = {**grid["change"], "threads": args.threads}
+    for evaluation, dataset, sensor, root, backbones in change_evaluations(args, files):
+        counts = {role: np.stack([change_counts(path, seed, settings, root, args.cache, dataset=dataset)
+                                  for seed in grid["seeds"]]) for role, path in backbones.items()}
+        rows += change_rows(evaluation, counts, sensor=sensor)
+        logging.info("%s: %s", evaluation, {r: round(100 * float(f1(c.sum(axis=1)).mean()), 1)
+                                            for r, c in counts.items()})
     return rows
+
+
+def levir_header(args: argparse.Namespace) -> str:
+    """The LEVIR-CD protocol line of the table's header: its pairs by split and the RGB backbone."""
+    pairs = {split: change_dataset("levircd")(args.levircd, split).scenes for split in ("train", "test")}
+    natural = yaml.safe_load((args.natural.parent / "config.yaml").read_text())
+    return (f"- {LEVIR}: `{_rel(args.change_config)}` change settings and seeds, train on the "
+            f"{len(pairs['train'])} `train_*` pairs of `{_rel(args.levircd)}`, test on its "
+            f"{len(pairs['test'])} labelled `test_*` pairs (dataset card; whole 256-px pairs, sliding "
+            "windows), spectral backbones loaded on R G B by wavelength; per-sensor backbone for RGB: the "
+            f"natural-image MAE ({natural['model']['patch_embed']} patch embedding, "
+            f"{natural['trainer']['max_steps']:,} steps of batch {natural['data']['batch_size']} on "
+            f"`{'`, `'.join(natural['data']['stores'])}`); 95 % CI by bootstrap over seeds and {TILE}-px "
+            "test tiles, differences paired on the same draws")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     given = sys.argv[1:] if argv is None else argv
-    files = {"s2": args.s2, "landsat": args.landsat, "mixed": args.mixed}
+    files = backbone_files(args)
     rows = measure(args, files)
     dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/any_sensor.py " + shlex.join(given)
@@ -295,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             "Taizhou (whole scene, sliding windows, each backbone loaded on the TM bands by wavelength); "
             f"95 % CI by bootstrap over seeds and {TILE}-px test tiles, differences paired on the same "
             "draws"]),
+        *([levir_header(args)] if "natural" in files else []),
         *[f"- {n}" for n in args.note],
         "- a difference is called only when its interval excludes 0", "", *lines, "", *sentences, ""])
     args.out.mkdir(parents=True, exist_ok=True)

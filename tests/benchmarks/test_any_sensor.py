@@ -1,4 +1,4 @@
-"""benchmarks/any_sensor.py: tile counts, the paired rows of both evaluations, the table and the CSV."""
+"""benchmarks/any_sensor.py: tile counts, the paired rows of every evaluation, the table and the CSV."""
 
 from __future__ import annotations
 
@@ -61,3 +61,40 @@ def test_table_marks_the_per_sensor_backbone_and_says_no_clear_difference(tmp_pa
     assert lines_csv[0]["backbone_file"] == "a.safetensors" and lines_csv[0]["commit"] == "abc"
     assert float(lines_csv[3]["mixed_minus_this"]) == round(float(better.mean() - base.mean()), 4)
     assert lines_csv[2]["verdict"] == "" and lines_csv[3]["verdict"].startswith("mixed S2 + Landsat")
+
+
+def test_levir_rows_pair_the_mixed_backbone_with_the_natural_mae_as_rgb_per_sensor(tmp_path: Path) -> None:
+    gen = np.random.default_rng(3)
+    base = gen.integers(0, 20, size=(3, 14, 3))
+    counts = {"s2": base, "landsat": base, "natural": base.copy(), "mixed": base}
+    counts["natural"][..., 2] += 40  # misses every change: clearly below the mixed backbone
+    rows = anysensor.change_rows("LEVIR", counts, sensor="rgb", resamples=1000)
+    assert [r.backbone for r in rows] == ["s2", "landsat", "natural", "mixed"]
+    assert [r.per_sensor for r in rows] == [False, False, True, False]
+    lines, sentences = anysensor.table(rows)
+    assert "natural-image MAE (Tiny-ImageNet) (per-sensor)" in lines[4] and "(per-sensor)" not in lines[2]
+    assert sentences[0].startswith("- LEVIR, against another sensor's backbone: No clear difference")
+    assert sentences[2].startswith("- LEVIR, against the per-sensor backbone: mixed S2 + Landsat (1:1) is "
+                                   "higher than natural-image MAE")
+    assert "14 test tiles x 3 seeds" in sentences[2]
+    anysensor.write_csv(tmp_path / "t.csv", rows, {}, {"commit": "abc"})
+    with (tmp_path / "t.csv").open() as fh:
+        assert [(r["data_sensor"], r["per_sensor"]) for r in csv.DictReader(fh)] == [
+            ("rgb", "0"), ("rgb", "0"), ("rgb", "1"), ("rgb", "0")]
+
+
+def test_the_natural_mae_is_loaded_only_for_levir() -> None:
+    args = anysensor.parse_args([])
+    files = anysensor.backbone_files(args)
+    assert list(files) == ["s2", "landsat", "natural", "mixed"]
+    evaluations = anysensor.change_evaluations(args, files)
+    assert [(e[0], e[1], e[2], list(e[4])) for e in evaluations] == [
+        (anysensor.CHANGE, "landsat", "landsat", ["s2", "landsat", "mixed"]),
+        (anysensor.LEVIR, "levircd", "rgb", ["s2", "landsat", "natural", "mixed"])]
+    assert evaluations[1][4]["natural"].parts[-3:] == ("budget", "natural_1x", "backbone.safetensors")
+    for flags in (["--skip-levir"], ["--skip-change"]):
+        args = anysensor.parse_args(flags)
+        files = anysensor.backbone_files(args)
+        assert "natural" not in files
+        assert [e[0] for e in anysensor.change_evaluations(args, files)] == (
+            [anysensor.CHANGE] if flags == ["--skip-levir"] else [])
