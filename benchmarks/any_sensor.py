@@ -1,9 +1,12 @@
 """Any-sensor vs per-sensor backbones (issue 24): does one spectral MAE match one backbone per sensor?
 
-Three spectral ViT-Tiny/8 MAE backbones of the bench recipe at equal budget (1,500 steps of batch 32):
+Four spectral ViT-Tiny/8 MAE backbones of the bench recipe at equal budget (1,500 steps of batch 32):
 ``--s2`` pretrained on the Sentinel-2 L1C store only, ``--landsat`` on the Landsat-8 OLI store only,
-``--mixed`` one run over both stores (``data.mix`` 1:1: half of its batches from each store). Each is
-scored on each sensor's data, paired on the same units:
+``--mixed`` one run over both stores (``data.mix`` 1:1: half of its batches from each store) and
+``--mixed4`` one run over four stores (S2 L1C, Landsat OLI, Landsat TM of the change data's training
+city Nanjing only, Tiny-ImageNet RGB; ``data.mix`` 1:1:1:1). Each is scored on each sensor's data,
+paired on the same units (``mixed`` against every other backbone, ``mixed4`` against the evaluation's
+per-sensor backbone and against ``mixed``):
 
 - EuroSAT (Sentinel-2): the stratified 5-fold frozen linear probe of ``missing_bands.py`` (its
   ``probe``: same folds, probe settings, per-image 0/1) on all 13 bands and on the Landsat-OLI-like
@@ -37,8 +40,6 @@ import argparse
 import csv
 import dataclasses
 import datetime
-import hashlib
-import json
 import logging
 import os
 import shlex
@@ -48,35 +49,34 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from any_sensor_change import TILE, change_counts, f1, tile_counts  # noqa: F401 (tile_counts: tests)
 from budget_curve import load_images
 from missing_bands import CONFIG, NAMED, probe
 from provenance import git_commit
 
-from rsmae.evaluation.change import ChangeConfig, evaluate_change, predict_scene
 from rsmae.evaluation.change_config import change_dataset
 from rsmae.evaluation.folds import stratified_kfold
 from rsmae.evaluation.speed import cpu_name
-from rsmae.models.registry import sha256_file
 from rsmae.stats import PairedDifference, bootstrap_interval, paired_bootstrap, verdict
-from rsmae.tasks.change import load_change_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-MEASURED = ("rsmae/evaluation", "rsmae/models", "benchmarks/any_sensor.py", "benchmarks/missing_bands.py")
+MEASURED = ("rsmae/evaluation", "rsmae/models", "benchmarks/any_sensor.py", "benchmarks/any_sensor_change.py",
+            "benchmarks/missing_bands.py")
 ROLES = {"s2": "S2 only", "landsat": "Landsat only", "natural": "natural-image MAE (Tiny-ImageNet)",
-         "mixed": "mixed S2 + Landsat (1:1)"}
+         "mixed": "mixed S2 + Landsat (1:1)", "mixed4": "mixed S2 + OLI + TM + RGB (1:1:1:1)"}
+SPECTRAL = ("s2", "landsat", "mixed", "mixed4")  # the spectral backbones: scored on every evaluation
 MATCHED = {"s2": "s2", "landsat": "landsat", "rgb": "natural"}  # data's sensor -> per-sensor backbone
 EUROSAT = {"EuroSAT, all 13 bands": "all 13 bands",
            "EuroSAT, Landsat-OLI-like (B01 B02 B03 B04 B8A B11 B12)":
                "Landsat-OLI-like (B01 B02 B03 B04 B8A B11 B12)"}
 CHANGE = "Landsat CD, TM B1-B5 B7, frozen (F1 of change)"
 LEVIR = "LEVIR-CD samples, RGB 0.5 m, frozen (F1 of change)"
-TILE = 64  # test tiles of the change bootstrap: the evaluation window
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One backbone on one evaluation: its score, interval and ``mixed - this backbone`` (paired)."""
+    """One backbone on one evaluation: score, interval, ``mixed - this`` and ``mixed4 - this`` (paired)."""
 
     evaluation: str
     sensor: str  # the data's sensor, a key of MATCHED
@@ -85,7 +85,13 @@ class Row:
     low: float
     high: float
     units: str
-    diff: PairedDifference | None  # mixed minus this backbone; None on the mixed row
+    diff: PairedDifference | None  # mixed minus this backbone; None on the mixed and mixed4 rows
+    diff4: PairedDifference | None = None  # mixed4 minus this: on the per-sensor and the mixed rows
+
+    @property
+    def against4(self) -> bool:
+        """Whether the 4-store backbone is paired against this one: the per-sensor or the 2-store mixed."""
+        return self.per_sensor or self.backbone == "mixed"
 
     @property
     def per_sensor(self) -> bool:
@@ -93,24 +99,9 @@ class Row:
         return MATCHED[self.sensor] == self.backbone
 
 
-def f1(counts: np.ndarray) -> np.ndarray:
-    """F1 of the change class from ``(..., 3)`` TP / FP / FN counts (0 where nothing is called or true)."""
-    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-    den = 2 * tp + fp + fn
-    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0)
-
-
-def tile_counts(changed: np.ndarray, mask: np.ndarray, tile: int, ignore_index: int) -> np.ndarray:
-    """TP / FP / FN of the labelled pixels of each ``tile``-px tile of a scene, ``(tiles, 3)``."""
-    out = []
-    for r in range(0, mask.shape[0], tile):
-        for c in range(0, mask.shape[1], tile):
-            m, p = mask[r:r + tile, c:c + tile], changed[r:r + tile, c:c + tile]
-            valid = m != ignore_index
-            truth, called = (m == 1) & valid, p & valid
-            out.append([int((truth & called).sum()), int((~truth & called).sum()),
-                        int((truth & ~called).sum())])
-    return np.array(out, dtype=np.int64)
+def _pairs4(role: str, sensor: str, scored: dict) -> bool:
+    """Whether ``mixed4`` is scored and paired against ``role`` on ``sensor``'s data (see Row.against4)."""
+    return "mixed4" in scored and role in (MATCHED[sensor], "mixed")
 
 
 def eurosat_rows(evaluation: str, correct: dict[str, np.ndarray]) -> list[Row]:
@@ -118,8 +109,9 @@ def eurosat_rows(evaluation: str, correct: dict[str, np.ndarray]) -> list[Row]:
     rows = []
     for role, c in correct.items():
         low, high = bootstrap_interval(c)
-        diff = None if role == "mixed" else paired_bootstrap(correct["mixed"], c)
-        rows.append(Row(evaluation, "s2", role, float(c.mean()), low, high, "images", diff))
+        diff = None if role in ("mixed", "mixed4") else paired_bootstrap(correct["mixed"], c)
+        diff4 = paired_bootstrap(correct["mixed4"], c) if _pairs4(role, "s2", correct) else None
+        rows.append(Row(evaluation, "s2", role, float(c.mean()), low, high, "images", diff, diff4))
     return rows
 
 
@@ -140,15 +132,17 @@ def change_rows(evaluation: str, counts: dict[str, np.ndarray], *, sensor: str =
         draws[role] = np.take_along_axis(per_seed, picks, axis=1).mean(axis=1)
         score[role] = float(f1(c.sum(axis=1)).mean())
     units = f"test tiles x {seeds} seeds"
+
+    def paired(a: str, b: str) -> PairedDifference:
+        low, high = np.percentile(draws[a] - draws[b], [2.5, 97.5])
+        return PairedDifference(score[a] - score[b], float(low), float(high), tiles, 0.95, resamples)
+
     rows = []
     for role in counts:
         low, high = np.percentile(draws[role], [2.5, 97.5])
-        diff = None
-        if role != "mixed":
-            dlow, dhigh = np.percentile(draws["mixed"] - draws[role], [2.5, 97.5])
-            diff = PairedDifference(score["mixed"] - score[role], float(dlow), float(dhigh), tiles, 0.95,
-                                    resamples)
-        rows.append(Row(evaluation, sensor, role, score[role], float(low), float(high), units, diff))
+        diff = None if role in ("mixed", "mixed4") else paired("mixed", role)
+        diff4 = paired("mixed4", role) if _pairs4(role, sensor, counts) else None
+        rows.append(Row(evaluation, sensor, role, score[role], float(low), float(high), units, diff, diff4))
     return rows
 
 
@@ -157,18 +151,22 @@ def _ci(value: float, low: float, high: float, sign: str = "") -> str:
 
 
 def table(rows: list[Row]) -> tuple[list[str], list[str]]:
-    """Markdown table lines and one verdict per evaluation and per-sensor backbone (mixed − it)."""
-    lines = ["| evaluation | backbone | score % [95 % CI] | mixed − this backbone [paired 95 % CI] |",
-             "|---|---|---|---|"]
+    """Markdown table lines and one verdict per paired difference (mixed − it, then mixed4 − it)."""
+    lines = ["| evaluation | backbone | score % [95 % CI] | mixed − this backbone [paired 95 % CI] "
+             "| 4-store mixed − this backbone [paired 95 % CI] |", "|---|---|---|---|---|"]
     sentences = []
     for r in rows:
         name = ROLES[r.backbone] + (" (per-sensor)" if r.per_sensor else "")
-        diff = "" if r.diff is None else _ci(r.diff.difference, r.diff.low, r.diff.high, "+")
-        lines.append(f"| {r.evaluation} | {name} | {_ci(r.score, r.low, r.high)} | {diff} |")
+        diffs = ["" if d is None else _ci(d.difference, d.low, d.high, "+") for d in (r.diff, r.diff4)]
+        lines.append(f"| {r.evaluation} | {name} | {_ci(r.score, r.low, r.high)} | {' | '.join(diffs)} |")
         if r.diff is not None:
             tag = "the per-sensor backbone" if r.per_sensor else "another sensor's backbone"
             sentences.append(f"- {r.evaluation}, against {tag}: "
                              + verdict(ROLES["mixed"], ROLES[r.backbone], r.diff, units=r.units))
+        if r.diff4 is not None:
+            tag = "the per-sensor backbone" if r.per_sensor else "the 2-store mixed backbone"
+            sentences.append(f"- {r.evaluation}, 4-store mixed against {tag}: "
+                             + verdict(ROLES["mixed4"], ROLES[r.backbone], r.diff4, units=r.units))
     return lines, sentences
 
 
@@ -178,14 +176,17 @@ def write_csv(path: Path, rows: list[Row], files: dict[str, str], provenance: di
         writer = csv.writer(fh)
         writer.writerow(["evaluation", "data_sensor", "backbone", "backbone_file", "per_sensor", "score",
                          "low", "high", "mixed_minus_this", "diff_low", "diff_high", "units", "verdict",
-                         *provenance])
+                         "mixed4_minus_this", "diff4_low", "diff4_high", "verdict4", *provenance])
         for r in rows:
-            d = r.diff
-            said = "" if d is None else verdict(ROLES["mixed"], ROLES[r.backbone], d, units=r.units)
-            diff = ["", "", ""] if d is None else [f"{d.difference:.4f}", f"{d.low:.4f}", f"{d.high:.4f}"]
+            paired = []
+            for d, who in ((r.diff, "mixed"), (r.diff4, "mixed4")):
+                said = "" if d is None else verdict(ROLES[who], ROLES[r.backbone], d, units=r.units)
+                diff = ["", "", ""] if d is None else [f"{d.difference:.4f}", f"{d.low:.4f}", f"{d.high:.4f}"]
+                paired.append((diff, said))
+            (diff, said), (diff4, said4) = paired
             writer.writerow([r.evaluation, r.sensor, ROLES[r.backbone], files.get(r.backbone, ""),
                              int(r.per_sensor), f"{r.score:.4f}", f"{r.low:.4f}", f"{r.high:.4f}",
-                             *diff, r.units, said, *provenance.values()])
+                             *diff, r.units, said, *diff4, said4, *provenance.values()])
 
 
 def pretrain_speed(backbone: Path) -> str:
@@ -208,45 +209,6 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def change_counts(path: Path, seed: int, settings: dict, root: Path, cache: Path, *,
-                  dataset: str = "landsat") -> np.ndarray:
-    """Tile TP / FP / FN ``(tiles, 3)`` of one frozen change cell of ``path`` on ``dataset`` (cached).
-
-    A cell trained earlier (its ``metrics.json`` and model in the cell folder) is rescored only. The
-    key holds the data's ``root``, not ``dataset``, so the Landsat cells keep their earlier keys.
-    """
-    key = _key(sha256_file(path), seed, settings, TILE, str(root))
-    hit, out = cache / f"cd_{key}.json", cache / f"cd_{key}"
-    if hit.is_file():
-        return np.array(json.loads(hit.read_text())["tiles"])
-    if (out / "metrics.json").is_file() and (out / "change_model.safetensors").is_file():
-        result = json.loads((out / "metrics.json").read_text())
-    else:
-        result = evaluate_change(path, "frozen", test_root=root, dataset=dataset, seed=seed, out_dir=out,
-                                 maps=False, **settings)
-    task, extra = load_change_model(out / "change_model.safetensors")
-    cfg = ChangeConfig.from_kwargs(**settings)
-    test = change_dataset(dataset)(root, "test", bands=result["bands"])
-    counts = []
-    for scene in test.scenes:
-        scene = scene.match_dates() if extra.get("match_dates") else scene
-        probs = predict_scene(task, scene, overlap=cfg.overlap, window_batch=cfg.window_batch,
-                              blend=cfg.blend, precision=result["compute_precision"])
-        counts.append(tile_counts(probs.numpy() > result["threshold"], scene.mask, TILE, test.ignore_index))
-    tiles = np.concatenate(counts)
-    pooled = float(f1(tiles.sum(axis=0)))
-    if abs(pooled - result["f1"]) > 2e-3:
-        raise RuntimeError(f"{path} seed {seed}: tile counts give F1 {pooled:.4f}, the evaluation "
-                           f"{result['f1']:.4f}; the rescoring does not match evaluate_change")
-    hit.write_text(json.dumps({"tiles": tiles.tolist(), "f1": result["f1"], "threshold": result["threshold"],
-                               "val_f1": result["val_f1"], "seed": seed, "backbone": str(path)}))
-    return tiles
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -254,6 +216,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--s2", type=Path, default=runs / "budget/spectral_1x/backbone.safetensors")
     parser.add_argument("--landsat", type=Path, default=runs / "anysensor/landsat_1x/backbone.safetensors")
     parser.add_argument("--mixed", type=Path, default=runs / "anysensor/mixed_1x/backbone.safetensors")
+    parser.add_argument("--mixed4", type=Path, default=runs / "anysensor/mixed4_1x/backbone.safetensors",
+                        help="one spectral MAE over S2, Landsat OLI, Landsat TM (Nanjing) and RGB stores")
     parser.add_argument("--natural", type=Path, default=runs / "budget/natural_1x/backbone.safetensors",
                         help="the per-sensor backbone of RGB (LEVIR-CD): natural-image MAE at equal budget")
     parser.add_argument("--eurosat", type=Path, default=DATA / "eurosat_ms_subset")
@@ -273,14 +237,14 @@ def backbone_files(args: argparse.Namespace) -> dict[str, Path]:
     """The backbones by role; the natural-image MAE only when LEVIR-CD is scored (its only evaluation)."""
     levir = not (args.skip_change or args.skip_levir)
     return {"s2": args.s2, "landsat": args.landsat, **({"natural": args.natural} if levir else {}),
-            "mixed": args.mixed}
+            "mixed": args.mixed, "mixed4": args.mixed4}
 
 
 def change_evaluations(args: argparse.Namespace, files: dict[str, Path]) -> list[tuple]:
     """``(name, dataset, data sensor, root, backbones)`` of each change evaluation to run."""
     if args.skip_change:
         return []
-    spectral = {r: files[r] for r in ("s2", "landsat", "mixed")}
+    spectral = {r: files[r] for r in SPECTRAL}
     levir = [(LEVIR, "levircd", "rgb", args.levircd, files)] if "natural" in files else []
     return [(CHANGE, "landsat", "landsat", args.landsat_cd, spectral), *levir]
 
@@ -292,7 +256,7 @@ def measure(args: argparse.Namespace, files: dict[str, Path]) -> list[Row]:
     rows = []
     for evaluation, subset in EUROSAT.items():
         correct = {role: probe(files[role], NAMED[subset], images, labels, folds, args.cache)
-                   for role in ("s2", "landsat", "mixed")}
+                   for role in SPECTRAL}
         rows += eurosat_rows(evaluation, correct)
         logging.info("%s: %s", evaluation, {r: round(100 * c.mean(), 1) for r, c in correct.items()})
     grid = yaml.safe_load(args.change_config.read_text())
@@ -335,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                   "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
     lines, sentences = table(rows)
     text = "\n".join([
-        "# Any sensor: one spectral MAE over Sentinel-2 + Landsat vs one per sensor, equal budget", "",
+        "# Any sensor: one spectral MAE over several sensors' stores vs one per sensor, equal budget", "",
         *[f"- {k}: {v if k != 'command' else f'`{v}`'}" for k, v in provenance.items()],
         *[f"- {ROLES[r]}: `{_rel(p)}`; pretraining {pretrain_speed(p)}" for r, p in files.items()],
         "- EuroSAT: all 270 labelled images, stratified 5-fold CV (fold seed 0), frozen linear probe on the "

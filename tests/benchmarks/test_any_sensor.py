@@ -86,11 +86,12 @@ def test_levir_rows_pair_the_mixed_backbone_with_the_natural_mae_as_rgb_per_sens
 def test_the_natural_mae_is_loaded_only_for_levir() -> None:
     args = anysensor.parse_args([])
     files = anysensor.backbone_files(args)
-    assert list(files) == ["s2", "landsat", "natural", "mixed"]
+    assert list(files) == ["s2", "landsat", "natural", "mixed", "mixed4"]
     evaluations = anysensor.change_evaluations(args, files)
     assert [(e[0], e[1], e[2], list(e[4])) for e in evaluations] == [
-        (anysensor.CHANGE, "landsat", "landsat", ["s2", "landsat", "mixed"]),
-        (anysensor.LEVIR, "levircd", "rgb", ["s2", "landsat", "natural", "mixed"])]
+        (anysensor.CHANGE, "landsat", "landsat", ["s2", "landsat", "mixed", "mixed4"]),
+        (anysensor.LEVIR, "levircd", "rgb", ["s2", "landsat", "natural", "mixed", "mixed4"])]
+    assert files["mixed4"].parts[-3:] == ("anysensor", "mixed4_1x", "backbone.safetensors")
     assert evaluations[1][4]["natural"].parts[-3:] == ("budget", "natural_1x", "backbone.safetensors")
     for flags in (["--skip-levir"], ["--skip-change"]):
         args = anysensor.parse_args(flags)
@@ -98,3 +99,44 @@ def test_the_natural_mae_is_loaded_only_for_levir() -> None:
         assert "natural" not in files
         assert [e[0] for e in anysensor.change_evaluations(args, files)] == (
             [anysensor.CHANGE] if flags == ["--skip-levir"] else [])
+
+
+def test_the_4_store_backbone_is_paired_with_the_per_sensor_and_the_2_store_mixed(tmp_path: Path) -> None:
+    gen = np.random.default_rng(4)
+    base = (gen.random(80) > 0.5).astype(float)
+    better = base.copy()
+    better[base == 0] = 1.0
+    three = {"s2": base, "landsat": 1 - base, "mixed": base}
+    before = anysensor.eurosat_rows("EuroSAT", three)
+    rows = anysensor.eurosat_rows("EuroSAT", {**three, "mixed4": better})
+    assert [r.diff for r in rows[:3]] == [r.diff for r in before]  # the 2-store column is unchanged
+    assert rows[3].backbone == "mixed4" and rows[3].diff is None is rows[3].diff4
+    assert rows[1].diff4 is None and rows[0].diff4.low > 0  # against S2 only (per-sensor), not Landsat
+    assert rows[2].diff4 == rows[0].diff4  # mixed scores as S2 only here
+    assert np.isclose(rows[0].diff4.difference, better.mean() - base.mean())
+    counts = gen.integers(0, 20, size=(3, 10, 3))
+    plus = {"s2": counts, "landsat": counts, "natural": counts, "mixed": counts, "mixed4": counts.copy()}
+    plus["mixed4"][..., 0] += 30
+    change = anysensor.change_rows("LEVIR", plus, sensor="rgb", resamples=1000)
+    old = anysensor.change_rows("LEVIR", {r: plus[r] for r in list(plus)[:4]}, sensor="rgb", resamples=1000)
+    assert [(r.low, r.high, r.diff) for r in change[:4]] == [(r.low, r.high, r.diff) for r in old]
+    assert [r.backbone for r in change if r.diff4 is not None] == ["natural", "mixed"]
+    assert all(r.diff4.low > 0 for r in change if r.diff4 is not None)
+    lines, sentences = anysensor.table(rows + change)
+    assert lines[0].count("|") == 6 and all(line.count("|") == 6 for line in lines)
+    assert lines[5].endswith("|  |  |") and "(per-sensor)" in lines[2]  # the mixed4 row: no pair
+    said4 = [s for s in sentences if "4-store mixed against" in s]
+    assert [s.split(": ")[0] for s in said4] == [
+        "- EuroSAT, 4-store mixed against the per-sensor backbone",
+        "- EuroSAT, 4-store mixed against the 2-store mixed backbone",
+        "- LEVIR, 4-store mixed against the per-sensor backbone",
+        "- LEVIR, 4-store mixed against the 2-store mixed backbone"]
+    assert said4[2].split(": ")[1].startswith("mixed S2 + OLI + TM + RGB (1:1:1:1) is higher than natural")
+    anysensor.write_csv(tmp_path / "t.csv", rows, {"mixed4": "m4.safetensors"}, {"commit": "abc"})
+    with (tmp_path / "t.csv").open() as fh:
+        got = list(csv.DictReader(fh))
+    assert [r["mixed4_minus_this"] != "" for r in got] == [True, False, True, False]
+    assert [r["mixed_minus_this"] != "" for r in got] == [True, True, False, False]
+    assert got[3]["backbone_file"] == "m4.safetensors" and got[3]["verdict4"] == ""
+    assert got[2]["verdict4"].startswith("mixed S2 + OLI + TM + RGB (1:1:1:1) is higher than mixed S2 + L")
+    assert float(got[0]["mixed4_minus_this"]) == round(float(better.mean() - base.mean()), 4)
