@@ -45,7 +45,11 @@ _STALE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 # GDAL's block cache defaults to 5 % of RAM (1.2 GB on 24 GB) and keeps blocks read and written until it
 # is full: bounded during a run so its memory does not grow with the scene or depend on the machine
 RUN_CACHE_MB = 64
-COPY_CACHE_MB = 128  # the COG copy (overviews read back the full-resolution blocks)
+# The part file is striped, PART_ROWS rows per strip and band: a write of a few rows touches a few strips
+# of each band, where 256-px tiles made it touch a whole row of tiles (192 bands x 5 tiles x 256 KB =
+# 250 MB for a 20k px embedding), more than the cache, so blocks were evicted and read back per write
+PART_ROWS = 16
+COPY_CACHE_MB = 32  # the COG copy: its overview chunks grow with the cache (+80 MB at 8192² px with 128)
 
 
 @contextmanager
@@ -85,11 +89,10 @@ class RasterSink:
 
     def __enter__(self) -> RasterSink:
         g = self.grid
-        block = 256 if min(g.width, g.height) >= 256 else 16 * max(1, min(g.width, g.height) // 16)
         profile = {"driver": "GTiff", "width": g.width, "height": g.height, "count": self.count,
                    "dtype": self.dtype, "nodata": self.nodata, "transform": g.affine,
-                   "crs": g.crs or None, "tiled": True, "blockxsize": max(block, 16),
-                   "blockysize": max(block, 16), "BIGTIFF": "IF_SAFER", "INTERLEAVE": "BAND"}
+                   "crs": g.crs or None, "tiled": False, "blockysize": PART_ROWS, "BIGTIFF": "IF_SAFER",
+                   "INTERLEAVE": "BAND"}
         self._ds = rasterio.open(self.part, "w", **profile)
         for i, text in enumerate(self.descriptions[:self.count], start=1):
             self._ds.set_band_description(i, text)
