@@ -125,7 +125,8 @@ def true_colour(read: Read, height: int, width: int, *, max_side: int = 1024,
         ``(h, w, 3)`` uint8 (nodata black) and the ``(h, w)`` nodata mask.
     """
     step = _step(height, width, max_side)
-    parts = [read(r, 0, n, width)[:, ::step, ::step] for r, n in _blocks(height, step, rows)]
+    # copies: a strided view would keep each full-resolution block alive until the concatenation
+    parts = [read(r, 0, n, width)[:, ::step, ::step].copy() for r, n in _blocks(height, step, rows)]
     return _stretch(np.concatenate(parts, axis=1) if parts else np.full((3, 1, 1), np.nan))
 
 

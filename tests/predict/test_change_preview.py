@@ -113,3 +113,20 @@ def test_a_model_trained_on_matched_dates_gets_date_2_matched_to_date_1(tmp_path
 
     exported = export_onnx(load_change_predictor(matched), tmp_path / "matched.onnx")  # carries it too
     assert np.abs(prob(exported, dark, "onnx") - same).max() < unmatched / 20
+
+
+def test_true_colour_keeps_no_full_resolution_block_once_sampled() -> None:
+    import weakref
+
+    blocks: list[weakref.ref] = []
+    alive: list[int] = []
+
+    def read(row: int, col: int, height: int, width: int) -> np.ndarray:
+        alive.append(sum(ref() is not None for ref in blocks))  # earlier blocks still held
+        block = np.full((3, height, width), float(row), np.float32)
+        blocks.append(weakref.ref(block))
+        return block
+
+    rgb, blank = true_colour(read, 64, 40, max_side=8, rows=8)
+    assert len(blocks) == 8 and max(alive) == 0
+    assert rgb.shape == (8, 5, 3) and not blank.any()
