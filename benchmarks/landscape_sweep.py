@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from provenance import git_commit
 
 from rsmae.errors import RsmaeError
 from rsmae.evaluation.speed import cpu_name
@@ -56,6 +57,8 @@ from rsmae.experiments.sweep import (
 from rsmae.landscape.equal_loss import Snapshot
 from rsmae.landscape.report import table_rows
 from rsmae.landscape.study import StudyResult
+
+MEASURED = ("rsmae/landscape", "rsmae/experiments/sweep.py", "rsmae/tasks", "benchmarks/landscape_sweep.py")
 
 
 def _rows(runs: list[dict[str, Any]], records: list[dict[str, Any]], result: StudyResult,
@@ -140,7 +143,7 @@ def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Pa
           f"- machine: {cpu_name()}, {os.cpu_count()} cores; this run {seconds / 60:.1f} min (finished "
           "pretrainings and landscape measures are reused; each pretraining's minutes are in the table, "
           f"threads: {cfg.get('threads') or 'default'}); command `python "
-          f"benchmarks/landscape_sweep.py --config {config_path}`",
+          f"benchmarks/landscape_sweep.py --config {config_path}`; commit {git_commit(MEASURED)}",
           f"- every run: MAE, recipe `{cfg['pretrain_config']}`, {cfg['samples']} training samples on "
           f"`{cfg['store']}` (no evaluation image), lr = base_lr x batch / 256, warmup "
           f"{cfg['warmup_fraction']:.0%} of the steps, cosine; batches above {cfg['micro_batch']} "

@@ -66,6 +66,7 @@ from rsmae.landscape.plots import (
 from rsmae.landscape.report import Measures, sharpness, write_tables
 from rsmae.landscape.surface import MapFn, compute_surface, dask_map, grid, interpolate_models, process_map
 from rsmae.progress import Progress
+from rsmae.provenance import command_line, git_commit
 
 __all__ = ["StudyResult", "run_study"]
 
@@ -294,6 +295,7 @@ def _header(cfg: LandscapeConfig, seconds: float, threads: int) -> str:
         f"{cfg.noise.sigmas}, {cfg.noise.draws} draws",
         f"- machine: {cpu}, torch threads: {threads}, torch {torch.__version__}; "
         f"wall time {seconds / 60:.1f} min",
+        f"- command: `{command_line()}`; commit {git_commit(('rsmae',))}",
     ])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 LAYERS = [  # lowest first
-    ["errors", "files", "bands", "band_match", "stats", "parallel", "progress"],
+    ["errors", "files", "bands", "band_match", "stats", "parallel", "progress", "provenance"],
     ["store"],
     ["tiling"],
     ["data", "augment"],

@@ -122,6 +122,7 @@ def test_rows_aggregate_seeds_and_write_both_tables(tmp_path: Path) -> None:
     bench.write(cfg, [row], result, tmp_path / "res", 1.0, "sweep.yaml", [equal])
     md = (tmp_path / "res" / "landscape_sweep.md").read_text()
     assert "## At equal training loss" in md and "| 8 16 | 0.7000 |" in md and "nearest 0.7000" in md
+    assert f"; commit {bench.git_commit(bench.MEASURED)}" in md
     assert (tmp_path / "res" / "landscape_sweep_equal_loss.csv").is_file()
     bench.write(cfg, [row], result, tmp_path / "res", 1.0, "sweep.yaml")
     md = (tmp_path / "res" / "landscape_sweep.md").read_text()

@@ -23,6 +23,7 @@ from rsmae.landscape.plots import plot_comparison, plot_slices
 from rsmae.landscape.report import Measures, sharpness, summarise, table_rows
 from rsmae.landscape.study import run_study
 from rsmae.models import save_backbone
+from rsmae.provenance import git_commit
 from rsmae.tasks import PretrainTask
 from rsmae.tasks.finetune import PooledHead
 from tests.conftest import EUROSAT, ROOT, load_script
@@ -148,6 +149,7 @@ def test_study_writes_surfaces_figures_table_and_resumes(tmp_path: Path, model_f
     assert len(csv) == 9 and csv[0].startswith("model,objective,loss,top_eigenvalue")
     table = result.table.read_text()
     assert "| RC-MAE | pretrain |" in table and "## Summary" in table
+    assert f"; commit {git_commit(('rsmae',))}" in table and "- command: `" in table  # provenance
     assert "| MAE -> RC-MAE / recon |" in table  # the straight line's barrier row
     assert sum(s.startswith("On the probe loss") for s in result.summary) == 3  # every pair of 3 models
     record = json.loads((result.out / "results.json").read_text())
