@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from any_sensor_change import TILE, change_counts, f1, tile_counts  # noqa: F401 (tile_counts: tests)
+from any_sensor_change import TILE, change_counts, f1
 from budget_curve import load_images
 from missing_bands import CONFIG, NAMED, probe
 from provenance import git_commit
@@ -89,18 +89,13 @@ class Row:
     diff4: PairedDifference | None = None  # mixed4 minus this: on the per-sensor and the mixed rows
 
     @property
-    def against4(self) -> bool:
-        """Whether the 4-store backbone is paired against this one: the per-sensor or the 2-store mixed."""
-        return self.per_sensor or self.backbone == "mixed"
-
-    @property
     def per_sensor(self) -> bool:
         """Whether this is the backbone pretrained on the evaluation's sensor."""
         return MATCHED[self.sensor] == self.backbone
 
 
 def _pairs4(role: str, sensor: str, scored: dict) -> bool:
-    """Whether ``mixed4`` is scored and paired against ``role`` on ``sensor``'s data (see Row.against4)."""
+    """Whether ``mixed4`` is scored and paired against ``role`` (``sensor``'s per-sensor or the mixed)."""
     return "mixed4" in scored and role in (MATCHED[sensor], "mixed")
 
 

@@ -83,13 +83,13 @@ class ProbeResult:
     inner_accuracy: float
 
 
-@torch.no_grad()
 def fold_statistics(images: Tensor, train: np.ndarray) -> tuple[Tensor, Tensor]:
     """Per-band mean and standard deviation (float64) of ``images[train]``: the one normalisation rule."""
     x = images[torch.as_tensor(train)].double()
     return x.mean((0, 2, 3)), x.std((0, 2, 3)).clamp_min(1e-6)
 
 
+@torch.no_grad()
 def encoder_features(encoder: torch.nn.Module, images: Tensor, batch_size: int = 64) -> dict[str, Tensor]:
     """``{"cls": (N, D), "mean": (N, D)}``: the cls token and the mean patch token of ``images``."""
     encoder = encoder.eval()

@@ -10,13 +10,14 @@ import numpy as np
 from tests.conftest import load_script
 
 anysensor = load_script("benchmarks/any_sensor.py")
+anysensor_change = load_script("benchmarks/any_sensor_change.py")
 
 
 def test_tile_counts_cover_the_labelled_pixels_of_the_scene_once() -> None:
     gen = np.random.default_rng(0)
     mask = gen.choice([0, 1, 255], size=(70, 50), p=[0.6, 0.1, 0.3])
     changed = gen.random((70, 50)) > 0.7
-    tiles = anysensor.tile_counts(changed, mask, 32, 255)
+    tiles = anysensor_change.tile_counts(changed, mask, 32, 255)
     assert tiles.shape == (3 * 2, 3)  # partial tiles at the right and bottom edges count too
     labelled = mask != 255
     whole = [(changed & (mask == 1)).sum(), (changed & (mask == 0)).sum(), (~changed & (mask == 1)).sum()]
