@@ -236,10 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/landscape/sweep-cpu-small.yaml")
     p.add_argument("--pretrain-only", action="store_true", help="only the pretrainings")
+    p.add_argument("--workers", type=int, help="processes of the landscape measures")
     args = p.parse_args(argv)
     log_to_stdout()
     try:
         cfg = yaml.safe_load(Path(args.config).read_text())
+        if args.workers is not None:
+            cfg.setdefault("landscape", {})["workers"] = args.workers
         paths = run_sweep(cfg, args.config, pretrain_only=args.pretrain_only)
         if args.pretrain_only:
             return 0

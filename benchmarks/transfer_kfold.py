@@ -12,8 +12,9 @@ One JSON per (backbone file, protocol, fold) cell is written atomically under ``
 file's hash, the fold's test images and the recipe): a killed run resumes, adding an init computes only
 its cells, and ``--time-limit`` stops computing new cells (the tables then say which folds are missing).
 Writes ``<name>.md`` (accuracy with 95 % bootstrap intervals over the images; paired
-differences against the random init and the spectral floor with paired-bootstrap intervals and
-McNemar's exact p; a verdict per comparison; the LR chosen per init and fold), ``<name>.csv`` (one row
+differences against the random init and the spectral floor, and between every two other inits, with
+paired-bootstrap intervals and McNemar's exact p (:mod:`kfold_report`); a verdict per comparison;
+the LR chosen per init and fold), ``<name>.csv`` (one row
 per image, init, protocol and fold, with commit, command and machine) and ``<name>.png``.
 
 Run::
@@ -36,11 +37,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from floors import load
+from kfold_report import RANDOM, SPECTRAL, Rows, correct_vector, plot, tables
 from provenance import git_commit
 
 from rsmae.datasets import EuroSAT
@@ -50,16 +50,14 @@ from rsmae.evaluation.kfold_finetune import FinetuneConfig, evaluate_fold, tuned
 from rsmae.evaluation.speed import cpu_name
 from rsmae.files import atomic_write_json, read_json
 from rsmae.models.registry import sha256_file
-from rsmae.stats import bootstrap_interval, mcnemar_exact, paired_bootstrap, verdict
 from rsmae.tasks.finetune import FinetuneTask
 from rsmae.tasks.precision import default_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ("rsmae/evaluation/kfold_finetune.py", "rsmae/tasks/finetune.py", "rsmae/evaluation/floors.py",
-            "rsmae/evaluation/folds.py", "rsmae/stats.py", "benchmarks/transfer_kfold.py")
-RANDOM, SPECTRAL = "random init", "spectral floor"
+            "rsmae/evaluation/folds.py", "rsmae/stats.py", "benchmarks/transfer_kfold.py",
+            "benchmarks/kfold_report.py")
 RECIPE = 1  # bumped when a cell's computation changes in a way its key does not show
-Rows = list[dict[str, Any]]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,145 +125,6 @@ def spectral_rows(images: torch.Tensor, labels: torch.Tensor, folds: list[Fold])
                   "correct": int(p == int(labels[i])), "lr": None, "choice": res.choice}
                  for i, p in zip(res.test.tolist(), res.predictions.tolist(), strict=True)]
     return rows
-
-
-def correct_vector(rows: Rows, n: int) -> np.ndarray:
-    """0/1 correctness of the images ``rows`` test (of ``n``) in image order: aligned across inits."""
-    out = np.full(n, np.nan)
-    for r in rows:
-        out[r["image"]] = r["correct"]
-    return out[~np.isnan(out)]
-
-
-def _acc(c: np.ndarray) -> str:
-    lo, hi = bootstrap_interval(c)
-    return f"{100 * c.mean():.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def _diff(a: np.ndarray, b: np.ndarray) -> str:
-    d, m = paired_bootstrap(a, b), mcnemar_exact(a, b)
-    return f"{100 * d.difference:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}] (p = {m.p_value:.2g})"
-
-
-def _said(a: str, b: str, ca: np.ndarray, cb: np.ndarray) -> str:
-    return verdict(a, b, paired_bootstrap(ca, cb), p_value=mcnemar_exact(ca, cb).p_value)
-
-
-def lr_choices(rows: Rows, protocol: str) -> str:
-    """The LR each fold chose, e.g. ``"0.001 0.0003 ..."`` in fold order."""
-    chosen = {r["fold"]: r["lr"] for r in rows if r["protocol"] == protocol}
-    return " ".join(f"{chosen[f]:g}" for f in sorted(chosen, key=lambda f: (len(f), f)))
-
-
-def covered(results: dict[str, Rows], protocol: str, folds: list[str]) -> list[str]:
-    """The folds (of ``folds``, in order) that every init has for ``protocol`` (a timed run may lack some)."""
-    have = [{r["fold"] for r in rows if r["protocol"] == protocol} for rows in results.values()]
-    return [f for f in folds if all(f in h for h in have)]
-
-
-def _on(rows: Rows, folds: list[str], protocol: str | None = None) -> Rows:
-    return [r for r in rows if r["fold"] in folds and protocol in (None, r["protocol"])]
-
-
-def edge_note(results: dict[str, Rows], protocol: str, folds: list[str], grid: tuple[float, ...]) -> str:
-    """A warning when cells chose the grid's largest or smallest LR (the grid may not hold the best one)."""
-    if len(grid) < 2:
-        return ""
-    chosen = list({(init, r["fold"]): r["lr"] for init, rows in results.items()
-                   for r in _on(rows, folds, protocol)}.values())
-    top, low = sum(lr == max(grid) for lr in chosen), sum(lr == min(grid) for lr in chosen)
-    if not top + low:
-        return ""
-    return (f"Chosen LR at the grid's edge in {top + low} of {len(chosen)} cells ({top} at its largest, "
-            f"{max(grid):g}; {low} at its smallest, {min(grid):g}): the grid may not hold the best LR "
-            "for this budget.")
-
-
-def tables(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: int,
-           folds: list[str], grid: tuple[float, ...] = ()) -> list[str]:
-    """Markdown tables (one per protocol) with their verdict sentences; ``results`` holds RANDOM.
-
-    A protocol is scored on the folds every init has (all of ``folds`` once every cell is computed),
-    the spectral floor on the same images; ``grid`` (the LR candidates) flags choices at its edges.
-    """
-    out = ["| floor | accuracy % [95 % CI] |", "|---|---|",
-           f"| {SPECTRAL} (every protocol's floor, all folds) | {_acc(correct_vector(spectral, n))} |", ""]
-    for protocol in protocols:
-        done = covered(results, protocol, folds)
-        out += [f"## {protocol}", ""]
-        if not done:
-            out += ["No fold is done for every init yet: rerun without `--time-limit`.", ""]
-            continue
-        spec = correct_vector(_on(spectral, done), n)
-        if len(done) < len(folds):
-            out += [f"**Partial: scored on {', '.join(done)} only ({spec.size} of {n} images); folds "
-                    f"{', '.join(f for f in folds if f not in done)} not computed yet for every init.**", ""]
-        base = correct_vector(_on(results[RANDOM], done, protocol), n)
-        out += ["| init | accuracy % [95 % CI] | − random init [95 % CI] (McNemar p) | "
-                "− spectral floor [95 % CI] (McNemar p) | LR chosen per fold |", "|---|---|---|---|---|",
-                f"| {SPECTRAL} (same images) | {_acc(spec)} | {_diff(spec, base)} | | |"]
-        sentences = []
-        for init, rows in results.items():
-            c = correct_vector(_on(rows, done, protocol), n)
-            vs_random, lrs = "" if init == RANDOM else _diff(c, base), lr_choices(_on(rows, done), protocol)
-            out.append(f"| {init} | {_acc(c)} | {vs_random} | {_diff(c, spec)} | {lrs} |")
-            if init != RANDOM:
-                sentences.append(f"- {protocol}: " + _said(init, RANDOM, c, base))
-            sentences.append(f"- {protocol}: " + _said(init, SPECTRAL, c, spec))
-        edge = edge_note(results, protocol, done, grid)
-        out += ["", *([edge, ""] if edge else []), *sentences, ""]
-    for other in protocols[1:]:
-        first = protocols[0]
-        done = [f for f in covered(results, other, folds) if f in covered(results, first, folds)]
-        if done:
-            out += [f"## {other} against {first}, per init (same {len(_on(spectral, done))} images)", "",
-                    *(f"- {init}: " + _said(other, first, correct_vector(_on(rows, done, other), n),
-                                            correct_vector(_on(rows, done, first), n))
-                      for init, rows in results.items()), ""]
-    return out
-
-
-def plot(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: int, folds: list[str],
-         path: Path) -> None:
-    """Accuracy with its 95 % interval per init, one panel per protocol, the spectral floor as a band.
-
-    Each panel shows the folds every init has for its protocol (:func:`covered`), the floor on them.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(protocols), figsize=(4.8 * len(protocols), 0.5 * len(results) + 2.2),
-                             sharey=True, squeeze=False)
-    names = list(results)
-    for ax, protocol in zip(axes[0], protocols, strict=True):
-        done = covered(results, protocol, folds)
-        ax.set_ylim(len(names) - 0.5, -0.5)  # first init on top
-        if not done:
-            ax.text(0.5, 0.5, f"{protocol}: no fold done for every init", ha="center", transform=ax.transAxes)
-            continue
-        spec = correct_vector(_on(spectral, done), n)
-        slo, shi = bootstrap_interval(spec)
-        ax.axvspan(100 * slo, 100 * shi, color="tab:red", alpha=0.12)
-        ax.axvline(100 * spec.mean(), color="tab:red", ls="--", lw=1, label=f"{SPECTRAL} (95 % CI band)")
-        for y, init in enumerate(names):
-            c = correct_vector(_on(results[init], done, protocol), n)
-            lo, hi = bootstrap_interval(c)
-            ax.errorbar(100 * c.mean(), y, xerr=[[100 * (c.mean() - lo)], [100 * (hi - c.mean())]],
-                        fmt="o", capsize=3, color="0.4" if init == RANDOM else "tab:blue")
-        ax.set_title(f"{protocol}: EuroSAT, {len(folds)}-fold CV, {spec.size} test images"
-                     + ("" if len(done) == len(folds) else f" ({len(done)} fold(s) done)"), fontsize=9)
-        ax.set_xlabel("accuracy (%), 95 % CI over the images")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_yticks(range(len(names)), names)
-    axes[0][0].set_ylabel("init")
-    for ax in axes[0]:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize=8)
-            break
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_csv(path: Path, results: dict[str, Rows], spectral: Rows, files: dict[str, str],

@@ -128,3 +128,21 @@ def test_a_time_limited_table_scores_the_folds_every_init_has() -> None:
     assert "Partial: scored on fold0 only (30 of 60 images); folds fold1 not computed" in text
     assert "half is higher than random init by 50.0 points" in text and "over 30 images" in text
     assert "## full\n\nNo fold is done for every init yet" in text
+
+
+def test_the_table_compares_every_two_pretrained_inits_on_the_same_images() -> None:
+    bench = load_script("benchmarks/transfer_kfold.py")
+    base = [1, 0] * 30
+    close = base.copy()
+    close[1] = 1
+    results = {bench.RANDOM: _rows(base), "close": _rows(close), "better": _rows([1] * 60),
+               "same": _rows(close)}
+    spectral = _rows([1, 1, 0] * 20, "spectral")
+    text = "\n".join(bench.tables(results, spectral, ["last1"], 60, ["fold0", "fold1"]))
+    assert "### last1: between the inits (3 pairs, each paired on the same 60 images" in text
+    assert "- last1: close is lower than better by 48.3 points" in text
+    assert "- last1: No clear difference between close and same: +0.0 points" in text
+    assert "between random init and" not in text.split("between the inits")[1]  # random has its own column
+    alone = {bench.RANDOM: _rows(base), "close": _rows(close)}
+    assert "between the inits" not in "\n".join(bench.tables(alone, _rows([1] * 60), ["last1"], 60,
+                                                               ["fold0", "fold1"]))
