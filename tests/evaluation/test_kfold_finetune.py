@@ -140,7 +140,8 @@ def test_the_table_compares_every_two_pretrained_inits_on_the_same_images() -> N
     spectral = _rows([1, 1, 0] * 20, "spectral")
     text = "\n".join(bench.tables(results, spectral, ["last1"], 60, ["fold0", "fold1"]))
     assert "### last1: between the inits (3 pairs, each paired on the same 60 images" in text
-    assert "- last1: close is lower than better by 48.3 points" in text
+    assert "Bonferroni: each interval at 98.3 % so that all hold together with 95 %" in text
+    assert "- last1: close is lower than better by 48.3 points (paired 98.3 % CI" in text
     assert "- last1: No clear difference between close and same: +0.0 points" in text
     assert "between random init and" not in text.split("between the inits")[1]  # random has its own column
     alone = {bench.RANDOM: _rows(base), "close": _rows(close)}
