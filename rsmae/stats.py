@@ -300,7 +300,7 @@ def verdict(name_a: str, name_b: str, diff: PairedDifference, *, scale: float = 
         McNemar p = 0.012)."`` or ``"No clear difference between A and B: +1.1 points (...)."``.
     """
     d, lo, hi = (scale * v for v in (diff.difference, diff.low, diff.high))
-    level = f"{100 * diff.confidence:g} %"
+    level = f"{100 * diff.confidence:.3g} %"
     extra = f"; {test} p = {p_value:.2g}" if p_value is not None else ""
     if diff.excludes_zero:
         word = "higher" if diff.low > 0 else "lower"
