@@ -50,7 +50,7 @@ from rsmae.evaluation.kfold_probe import PROTOCOLS, ProbeConfig, evaluate_backbo
 from rsmae.evaluation.speed import count_flops, cpu_name, matmul_peak
 from rsmae.models.registry import sha256_file
 from rsmae.models.weights import read_backbone_meta
-from rsmae.stats import bootstrap_interval, paired_bootstrap, verdict
+from rsmae.stats import bootstrap_interval, paired_bootstrap, pairwise_verdicts, verdict
 from rsmae.store import TileStore
 from rsmae.tasks import PretrainTask
 from rsmae.tasks.precision import default_precision
@@ -246,6 +246,14 @@ def tables(results: dict[tuple[str, int], list[dict[str, Any]]], floors: dict[st
         pools = "; ".join(" ".join(sorted({r["choice"].split()[0] for r in rows if r["protocol"] == p}))
                           for p in PROTOCOLS)
         lines.append(f"| {run} | {step} | {cells[0]} | {cells[1]} | {pools} |")
+    for p in PROTOCOLS:
+        ends = {run: correct_vector(results[run, step], p, n) for run, step in last.items()}
+        level, said = pairwise_verdicts(ends)
+        if said:
+            count = f"{len(said)} pair" + "s" * (len(said) > 1)
+            sentences += ["", f"Between the runs' last snapshots, {p} probe ({count}; Bonferroni: "
+                          f"each interval at {100 * level:.3g} % so that all hold together with 95 %):", "",
+                          *(f"- {p}: {t}" for t in said)]
     return lines, sentences
 
 

@@ -9,13 +9,12 @@ the other inits is compared, so the table can rank them or say that it cannot.
 
 from __future__ import annotations
 
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rsmae.stats import bootstrap_interval, mcnemar_exact, paired_bootstrap, verdict
+from rsmae.stats import bootstrap_interval, mcnemar_exact, paired_bootstrap, pairwise_verdicts, verdict
 
 RANDOM, SPECTRAL = "random init", "spectral floor"
 Rows = list[dict[str, Any]]
@@ -76,20 +75,19 @@ def edge_note(results: dict[str, Rows], protocol: str, folds: list[str], grid: t
 def pair_sentences(results: dict[str, Rows], protocol: str, done: list[str], n: int) -> list[str]:
     """Every pair of inits other than random init, paired on the images of ``done``, under one heading.
 
-    The intervals are Bonferroni-widened (each at 1 - 0.05 / pairs), so that all of them hold together
-    with 95 %: ten pairs at 95 % each would call one difference in two tables by chance alone.
+    The intervals are Bonferroni-widened (:func:`rsmae.stats.pairwise_verdicts`), so that all of them
+    hold together with 95 %.
     """
-    names = [init for init in results if init != RANDOM]
-    if len(names) < 2:
+    vec = {init: correct_vector(_on(rows, done, protocol), n)
+           for init, rows in results.items() if init != RANDOM}
+    level, said = pairwise_verdicts(vec)
+    if not said:
         return []
-    vec = {init: correct_vector(_on(results[init], done, protocol), n) for init in names}
-    pairs = list(combinations(names, 2))
-    level = 1 - 0.05 / len(pairs)
-    said = [f"- {protocol}: " + verdict(a, b, paired_bootstrap(vec[a], vec[b], confidence=level),
-                                        p_value=mcnemar_exact(vec[a], vec[b]).p_value) for a, b in pairs]
-    return [f"### {protocol}: between the inits ({len(pairs)} pairs, each paired on the same "
-            f"{vec[names[0]].size} images; Bonferroni: each interval at {100 * level:.3g} % so that all "
-            "hold together with 95 %; McNemar p unadjusted)", "", *said, ""]
+    return [f"### {protocol}: between the inits ({len(said)} pairs, each paired on the same "
+            f"{next(iter(vec.values())).size} images; Bonferroni: each interval at {100 * level:.3g} % so "
+            "that all hold together with 95 %; McNemar p unadjusted)", "",
+            *(f"- {protocol}: {t}" for t in said), ""]
+
 
 def tables(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: int,
            folds: list[str], grid: tuple[float, ...] = ()) -> list[str]:

@@ -8,7 +8,9 @@ model stack. METHOD.md, "Statistics of the tables":
   :func:`paired_bootstrap` (resample units, recompute both means, percentile interval of the
   difference), :func:`mcnemar_exact` (exact binomial test on the discordant images) and
   :func:`wilcoxon_signed_rank` (exact sign-flip distribution of the signed ranks, for per-city scores);
-- :func:`verdict`: a difference is called only when the paired interval excludes 0.
+- :func:`verdict`: a difference is called only when the paired interval excludes 0;
+  :func:`pairwise_verdicts` does it for every pair of several methods with Bonferroni-widened
+  intervals, so that all of them hold together at the family's coverage.
 
 Seeds: per-unit scores may be given as ``(seeds, units)``; they are averaged over seeds per unit
 before resampling units, so the intervals cover test-set sampling, not seed-to-seed training noise.
@@ -30,6 +32,7 @@ __all__ = [
     "bootstrap_interval",
     "mcnemar_exact",
     "paired_bootstrap",
+    "pairwise_verdicts",
     "verdict",
     "wilcoxon_signed_rank",
     "wilson_interval",
@@ -308,3 +311,29 @@ def verdict(name_a: str, name_b: str, diff: PairedDifference, *, scale: float = 
                 f"{lo:+.1f} to {hi:+.1f} over {diff.n} {units}{extra}).")
     return (f"No clear difference between {name_a} and {name_b}: {d:+.1f} {unit} (paired {level} CI "
             f"{lo:+.1f} to {hi:+.1f} over {diff.n} {units}{extra}).")
+
+
+def pairwise_verdicts(correct: dict[str, ArrayLike], *, family: float = 0.95, rng: Rng = 0
+                      ) -> tuple[float, list[str]]:
+    """A verdict for every pair of methods scored on the same images, all intervals holding together.
+
+    With m pairs each interval is at ``1 - (1 - family) / m`` (Bonferroni): ten pairs at 95 % each
+    would call a difference in one table out of two by chance alone. McNemar's exact p (unadjusted)
+    is quoted beside each interval; it does not decide.
+
+    Args:
+        correct: ``name -> 0/1`` correctness per image, aligned across the methods (insertion order
+            gives the pairs' order, A minus B).
+        family: Coverage of all the intervals together.
+        rng: Seed or generator of the bootstrap.
+
+    Returns:
+        The per-interval coverage and one sentence per pair (none for fewer than two methods).
+    """
+    names = list(correct)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    if not pairs:
+        return family, []
+    level = 1 - (1 - family) / len(pairs)
+    return level, [verdict(a, b, paired_bootstrap(correct[a], correct[b], confidence=level, rng=rng),
+                           p_value=mcnemar_exact(correct[a], correct[b]).p_value) for a, b in pairs]

@@ -47,3 +47,5 @@ def test_tables_call_a_difference_only_outside_the_interval() -> None:
     text = "\n".join(sentences)
     assert "No clear difference between same and random init" in text
     assert "better is higher than random init by 40.0 points" in text
+    assert "Between the runs' last snapshots, linear probe (1 pair; Bonferroni: each interval at 95 %" in text
+    assert "- knn: same is lower than better by 40.0 points (paired 95 % CI" in text

@@ -16,6 +16,7 @@ from rsmae.stats import (
     bootstrap_interval,
     mcnemar_exact,
     paired_bootstrap,
+    pairwise_verdicts,
     verdict,
     wilcoxon_signed_rank,
     wilson_interval,
@@ -144,3 +145,15 @@ def test_verdict_decides_on_the_interval_only() -> None:
                    test="Wilcoxon", p_value=0.02) == (
         "MAE is lower than random by 12.0 F1 points (paired 95 % CI -20.0 to -4.0 over 10 cities; "
         "Wilcoxon p = 0.02).")
+
+
+def test_pairwise_verdicts_widen_every_interval_for_the_number_of_pairs() -> None:
+    a, b = _table(only_a=16, only_b=5, both=100, neither=60)  # A ahead by 11 images of 181
+    alone = paired_bootstrap(a, b)
+    assert alone.excludes_zero  # called at 95 % as one comparison
+    level, said = pairwise_verdicts({"A": a, "B": b, "C": b.copy(), "D": b.copy(), "E": b.copy()})
+    assert level == pytest.approx(0.995) and len(said) == 10  # 10 pairs, each at 99.5 %
+    assert said[0].startswith("No clear difference between A and B: +6.1 points (paired 99.5 % CI")
+    assert said[0].endswith(f"McNemar p = {mcnemar_exact(a, b).p_value:.2g}).")
+    assert "between B and C: +0.0 points" in said[4]
+    assert pairwise_verdicts({"A": a}) == (0.95, [])
