@@ -5,13 +5,14 @@ Each ``--run NAME=DIR`` is a pretraining folder (``pipelines/pretrain.py`` with
 along training and ``backbone.safetensors`` at its end). Every snapshot is probed frozen on all
 labelled EuroSAT images by stratified 5-fold CV (:mod:`rsmae.evaluation.kfold_probe`: linear and
 k-NN, pooling and settings chosen inside the training fold, one normalisation rule for every init:
-the training fold's band statistics), next to the floors on the same folds: the spectral signature
-(:mod:`rsmae.evaluation.floors`) and the random-init ViT (``--random``, the pretrainings' step 0).
+the training fold's band statistics), next to the floors on the same folds: the spectral signature and
+random convolutional features (:mod:`rsmae.evaluation.floors`) and the random-init ViT (``--random``,
+the pretrainings' step 0).
 ``--evaluation train`` scores on the folders' training split only (5-fold CV inside it): the
 split on which recipes are chosen, so the test split stays untouched by the choice.
 
 Writes ``budget.md`` (accuracy with 95 % intervals over the images, paired differences against the
-random init and the spectral floor), ``budget.csv`` (one row per image, snapshot and protocol, with
+random init and the spectral and RCF floors), ``budget.csv`` (one row per image, snapshot and protocol, with
 commit, command and machine) and ``budget.png``. Probe results are cached per snapshot file
 (``--cache``), so adding a run re-probes only its new snapshots.
 
@@ -44,7 +45,7 @@ from provenance import git_commit
 
 from rsmae.datasets import EuroSAT
 from rsmae.errors import StoreError
-from rsmae.evaluation.floors import FloorConfig, evaluate_floor
+from rsmae.evaluation.floors import FloorConfig, floor_predictions
 from rsmae.evaluation.folds import Fold, fixed_split, stratified_kfold
 from rsmae.evaluation.kfold_probe import PROTOCOLS, ProbeConfig, evaluate_backbone
 from rsmae.evaluation.speed import count_flops, cpu_name, matmul_peak
@@ -58,7 +59,9 @@ from rsmae.tasks.precision import default_precision
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ("rsmae/evaluation/kfold_probe.py", "rsmae/evaluation/floors.py", "rsmae/evaluation/folds.py",
             "rsmae/tasks/probe.py", "rsmae/stats.py", "benchmarks/budget_curve.py")
-RANDOM, SPECTRAL = "random init", "spectral floor"
+RANDOM, SPECTRAL, RCF = "random init", "spectral floor", "RCF floor"
+FLOORS = {SPECTRAL: "spectral", RCF: "rcf"}  # table name -> rsmae.evaluation.floors method
+Rows = list[dict[str, Any]]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -179,14 +182,9 @@ def probe_rows(path: Path, images: torch.Tensor, labels: torch.Tensor, folds: li
     return rows
 
 
-def spectral_rows(images: torch.Tensor, labels: torch.Tensor, folds: list[Fold]) -> list[dict[str, Any]]:
-    rows = []
-    for fold in folds:
-        res = evaluate_floor("spectral", images, labels, fold, FloorConfig())
-        for i, pred in zip(res.test.tolist(), res.predictions.tolist(), strict=True):
-            rows += [{"protocol": p, "fold": fold.name, "image": i, "prediction": pred,
-                      "correct": int(pred == int(labels[i])), "choice": res.choice} for p in PROTOCOLS]
-    return rows
+def floor_rows(method: str, images: torch.Tensor, labels: torch.Tensor, folds: list[Fold]) -> Rows:
+    """A floor (``spectral``, ``rcf``) on the same folds, its predictions repeated for each protocol."""
+    return [{**r, "protocol": p} for r in floor_predictions(method, images, labels, folds) for p in PROTOCOLS]
 
 
 def _same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
@@ -217,17 +215,17 @@ def _diff(a: np.ndarray, b: np.ndarray) -> str:
 def tables(results: dict[tuple[str, int], list[dict[str, Any]]], floors: dict[str, list[dict[str, Any]]],
            n: int) -> tuple[list[str], list[str]]:
     """The Markdown table rows and the verdict sentences (each run's last snapshot)."""
-    lines = ["| run | step | linear % [95 % CI] | − random | − spectral | k-NN % [95 % CI] | − random | "
-             "pooling chosen (linear; k-NN) |", "|---|---:|---|---|---|---|---|---|"]
+    lines = ["| run | step | linear % [95 % CI] | − random | − spectral | − RCF | k-NN % [95 % CI] | "
+             "− random | pooling chosen (linear; k-NN) |", "|---|---:|---|---|---|---|---|---|---|"]
     base = {p: correct_vector(floors[RANDOM], p, n) for p in PROTOCOLS}
-    spec = correct_vector(floors[SPECTRAL], "linear", n)
-    for name, rows in [(RANDOM, floors[RANDOM]), (SPECTRAL, floors[SPECTRAL])]:
-        c = correct_vector(rows, "linear", n)
+    low = {name: correct_vector(floors[name], "linear", n) for name in (SPECTRAL, RCF)}
+    for name in (RANDOM, SPECTRAL, RCF):
+        c = correct_vector(floors[name], "linear", n)
         lo, hi = bootstrap_interval(c)
-        knn = correct_vector(rows, "knn", n) if name == RANDOM else None
+        knn = correct_vector(floors[name], "knn", n) if name == RANDOM else None
         knn_cell = "-" if knn is None else f"{_pct(knn.mean())} [{_pct(bootstrap_interval(knn)[0])}, " \
                                            f"{_pct(bootstrap_interval(knn)[1])}]"
-        lines.append(f"| {name} | 0 | {_pct(c.mean())} [{_pct(lo)}, {_pct(hi)}] | | | {knn_cell} | | |")
+        lines.append(f"| {name} | 0 | {_pct(c.mean())} [{_pct(lo)}, {_pct(hi)}] | | | | {knn_cell} | | |")
     sentences = []
     last = {run: max(s for r, s in results if r == run) for run, _ in results}
     for (run, step), rows in results.items():
@@ -237,12 +235,13 @@ def tables(results: dict[tuple[str, int], list[dict[str, Any]]], floors: dict[st
             lo, hi = bootstrap_interval(c)
             cells.append(f"{_pct(c.mean())} [{_pct(lo)}, {_pct(hi)}] | {_diff(c, base[p])}")
             if p == "linear":
-                cells[-1] += f" | {_diff(c, spec)}"
+                cells[-1] += "".join(f" | {_diff(c, f)}" for f in low.values())
             if step == last[run]:
                 said = f"- {p}, {run} at step {step}: "
                 sentences.append(said + verdict(run, RANDOM, paired_bootstrap(c, base[p])))
                 if p == "linear":
-                    sentences.append(said + verdict(run, SPECTRAL, paired_bootstrap(c, spec)))
+                    sentences += [said + verdict(run, floor, paired_bootstrap(c, f))
+                                  for floor, f in low.items()]
         pools = "; ".join(" ".join(sorted({r["choice"].split()[0] for r in rows if r["protocol"] == p}))
                           for p in PROTOCOLS)
         lines.append(f"| {run} | {step} | {cells[0]} | {cells[1]} | {pools} |")
@@ -257,8 +256,6 @@ def tables(results: dict[tuple[str, int], list[dict[str, Any]]], floors: dict[st
     return lines, sentences
 
 
-Rows = list[dict[str, Any]]
-
 
 def plot(results: dict[tuple[str, int], Rows], floors: dict[str, Rows], n: int, path: Path,
          scored: str) -> None:
@@ -268,8 +265,8 @@ def plot(results: dict[tuple[str, int], Rows], floors: dict[str, Rows], n: int, 
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, p in zip(axes, PROTOCOLS, strict=True):
-        for floor, style in ((RANDOM, "0.45"), (SPECTRAL, "tab:red")):
-            if floor == SPECTRAL and p == "knn":
+        for floor, style in ((RANDOM, "0.45"), (SPECTRAL, "tab:red"), (RCF, "tab:green")):
+            if floor != RANDOM and p == "knn":
                 continue
             c = correct_vector(floors[floor], p, n)
             lo, hi = bootstrap_interval(c)
@@ -311,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         folds = stratified_kfold(labels.numpy(), args.folds, seed=args.fold_seed)
     config = ProbeConfig()
     floors = {RANDOM: probe_rows(args.random, images, labels, folds, config, args.cache),
-              SPECTRAL: spectral_rows(images, labels, folds)}
+              **{name: floor_rows(method, images, labels, folds) for name, method in FLOORS.items()}}
     precision = default_precision("cpu")  # what trainer.precision "auto" chose for the runs on this machine
     torch.set_num_threads(args.train_threads)
     peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
@@ -354,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         "- 95 % CI: percentile bootstrap over the images (10,000 resamples); differences paired on the same "
         "images (paired bootstrap); a difference is called only when its interval excludes 0",
         f"- random init: `{args.random}` (a run's step 0 is shown only when it predicts otherwise); "
-        "spectral floor: per-band mean and std "
-        "-> linear classifier, same folds",
+        "floors, a linear classifier with L2 by inner CV on the same folds: spectral (per-band mean and "
+        f"std), RCF ({FloorConfig().rcf_filters} whitened {FloorConfig().rcf_kernel} px patches of the "
+        "training fold)",
         "- a run's snapshots before its last are taken mid-schedule (warmup + cosine over its max_steps): "
         "only its last point is an annealed budget; the plot's bars are each row's own interval, the "
         "comparisons are the paired columns", "", *lines, "", *sentences, "",

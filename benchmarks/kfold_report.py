@@ -16,7 +16,7 @@ import numpy as np
 
 from rsmae.stats import bootstrap_interval, mcnemar_exact, paired_bootstrap, pairwise_verdicts, verdict
 
-RANDOM, SPECTRAL = "random init", "spectral floor"
+RANDOM, SPECTRAL, RCF = "random init", "spectral floor", "RCF floor"
 Rows = list[dict[str, Any]]
 
 
@@ -89,37 +89,44 @@ def pair_sentences(results: dict[str, Rows], protocol: str, done: list[str], n: 
             *(f"- {protocol}: {t}" for t in said), ""]
 
 
-def tables(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: int,
+def tables(results: dict[str, Rows], floors: dict[str, Rows], protocols: list[str], n: int,
            folds: list[str], grid: tuple[float, ...] = ()) -> list[str]:
     """Markdown tables (one per protocol) with their verdict sentences; ``results`` holds RANDOM.
 
     A protocol is scored on the folds every init has (all of ``folds`` once every cell is computed),
-    the spectral floor on the same images; ``grid`` (the LR candidates) flags choices at its edges.
+    each floor (``name -> rows``, e.g. SPECTRAL and RCF) on the same images; ``grid`` (the LR
+    candidates) flags choices at its edges.
     """
     out = ["| floor | accuracy % [95 % CI] |", "|---|---|",
-           f"| {SPECTRAL} (every protocol's floor, all folds) | {_acc(correct_vector(spectral, n))} |", ""]
+           *(f"| {name} (every protocol's floor, all folds) | {_acc(correct_vector(rows, n))} |"
+             for name, rows in floors.items()), ""]
     for protocol in protocols:
         done = covered(results, protocol, folds)
         out += [f"## {protocol}", ""]
         if not done:
             out += ["No fold is done for every init yet: rerun without `--time-limit`.", ""]
             continue
-        spec = correct_vector(_on(spectral, done), n)
+        low = {name: correct_vector(_on(rows, done), n) for name, rows in floors.items()}
+        tested = len(_on(next(iter(floors.values())), done))
         if len(done) < len(folds):
-            out += [f"**Partial: scored on {', '.join(done)} only ({spec.size} of {n} images); folds "
+            out += [f"**Partial: scored on {', '.join(done)} only ({tested} of {n} images); folds "
                     f"{', '.join(f for f in folds if f not in done)} not computed yet for every init.**", ""]
         base = correct_vector(_on(results[RANDOM], done, protocol), n)
         out += ["| init | accuracy % [95 % CI] | − random init [95 % CI] (McNemar p) | "
-                "− spectral floor [95 % CI] (McNemar p) | LR chosen per fold |", "|---|---|---|---|---|",
-                f"| {SPECTRAL} (same images) | {_acc(spec)} | {_diff(spec, base)} | | |"]
+                + "".join(f"− {name} [95 % CI] (McNemar p) | " for name in floors) + "LR chosen per fold |",
+                "|---|---|---|" + "---|" * len(floors) + "---|"]
+        out += [f"| {name} (same images) | {_acc(c)} | {_diff(c, base)} | "
+                + "".join("| " if other == name else f"{_diff(c, low[other])} | " for other in floors) + " |"
+                for name, c in low.items()]
         sentences = []
         for init, rows in results.items():
             c = correct_vector(_on(rows, done, protocol), n)
             vs_random, lrs = "" if init == RANDOM else _diff(c, base), lr_choices(_on(rows, done), protocol)
-            out.append(f"| {init} | {_acc(c)} | {vs_random} | {_diff(c, spec)} | {lrs} |")
+            out.append(f"| {init} | {_acc(c)} | {vs_random} | "
+                       + "".join(f"{_diff(c, f)} | " for f in low.values()) + f"{lrs} |")
             if init != RANDOM:
                 sentences.append(f"- {protocol}: " + _said(init, RANDOM, c, base))
-            sentences.append(f"- {protocol}: " + _said(init, SPECTRAL, c, spec))
+            sentences += [f"- {protocol}: " + _said(init, name, c, f) for name, f in low.items()]
         edge = edge_note(results, protocol, done, grid)
         out += ["", *([edge, ""] if edge else []), *sentences, ""]
         out += pair_sentences(results, protocol, done, n)
@@ -127,16 +134,17 @@ def tables(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: in
         first = protocols[0]
         done = [f for f in covered(results, other, folds) if f in covered(results, first, folds)]
         if done:
-            out += [f"## {other} against {first}, per init (same {len(_on(spectral, done))} images)", "",
+            same = len(_on(next(iter(floors.values())), done))
+            out += [f"## {other} against {first}, per init (same {same} images)", "",
                     *(f"- {init}: " + _said(other, first, correct_vector(_on(rows, done, other), n),
                                             correct_vector(_on(rows, done, first), n))
                       for init, rows in results.items()), ""]
     return out
 
 
-def plot(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: int, folds: list[str],
+def plot(results: dict[str, Rows], floors: dict[str, Rows], protocols: list[str], n: int, folds: list[str],
          path: Path) -> None:
-    """Accuracy with its 95 % interval per init, one panel per protocol, the spectral floor as a band.
+    """Accuracy with its 95 % interval per init, one panel per protocol, each floor as a band.
 
     Each panel shows the folds every init has for its protocol (:func:`covered`), the floor on them.
     """
@@ -153,10 +161,11 @@ def plot(results: dict[str, Rows], spectral: Rows, protocols: list[str], n: int,
         if not done:
             ax.text(0.5, 0.5, f"{protocol}: no fold done for every init", ha="center", transform=ax.transAxes)
             continue
-        spec = correct_vector(_on(spectral, done), n)
-        slo, shi = bootstrap_interval(spec)
-        ax.axvspan(100 * slo, 100 * shi, color="tab:red", alpha=0.12)
-        ax.axvline(100 * spec.mean(), color="tab:red", ls="--", lw=1, label=f"{SPECTRAL} (95 % CI band)")
+        for (name, rows), colour in zip(floors.items(), ("tab:red", "tab:green", "tab:purple"), strict=False):
+            spec = correct_vector(_on(rows, done), n)
+            slo, shi = bootstrap_interval(spec)
+            ax.axvspan(100 * slo, 100 * shi, color=colour, alpha=0.12)
+            ax.axvline(100 * spec.mean(), color=colour, ls="--", lw=1, label=f"{name} (95 % CI band)")
         for y, init in enumerate(names):
             c = correct_vector(_on(results[init], done, protocol), n)
             lo, hi = bootstrap_interval(c)

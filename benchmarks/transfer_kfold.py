@@ -5,14 +5,14 @@ protocol of ``--protocols`` (``lastK``, ``mlp``, ``full``) on the training image
 stratified k-fold over all labelled EuroSAT images, and predict the fold's test images
 (:mod:`rsmae.evaluation.kfold_finetune`: the LR chosen on one inner stratified holdout of the training
 fold, then refitted on the whole training fold; mean-pooled patch tokens; every init normalised with
-the training fold's band statistics; same epochs, batch and seeds for every init). The spectral floor
-(:mod:`rsmae.evaluation.floors`) is fitted on the same folds, as ``budget_curve.py`` does.
+the training fold's band statistics; same epochs, batch and seeds for every init). The spectral and
+RCF floors (:mod:`rsmae.evaluation.floors`) are fitted on the same folds, as ``budget_curve.py`` does.
 
 One JSON per (backbone file, protocol, fold) cell is written atomically under ``--cache`` (keyed by the
 file's hash, the fold's test images and the recipe): a killed run resumes, adding an init computes only
 its cells, and ``--time-limit`` stops computing new cells (the tables then say which folds are missing).
 Writes ``<name>.md`` (accuracy with 95 % bootstrap intervals over the images; paired
-differences against the random init and the spectral floor, and between every two other inits, with
+differences against the random init and the floors, and between every two other inits, with
 paired-bootstrap intervals and McNemar's exact p (:mod:`kfold_report`); a verdict per comparison;
 the LR chosen per init and fold), ``<name>.csv`` (one row
 per image, init, protocol and fold, with commit, command and machine) and ``<name>.png``.
@@ -40,11 +40,11 @@ from pathlib import Path
 
 import torch
 from floors import load
-from kfold_report import RANDOM, SPECTRAL, Rows, correct_vector, plot, tables
+from kfold_report import RANDOM, RCF, SPECTRAL, Rows, correct_vector, plot, tables
 from provenance import git_commit
 
 from rsmae.datasets import EuroSAT
-from rsmae.evaluation.floors import FloorConfig, evaluate_floor
+from rsmae.evaluation.floors import FloorConfig, floor_predictions
 from rsmae.evaluation.folds import Fold, stratified_kfold
 from rsmae.evaluation.kfold_finetune import FinetuneConfig, evaluate_fold, tuned_protocol
 from rsmae.evaluation.speed import cpu_name
@@ -116,25 +116,21 @@ def cell_rows(path: Path, protocol: str, fold: Fold, images: torch.Tensor, label
     return rows, False
 
 
-def spectral_rows(images: torch.Tensor, labels: torch.Tensor, folds: list[Fold]) -> Rows:
-    """The spectral floor on the same folds (``budget_curve.py``'s), one row per test image."""
-    rows = []
-    for fold in folds:
-        res = evaluate_floor("spectral", images, labels, fold, FloorConfig())
-        rows += [{"protocol": "spectral", "fold": fold.name, "image": i, "prediction": p,
-                  "correct": int(p == int(labels[i])), "lr": None, "choice": res.choice}
-                 for i, p in zip(res.test.tolist(), res.predictions.tolist(), strict=True)]
-    return rows
+def floor_rows(images: torch.Tensor, labels: torch.Tensor, folds: list[Fold]) -> dict[str, Rows]:
+    """The spectral and RCF floors on the same folds (``budget_curve.py``'s), one row per test image."""
+    return {name: [{**r, "protocol": method, "lr": None}
+                   for r in floor_predictions(method, images, labels, folds)]
+            for name, method in ((SPECTRAL, "spectral"), (RCF, "rcf"))}
 
 
-def write_csv(path: Path, results: dict[str, Rows], spectral: Rows, files: dict[str, str],
+def write_csv(path: Path, results: dict[str, Rows], floors: dict[str, Rows], files: dict[str, str],
               labels: torch.Tensor, names: list[str], head: dict[str, str]) -> None:
-    """One row per image, init, protocol and fold (the floor's protocol is ``spectral``)."""
+    """One row per image, init, protocol and fold (a floor's protocol is its method, e.g. ``rcf``)."""
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["init", "backbone", "protocol", "fold", "image", "path", "label", "prediction",
                          "correct", "lr", "commit", "command", "machine"])
-        for init, rows in [*results.items(), (SPECTRAL, spectral)]:
+        for init, rows in [*results.items(), *floors.items()]:
             for r in rows:
                 writer.writerow([init, files.get(init, ""), r["protocol"], r["fold"], r["image"],
                                  names[r["image"]], int(labels[r["image"]]), r["prediction"], r["correct"],
@@ -212,8 +208,9 @@ def header(args: argparse.Namespace, head: dict[str, str], config: FinetuneConfi
         "images (paired bootstrap), McNemar's exact p on the discordant images; a difference is called only "
         "when its interval excludes 0; intervals cover test-set sampling, not training noise (one seed)",
         "- normalisation, one rule for every init: each band standardised with the training fold's images; "
-        f"spectral floor: per-band mean and std -> linear classifier, L2 by inner {FloorConfig().inner_folds}"
-        "-fold CV, same folds",
+        f"floors, a linear classifier on the training fold with L2 by inner {FloorConfig().inner_folds}-fold "
+        f"CV, same folds: spectral (per-band mean and std), RCF ({FloorConfig().rcf_filters} whitened "
+        f"{FloorConfig().rcf_kernel}x{FloorConfig().rcf_kernel} patches of the training fold, seed 0)",
         "- backbones: " + "; ".join(f"{k} `{v}`" for k, v in files.items()), ""]
 
 
@@ -235,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     files = {RANDOM: str(args.random), **dict(s.split("=", 1) for s in args.init)}
     stop = float("inf") if args.time_limit is None else started + 60 * args.time_limit
     results, tally = run_cells(files, protocols, folds, images, labels, config, args.cache, stop)
-    spectral = spectral_rows(images, labels, folds)
+    floors = floor_rows(images, labels, folds)
     n = len(labels)
-    tested = len(correct_vector(spectral, n))
+    tested = len(correct_vector(floors[SPECTRAL], n))
     dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
     head = {"commit": git_commit(dirty), "command": command,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -246,11 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                    cells=len(files) * len(protocols) * len(folds), tally=tally, tested=tested,
                    load_start=load_start, wall=time.perf_counter() - started)
     text = "\n".join(["# Transfer on EuroSAT by k-fold: fine-tuning protocols", "", *lines,
-                      *tables(results, spectral, protocols, n, [f.name for f in folds], config.lrs)])
+                      *tables(results, floors, protocols, n, [f.name for f in folds], config.lrs)])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text(text)
-    plot(results, spectral, protocols, n, [f.name for f in folds], args.out / f"{args.name}.png")
-    write_csv(args.out / f"{args.name}.csv", results, spectral, files, labels, names, head)
+    plot(results, floors, protocols, n, [f.name for f in folds], args.out / f"{args.name}.png")
+    write_csv(args.out / f"{args.name}.csv", results, floors, files, labels, names, head)
     print(text)
     return 0
 

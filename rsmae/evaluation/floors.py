@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "FloorConfig",
     "FloorResult",
     "evaluate_floor",
+    "floor_predictions",
     "fold_features",
     "random_conv_features",
     "random_vit_features",
@@ -239,3 +241,19 @@ def evaluate_floor(method: str, images: Tensor, labels: Tensor, fold: Fold, conf
     choice = f"l2={l2:g}" + (f" pool={pool}" if pool != "-" else "")
     _logger.info("%s %s: chose %s (inner accuracy %.3f)", method, fold.name, choice, max(scores))
     return FloorResult(method, fold.name, fold.test, pred, choice, max(scores))
+
+
+def floor_predictions(method: str, images: Tensor, labels: Tensor, folds: list[Fold],
+                      config: FloorConfig | None = None) -> list[dict[str, Any]]:
+    """One floor fitted on every fold: a row per test image, as the k-fold tables keep them.
+
+    Returns:
+        ``{"fold", "image", "prediction", "correct", "choice"}`` per test image of every fold.
+    """
+    rows = []
+    for fold in folds:
+        res = evaluate_floor(method, images, labels, fold, config or FloorConfig())
+        pairs = zip(res.test.tolist(), res.predictions.tolist(), strict=True)
+        rows += [{"fold": fold.name, "image": i, "prediction": p, "correct": int(p == int(labels[i])),
+                  "choice": res.choice} for i, p in pairs]
+    return rows

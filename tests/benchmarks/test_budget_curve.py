@@ -40,12 +40,15 @@ def test_tables_call_a_difference_only_outside_the_interval() -> None:
     def rows(correct: list[int]) -> list[dict]:
         return [{"protocol": p, "image": i, "correct": c, "choice": "pool=mean l2=0.01"}
                 for p in ("linear", "knn") for i, c in enumerate(correct)]
-    floors = {budget.RANDOM: rows([1] * 100 + [0] * 100), budget.SPECTRAL: rows([1] * 101 + [0] * 99)}
+    floors = {budget.RANDOM: rows([1] * 100 + [0] * 100), budget.SPECTRAL: rows([1] * 101 + [0] * 99),
+              budget.RCF: rows([1] * 150 + [0] * 50)}
     results = {("same", 1500): rows([1] * 100 + [0] * 100), ("better", 1500): rows([1] * 180 + [0] * 20)}
     lines, sentences = budget.tables(results, floors, n)
     assert any(line.startswith("| better | 1500 | 90.0 [") for line in lines)
     text = "\n".join(sentences)
     assert "No clear difference between same and random init" in text
     assert "better is higher than random init by 40.0 points" in text
+    assert "- linear, better at step 1500: better is higher than RCF floor by 15.0 points" in text
+    assert "| RCF floor | 0 | 75.0 [" in "\n".join(lines)
     assert "Between the runs' last snapshots, linear probe (1 pair; Bonferroni: each interval at 95 %" in text
     assert "- knn: same is lower than better by 40.0 points (paired 95 % CI" in text

@@ -10,6 +10,7 @@ from rsmae.datasets import EuroSAT
 from rsmae.evaluation.floors import (
     FloorConfig,
     evaluate_floor,
+    floor_predictions,
     fold_features,
     random_vit_features,
     sample_patches,
@@ -119,6 +120,18 @@ def test_spectral_floor_on_the_fixed_split_ignores_test_labels(eurosat) -> None:
     assert np.array_equal(again.predictions, res.predictions) and again.choice == res.choice
     with pytest.raises(ValueError, match="unknown floor"):
         evaluate_floor("nope", images, labels, fold, FAST)
+
+
+def test_floor_predictions_give_a_row_per_test_image_of_every_fold(eurosat) -> None:
+    images, labels = eurosat
+    folds = stratified_kfold(labels.numpy(), 3, seed=0)[:2]
+    rows = floor_predictions("rcf", images, labels, folds, FAST)
+    assert [r["image"] for r in rows] == [*folds[0].test.tolist(), *folds[1].test.tolist()]
+    assert {r["fold"] for r in rows} == {"fold0", "fold1"}
+    assert all(r["correct"] == int(r["prediction"] == int(labels[r["image"]])) for r in rows)
+    assert np.mean([r["correct"] for r in rows]) > 0.3  # chance is 0.1
+    one = evaluate_floor("rcf", images, labels, folds[1], FAST)
+    assert [r["prediction"] for r in rows[len(folds[0].test):]] == one.predictions.tolist()
 
 
 def test_floors_benchmark_tables_and_csv(tmp_path, monkeypatch) -> None:

@@ -111,11 +111,16 @@ def test_the_table_says_no_clear_difference_when_the_interval_includes_zero() ->
     close = base.copy()
     close[1] = 1  # one image more: the paired interval includes 0
     results = {bench.RANDOM: _rows(base), "close": _rows(close), "better": _rows([1] * 60)}
-    text = "\n".join(bench.tables(results, _rows([1, 1, 0] * 20, "spectral"), ["last1"], 60,
+    floors = {bench.SPECTRAL: _rows([1, 1, 0] * 20, "spectral"), bench.RCF: _rows([1, 1, 1, 0] * 15, "rcf")}
+    text = "\n".join(bench.tables(results, floors, ["last1"], 60,
                                    ["fold0", "fold1"], (1e-3, 3e-3)))
     assert "No clear difference between close and random init: +1.7 points" in text
     assert "better is higher than random init by 50.0 points" in text
     assert "| 0.001 0.001 |" in text  # the LR chosen per fold
+    assert "| RCF floor (every protocol's floor, all folds) | 75.0 [" in text
+    assert "better is higher than RCF floor by 25.0 points" in text
+    assert "| init | accuracy % [95 % CI] | − random init [95 % CI] (McNemar p) | − spectral floor" in text
+    assert "| RCF floor (same images) | 75.0 [" in text  # a row of its own, paired with the other floor
     assert "Chosen LR at the grid's edge in 6 of 6 cells (0 at its largest, 0.003; 6 at its smallest" in text
 
 
@@ -123,8 +128,8 @@ def test_a_time_limited_table_scores_the_folds_every_init_has() -> None:
     bench = load_script("benchmarks/transfer_kfold.py")
     base = _rows([1, 1, 0, 0] * 15)  # half right on each fold
     results = {bench.RANDOM: base, "half": [r for r in _rows([1] * 60) if r["fold"] == "fold0"]}
-    text = "\n".join(bench.tables(results, _rows([1, 1, 0] * 20, "spectral"), ["last1", "full"], 60,
-                                   ["fold0", "fold1"]))
+    floors = {bench.SPECTRAL: _rows([1, 1, 0] * 20, "spectral")}
+    text = "\n".join(bench.tables(results, floors, ["last1", "full"], 60, ["fold0", "fold1"]))
     assert "Partial: scored on fold0 only (30 of 60 images); folds fold1 not computed" in text
     assert "half is higher than random init by 50.0 points" in text and "over 30 images" in text
     assert "## full\n\nNo fold is done for every init yet" in text
@@ -137,7 +142,7 @@ def test_the_table_compares_every_two_pretrained_inits_on_the_same_images() -> N
     close[1] = 1
     results = {bench.RANDOM: _rows(base), "close": _rows(close), "better": _rows([1] * 60),
                "same": _rows(close)}
-    spectral = _rows([1, 1, 0] * 20, "spectral")
+    spectral = {bench.SPECTRAL: _rows([1, 1, 0] * 20, "spectral")}
     text = "\n".join(bench.tables(results, spectral, ["last1"], 60, ["fold0", "fold1"]))
     assert "### last1: between the inits (3 pairs, each paired on the same 60 images" in text
     assert "Bonferroni: each interval at 98.3 % so that all hold together with 95 %" in text
@@ -145,5 +150,5 @@ def test_the_table_compares_every_two_pretrained_inits_on_the_same_images() -> N
     assert "- last1: No clear difference between close and same: +0.0 points" in text
     assert "between random init and" not in text.split("between the inits")[1]  # random has its own column
     alone = {bench.RANDOM: _rows(base), "close": _rows(close)}
-    assert "between the inits" not in "\n".join(bench.tables(alone, _rows([1] * 60), ["last1"], 60,
+    assert "between the inits" not in "\n".join(bench.tables(alone, {"floor": _rows([1] * 60)}, ["last1"], 60,
                                                                ["fold0", "fold1"]))
