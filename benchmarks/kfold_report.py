@@ -177,11 +177,10 @@ def plot(results: dict[str, Rows], floors: dict[str, Rows], protocols: list[str]
         ax.grid(alpha=0.3)
     axes[0][0].set_yticks(range(len(names)), names)
     axes[0][0].set_ylabel("init")
-    for ax in axes[0]:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize=8)
-            break
-    fig.tight_layout()
+    handles, labels = next((h for h in (ax.get_legend_handles_labels() for ax in axes[0]) if h[0]), ([], []))
+    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    if handles:  # below the panels, off the data
+        fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
