@@ -55,7 +55,7 @@ from rsmae.experiments.sweep import (
     study,
 )
 from rsmae.landscape.equal_loss import Snapshot
-from rsmae.landscape.report import table_rows
+from rsmae.landscape.report import summarise, table_rows
 from rsmae.landscape.study import StudyResult
 
 MEASURED = ("rsmae/landscape", "rsmae/experiments/sweep.py", "rsmae/tasks", "benchmarks/landscape_sweep.py")
@@ -129,11 +129,27 @@ def _tables(rows: list[dict], noise: list[str]) -> list[str]:
     return md
 
 
+def summary(result: StudyResult) -> list[str]:
+    """The study's sentences on every two runs: "flatter" only beyond the spread, else indistinguishable."""
+    return [f"- {s}" for s in summarise(table_rows(result.measures, result_threshold(result)))]
+
+
+def _copy_study(result: StudyResult, folder: Path) -> list[Path]:
+    """The study's flatness table (Markdown + CSV) and comparison figures, copied into ``folder``."""
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for path in [result.table, result.csv, *(f for f in result.figures if f.name.startswith("comparison_"))]:
+        shutil.copy2(path, folder / path.name)
+        paths.append(folder / path.name)
+    return paths
+
+
 def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Path, seconds: float,
-          config_path: str, equal: list[dict] | None = None) -> list[Path]:
+          config_path: str, equal: tuple[list[dict], StudyResult] | None = None) -> list[Path]:
     """Markdown + CSV tables, a plot, and the study's own table and comparison figures.
 
-    The tables compare the runs at equal samples, and at equal training loss when ``equal`` is given.
+    The tables compare the runs at equal samples, and at equal training loss when ``equal`` (its rows
+    and study) is given; each comparison ends with the study's sentences on every two runs.
     """
     folder.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -157,27 +173,25 @@ def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Pa
           "point of training; the last section compares the runs at equal training loss",
           "- seeds: training seeds per run (each row: mean over them; surface rise ± std over training seeds "
           "x direction seeds; noise ± std over every draw of every seed)", "",
-          *_tables(rows, noise), "## At equal training loss", ""]
+          *_tables(rows, noise), "### Which runs are flatter, at equal samples", "", *summary(result), "",
+          "## At equal training loss", ""]
     paths = [folder / "landscape_sweep.md", folder / "landscape_sweep.csv", _plot(rows, noise, folder)]
     options = cfg.get("equal_loss") or {}
     if equal:
         level = "the configured level" if options.get("level") is not None else \
             "the worst final training loss among the runs"
         md += [f"Each run measured at its checkpoint whose training loss (mean of the last "
-               f"{options.get('window', 5)} logged values) is nearest {equal[0]['level']:.4f}, {level}; "
-               "`step used` per training seed (study in `study_equal_loss/`).", "", *_tables(equal, noise)]
-        paths.append(_csv(equal, folder / "landscape_sweep_equal_loss.csv"))
+               f"{options.get('window', 5)} logged values) is nearest {equal[0][0]['level']:.4f}, {level}; "
+               "`step used` per training seed (study in `study_equal_loss/`).", "", *_tables(equal[0], noise),
+               "### Which runs are flatter, at equal training loss", "", *summary(equal[1]), ""]
+        paths.append(_csv(equal[0], folder / "landscape_sweep_equal_loss.csv"))
+        paths += _copy_study(equal[1], folder / "study_equal_loss")
     else:
         md += ["Not measured: the runs kept no intermediate checkpoint. Set `checkpoint_every_samples` in "
                f"`{config_path}` and run the sweep again (the pretrainings rerun once, with their "
                "checkpoints).", ""]
     (folder / "landscape_sweep.md").write_text("\n".join(md))
-    study_dir = folder / "study"
-    study_dir.mkdir(exist_ok=True)
-    for path in [result.table, result.csv, *(f for f in result.figures if f.name.startswith("comparison_"))]:
-        shutil.copy2(path, study_dir / path.name)
-        paths.append(study_dir / path.name)
-    return paths
+    return paths + _copy_study(result, folder / "study")
 
 
 def run_sweep(cfg: dict[str, Any], config_path: str, *, pretrain_only: bool = False) -> list[Path]:
@@ -195,7 +209,8 @@ def run_sweep(cfg: dict[str, Any], config_path: str, *, pretrain_only: bool = Fa
     snaps = snapshots(cfg, runs, out)
     if snaps is not None:
         models = [landscape_model(r, snaps[r["name"]].path) for r in runs]
-        equal = _rows(runs, records, study(cfg, models, out / "study_equal_loss"), snaps)
+        equal_result = study(cfg, models, out / "study_equal_loss")
+        equal = (_rows(runs, records, equal_result, snaps), equal_result)
     return write(cfg, rows, result, ROOT / cfg["results"], time.perf_counter() - start, config_path, equal)
 
 

@@ -119,11 +119,32 @@ def test_rows_aggregate_seeds_and_write_both_tables(tmp_path: Path) -> None:
     assert equal["step_used"] == "8 16" and equal["level"] == pytest.approx(0.7)
     cfg = {"threads": 1, "pretrain_config": "base.yaml", "samples": 1024, "store": "s.zarr",
            "warmup_fraction": 0.05, "micro_batch": 32}
-    bench.write(cfg, [row], result, tmp_path / "res", 1.0, "sweep.yaml", [equal])
+    bench.write(cfg, [row], result, tmp_path / "res", 1.0, "sweep.yaml", ([equal], result))
     md = (tmp_path / "res" / "landscape_sweep.md").read_text()
     assert "## At equal training loss" in md and "| 8 16 | 0.7000 |" in md and "nearest 0.7000" in md
+    assert "### Which runs are flatter, at equal training loss" in md
+    assert (tmp_path / "res" / "study_equal_loss" / "flatness.md").is_file()
     assert f"; commit {bench.git_commit(bench.MEASURED)}" in md
     assert (tmp_path / "res" / "landscape_sweep_equal_loss.csv").is_file()
     bench.write(cfg, [row], result, tmp_path / "res", 1.0, "sweep.yaml")
     md = (tmp_path / "res" / "landscape_sweep.md").read_text()
     assert "Not measured: the runs kept no intermediate checkpoint" in md
+
+
+def test_the_summary_calls_a_run_flatter_only_beyond_the_spread(tmp_path: Path) -> None:
+    xs = np.linspace(-1, 1, 5)
+    bowl = np.add.outer(xs**2, xs**2)
+    (tmp_path / "config.yaml").write_text("threshold: 0.1\n")
+
+    def measures(name: str, scales: list[float]) -> list[Measures]:
+        return [Measures(name, "recon", 0.6, [Surface(k * bowl, xs, xs.copy(), {})], seed=s)
+                for s, k in enumerate(scales)]
+
+    apart = StudyResult(tmp_path, measures("AdamW b256", [1.0, 1.02]) + measures("AdamW b16", [2.0, 2.05]),
+                        tmp_path / "f.md", tmp_path / "f.csv")
+    (said,) = bench.summary(apart)
+    assert said.startswith("- On the recon loss, AdamW b256 is flatter than AdamW b16")
+    close = StudyResult(tmp_path, measures("AdamW b256", [1.0, 2.0]) + measures("AdamW b16", [1.2, 2.1]),
+                        tmp_path / "f.md", tmp_path / "f.csv")
+    (said,) = bench.summary(close)
+    assert "AdamW b256 and AdamW b16 are indistinguishable in flatness" in said
