@@ -18,7 +18,8 @@ load average of 5-7 on 2 cores). Run from the repository root (1.5 minutes at ``
     .venv/bin/python benchmarks/bench_change.py --threads 1
     .venv/bin/python benchmarks/bench_change.py --preset vit_test --steps 2 --repeats 1 --out /tmp/x
 
-Writes ``change_speed.md`` and ``change_speed.csv`` to ``--out`` (default ``benchmarks/results``).
+Writes ``change_speed.md`` and ``change_speed.csv`` to ``--out`` (default ``benchmarks/results``); the
+Markdown's header and every CSV row name the commit, command and machine.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from provenance import git_commit
 from torch.utils.data import DataLoader
 
 from rsmae.datasets import OSCD, PairCrops
@@ -45,6 +47,8 @@ from rsmae.tasks.change import ChangeTask
 from rsmae.tasks.precision import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ("rsmae/evaluation/sliding.py", "rsmae/evaluation/speed.py", "rsmae/models", "rsmae/tasks",
+            "rsmae/datasets", "benchmarks/bench_change.py")
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float]:
@@ -134,8 +138,21 @@ def training_rows(args: argparse.Namespace, city: OSCD, stats: tuple, precision:
     return rows
 
 
-def write(rows: list[dict], header: list[str], out: Path) -> str:
-    lines = ["# Change detection speed (CPU)", "", *[f"- {h}" for h in header], "",
+def provenance(argv: list[str] | None) -> dict[str, str]:
+    """Commit (naming the measured files with uncommitted changes), command and machine of this run."""
+    dirty = [path for path in MEASURED if git_commit([path]) != git_commit()]
+    given = sys.argv[1:] if argv is None else argv
+    return {"commit": git_commit(dirty),
+            "command": " ".join([".venv/bin/python benchmarks/bench_change.py", *given]),
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} torch thread(s)"}
+
+
+def write(rows: list[dict], header: list[str], out: Path, prov: dict[str, str]) -> str:
+    """Write ``change_speed.md`` (``prov``, then ``header``) and ``.csv`` (each row with ``prov``)."""
+    lines = ["# Change detection speed (CPU)", "", f"- commit: {prov['commit']}",
+             f"- command: `{prov['command']}`", f"- machine: {prov['machine']}",
+             *[f"- {h}" for h in header], "",
              "| part | precision | model | variant | best s | median s | windows | pairs/s | GFLOP/pair "
              "| MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -149,9 +166,9 @@ def write(rows: list[dict], header: list[str], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "change_speed.md").write_text(text)
     with (out / "change_speed.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=[*rows[0], *prov])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, **prov} for row in rows)
     return text
 
 
@@ -176,16 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    command = " ".join(sys.argv[1:] if argv is None else argv)
+    prov = provenance(argv)
     city = OSCD(args.data, cities=[args.city], window=(0, 0, args.size, args.size) if args.size else None)
     stats = band_statistics(city.scenes)
     rows = []
     for precision in args.precisions.split(","):
         rows += inference_rows(args, city, stats, precision) + training_rows(args, city, stats, precision)
     h, w = city.scenes[0].mask.shape
-    header = [f"cpu: {cpu_name()}", f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}",
-              f"torch: {torch.__version__}",
-              f"native bf16: {cpu_has_native_bf16()}",
+    header = [f"native bf16: {cpu_has_native_bf16()}",
               *(f"matmul peak {n}: {matmul_peak(d):.1f} GFLOP/s" for n, d in
                 (("fp32", torch.float32), ("bf16", torch.bfloat16)) if n in args.precisions),
               f"load average at start (1, 5, 15 min): {load}",
@@ -193,9 +208,8 @@ def main(argv: list[str] | None = None) -> int:
               f"city: {args.city} {h} x {w} px, 13 bands; encoder {args.preset}/16 random init, "
               "math attention",
               f"windows {args.window} px, overlap {args.overlap}, cosine blend; training batch "
-              f"{args.train_batch} pairs of {args.window} px",
-              f"command: `.venv/bin/python benchmarks/bench_change.py {command}`"]
-    print(write(rows, header, Path(args.out)))
+              f"{args.train_batch} pairs of {args.window} px"]
+    print(write(rows, header, Path(args.out), prov))
     return 0
 
 

@@ -27,7 +27,8 @@ Run (a full default run took 6 minutes on a 2-core AMD EPYC, compilation include
     cd /work/main && .venv/bin/python benchmarks/bench_pretrain.py
     .venv/bin/python benchmarks/bench_pretrain.py --batch 8 --steps 2 --warmup 1 --compile off
 
-Writes ``benchmarks/results/pretrain.md`` (and ``pretrain.csv``) and prints the table.
+Writes ``benchmarks/results/pretrain.md`` (and ``pretrain.csv``) and prints the table; the Markdown's
+header and every CSV row name the commit, command and machine.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import torch
 from official_mae import OfficialMAE, OfficialRCMAE
+from provenance import git_commit
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -61,6 +63,8 @@ from rsmae.models import (
 from rsmae.tasks.precision import cpu_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MEASURED = ("rsmae/models", "rsmae/tasks", "rsmae/evaluation/speed.py", "rsmae/data", "rsmae/store",
+            "rsmae/tiling", "benchmarks/official_mae.py", "benchmarks/bench_pretrain.py")
 
 
 @dataclass
@@ -84,12 +88,9 @@ class Variant:
 
 
 def cpu_info() -> dict[str, str]:
-    model, flags = cpu_name(), cpu_flags()
+    flags = cpu_flags()
     native = sorted(flags & {"avx512_bf16", "amx_bf16"})
     return {
-        "cpu": model,
-        "threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
         "cpu capability": torch.backends.cpu.get_cpu_capability(),
         "bf16 flags": ", ".join(native) or "none (no avx512_bf16 / amx_bf16)",
         "oneDNN bf16 supported": str(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
@@ -262,17 +263,41 @@ def ceilings(variants: list[Variant], peaks: dict[str, float]) -> list[str]:
     return out
 
 
-def markdown(
-    rows: list[dict[str, str]], info: dict[str, str], peaks: dict[str, float], notes: list[str]
-) -> str:
+def provenance(argv: list[str] | None) -> dict[str, str]:
+    """Commit (naming the measured files with uncommitted changes), command and machine of this run."""
+    dirty = [path for path in MEASURED if git_commit([path]) != git_commit()]
+    given = sys.argv[1:] if argv is None else argv
+    return {"commit": git_commit(dirty),
+            "command": " ".join([".venv/bin/python benchmarks/bench_pretrain.py", *given]),
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} thread(s)"}
+
+
+def markdown(rows: list[dict[str, str]], info: dict[str, str], peaks: dict[str, float], notes: list[str],
+             prov: dict[str, str]) -> str:
+    """The table under its header: commit, command, machine, CPU features, matmul peaks and ``notes``."""
     head = list(rows[0])
-    lines = ["# Pretraining step speed (CPU)", ""]
+    lines = ["# Pretraining step speed (CPU)", "", f"- commit: {prov['commit']}",
+             f"- command: `{prov['command']}`", f"- machine: {prov['machine']}"]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     lines += [f"- matmul peak {p}: {g:.1f} GFLOP/s" for p, g in peaks.items()]
     lines += [f"- {n}" for n in notes]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def write(out: Path, rows: list[dict[str, str]], info: dict[str, str], peaks: dict[str, float],
+          notes: list[str], prov: dict[str, str]) -> str:
+    """Write ``out`` (Markdown) and its ``.csv`` (one row per variant, with ``prov``); return the Markdown."""
+    text = markdown(rows, info, peaks, notes, prov)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    with out.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], *prov])
+        writer.writeheader()
+        writer.writerows({**row, **prov} for row in rows)
+    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -311,10 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = cpu_info()
+    prov, info = provenance(argv), cpu_info()
     native = not info["bf16 flags"].startswith("none")
     args.bf16_batch = args.bf16_batch or (args.batch if native else min(4, args.batch))
-    print("\n".join(f"{k}: {v}" for k, v in info.items()), flush=True)
+    print("\n".join(f"{k}: {v}" for k, v in {**prov, **info}.items()), flush=True)
     precisions = args.precisions.split(",")
     peaks = {
         p: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16}[p], n=args.peak_size, reps=10)
@@ -336,9 +361,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.warmup} warm-up + {args.steps} timed steps per variant, interleaved",
         f"|loss(ours) - loss(official)| with shared weights and noise: {diff:.1e}",
         "compile warm-up (s): " + ", ".join(f"{v.name}: {v.warmup_s:.0f}" for v in variants if v.compiled),
-        "command: `"
-        + " ".join([".venv/bin/python benchmarks/bench_pretrain.py", *(argv or sys.argv[1:])])
-        + "`",
     ]
     notes.append("load average at end (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     notes += ceilings(variants, peaks)
@@ -348,14 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         fastest = max(v.batch / min(v.times) for v in variants)
         notes.append(f"loader alone: {rate:.0f} samples/s ({what}); the fastest training step above "
                      f"consumes {fastest:.1f} img/s: the loader delivers {rate / fastest:.0f}x what it needs")
-    text = markdown(rows, info, peaks, notes)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    with args.out.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(text)
+    print(write(args.out, rows, info, peaks, notes, prov))
     return 0
 
 

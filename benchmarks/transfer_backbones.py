@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import git_commit
 
 from rsmae.errors import RsmaeError
 from rsmae.evaluation.speed import cpu_name
@@ -29,25 +30,32 @@ from rsmae.experiments.backbones import build_backbones
 from rsmae.experiments.config import DATA, log_to_stdout
 from rsmae.experiments.inits import manifest_table, summary_rows
 
+MEASURED = ("rsmae/experiments", "rsmae/tasks", "rsmae/models", "rsmae/data", "rsmae/store", "rsmae/tiling",
+            "rsmae/datasets", "configs/bench/pretrain", "benchmarks/transfer_backbones.py")
+
 
 def write_results(manifest: dict[str, dict[str, Any]], folder: Path, command: str) -> Path:
-    """``transfer_backbones.md`` and ``.csv`` in ``folder``: machine, command, the table."""
+    """``transfer_backbones.md`` and ``.csv`` in ``folder``: commit, command, machine, the table.
+
+    Every CSV row (one per init) carries the commit, command and machine too.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    cpu = cpu_name()
     threads = sorted({str(s.get("threads") or "torch default") for e in manifest.values()
                       for s in e.get("stages", [])})
-    machine = (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; pretraining threads: "
-               f"{', '.join(threads)}; load average now {os.getloadavg()[0]:.1f}")
-    rows = summary_rows(manifest)
+    dirty = [path for path in MEASURED if git_commit([path]) != git_commit()]  # name only the changed ones
+    head = {"commit": git_commit(dirty), "command": command,
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; pretraining "
+                       f"threads: {', '.join(threads)}; load average now {os.getloadavg()[0]:.1f}"}
+    rows = [{**row, **head} for row in summary_rows(manifest)]
     with open(folder / "transfer_backbones.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     path = folder / "transfer_backbones.md"
-    path.write_text(f"# Transfer-benchmark backbones\n\nMachine: {machine}\n\nCommand: `{command}`\n\n"
-                    f"{manifest_table(manifest)}\n\nkNN / linear: EuroSAT probe (216 train / 54 test) of the "
-                    "initial and final weights of the last stage (probe.json); minutes: wall time of the "
-                    "pretraining subprocesses.\n")
+    path.write_text(f"# Transfer-benchmark backbones\n\n- commit: {head['commit']}\n- command: `{command}`\n"
+                    f"- machine: {head['machine']}\n\n{manifest_table(manifest)}\n\n"
+                    "kNN / linear: EuroSAT probe (216 train / 54 test) of the initial and final weights of "
+                    "the last stage (probe.json); minutes: wall time of the pretraining subprocesses.\n")
     return path
 
 

@@ -1,7 +1,8 @@
 """Tables and plots of the transfer benchmark, assembled from whatever cell results exist.
 
 Writes ``transfer_eurosat.md`` / ``.csv`` (mean ± std over seeds, trainable parameters, wall time,
-images/s and MFU), and three plots: accuracy vs tuned blocks per init, accuracy vs label fraction per
+images/s and MFU; the Markdown's header and every CSV row name the commit, command and machine), and
+three plots: accuracy vs tuned blocks per init, accuracy vs label fraction per
 init, and pretraining steps vs EuroSAT probe accuracy for MAE and RC-MAE.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import matplotlib
 import matplotlib.pyplot as plt
+from provenance import git_commit
 
 from rsmae.evaluation.speed import cpu_name
 from rsmae.experiments import LABELS, read_cells
@@ -28,6 +30,8 @@ from rsmae.models.trainable import tuned_blocks
 
 matplotlib.use("Agg")
 
+MEASURED = ("rsmae/experiments", "rsmae/evaluation", "rsmae/models", "rsmae/tasks", "rsmae/datasets",
+            "rsmae/data", "configs/bench", "benchmarks/transfer.py", "benchmarks/transfer_tables.py")
 NOT_RUN = {"official ImageNet MAE (.pth)": "external.official_mae",
            "timm ViT weights": "external.timm", "torchgeo SSL4EO-S12 ViT": "external.torchgeo"}
 PUBLISHED = [
@@ -129,26 +133,29 @@ def write_tables(config: GridConfig, cells: list[dict[str, Any]], manifest: dict
     full_block, *other_blocks = config.grid
     protocols = list(full_block.protocols)
     folder.mkdir(parents=True, exist_ok=True)
+    dirty = [path for path in MEASURED if git_commit([path]) != git_commit()]  # name only the changed ones
+    head = {"commit": git_commit(dirty),
+            "command": f"python benchmarks/transfer.py --config {config.config_path}",
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
     csv_path = folder / "transfer_eurosat.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["init", "protocol", "fraction", "accuracy_mean", "accuracy_std", "seeds", "n_train",
-                         "trainable_params", "wall_s", "images_per_s", "mfu", "adaptation"])
+                         "trainable_params", "wall_s", "images_per_s", "mfu", "adaptation", *head])
         for (init, p, f), r in sorted(rows.items()):
             writer.writerow([init, p, f, f"{r['mean']:.2f}", f"{r['std']:.2f}", r["n"], r["n_train"],
                              r["trainable_params"], f"{r['wall_s']:.1f}" if r["wall_s"] else "",
                              f"{r['images_per_s']:.1f}" if r["images_per_s"] else "",
-                             f"{r['mfu']:.4f}" if r["mfu"] else "", r["adaptation"]])
+                             f"{r['mfu']:.4f}" if r["mfu"] else "", r["adaptation"], *head.values()])
     leak = next(iter(manifest.values())).get("leak_check", {})
     cell_s = sum(float(r.get("wall_s") or 0.0) for r in results)
     workers = max(1, config.workers or 1)
     this_run = f"grid time this run {elapsed / 60:.1f} min; " if elapsed else ""
     md = [f"# Transfer: EuroSAT-MS scene classification ({len(results)} of {len(cells)} cells done)", "",
-          f"- machine: {cpu_name()}, {os.cpu_count()} cores; {this_run}cell "
-          f"time of all {len(results)} cells {cell_s / 60:.1f} min, i.e. {cell_s / 60 / workers:.1f} min on "
-          f"{workers} worker(s) (pretraining the backbones: see Backbones); "
-          f"config `{config.config_path}`; command `python benchmarks/transfer.py --config "
-          f"{config.config_path}`",
+          f"- commit: {head['commit']}", f"- command: `{head['command']}`", f"- machine: {head['machine']}",
+          f"- time: {this_run}cell time of all {len(results)} cells {cell_s / 60:.1f} min, i.e. "
+          f"{cell_s / 60 / workers:.1f} min on {workers} worker(s) (pretraining the backbones: see "
+          f"Backbones); config `{config.config_path}`",
           f"- data: train `{config.data['train_root']}` (a validation split held out, seed 0), test "
           f"`{config.data['test_root']}`; accuracy in %, mean ± std over seeds (n seeds)",
           f"- no evaluation image in any pretraining corpus: {json.dumps(leak) if leak else 'checked'}",

@@ -256,7 +256,8 @@ def test_bench_change_runs_and_writes_its_table(tmp_path: Path) -> None:
             "--window", "32", "--overlap", "0", "--train-batch", "2", "--out", str(tmp_path)]
     assert bench_change.main(args) == 0
     table = (tmp_path / "change_speed.md").read_text()
-    assert "cpu: " in table and "| training step | fp32 | fc-siam-diff |" in table
+    assert "\n- commit: " in table and "\n- machine: " in table
+    assert "| training step | fp32 | fc-siam-diff |" in table
     assert "| inference, whole city | fp32 | siamese-vit | 1 window(s)/batch |" in table
     assert len((tmp_path / "change_speed.csv").read_text().splitlines()) == 1 + 4 + 4
 
