@@ -34,13 +34,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from provenance import git_commit
+from provenance import run_provenance
 from torch.utils.data import DataLoader
 
 from rsmae.datasets import OSCD, PairCrops
 from rsmae.datasets.bitemporal import band_statistics
 from rsmae.evaluation.sliding import sliding_window_logits, window_starts
-from rsmae.evaluation.speed import count_flops, cpu_name, matmul_peak
+from rsmae.evaluation.speed import count_flops, matmul_peak
 from rsmae.models import set_fused_attention
 from rsmae.models.change import change_loss
 from rsmae.tasks.change import ChangeTask
@@ -140,12 +140,7 @@ def training_rows(args: argparse.Namespace, city: OSCD, stats: tuple, precision:
 
 def provenance(argv: list[str] | None) -> dict[str, str]:
     """Commit (naming the measured files with uncommitted changes), command and machine of this run."""
-    dirty = [path for path in MEASURED if git_commit([path]) != git_commit()]
-    given = sys.argv[1:] if argv is None else argv
-    return {"commit": git_commit(dirty),
-            "command": " ".join([".venv/bin/python benchmarks/bench_change.py", *given]),
-            "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} torch thread(s)"}
+    return run_provenance("benchmarks/bench_change.py", MEASURED, argv)
 
 
 def write(rows: list[dict], header: list[str], out: Path, prov: dict[str, str]) -> str:

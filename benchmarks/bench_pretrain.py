@@ -37,7 +37,6 @@ import argparse
 import csv
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,11 +45,11 @@ from pathlib import Path
 
 import torch
 from official_mae import OfficialMAE, OfficialRCMAE
-from provenance import git_commit
+from provenance import run_provenance
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rsmae.evaluation.speed import cpu_name, matmul_peak
+from rsmae.evaluation.speed import matmul_peak
 from rsmae.models import (
     RCMAE,
     MaskedAutoencoder,
@@ -265,12 +264,7 @@ def ceilings(variants: list[Variant], peaks: dict[str, float]) -> list[str]:
 
 def provenance(argv: list[str] | None) -> dict[str, str]:
     """Commit (naming the measured files with uncommitted changes), command and machine of this run."""
-    dirty = [path for path in MEASURED if git_commit([path]) != git_commit()]
-    given = sys.argv[1:] if argv is None else argv
-    return {"commit": git_commit(dirty),
-            "command": " ".join([".venv/bin/python benchmarks/bench_pretrain.py", *given]),
-            "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} thread(s)"}
+    return run_provenance("benchmarks/bench_pretrain.py", MEASURED, argv)
 
 
 def markdown(rows: list[dict[str, str]], info: dict[str, str], peaks: dict[str, float], notes: list[str],
