@@ -2,12 +2,17 @@
 
 Writes ``transfer_eurosat.md`` / ``.csv`` (mean ± std over seeds, trainable parameters, wall time,
 images/s and MFU; the Markdown's header and every CSV row name the commit, command and machine), and
-three plots: accuracy vs tuned blocks per init, accuracy vs label fraction per
-init, and pretraining steps vs EuroSAT probe accuracy for MAE and RC-MAE.
+plots: accuracy vs tuned blocks per init, accuracy vs label fraction per init (fractions ordered by
+their number of training labels), both with 95 % Wilson intervals over the test images
+(:func:`wilson_points`), and, where the pretraining runs' ``probe.json`` exist, pretraining steps vs
+EuroSAT probe accuracy for MAE and RC-MAE. The plots can be redrawn from the CSV alone::
+
+    python benchmarks/transfer_tables.py --replot-from-csv benchmarks/results/transfer_eurosat.csv
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -22,11 +27,12 @@ import matplotlib.pyplot as plt
 from provenance import git_commit
 
 from rsmae.evaluation.speed import cpu_name
-from rsmae.experiments import LABELS, read_cells
+from rsmae.experiments import LABELS, load_config, read_cells
 from rsmae.experiments.config import GridBlock, GridConfig
 from rsmae.experiments.inits import manifest_table
 from rsmae.files import read_json
 from rsmae.models.trainable import tuned_blocks
+from rsmae.stats import wilson_interval
 
 matplotlib.use("Agg")
 
@@ -62,6 +68,28 @@ def aggregate(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[
                      "images_per_s": _mean(rs, "images_per_s"), "mfu": _mean(rs, "mfu"),
                      "n_train": rs[0]["n_train"], "n_test": rs[0]["n_test"],
                      "adaptation": rs[0].get("adaptation", "")}
+    return rows
+
+
+def rows_from_csv(path: Path, n_test: int | None = None) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The rows of :func:`aggregate` read back from ``transfer_eurosat.csv``: plots redrawn without cells.
+
+    Args:
+        path: The CSV written by :func:`write_tables`.
+        n_test: Test images of every row, for CSVs written before they had an ``n_test`` column.
+
+    Raises:
+        ValueError: when a row has no ``n_test`` and none is given.
+    """
+    rows = {}
+    with Path(path).open(newline="") as fh:
+        for r in csv.DictReader(fh):
+            n = r.get("n_test") or n_test
+            if not n:
+                raise ValueError(f"{path} has no n_test column: give the number of test images (--n-test)")
+            rows[(r["init"], r["protocol"], r["fraction"])] = {
+                "mean": float(r["accuracy_mean"]), "std": float(r["accuracy_std"]), "n": int(r["seeds"]),
+                "n_train": int(r["n_train"]), "n_test": int(n)}
     return rows
 
 
@@ -141,10 +169,10 @@ def write_tables(config: GridConfig, cells: list[dict[str, Any]], manifest: dict
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["init", "protocol", "fraction", "accuracy_mean", "accuracy_std", "seeds", "n_train",
-                         "trainable_params", "wall_s", "images_per_s", "mfu", "adaptation", *head])
+                         "n_test", "trainable_params", "wall_s", "images_per_s", "mfu", "adaptation", *head])
         for (init, p, f), r in sorted(rows.items()):
             writer.writerow([init, p, f, f"{r['mean']:.2f}", f"{r['std']:.2f}", r["n"], r["n_train"],
-                             r["trainable_params"], f"{r['wall_s']:.1f}" if r["wall_s"] else "",
+                             r["n_test"], r["trainable_params"], f"{r['wall_s']:.1f}" if r["wall_s"] else "",
                              f"{r['images_per_s']:.1f}" if r["images_per_s"] else "",
                              f"{r['mfu']:.4f}" if r["mfu"] else "", r["adaptation"], *head.values()])
     leak = next(iter(manifest.values())).get("leak_check", {})
@@ -179,50 +207,147 @@ def write_tables(config: GridConfig, cells: list[dict[str, Any]], manifest: dict
     return [md_path, csv_path, *plots]
 
 
+def wilson_points(row: dict[str, Any]) -> tuple[float, float]:
+    """Points below and above a row's seed-mean accuracy to its 95 % Wilson interval over the test images.
+
+    The seed-mean accuracy times ``n_test``, rounded to a count, is scored as that many right of
+    ``n_test`` (:func:`rsmae.stats.wilson_interval`): the bars cover test-set sampling; the seeds'
+    spread is the table's ±.
+    """
+    n = row["n_test"]
+    low, high = wilson_interval(round(row["mean"] / 100 * n), n)
+    return max(0.0, row["mean"] - 100 * low), max(0.0, 100 * high - row["mean"])
+
+
+def fraction_order(rows: dict, protocols: list[str], fractions: list[str]) -> list[tuple[str, int]]:
+    """``(fraction, training labels)`` of the fractions with results, ordered by their number of labels.
+
+    25 % of a small training split can be fewer labels than 5-shot, so the names give no order.
+    """
+    counts = {}
+    for (_, p, f), r in rows.items():
+        if p in protocols and f in fractions:
+            counts.setdefault(f, r["n_train"])
+    return sorted(counts.items(), key=lambda item: (item[1], item[0]))
+
+
+def _bars_note(rows: dict) -> str:
+    n = "/".join(str(n) for n in sorted({r["n_test"] for r in rows.values()}))
+    return (f"bars: 95 % Wilson interval over the {n} test images of the seed-mean accuracy; "
+            "seed spread: table")
+
+
+def _curves(ax: plt.Axes, inits: list[str], points: dict[str, list[tuple[float, dict[str, Any]]]],
+            ticks: list[str]) -> None:
+    """One line per init over evenly spaced positions, dodged sideways so that their bars stay apart."""
+    for k, init in enumerate(inits):
+        pts = points.get(init, [])
+        if pts:
+            shift = 0.07 * (k - (len(inits) - 1) / 2)
+            ax.errorbar([x + shift for x, _ in pts], [r["mean"] for _, r in pts],
+                        list(zip(*(wilson_points(r) for _, r in pts), strict=True)),
+                        marker="o", markersize=4, capsize=2, label=LABELS.get(init, init))
+    ax.set(xticks=range(len(ticks)), xticklabels=ticks, ylabel="accuracy (%)")
+
+
+def _legend(fig: plt.Figure, ax: plt.Axes) -> None:
+    """The legend below the panels, off the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
+
+
 def plot_all(rows: dict, inits: list[str], protocols: list[str], blocks: list[GridBlock], manifest: dict,
              runs: Path, folder: Path, depth: int = 12) -> list[Path]:
-    """Accuracy vs tuned blocks, accuracy vs label fraction, probe accuracy vs pretraining steps."""
+    """Accuracy vs tuned blocks, accuracy vs label fraction, probe accuracy vs pretraining steps.
+
+    Bars are :func:`wilson_points`. The probe curve is drawn only from runs whose ``probe.json`` exists.
+    """
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for init in inits:
-        pts = sorted((x, rows[(init, p, "100%")]) for p in protocols
-                     if (x := tuned_blocks(p, depth)) is not None and (init, p, "100%") in rows)
-        if pts:
-            ax.errorbar([x for x, _ in pts], [r["mean"] for _, r in pts], [r["std"] for _, r in pts],
-                        marker="o", capsize=3, label=LABELS.get(init, init))
-    ax.set(xlabel="tuned blocks (0 = MLP head on frozen features, 0.5 = last MLP)", ylabel="accuracy %",
-           title="EuroSAT: accuracy vs tuned blocks")
-    ax.legend(fontsize=7)
+    tuned = sorted({x for p in protocols if (x := tuned_blocks(p, depth)) is not None})
+    fig, ax = plt.subplots(figsize=(7, 4.6), layout="constrained")
+    points = {init: [(tuned.index(x), rows[(init, p, "100%")]) for p in protocols
+                     if (x := tuned_blocks(p, depth)) is not None and (init, p, "100%") in rows]
+              for init in inits}
+    _curves(ax, inits, {i: sorted(pts, key=lambda pt: pt[0]) for i, pts in points.items()},
+            [f"{x:g}" for x in tuned])
+    ax.set_xlabel("tuned blocks (0 = MLP head on frozen features, 0.5 = last MLP; not to scale)")
+    ax.set_title(f"EuroSAT: accuracy vs tuned blocks (100 % of the labels)\n{_bars_note(rows)}", fontsize=8)
+    _legend(fig, ax)
     paths.append(_save(fig, folder / "transfer_tuned_blocks.png"))
     for block in blocks:
-        fractions = ["5-shot", *[f for f in map(str, block.fractions) if f != "5-shot"], "100%"]
-        fig, axes = plt.subplots(1, len(block.protocols), figsize=(4 * len(block.protocols), 3.5),
-                                 squeeze=False)
+        order = fraction_order(rows, list(block.protocols), ["100%", *map(str, block.fractions)])
+        position = {f: i for i, (f, _) in enumerate(order)}
+        ticks = [f"{f.replace('%', ' %')} ({n})" for f, n in order]
+        fig, axes = plt.subplots(1, len(block.protocols), figsize=(4 * len(block.protocols), 4),
+                                 squeeze=False, layout="constrained")
         for ax, p in zip(axes[0], block.protocols, strict=True):
-            for init in inits:
-                pts = [(i, rows[(init, p, f)]) for i, f in enumerate(fractions) if (init, p, f) in rows]
-                if pts:
-                    ax.errorbar([i for i, _ in pts], [r["mean"] for _, r in pts], [r["std"] for _, r in pts],
-                                marker="o", capsize=3, label=LABELS.get(init, init))
-            ax.set(xticks=range(len(fractions)), xticklabels=fractions, title=p, ylabel="accuracy %")
-        axes[0][0].legend(fontsize=6)
+            _curves(ax, inits, {init: [(position[f], rows[(init, p, f)]) for f, _ in order
+                                       if (init, p, f) in rows] for init in inits}, ticks)
+            ax.set(title=p, xlabel="training labels per fraction (count)")
+        fig.suptitle(f"EuroSAT: accuracy vs label fraction\n{_bars_note(rows)}", fontsize=8)
+        _legend(fig, axes[0][0])
         paths.append(_save(fig, folder / "transfer_fractions.png"))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for init in ("rs_mae", "rs_rcmae"):
-        for stage in manifest.get(init, {}).get("stages", []):
-            hist = read_json(runs / stage["run"] / "probe.json")
-            if hist:
-                for key, style in (("probe/linear_acc", "-"), ("probe/knn_acc", "--")):
-                    ax.plot([h["step"] for h in hist], [100 * h[key] for h in hist], style, marker=".",
-                            label=f"{LABELS[init]} {key.split('/')[1]}")
-    ax.set(xlabel="pretraining step", ylabel="EuroSAT probe accuracy %", title="Does RC-MAE converge faster?")
-    ax.legend(fontsize=7)
-    paths.append(_save(fig, folder / "transfer_probe_curve.png"))
+    curve = _probe_curve(manifest, runs)
+    if curve is not None:
+        paths.append(_save(curve, folder / "transfer_probe_curve.png"))
     return paths
 
 
+def _probe_curve(manifest: dict, runs: Path) -> plt.Figure | None:
+    """EuroSAT probe accuracy along pretraining (MAE, RC-MAE), 95 % Wilson bands; ``None`` without data."""
+    fig, ax = plt.subplots(figsize=(6, 4.6), layout="constrained")
+    sizes = set()
+    for init in ("rs_mae", "rs_rcmae"):
+        for stage in manifest.get(init, {}).get("stages", []):
+            for key, style in (("probe/linear_acc", "-"), ("probe/knn_acc", "--")):
+                hist = [h for h in read_json(runs / stage["run"] / "probe.json") or [] if key in h]
+                if not hist:
+                    continue
+                steps = [h["step"] for h in hist]
+                line, = ax.plot(steps, [100 * h[key] for h in hist], style, marker=".",
+                                label=f"{LABELS.get(init, init)} {key.split('/')[1]}")
+                if all("n_test" in h for h in hist):
+                    sizes |= {h["n_test"] for h in hist}
+                    bands = [wilson_interval(round(h[key] * h["n_test"]), h["n_test"]) for h in hist]
+                    ax.fill_between(steps, [100 * lo for lo, _ in bands], [100 * hi for _, hi in bands],
+                                    color=line.get_color(), alpha=0.12, linewidth=0)
+                else:
+                    sizes.add(None)
+    if not ax.lines:
+        plt.close(fig)
+        return None
+    n = "/".join(str(n) for n in sorted(sizes - {None}))
+    note = ("no interval: a probe.json does not record its number of test images" if None in sizes
+            else f"bands: 95 % Wilson interval over the {n} probe test images")
+    ax.set(xlabel="pretraining step", ylabel="EuroSAT probe accuracy (%)")
+    ax.set_title(f"EuroSAT probe accuracy during pretraining (one run per init)\n{note}", fontsize=8)
+    _legend(fig, ax)
+    return fig
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Redraw the plots from a written CSV (the cells may be gone): ``--replot-from-csv``."""
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--replot-from-csv", required=True, metavar="CSV", help="transfer_eurosat.csv")
+    p.add_argument("--config", default="configs/bench/cpu-small.yaml", help="the grid's inits and blocks")
+    p.add_argument("--n-test", type=int, default=None, help="test images, if the CSV has no n_test column")
+    p.add_argument("--out", default=None, help="folder of the plots (default: the CSV's)")
+    args = p.parse_args(argv)
+    config = load_config(args.config)
+    rows = rows_from_csv(Path(args.replot_from_csv), args.n_test)
+    _, *blocks = config.grid
+    paths = plot_all(rows, list(config.inits), list(config.grid[0].protocols), blocks, {},
+                     Path(config.backbones_dir), Path(args.out or Path(args.replot_from_csv).parent))
+    print("\n".join(f"wrote {path}" for path in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from rsmae.bands import get_sensor
 from rsmae.evaluation.data import backbone_meta
@@ -22,6 +23,7 @@ from rsmae.experiments import (
     run_grid,
 )
 from rsmae.models import BackboneMeta, create_encoder, save_backbone
+from rsmae.stats import wilson_interval
 from tests.conftest import EUROSAT, load_script
 
 S2 = list(get_sensor("s2-l1c").names)
@@ -67,19 +69,60 @@ def test_grid_resumes_and_recomputes_only_changed_backbones(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_tables_and_plots_from_finished_cells(tmp_path: Path) -> None:
+def test_tables_and_plots_from_finished_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = {"random": _backbone(tmp_path / "random.safetensors", 0),
                 "rs_mae": _backbone(tmp_path / "rs.safetensors", 1)}
-    config = _config(tmp_path)
+    config = _config(tmp_path, grid=[{"protocols": ["knn", "linear"], "fractions": ["100%"]},
+                                     {"protocols": ["linear"], "fractions": ["5-shot", "25%"]}])
     cells = plan_cells(config)
-    run_grid(config, cells[:4], manifest, log=lambda s: None)
+    few = [c for c in cells if c["fraction"] != "100%" and c["seed"] == 0 and c["init"] == "random"]
+    run_grid(config, cells[:4] + few, manifest, log=lambda s: None)
     transfer_tables = load_script("benchmarks/transfer_tables.py")
+    figures = {}
+    save = transfer_tables._save
+
+    def keep(fig: Figure, path: Path) -> Path:
+        figures[path.name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(transfer_tables, "_save", keep)
     paths = transfer_tables.write_tables(config, cells, manifest, tmp_path / "results")
     md = (tmp_path / "results" / "transfer_eurosat.md").read_text()
-    assert "4 of 12 cells done" in md and "± " in md and "published" in md.lower() and "not run" in md
-    rows = (tmp_path / "results" / "transfer_eurosat.csv").read_text().splitlines()
-    assert rows[0].startswith("init,protocol,fraction,accuracy_mean") and len(rows) == 1 + 4  # seed 0 first
+    assert "6 of 16 cells done" in md and "± " in md and "published" in md.lower() and "not run" in md
+    csv_path = tmp_path / "results" / "transfer_eurosat.csv"
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].startswith("init,protocol,fraction,accuracy_mean") and len(rows) == 1 + 6  # seed 0 first
     assert all(p.is_file() for p in paths) and any(p.suffix == ".png" for p in paths)
+    # 25 % of the training split is fewer labels than 5-shot: the x axis follows the label count
+    fractions = figures["transfer_fractions.png"].axes[0]
+    assert [t.get_text() for t in fractions.get_xticklabels()] == ["25 % (45)", "5-shot (50)", "100 % (172)"]
+    assert set(figures) == {"transfer_tuned_blocks.png", "transfer_fractions.png"}  # no probe.json: no curve
+    assert figures["transfer_fractions.png"].legends  # below the panels, off the data
+    for fig in figures.values():
+        assert all(ax.get_legend() is None for ax in fig.axes)
+        assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
+        titles = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
+        assert any("95 % Wilson interval over the 54 test images" in t for t in titles)
+    back = transfer_tables.rows_from_csv(csv_path)  # the plots can be redrawn from the CSV alone
+    assert len(back) == 6 and {r["n_test"] for r in back.values()} == {54}
+
+
+def test_plot_bars_fraction_order_and_old_csvs(tmp_path: Path) -> None:
+    transfer_tables = load_script("benchmarks/transfer_tables.py")
+    row = {"mean": 57.41, "n_test": 54}
+    low, high = wilson_interval(31, 54)  # 57.41 % of 54 images is 31
+    assert transfer_tables.wilson_points(row) == pytest.approx((57.41 - 100 * low, 100 * high - 57.41))
+    old = tmp_path / "old.csv"  # written before the CSV had an n_test column
+    old.write_text("init,protocol,fraction,accuracy_mean,accuracy_std,seeds,n_train\n"
+                   "random,knn,100%,48.15,0.00,3,172\nrandom,knn,5-shot,40.12,2.14,3,50\n"
+                   "random,knn,25%,40.12,7.48,3,45\n")
+    with pytest.raises(ValueError, match="n_test"):
+        transfer_tables.rows_from_csv(old)
+    rows = transfer_tables.rows_from_csv(old, n_test=54)
+    expected = {"mean": 40.12, "std": 2.14, "n": 3, "n_train": 50, "n_test": 54}
+    assert rows[("random", "knn", "5-shot")] == expected
+    order = transfer_tables.fraction_order(rows, ["knn"], ["100%", "5-shot", "25%"])
+    assert order == [("25%", 45), ("5-shot", 50), ("100%", 172)]
 
 
 def test_backbones_given_by_path_and_a_derived_random_init(tmp_path: Path, monkeypatch) -> None:
