@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import statistics
 import sys
 from collections import defaultdict
@@ -31,6 +30,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from provenance import git_commit
 
+from rsmae.evaluation.render import annotate_change_map
 from rsmae.evaluation.speed import cpu_name
 from rsmae.experiments import LABELS, cell_path, read_cells
 from rsmae.experiments.config import GridConfig
@@ -214,11 +214,21 @@ def _plot(rows: dict, inits: list[str], protocols: list[str], datasets: list[str
     return path
 
 
+def map_caption(dataset: str, scene: str, init: str, protocol: str, table: str,
+                f1: float | None = None) -> str:
+    """Caption of a change map of the best seed-0 cell: what it shows and why this cell (``f1`` in %)."""
+    score = f" ({f1:.1f}, pooled over its test scenes)" if f1 is not None else ""
+    return (f"{dataset} {scene}: init {init} ({CD_LABELS.get(init, init)}), protocol {protocol}, seed 0 — "
+            f"the seed-0 cell with the highest F1{score} on {dataset} in {table}: the best case, "
+            "not a typical one")
+
+
 def _copy_maps(config: GridConfig, results: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """Change maps of the best seed-0 cell of each dataset (every test scene) into ``folder``.
+    """Change maps of the best seed-0 cell of each dataset (every test scene) into ``folder``, annotated.
 
     They go to ``change_maps/<results_name>/``: tables sharing dataset names keep their own maps.
-    Maps a dataset's earlier best cell left there are removed first.
+    Maps a dataset's earlier best cell left there are removed first. Each gets panel titles, the key of
+    the error colours and a caption naming the cell and why it was chosen (:func:`map_caption`).
     """
     out = []
     maps_dir = folder / "change_maps" / config.results_name
@@ -229,9 +239,10 @@ def _copy_maps(config: GridConfig, results: list[dict[str, Any]], folder: Path) 
                    default=None)
         maps = cell_path(config.cells_dir, best).with_suffix("") / "maps" if best else None
         for png in sorted(maps.glob("*.png")) if maps and maps.is_dir() else []:
+            caption = map_caption(d, png.stem, best["init"], best["protocol"], config.results_name,
+                                  100 * best["f1"])
             target = maps_dir / f"{d}_{best['init']}_{best['protocol']}_{png.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            out.append(Path(shutil.copyfile(png, target)))
+            out.append(annotate_change_map(png, target, caption))
     return out
 
 
