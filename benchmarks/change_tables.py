@@ -35,7 +35,7 @@ from rsmae.evaluation.speed import cpu_name
 from rsmae.experiments import LABELS, cell_path, read_cells
 from rsmae.experiments.config import GridConfig
 from rsmae.models.trainable import tuned_blocks
-from rsmae.stats import paired_bootstrap, verdict, wilcoxon_signed_rank
+from rsmae.stats import paired_bootstrap, pairwise_verdicts, verdict, wilcoxon_signed_rank
 
 matplotlib.use("Agg")
 
@@ -163,7 +163,24 @@ def _folds_table(config: GridConfig, rows: dict, inits: list[str], protocols: li
             mean = f"{statistics.fmean(f1):.1f} ± {spread:.1f} ({len(f1)} cities)"
             md.append(f"| {CD_LABELS.get(init, init)} | {p} | {cols} | {mean} | {paired} |")
             sentences += [f"- {sentence}"] if sentence else []
-    return [*md, "", *sentences, *([""] if sentences else [])]
+    return [*md, "", *sentences, *([""] if sentences else []), *_pairs_by_city(rows, inits, protocols, folds)]
+
+
+def _pairs_by_city(rows: dict, inits: list[str], protocols: list[str], folds: list[str]) -> list[str]:
+    """Every two rows other than random init, F1 paired on the cities both scored (Bonferroni-widened)."""
+    scores = {f"{CD_LABELS.get(i, i)} ({p})": {d: rows[(i, p, d)]["f1"] for d in folds if (i, p, d) in rows}
+              for i in inits if i != "random" for p in protocols if any((i, p, d) in rows for d in folds)}
+    shared = [d for d in folds if all(d in s for s in scores.values())]
+    if len(shared) < 2:
+        return []
+    level, said = pairwise_verdicts({k: [v[d] for d in shared] for k, v in scores.items()}, test="wilcoxon",
+                                    scale=1.0, unit="F1 points", units="cities")
+    if not said:
+        return []
+    count = f"{len(said)} pair" + "s" * (len(said) > 1)
+    return [f"Between the inits ({count} over the same {len(shared)} cities; Bonferroni: each "
+            f"interval at {100 * level:.3g} % so that all hold together with 95 %; Wilcoxon p unadjusted):",
+            "", *(f"- {t}" for t in said), ""]
 
 
 def _paired_cities(name: str, f1: list[float], random_f1: list[float]) -> tuple[str, str]:

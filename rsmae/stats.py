@@ -313,27 +313,43 @@ def verdict(name_a: str, name_b: str, diff: PairedDifference, *, scale: float = 
             f"{lo:+.1f} to {hi:+.1f} over {diff.n} {units}{extra}).")
 
 
-def pairwise_verdicts(correct: dict[str, ArrayLike], *, family: float = 0.95, rng: Rng = 0
-                      ) -> tuple[float, list[str]]:
-    """A verdict for every pair of methods scored on the same images, all intervals holding together.
+def pairwise_verdicts(scores: dict[str, ArrayLike], *, family: float = 0.95, rng: Rng = 0,
+                      test: str = "mcnemar", scale: float = 100.0, unit: str = "points",
+                      units: str = "images") -> tuple[float, list[str]]:
+    """A verdict for every pair of methods scored on the same units, all intervals holding together.
 
     With m pairs each interval is at ``1 - (1 - family) / m`` (Bonferroni): ten pairs at 95 % each
-    would call a difference in one table out of two by chance alone. McNemar's exact p (unadjusted)
+    would call a difference in one table out of two by chance alone. The paired test's p (unadjusted)
     is quoted beside each interval; it does not decide.
 
     Args:
-        correct: ``name -> 0/1`` correctness per image, aligned across the methods (insertion order
-            gives the pairs' order, A minus B).
+        scores: ``name -> score per unit`` aligned across the methods (insertion order gives the pairs'
+            order, A minus B): 0/1 correctness per image for ``"mcnemar"``, e.g. F1 per city for
+            ``"wilcoxon"``.
         family: Coverage of all the intervals together.
         rng: Seed or generator of the bootstrap.
+        test: ``"mcnemar"`` (:func:`mcnemar_exact`) or ``"wilcoxon"`` (:func:`wilcoxon_signed_rank`).
+        scale: Multiplier for display (100: accuracy in points; 1: F1 already in points).
+        unit: Unit of the scaled difference.
+        units: What was resampled (images, cities).
 
     Returns:
         The per-interval coverage and one sentence per pair (none for fewer than two methods).
     """
-    names = list(correct)
+    if test not in ("mcnemar", "wilcoxon"):
+        raise ValueError(f"test={test!r}; give 'mcnemar' or 'wilcoxon'")
+    names = list(scores)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     if not pairs:
         return family, []
     level = 1 - (1 - family) / len(pairs)
-    return level, [verdict(a, b, paired_bootstrap(correct[a], correct[b], confidence=level, rng=rng),
-                           p_value=mcnemar_exact(correct[a], correct[b]).p_value) for a, b in pairs]
+    out = []
+    for a, b in pairs:
+        if test == "mcnemar":
+            p, name = mcnemar_exact(scores[a], scores[b]).p_value, "McNemar"
+        else:
+            signed = wilcoxon_signed_rank(scores[a], scores[b])
+            p, name = (signed.p_value if signed.n else None), "Wilcoxon signed-rank"
+        diff = paired_bootstrap(scores[a], scores[b], confidence=level, rng=rng)
+        out.append(verdict(a, b, diff, scale=scale, unit=unit, units=units, p_value=p, test=name))
+    return level, out

@@ -13,7 +13,7 @@ from tests.conftest import DATA, ROOT, load_script
 
 change_tables = load_script("benchmarks/change_tables.py")
 
-MANIFEST = {"random": {"sha256": "a"}, "rs_mae": {"sha256": "b"}}
+MANIFEST = {"random": {"sha256": "a"}, "rs_mae": {"sha256": "b"}, "rs_rcmae": {"sha256": "c"}}
 
 
 def _write_cell(config: dict, cell: dict, f1: float) -> None:
@@ -25,11 +25,11 @@ def _write_cell(config: dict, cell: dict, f1: float) -> None:
     path.write_text(json.dumps(result))
 
 
-def _config(tmp: Path, cities: list[str]) -> dict:  # as the YAML gives it
+def _config(tmp: Path, cities: list[str], inits: tuple[str, ...] = ("random", "rs_mae")) -> dict:  # YAML
     datasets = {f"oscd-{c}": {"task": "oscd", "test_root": "x", "held_out": c,
                               "settings": {"test_cities": [c]}} for c in cities}
     return {"config_path": "loco.yaml", "task": "change", "results_name": "change_loco", "seeds": [0],
-            "inits": ["random", "rs_mae"], "datasets": datasets, "cells_dir": str(tmp / "cells"),
+            "inits": list(inits), "datasets": datasets, "cells_dir": str(tmp / "cells"),
             "grid": [{"protocols": ["frozen"], "datasets": list(datasets)}]}
 
 
@@ -124,3 +124,16 @@ def test_the_change_grid_resumes_without_recomputing_finished_cells(tmp_path: Pa
     assert run_grid(config, cells, manifest, log=lambda s: None) == 0
     result = json.loads(cell_path(config.cells_dir, cells[1]).read_text())
     assert result["model"] == "fc-siam-diff" and 0.0 <= result["f1"] <= 1.0 and result["seed"] == 1
+
+
+def test_every_two_inits_are_compared_by_city_with_widened_intervals(tmp_path: Path) -> None:
+    inits = ("random", "rs_mae", "rs_rcmae")
+    config = GridConfig.from_dict(_config(tmp_path, ["pisa", "beihai", "mumbai"], inits))
+    cells = plan_cells(config)
+    for cell in cells:
+        _write_cell(config, cell, 0.3 + {"random": 0.0, "rs_mae": 0.1, "rs_rcmae": 0.12}[cell["init"]])
+    change_tables.write_change_tables(config, cells, MANIFEST, tmp_path / "results")
+    md = (tmp_path / "results" / "change_loco.md").read_text()
+    assert "Between the inits (1 pair over the same 3 cities; Bonferroni: each interval at 95 %" in md
+    assert ("- our MAE (Sentinel-2) (frozen) is lower than our RC-MAE (Sentinel-2) (frozen) by 2.0 F1 points "
+            "(paired 95 % CI -2.0 to -2.0 over 3 cities; Wilcoxon signed-rank p = 0.25).") in md
