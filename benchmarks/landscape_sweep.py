@@ -80,7 +80,8 @@ def _rows(runs: list[dict[str, Any]], records: list[dict[str, Any]], result: Stu
             used = [snaps[r["name"]] for r, _ in pairs]
             row |= {"level": used[0].level, "step_used": " ".join(str(s.step) for s in used),
                     "training_loss_used": sum(s.loss for s in used) / len(used)}
-        row |= {key: stats[key] for key in ("objective", "loss", "top_eigenvalue", "trace", "trace_se")}
+        kept = ("objective", "loss", "top_eigenvalue", "top_eigenvalue_std", "trace", "trace_se")
+        row |= {key: stats[key] for key in kept}
         for key in (k for k in stats if k.startswith("noise_") and k.endswith("_mean")):
             name = key[: -len("_mean")]
             row[name], row[f"{name}_std"] = stats[key], stats[f"{name}_std"]
@@ -175,7 +176,8 @@ def write(cfg: dict[str, Any], rows: list[dict], result: StudyResult, folder: Pa
           "x direction seeds; noise ± std over every draw of every seed)", "",
           *_tables(rows, noise), "### Which runs are flatter, at equal samples", "", *summary(result), "",
           "## At equal training loss", ""]
-    paths = [folder / "landscape_sweep.md", folder / "landscape_sweep.csv", _plot(rows, noise, folder)]
+    plot = _plot(rows, equal[0] if equal else None, folder)
+    paths = [folder / "landscape_sweep.md", folder / "landscape_sweep.csv", plot]
     options = cfg.get("equal_loss") or {}
     if equal:
         level = "the configured level" if options.get("level") is not None else \
@@ -214,32 +216,38 @@ def run_sweep(cfg: dict[str, Any], config_path: str, *, pretrain_only: bool = Fa
     return write(cfg, rows, result, ROOT / cfg["results"], time.perf_counter() - start, config_path, equal)
 
 
-def _plot(rows: list[dict], noise: list[str], folder: Path) -> Path:
+def _plot(rows: list[dict], equal: list[dict] | None, folder: Path) -> Path:
+    """Per objective: mean surface rise and top eigenvalue of every run, mean ± std over seeds.
+
+    Equal samples (final weights) and, when measured, equal training loss side by side.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
+    sets = [("equal samples (final weights)", rows), *([("equal training loss", equal)] if equal else [])]
     objectives = list(dict.fromkeys(r["objective"] for r in rows))
-    fig, axes = plt.subplots(len(objectives), 2, figsize=(10, 3.2 * len(objectives)), squeeze=False)
+    fig, axes = plt.subplots(len(objectives), 2, figsize=(11, 3.4 * len(objectives) + 0.6), squeeze=False)
+    width = 0.8 / len(sets)
     for i, objective in enumerate(objectives):
-        sub = [r for r in rows if r["objective"] == objective]
-        adamw = sorted((r for r in sub if r["optimizer"] == "adamw"), key=lambda r: r["batch"])
-        ax = axes[i][0]
-        ax.plot([r["batch"] for r in adamw], [r["top_eigenvalue"] for r in adamw], "o-")
-        ax.set_xscale("log", base=2)
-        ax.set(xlabel="batch size (AdamW)", ylabel="top Hessian eigenvalue", title=f"{objective}: batch size")
-        ax2 = ax.twinx()
-        key = noise[-1] if noise else None
-        if key:
-            ax2.plot([r["batch"] for r in adamw], [r[key] for r in adamw], "s--", color="tab:red")
-            ax2.set_ylabel(f"loss rise, noise σ={key[6:]}", color="tab:red")
-        ax = axes[i][1]
-        names = [r["run"] for r in sub]
-        ax.bar(names, [r["top_eigenvalue"] for r in sub], color="tab:blue")
-        ax.set(ylabel="top Hessian eigenvalue", title=f"{objective}: every run")
-        ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
+        names = [r["run"] for r in rows if r["objective"] == objective]
+        for ax, key, label in ((axes[i][0], "mean_rise", "mean loss rise over the 2D surface"),
+                               (axes[i][1], "top_eigenvalue", "top Hessian eigenvalue")):
+            for k, (name, subset) in enumerate(sets):
+                by_run = {r["run"]: r for r in subset if r["objective"] == objective}
+                x = np.arange(len(names)) + (k - (len(sets) - 1) / 2) * width
+                ax.bar(x, [by_run[n][key] for n in names], width, capsize=3, label=name,
+                       yerr=[by_run[n][f"{key}_std"] for n in names], color=("tab:blue", "tab:orange")[k])
+            ax.set_xticks(range(len(names)), names, rotation=20)
+            ax.set(xlabel="run (optimizer, batch)", ylabel=label, title=f"{objective}: {label}")
+            ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(sets), frameon=False,
+               title="bars: mean over 3 training seeds; error bars: std over training x direction seeds "
+                     "(rise) or training seeds (eigenvalue); lower is flatter")
     path = folder / "landscape_sweep.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
