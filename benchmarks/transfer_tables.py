@@ -18,6 +18,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -340,8 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=None, help="test images, if the CSV has no n_test column")
     p.add_argument("--out", default=None, help="folder of the plots (default: the CSV's)")
     args = p.parse_args(argv)
-    config = load_config(args.config)
-    rows = rows_from_csv(Path(args.replot_from_csv), args.n_test)
+    try:
+        config = load_config(args.config)
+        rows = rows_from_csv(Path(args.replot_from_csv), args.n_test)
+    except (OSError, ValueError, KeyError) as err:  # a missing file, a CSV without the needed columns
+        print(f"error: {args.replot_from_csv}: {err}", file=sys.stderr)
+        return 2
     _, *blocks = config.grid
     paths = plot_all(rows, list(config.inits), list(config.grid[0].protocols), blocks, {},
                      Path(config.backbones_dir), Path(args.out or Path(args.replot_from_csv).parent))

@@ -154,3 +154,15 @@ def test_a_cell_fails_before_its_work_when_its_key_cannot_be_made(monkeypatch: p
     with pytest.raises(ImportError, match="cannot import name"):
         run_cell(cell, {"path": None}, GridConfig(cells_dir=str(tmp_path)))
     assert ran == [] and not list(tmp_path.iterdir())  # nothing evaluated, nothing written
+
+
+def test_replot_names_the_bad_csv_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    transfer_tables = load_script("benchmarks/transfer_tables.py")
+    missing = tmp_path / "nope.csv"
+    assert transfer_tables.main(["--replot-from-csv", str(missing), "--n-test", "54"]) == 2
+    assert f"error: {missing}:" in capsys.readouterr().err
+    old = tmp_path / "old.csv"
+    old.write_text("init,protocol,fraction,accuracy_mean,accuracy_std,seeds,n_train\nrandom,knn,100%,48.15,0,3,172\n")
+    assert transfer_tables.main(["--replot-from-csv", str(old)]) == 2
+    assert "has no n_test column" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))  # nothing half-written
