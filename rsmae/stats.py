@@ -314,7 +314,7 @@ def verdict(name_a: str, name_b: str, diff: PairedDifference, *, scale: float = 
 
 
 def pairwise_verdicts(scores: dict[str, ArrayLike], *, family: float = 0.95, rng: Rng = 0,
-                      test: str = "mcnemar", scale: float = 100.0, unit: str = "points",
+                      test: str | None = "mcnemar", scale: float = 100.0, unit: str = "points",
                       units: str = "images") -> tuple[float, list[str]]:
     """A verdict for every pair of methods scored on the same units, all intervals holding together.
 
@@ -328,7 +328,8 @@ def pairwise_verdicts(scores: dict[str, ArrayLike], *, family: float = 0.95, rng
             ``"wilcoxon"``.
         family: Coverage of all the intervals together.
         rng: Seed or generator of the bootstrap.
-        test: ``"mcnemar"`` (:func:`mcnemar_exact`) or ``"wilcoxon"`` (:func:`wilcoxon_signed_rank`).
+        test: ``"mcnemar"`` (:func:`mcnemar_exact`), ``"wilcoxon"`` (:func:`wilcoxon_signed_rank`) or
+            ``None`` (no p quoted: e.g. scores averaged over seeds or fold partitions).
         scale: Multiplier for display (100: accuracy in points; 1: F1 already in points).
         unit: Unit of the scaled difference.
         units: What was resampled (images, cities).
@@ -336,8 +337,8 @@ def pairwise_verdicts(scores: dict[str, ArrayLike], *, family: float = 0.95, rng
     Returns:
         The per-interval coverage and one sentence per pair (none for fewer than two methods).
     """
-    if test not in ("mcnemar", "wilcoxon"):
-        raise ValueError(f"test={test!r}; give 'mcnemar' or 'wilcoxon'")
+    if test not in ("mcnemar", "wilcoxon", None):
+        raise ValueError(f"test={test!r}; give 'mcnemar', 'wilcoxon' or None")
     names = list(scores)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     if not pairs:
@@ -345,7 +346,9 @@ def pairwise_verdicts(scores: dict[str, ArrayLike], *, family: float = 0.95, rng
     level = 1 - (1 - family) / len(pairs)
     out = []
     for a, b in pairs:
-        if test == "mcnemar":
+        if test is None:
+            p, name = None, ""
+        elif test == "mcnemar":
             p, name = mcnemar_exact(scores[a], scores[b]).p_value, "McNemar"
         else:
             signed = wilcoxon_signed_rank(scores[a], scores[b])

@@ -157,5 +157,7 @@ def test_pairwise_verdicts_widen_every_interval_for_the_number_of_pairs() -> Non
     assert said[0].endswith(f"McNemar p = {mcnemar_exact(a, b).p_value:.2g}).")
     assert "between B and C: +0.0 points" in said[4]
     assert pairwise_verdicts({"A": a}) == (0.95, [])
-    with pytest.raises(ValueError, match="give 'mcnemar' or 'wilcoxon'"):
+    _, (plain,) = pairwise_verdicts({"A": a, "B": b}, test=None)
+    assert plain.endswith("over 181 images).") and "p =" not in plain
+    with pytest.raises(ValueError, match="give 'mcnemar', 'wilcoxon' or None"):
         pairwise_verdicts({"A": a, "B": b}, test="t")
