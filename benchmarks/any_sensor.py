@@ -286,9 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     files = backbone_files(args)
     rows = measure(args, files)
-    dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/any_sensor.py " + shlex.join(given)
-    provenance = {"commit": git_commit(dirty), "command": command.strip(),
+    provenance = {"commit": git_commit(MEASURED), "command": command.strip(),
                   "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                              f"{args.threads} thread(s)",
                   "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}

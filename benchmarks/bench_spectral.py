@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join([".venv/bin/python benchmarks/bench_spectral.py", *given])
     text = "\n".join([
         "# The spectral (wavelength-generated) patch embedding against the fixed one", "",
-        f"- commit: {git_commit([m for m in MEASURED if git_commit([m]) != git_commit()])}",
+        f"- commit: {git_commit(MEASURED)}",
         f"- command: `{command}`",
         f"- machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{args.threads} thread(s), fp32; load average (1 min) at start / end {load:.2f} / "

@@ -329,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             results[(name, step)] = rows
     n = len(labels)
     lines, sentences = tables(results, floors, n)
-    dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
-    head = {"commit": git_commit(dirty), "command": command,
+    head = {"commit": git_commit(MEASURED), "command": command,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} thread(s)"}
     scored = {"kfold": f"all labelled images (train/ + test/), stratified {args.folds}-fold CV (fold seed "

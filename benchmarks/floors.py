@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = {"kfold": stratified_kfold(labels.numpy(), args.folds, seed=args.fold_seed),
               "fixed": [fixed_split(n_train, len(labels) - n_train)]}
     rows = run(images, labels, names, splits, args)
-    dirty = [path for path in MEASURED if git_commit([path]) != git_commit()]  # name only the changed ones
-    head = {"commit": git_commit(dirty), "command": command,
+    head = {"commit": git_commit(MEASURED), "command": command,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} thread(s)",
             "load": f"{load_start:.2f} / {os.getloadavg()[0]:.2f}",

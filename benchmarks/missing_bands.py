@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                           for name, p in backbones.items()}
         print(subset, {n: round(100 * c.mean(), 1) for n, c in scores[subset].items()}, flush=True)
     lines, sentences = table(scores, list(backbones))
-    dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
-    commit = git_commit(dirty)
+    commit = git_commit(MEASURED)
     machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s)"
     text = "\n".join([
         "# Missing bands: EuroSAT k-fold linear probe on band subsets", "",

@@ -30,8 +30,7 @@ def run_provenance(script: str, measured: Sequence[str], argv: Sequence[str] | N
 
     from rsmae.evaluation.speed import cpu_name
 
-    dirty = [path for path in measured if git_commit([path]) != git_commit()]
     given = sys.argv[1:] if argv is None else list(argv)
-    return {"commit": git_commit(dirty), "command": " ".join([".venv/bin/python", script, *given]),
+    return {"commit": git_commit(measured), "command": " ".join([".venv/bin/python", script, *given]),
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} torch thread(s)"}

@@ -42,8 +42,7 @@ def write_results(manifest: dict[str, dict[str, Any]], folder: Path, command: st
     folder.mkdir(parents=True, exist_ok=True)
     threads = sorted({str(s.get("threads") or "torch default") for e in manifest.values()
                       for s in e.get("stages", [])})
-    dirty = [path for path in MEASURED if git_commit([path]) != git_commit()]  # name only the changed ones
-    head = {"commit": git_commit(dirty), "command": command,
+    head = {"commit": git_commit(MEASURED), "command": command,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; pretraining "
                        f"threads: {', '.join(threads)}; load average now {os.getloadavg()[0]:.1f}"}
     rows = [{**row, **head} for row in summary_rows(manifest)]

@@ -235,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     floors = floor_rows(images, labels, folds)
     n = len(labels)
     tested = len(correct_vector(floors[SPECTRAL], n))
-    dirty = [p for p in MEASURED if git_commit([p]) != git_commit()]
-    head = {"commit": git_commit(dirty), "command": command,
+    head = {"commit": git_commit(MEASURED), "command": command,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} thread(s)"}
     lines = header(args, head, config, files=files, scored=len(folds),

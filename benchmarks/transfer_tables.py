@@ -162,8 +162,7 @@ def write_tables(config: GridConfig, cells: list[dict[str, Any]], manifest: dict
     full_block, *other_blocks = config.grid
     protocols = list(full_block.protocols)
     folder.mkdir(parents=True, exist_ok=True)
-    dirty = [path for path in MEASURED if git_commit([path]) != git_commit()]  # name only the changed ones
-    head = {"commit": git_commit(dirty),
+    head = {"commit": git_commit(MEASURED),
             "command": f"python benchmarks/transfer.py --config {config.config_path}",
             "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
     csv_path = folder / "transfer_eurosat.csv"

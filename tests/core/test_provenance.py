@@ -29,6 +29,11 @@ def test_uncommitted_changes_in_measured_paths_are_named(tmp_path: Path) -> None
     assert git_commit(["code"], tmp_path) == head
     (tmp_path / "code" / "a.py").write_text("x = 2\n")
     assert git_commit(["code"], tmp_path) == f"{head} + uncommitted changes in code"
+    both = git_commit(["code", "notes.md", "docs"], tmp_path)  # only the changed ones are named
+    assert both == f"{head} + uncommitted changes in code, notes.md"
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "b.py").write_text("y = 1\n")  # untracked: git shows only "new/"
+    assert git_commit(["docs", "new/b.py"], tmp_path) == f"{head} + uncommitted changes in new/b.py"
 
 
 def test_outside_git_the_commit_is_unknown(tmp_path: Path) -> None:
