@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import yaml
 from floors import load
+from kfold_report import FLOORS, RANDOM, RCF, SPECTRAL
 from provenance import git_commit
 
 from rsmae.datasets import EuroSAT
@@ -59,8 +60,6 @@ from rsmae.tasks.precision import default_precision
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ("rsmae/evaluation/kfold_probe.py", "rsmae/evaluation/floors.py", "rsmae/evaluation/folds.py",
             "rsmae/tasks/probe.py", "rsmae/stats.py", "benchmarks/budget_curve.py")
-RANDOM, SPECTRAL, RCF = "random init", "spectral floor", "RCF floor"
-FLOORS = {SPECTRAL: "spectral", RCF: "rcf"}  # table name -> rsmae.evaluation.floors method
 Rows = list[dict[str, Any]]
 
 

@@ -26,13 +26,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from kfold_report import FLOORS, RANDOM
 from provenance import run_provenance
 
 from rsmae.stats import bootstrap_interval, paired_bootstrap, pairwise_verdicts, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ("rsmae/stats.py", "benchmarks/budget_partitions.py")
-RANDOM, FLOORS = "random init", ("spectral floor", "RCF floor")
 PROTOCOLS = ("linear", "knn")
 
 

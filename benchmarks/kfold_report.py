@@ -17,6 +17,7 @@ import numpy as np
 from rsmae.stats import bootstrap_interval, mcnemar_exact, paired_bootstrap, pairwise_verdicts, verdict
 
 RANDOM, SPECTRAL, RCF = "random init", "spectral floor", "RCF floor"
+FLOORS = {SPECTRAL: "spectral", RCF: "rcf"}  # table name -> rsmae.evaluation.floors method
 Rows = list[dict[str, Any]]
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 from floors import load
-from kfold_report import RANDOM, RCF, SPECTRAL, Rows, correct_vector, plot, tables
+from kfold_report import FLOORS, RANDOM, RCF, SPECTRAL, Rows, correct_vector, plot, tables  # noqa: F401 (RCF: tests)
 from provenance import git_commit
 
 from rsmae.datasets import EuroSAT
@@ -120,7 +120,7 @@ def floor_rows(images: torch.Tensor, labels: torch.Tensor, folds: list[Fold]) ->
     """The spectral and RCF floors on the same folds (``budget_curve.py``'s), one row per test image."""
     return {name: [{**r, "protocol": method, "lr": None}
                    for r in floor_predictions(method, images, labels, folds)]
-            for name, method in ((SPECTRAL, "spectral"), (RCF, "rcf"))}
+            for name, method in FLOORS.items()}
 
 
 def write_csv(path: Path, results: dict[str, Rows], floors: dict[str, Rows], files: dict[str, str],

@@ -214,9 +214,14 @@ def wilson_points(row: dict[str, Any]) -> tuple[float, float]:
     ``n_test`` (:func:`rsmae.stats.wilson_interval`): the bars cover test-set sampling; the seeds'
     spread is the table's ±.
     """
-    n = row["n_test"]
-    low, high = wilson_interval(round(row["mean"] / 100 * n), n)
-    return max(0.0, row["mean"] - 100 * low), max(0.0, 100 * high - row["mean"])
+    low, high = _wilson_pct(row["mean"], row["n_test"])
+    return max(0.0, row["mean"] - low), max(0.0, high - row["mean"])
+
+
+def _wilson_pct(accuracy: float, n: int) -> tuple[float, float]:
+    """95 % Wilson interval (in %) of an accuracy in % scored on ``n`` images (rounded to a count)."""
+    low, high = wilson_interval(round(accuracy / 100 * n), n)
+    return 100 * low, 100 * high
 
 
 def fraction_order(rows: dict, protocols: list[str], fractions: list[str]) -> list[tuple[str, int]]:
@@ -309,8 +314,8 @@ def _probe_curve(manifest: dict, runs: Path) -> plt.Figure | None:
                                 label=f"{LABELS.get(init, init)} {key.split('/')[1]}")
                 if all("n_test" in h for h in hist):
                     sizes |= {h["n_test"] for h in hist}
-                    bands = [wilson_interval(round(h[key] * h["n_test"]), h["n_test"]) for h in hist]
-                    ax.fill_between(steps, [100 * lo for lo, _ in bands], [100 * hi for _, hi in bands],
+                    bands = [_wilson_pct(100 * h[key], h["n_test"]) for h in hist]
+                    ax.fill_between(steps, [lo for lo, _ in bands], [hi for _, hi in bands],
                                     color=line.get_color(), alpha=0.12, linewidth=0)
                 else:
                     sizes.add(None)
