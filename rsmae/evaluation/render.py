@@ -17,6 +17,7 @@ from matplotlib.patches import Patch
 from PIL import Image
 from torch import Tensor
 
+from rsmae.files import atomic_path
 from rsmae.tasks.render import true_colour
 
 __all__ = ["ERROR_COLOURS", "PANEL_TITLES", "annotate_change_map", "change_map", "change_map_figure",
@@ -134,10 +135,9 @@ def annotate_change_map(strip: np.ndarray | str | Path, out_path: str | Path, ca
                         dpi: int = 100) -> Path:
     """Write :func:`change_map_figure` of ``strip`` as a PNG at ``out_path`` (may be the strip's own file)."""
     fig = change_map_figure(strip, caption, gap=gap, dpi=dpi)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=dpi)
-    return out_path
+    with atomic_path(out_path) as tmp, tmp.open("wb") as fh:  # the strip it replaces is never half-written
+        fig.savefig(fh, dpi=dpi, format="png")
+    return Path(out_path)
 
 
 def save_pr_curve(path: str | Path, curve: dict[str, list[float]], threshold: float, title: str = "") -> Path:
